@@ -1,0 +1,23 @@
+"""Keras layers: low-rank factors and the feature interactions of the model zoo."""
+
+from tfafm.layers.interactions import (
+    ClipToVocabulary,
+    CompressedInteraction,
+    CrossLayerV1,
+    FactorizationMachine,
+    FieldMean,
+    FieldReweight,
+    MultiHeadSelfAttention,
+    PairwiseProduct,
+)
+
+__all__ = [
+    "ClipToVocabulary",
+    "CompressedInteraction",
+    "CrossLayerV1",
+    "FactorizationMachine",
+    "FieldMean",
+    "FieldReweight",
+    "MultiHeadSelfAttention",
+    "PairwiseProduct",
+]

@@ -1,0 +1,224 @@
+"""Feature-interaction layers used by the model zoo.
+
+Each layer takes the field matrix ``(batch, fields, dim)`` built from the
+per-field embeddings (or, for the cross layer, a flat vector) and is made of
+ops that LiteRT, SavedModel and ONNX all support natively.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import keras
+from keras import ops
+
+_PACKAGE = "tfafm"
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class ClipToVocabulary(keras.layers.Layer):
+    """Maps ids outside ``[0, vocabulary_size)`` to the out-of-vocabulary id 0.
+
+    Put in front of every embedding lookup so that an unseen, negative or too
+    large id reads row 0 in Keras, SavedModel, LiteRT and ONNX alike instead of
+    reading outside the table.
+    """
+
+    def __init__(self, vocabulary_size: int, **kwargs: Any):
+        super().__init__(**kwargs)
+        if int(vocabulary_size) < 1:
+            raise ValueError(f"vocabulary_size must be >= 1, got {vocabulary_size}.")
+        self.vocabulary_size = int(vocabulary_size)
+
+    def call(self, ids):
+        ids = ops.cast(ids, "int32")
+        valid = ops.logical_and(ops.greater_equal(ids, 0), ops.less(ids, self.vocabulary_size))
+        return ops.where(valid, ids, ops.zeros_like(ids))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def compute_output_spec(self, ids):
+        return keras.KerasTensor(ids.shape, dtype="int32")
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "vocabulary_size": self.vocabulary_size}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class FactorizationMachine(keras.layers.Layer):
+    """Second-order FM interaction ``0.5 * ((sum_f v_f)^2 - sum_f v_f^2)``.
+
+    Input ``(batch, fields, dim)``. With ``reduce_sum=True`` (FM) the output is
+    the scalar interaction ``(batch, 1)``; otherwise (NFM's bi-interaction
+    pooling) the ``(batch, dim)`` vector.
+    """
+
+    def __init__(self, reduce_sum: bool = True, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.reduce_sum = bool(reduce_sum)
+
+    def call(self, fields):
+        square_of_sum = ops.square(ops.sum(fields, axis=1))
+        sum_of_square = ops.sum(ops.square(fields), axis=1)
+        pooled = 0.5 * (square_of_sum - sum_of_square)
+        return ops.sum(pooled, axis=-1, keepdims=True) if self.reduce_sum else pooled
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], 1 if self.reduce_sum else input_shape[-1])
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "reduce_sum": self.reduce_sum}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class CrossLayerV1(keras.layers.Layer):
+    """One layer of the DCN (v1) cross network: ``x0 * (x . w) + b + x``."""
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+
+    def build(self, x0_shape, x_shape=None):
+        dim = x0_shape[-1]
+        self.kernel = self.add_weight(name="kernel", shape=(dim, 1), initializer="glorot_uniform")
+        self.bias = self.add_weight(name="bias", shape=(dim,), initializer="zeros")
+
+    def call(self, x0, x):
+        return x0 * ops.matmul(x, self.kernel) + self.bias + x
+
+    def compute_output_shape(self, x0_shape, x_shape=None):
+        return x0_shape
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class CompressedInteraction(keras.layers.Layer):
+    """xDeepFM's Compressed Interaction Network (CIN).
+
+    For each layer ``k``: ``Z = X_k (outer, per embedding dim) X_0``, then
+    ``X_{k+1} = act(Z W_k)``; the output is the concatenation of every
+    ``X_k`` summed over the embedding dimension, ``(batch, sum(layer_sizes))``.
+    """
+
+    def __init__(self, layer_sizes: Sequence[int] = (128, 128), activation: str = "relu", **kwargs):
+        super().__init__(**kwargs)
+        if not layer_sizes or any(int(s) < 1 for s in layer_sizes):
+            raise ValueError(f"layer_sizes must be positive integers, got {layer_sizes}.")
+        self.layer_sizes = [int(s) for s in layer_sizes]
+        self.activation = keras.activations.get(activation)
+
+    def build(self, input_shape):
+        fields = input_shape[1]
+        previous = fields
+        self.kernels = []
+        for i, size in enumerate(self.layer_sizes):
+            self.kernels.append(
+                self.add_weight(name=f"kernel_{i}", shape=(previous * fields, size),
+                                initializer="glorot_uniform")
+            )
+            previous = size
+
+    def call(self, fields):
+        batch_dim = ops.shape(fields)[0]
+        num_fields, dim = fields.shape[1], fields.shape[2]
+        x0 = ops.transpose(fields, (0, 2, 1))  # (batch, dim, fields)
+        xk = x0
+        pooled = []
+        for kernel in self.kernels:
+            hk = xk.shape[-1]
+            outer = ops.expand_dims(xk, -1) * ops.expand_dims(x0, -2)  # (batch, dim, hk, fields)
+            outer = ops.reshape(outer, (batch_dim, dim, hk * num_fields))
+            xk = self.activation(ops.matmul(outer, kernel))  # (batch, dim, size)
+            pooled.append(ops.sum(xk, axis=1))
+        return ops.concatenate(pooled, axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], sum(self.layer_sizes))
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            **super().get_config(),
+            "layer_sizes": self.layer_sizes,
+            "activation": keras.activations.serialize(self.activation),
+        }
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class MultiHeadSelfAttention(keras.layers.Layer):
+    """Scaled dot-product attention over fields, given projected Q, K and V.
+
+    The projections are plain ``Dense`` layers outside this layer (so they can
+    be compressed); this layer splits heads, attends and merges them back.
+    Inputs ``(batch, fields, heads * head_dim)`` each.
+    """
+
+    def __init__(self, num_heads: int = 2, **kwargs: Any):
+        super().__init__(**kwargs)
+        if int(num_heads) < 1:
+            raise ValueError(f"num_heads must be >= 1, got {num_heads}.")
+        self.num_heads = int(num_heads)
+
+    def _split(self, x):
+        fields, width = x.shape[1], x.shape[2]
+        x = ops.reshape(x, (-1, fields, self.num_heads, width // self.num_heads))
+        return ops.transpose(x, (0, 2, 1, 3))
+
+    def call(self, query, key, value):
+        width = query.shape[-1]
+        if width % self.num_heads:
+            raise ValueError(f"Attention width {width} is not divisible by num_heads={self.num_heads}.")
+        q, k, v = self._split(query), self._split(key), self._split(value)
+        scores = ops.matmul(q, ops.transpose(k, (0, 1, 3, 2))) / float(width // self.num_heads) ** 0.5
+        attended = ops.matmul(ops.softmax(scores, axis=-1), v)
+        attended = ops.transpose(attended, (0, 2, 1, 3))
+        return ops.reshape(attended, (-1, query.shape[1], width))
+
+    def compute_output_shape(self, query_shape, key_shape=None, value_shape=None):
+        return query_shape
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "num_heads": self.num_heads}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class PairwiseProduct(keras.layers.Layer):
+    """FiBiNET's bilinear pairs: ``p_ij = left_i * right_j`` for all fields i < j.
+
+    ``left`` is the field matrix already multiplied by the bilinear weight (a
+    ``Dense`` layer outside), ``right`` the field matrix; output
+    ``(batch, fields * (fields - 1) / 2, dim)``.
+    """
+
+    def call(self, left, right):
+        fields = left.shape[1]
+        rows = [i for i in range(fields) for _ in range(i + 1, fields)]
+        cols = [j for i in range(fields) for j in range(i + 1, fields)]
+        return ops.take(left, rows, axis=1) * ops.take(right, cols, axis=1)
+
+    def compute_output_shape(self, left_shape, right_shape=None):
+        fields = left_shape[1]
+        return (left_shape[0], fields * (fields - 1) // 2, left_shape[2])
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class FieldReweight(keras.layers.Layer):
+    """Scales each field's embedding by a per-field weight (FiBiNET's SENET).
+
+    Inputs: field matrix ``(batch, fields, dim)`` and weights ``(batch, fields)``.
+    """
+
+    def call(self, fields, weights):
+        return fields * ops.expand_dims(weights, -1)
+
+    def compute_output_shape(self, fields_shape, weights_shape=None):
+        return fields_shape
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class FieldMean(keras.layers.Layer):
+    """Mean over the embedding dimension: ``(batch, fields, dim) -> (batch, fields)``."""
+
+    def call(self, fields):
+        return ops.mean(fields, axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[:2]

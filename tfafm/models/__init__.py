@@ -1,0 +1,37 @@
+"""The CTR model zoo: ``build(name, schema, **hyperparams)`` and ``available()``."""
+
+from __future__ import annotations
+
+import inspect
+
+import keras
+
+from tfafm.models.zoo import BUILDERS
+from tfafm.schema import Schema
+
+
+def available() -> list[str]:
+    """Names of the model builders, e.g. ``["autoint", "dcn", ...]``."""
+    return sorted(BUILDERS)
+
+
+def build(name: str, schema: Schema, **hyperparams) -> keras.Model:
+    """Builds the functional model ``name`` for ``schema``.
+
+    Raises:
+        ValueError: for an unknown model name or hyper-parameter.
+    """
+    if name not in BUILDERS:
+        raise ValueError(f"Unknown model {name!r}; available: {', '.join(available())}.")
+    builder = BUILDERS[name]
+    accepted = set(inspect.signature(builder).parameters) - {"schema"}
+    unknown = sorted(set(hyperparams) - accepted)
+    if unknown:
+        raise ValueError(
+            f"Model {name!r} has no hyper-parameter {', '.join(unknown)}; "
+            f"it accepts: {', '.join(sorted(accepted))}."
+        )
+    return builder(schema, **hyperparams)
+
+
+__all__ = ["available", "build"]
