@@ -24,6 +24,7 @@ from tfafm.data.synthetic import SyntheticCriteo
 from tfafm.schema import Schema
 
 if TYPE_CHECKING:
+    import numpy as np
     import tensorflow as tf
 
 PREFIXES = ("synthetic", *FORMATS)
@@ -106,13 +107,15 @@ def load_data(
             f"The preprocessor encodes {preprocessor.format.name} data, not {prefix} data ({spec!r})."
         )
 
+    def in_validation(index: int) -> bool:
+        return evaluation or index % every == 0
+
     counts = {True: 0, False: 0}
 
     def counted_training_rows() -> Iterator[RawRow]:
         for index, row in reader.indexed():
-            is_validation = evaluation or index % every == 0
-            counts[is_validation] += 1
-            if not is_validation:
+            counts[in_validation(index)] += 1
+            if not in_validation(index):
                 yield row
 
     if evaluation:
@@ -125,10 +128,7 @@ def load_data(
     bad_lines = reader.bad_lines
 
     def stream(validation: bool) -> Callable[[], Iterator[RawRow]]:
-        return lambda: (
-            row for index, row in reader.indexed()
-            if evaluation or (index % every == 0) == validation
-        )
+        return lambda: (row for index, row in reader.indexed() if in_validation(index) == validation)
 
     schema = preprocessor.schema(embedding_dim)
     files = len(reader.paths)
@@ -181,7 +181,7 @@ def _dataset(
     """A dataset that re-reads ``rows()`` on every iteration and encodes it in batches."""
     import tensorflow as tf
 
-    def batches() -> Iterator[tuple[dict, object]]:
+    def batches() -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
         iterator = rows()
         while chunk := list(itertools.islice(iterator, batch_size)):
             yield preprocessor.encode(chunk)

@@ -1,0 +1,1 @@
+"""Calibration, rank selection, model rewriting and fusion."""

@@ -1,0 +1,171 @@
+"""Streaming calibration: the output-feature moments of every target layer.
+
+One pass over the data in a ``tf.function``: each batch runs through the
+model once; for each target layer the outputs (pre-activation for ``Dense``,
+looked-up rows for ``Embedding``, the inner dense output for
+``FeatureCross``) are reshaped to rows, shifted by a constant close to their
+mean (taken from the first batch), and their count, sum and sum of outer
+products are added to float64 accumulators. The per-batch outer product runs
+in the layer's float32 (it is the costly part); centring keeps its rounding
+error relative to the covariance itself, and every sum across batches is
+float64. Memory is O(d^2) per layer,
+whatever the number of rows. Under a ``tf.distribute`` strategy each replica
+computes its batch's moments and they are summed across replicas.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import keras
+import keras_rs
+import numpy as np
+import tensorflow as tf
+from keras import ops
+
+from tfafm.compression.graph import compressible_layers, is_functional, model_inputs, require_functional
+from tfafm.compression.statistics import LayerStatistics, Statistics
+from tfafm.progress import progress_bar
+
+
+def _dense_pre_activation(layer: keras.layers.Dense, x):
+    y = ops.matmul(x, layer.kernel)
+    return ops.add(y, layer.bias) if layer.use_bias else y
+
+
+def _run_recording(model: keras.Model, flat_inputs: list, targets: set, records: dict):
+    """Runs ``model`` on real tensors, storing target layers' output features in ``records``."""
+
+    def call(layer, *args, **kwargs):
+        if is_functional(layer):
+            inner = layer._run_through_graph(
+                model_inputs(layer, args[0]), call_fn=call
+            )
+            return inner
+        if layer.name not in targets:
+            return layer(*args, **kwargs)
+        if isinstance(layer, keras.layers.Dense):
+            pre = _dense_pre_activation(layer, args[0])
+            records[layer.name] = pre
+            return layer.activation(pre)
+        if isinstance(layer, keras_rs.layers.FeatureCross):
+            x = args[1] if len(args) > 1 and args[1] is not None else args[0]
+            records[layer.name] = _dense_pre_activation(layer.dense, x)
+            return layer(*args, **kwargs)
+        outputs = layer(*args, **kwargs)
+        records[layer.name] = outputs
+        return outputs
+
+    return model._run_through_graph(flat_inputs, call_fn=call)
+
+
+def _as_dataset(data, batch_size: int) -> tf.data.Dataset:
+    if isinstance(data, tf.data.Dataset):
+        return data
+    if isinstance(data, dict):
+        return tf.data.Dataset.from_tensor_slices(data).batch(batch_size)
+    raise TypeError(
+        f"Calibration data must be a tf.data.Dataset or a dict of arrays, got {type(data).__name__}."
+    )
+
+
+def _features_of(element):
+    return element[0] if isinstance(element, (tuple, list)) else element
+
+
+def calibrate(
+    model: keras.Model,
+    data,
+    layers: Iterable[str] | None = None,
+    steps: int | None = None,
+    strategy: tf.distribute.Strategy | None = None,
+    batch_size: int = 1024,
+    progress: bool = True,
+) -> Statistics:
+    """Collects output-feature statistics of ``model``'s compressible layers.
+
+    Args:
+        model: a built functional Keras model.
+        data: a ``tf.data.Dataset`` of feature dicts or ``(features, labels)``
+            batches, or a dict of arrays (batched by ``batch_size``).
+        layers: names of the layers to collect; default: every compressible layer.
+        steps: stop after this many batches (default: the whole dataset).
+        strategy: a ``tf.distribute`` strategy; default: the current one.
+        progress: draw a progress bar.
+
+    Returns:
+        :class:`Statistics` keyed by layer name.
+
+    Raises:
+        ValueError: unknown layer names, empty data or non-finite statistics.
+    """
+    require_functional(model)
+    candidates = compressible_layers(model)
+    names = list(candidates) if layers is None else list(layers)
+    unknown = [n for n in names if n not in candidates]
+    if unknown:
+        raise ValueError(
+            f"Cannot calibrate layer(s) {unknown}: not compressible layers of {model.name!r} "
+            f"(compressible: {', '.join(candidates) or 'none'})."
+        )
+    if not names:
+        raise ValueError(f"Model {model.name!r} has no compressible layers to calibrate.")
+    if steps is not None and steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}.")
+    strategy = strategy or tf.distribute.get_strategy()
+    dims = {n: candidates[n].output_dim for n in names}
+    targets = set(names)
+
+    accumulators = {
+        n: (tf.Variable(tf.zeros((), tf.float64)), tf.Variable(tf.zeros((d,), tf.float64)),
+            tf.Variable(tf.zeros((d, d), tf.float64)))
+        for n, d in dims.items()
+    }
+
+    def layer_rows(features) -> dict:
+        records: dict = {}
+        _run_recording(model, model_inputs(model, features), targets, records)
+        return {n: tf.reshape(tf.cast(records[n], tf.float32), (-1, dims[n])) for n in names}
+
+    def replica_moments(features):
+        moments = {}
+        for name, rows in layer_rows(features).items():
+            centred = rows - shifts[name]
+            moments[name] = (
+                tf.cast(tf.shape(rows)[0], tf.float64),
+                tf.reduce_sum(tf.cast(centred, tf.float64), axis=0),
+                tf.cast(tf.matmul(centred, centred, transpose_a=True), tf.float64),
+            )
+        return moments
+
+    @tf.function
+    def step(element):
+        per_replica = strategy.run(replica_moments, args=(_features_of(element),))
+        reduced = strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+        for name, values in reduced.items():
+            for accumulator, value in zip(accumulators[name], values):
+                accumulator.assign_add(value)
+
+    dataset = _as_dataset(data, batch_size)
+    if steps is not None:
+        dataset = dataset.take(steps)
+    first = next(iter(dataset), None)
+    if first is None:
+        raise ValueError("Calibration data is empty: no batch to calibrate on.")
+    shifts = {n: tf.constant(tf.reduce_mean(rows, axis=0)) for n, rows in layer_rows(_features_of(first)).items()}
+    distributed = strategy.experimental_distribute_dataset(dataset)
+    cardinality = int(dataset.cardinality())
+    total = steps if cardinality < 0 else cardinality
+    with progress_bar("calibrating", total, enabled=progress) as advance:
+        for element in distributed:
+            step(element)
+            advance()
+
+    stats = Statistics()
+    for name, (count, total_sum, outer) in accumulators.items():
+        stats[name] = LayerStatistics(
+            float(count.numpy()), np.asarray(total_sum.numpy()), np.asarray(outer.numpy()),
+            np.asarray(shifts[name].numpy(), dtype=np.float64),
+        )
+        stats[name].check(name)
+    return stats

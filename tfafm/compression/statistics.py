@@ -1,0 +1,94 @@
+"""Output-feature statistics of a layer: count, sum and sum of outer products in float64."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+
+
+@dataclasses.dataclass
+class LayerStatistics:
+    """Streaming moments of a layer's output features ``y`` (one row per sample).
+
+    Moments are taken of ``y - shift`` for a fixed ``shift`` near the mean,
+    which keeps ``S / n - m m^T`` free of cancellation.
+
+    Attributes:
+        count: number of rows seen.
+        total: ``sum(y - shift)``, shape ``(d,)``.
+        outer: ``sum((y - shift)(y - shift)^T)``, shape ``(d, d)``.
+        shift: the constant subtracted from every row, shape ``(d,)`` (zeros by default).
+    """
+
+    count: float
+    total: np.ndarray
+    outer: np.ndarray
+    shift: np.ndarray | None = None
+
+    @property
+    def dim(self) -> int:
+        return int(self.total.shape[0])
+
+    @property
+    def mean(self) -> np.ndarray:
+        shifted_mean = self.total / self.count
+        return shifted_mean if self.shift is None else shifted_mean + self.shift
+
+    @property
+    def covariance(self) -> np.ndarray:
+        """Population covariance ``S / n - m m^T`` of the shifted rows (symmetrised)."""
+        shifted_mean = self.total / self.count
+        cov = self.outer / self.count - np.outer(shifted_mean, shifted_mean)
+        return 0.5 * (cov + cov.T)
+
+    def principal(self, name: str = "layer") -> tuple[np.ndarray, np.ndarray]:
+        """Eigenvalues (descending, clipped at 0) and eigenvectors (columns) of the covariance."""
+        self.check(name)
+        values, vectors = np.linalg.eigh(self.covariance)
+        order = np.argsort(values)[::-1]
+        return np.clip(values[order], 0.0, None), vectors[:, order]
+
+    def check(self, name: str) -> None:
+        """Raises ``ValueError`` naming the layer if the statistics are empty or not finite."""
+        if self.count <= 0:
+            raise ValueError(f"Layer {name!r}: no calibration rows were seen (empty calibration data?).")
+        if not (np.all(np.isfinite(self.total)) and np.all(np.isfinite(self.outer))):
+            raise ValueError(
+                f"Layer {name!r}: calibration statistics are not finite (NaN or Inf in the data or weights)."
+            )
+
+
+class Statistics(dict):
+    """Per-layer :class:`LayerStatistics`, keyed by layer name, with npz save/load."""
+
+    def save(self, path: str) -> None:
+        """Writes all layers' moments to one ``.npz`` file, atomically."""
+        from tfafm.io_utils import atomic_path
+
+        arrays = {}
+        for name, stats in self.items():
+            arrays[f"{name}/count"] = np.asarray(stats.count, dtype=np.float64)
+            arrays[f"{name}/total"] = stats.total
+            arrays[f"{name}/outer"] = stats.outer
+            arrays[f"{name}/shift"] = np.zeros(stats.dim) if stats.shift is None else stats.shift
+        if not path.endswith(".npz"):
+            path += ".npz"
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays)
+
+    @classmethod
+    def load(cls, path: str) -> "Statistics":
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"Statistics file not found: {path}")
+        stats = cls()
+        with np.load(path) as data:
+            names = sorted({key.rsplit("/", 1)[0] for key in data.files})
+            for name in names:
+                stats[name] = LayerStatistics(
+                    float(data[f"{name}/count"]), data[f"{name}/total"], data[f"{name}/outer"],
+                    data[f"{name}/shift"],
+                )
+        return stats
