@@ -1,12 +1,49 @@
-"""tfafm: make Keras click-through-rate models small and fast with low-rank compression."""
+"""tfafm: make Keras click-through-rate models small and fast with low-rank compression.
 
+Main entry points: :func:`calibrate`, :func:`compress`, :func:`fuse`, the
+layers :class:`LowRankDense` / :class:`LowRankEmbedding`, the model zoo
+(:mod:`tfafm.models`), data (:mod:`tfafm.data`) and exports (:mod:`tfafm.export`).
+
+Attributes are imported on first use, so ``import tfafm`` (and the command
+line's ``--help``) does not load TensorFlow.
+"""
+
+import importlib as _importlib
 import os as _os
 
 _os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-from tfafm import layers, models  # noqa: E402
-from tfafm.schema import DenseFeature, Schema, SparseFeature  # noqa: E402
-
 __version__ = "0.1.0"
 
-__all__ = ["DenseFeature", "Schema", "SparseFeature", "layers", "models"]
+_EXPORTS = {
+    "calibrate": "tfafm.compression.calibration",
+    "compress": "tfafm.compression.api",
+    "fuse": "tfafm.compression.fusion",
+    "CompressionReport": "tfafm.compression.report",
+    "LayerReport": "tfafm.compression.report",
+    "LayerStatistics": "tfafm.compression.statistics",
+    "Statistics": "tfafm.compression.statistics",
+    "LowRankDense": "tfafm.layers.low_rank",
+    "LowRankEmbedding": "tfafm.layers.low_rank",
+    "DenseFeature": "tfafm.schema",
+    "Schema": "tfafm.schema",
+    "SparseFeature": "tfafm.schema",
+    "evaluate": "tfafm.metrics",
+    "load_data": "tfafm.data",
+    "load_run": "tfafm.runs",
+}
+_SUBMODULES = ("data", "export", "layers", "metrics", "models")
+
+__all__ = sorted(_EXPORTS) + list(_SUBMODULES)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(_importlib.import_module(_EXPORTS[name]), name)
+    if name in _SUBMODULES:
+        return _importlib.import_module(f"tfafm.{name}")
+    raise AttributeError(f"module 'tfafm' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__

@@ -34,7 +34,8 @@ def _dense_pre_activation(layer: keras.layers.Dense, x):
 
 
 def _run_recording(model: keras.Model, flat_inputs: list, targets: set, records: dict):
-    """Runs ``model`` on real tensors, storing target layers' output features in ``records``."""
+    """Runs ``model`` on real tensors, appending target layers' output features to
+    ``records[name]`` (a list: a shared layer is recorded at every call)."""
 
     def call(layer, *args, **kwargs):
         if is_functional(layer):
@@ -46,14 +47,15 @@ def _run_recording(model: keras.Model, flat_inputs: list, targets: set, records:
             return layer(*args, **kwargs)
         if isinstance(layer, keras.layers.Dense):
             pre = _dense_pre_activation(layer, args[0])
-            records[layer.name] = pre
+            records.setdefault(layer.name, []).append(pre)
             return layer.activation(pre)
         if isinstance(layer, keras_rs.layers.FeatureCross):
-            x = args[1] if len(args) > 1 and args[1] is not None else args[0]
-            records[layer.name] = _dense_pre_activation(layer.dense, x)
+            x = args[1] if len(args) > 1 else kwargs.get("x")
+            x = args[0] if x is None else x
+            records.setdefault(layer.name, []).append(_dense_pre_activation(layer.dense, x))
             return layer(*args, **kwargs)
         outputs = layer(*args, **kwargs)
-        records[layer.name] = outputs
+        records.setdefault(layer.name, []).append(outputs)
         return outputs
 
     return model._run_through_graph(flat_inputs, call_fn=call)
@@ -125,7 +127,10 @@ def calibrate(
     def layer_rows(features) -> dict:
         records: dict = {}
         _run_recording(model, model_inputs(model, features), targets, records)
-        return {n: tf.reshape(tf.cast(records[n], tf.float32), (-1, dims[n])) for n in names}
+        return {
+            n: tf.concat([tf.reshape(tf.cast(r, tf.float32), (-1, dims[n])) for r in records[n]], axis=0)
+            for n in names
+        }
 
     def replica_moments(features):
         moments = {}

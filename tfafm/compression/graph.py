@@ -44,6 +44,7 @@ class Candidate:
     kind: str  # "dense" | "embedding" | "cross"
     input_dim: int
     output_dim: int
+    bias: bool = True  # whether the original layer has an output bias
 
     def params(self, rank: int | None = None) -> int:
         """Parameters of the layer at full size (``rank=None``) or factored at ``rank``."""
@@ -51,7 +52,7 @@ class Candidate:
         if self.kind == "embedding":
             return n * d if rank is None else n * rank + rank * d + d
         if rank is None:
-            return n * d + d
+            return n * d + (d if self.bias else 0)
         # LowRankDense / low-rank FeatureCross: two kernels, biases on both factors.
         return rank * (n + d) + (rank if self.kind == "dense" else 0) + d
 
@@ -79,10 +80,10 @@ def _candidate(layer) -> Candidate | None:
     if isinstance(layer, keras.layers.Embedding):
         return Candidate(layer.name, "embedding", layer.input_dim, layer.output_dim)
     if isinstance(layer, keras.layers.Dense):
-        return Candidate(layer.name, "dense", layer.kernel.shape[0], layer.units)
+        return Candidate(layer.name, "dense", layer.kernel.shape[0], layer.units, layer.use_bias)
     if isinstance(layer, keras_rs.layers.FeatureCross) and layer.projection_dim is None:
         dim = layer.dense.kernel.shape[0]
-        return Candidate(layer.name, "cross", dim, dim)
+        return Candidate(layer.name, "cross", dim, dim, layer.dense.use_bias)
     return None
 
 
@@ -101,6 +102,11 @@ def compressible_layers(model: keras.Model) -> dict[str, Candidate]:
             raise ValueError(f"Layer name {candidate.name!r} appears twice; compression needs unique names.")
         found[candidate.name] = candidate
     return found
+
+
+def model_feed(model: keras.Model, features) -> dict:
+    """Casts a feature dict to what ``model(...)`` takes: ``{input_name: tensor}``."""
+    return dict(zip((x.name for x in model.inputs), model_inputs(model, features)))
 
 
 def model_inputs(model: keras.Model, features) -> list:

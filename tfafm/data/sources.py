@@ -69,6 +69,7 @@ def load_data(
     min_count: int = 1,
     skip_bad_lines: bool = False,
     preprocessor: Optional[Preprocessor] = None,
+    evaluation_only: Optional[bool] = None,
     synthetic_rows: int = 200_000,
     synthetic_max_vocabulary: int = 100_000,
     seed: int = 0,
@@ -79,8 +80,9 @@ def load_data(
     it fits the preprocessor on the training rows (unless ``preprocessor`` is
     given) and validates the rest, so malformed files raise
     :class:`~tfafm.data.errors.DataFormatError` here rather than inside
-    ``tf.data``. With ``preprocessor`` given, nothing is fitted and every row is
-    evaluation data (``train`` is ``None``).
+    ``tf.data``. With ``preprocessor`` given, nothing is fitted and, unless
+    ``evaluation_only=False`` (keep the train/validation split, as when
+    compressing a trained run), every row is evaluation data (``train`` is ``None``).
     """
     prefix, _, rest = spec.partition(":")
     if prefix not in PREFIXES:
@@ -101,8 +103,10 @@ def load_data(
         raise ValueError(f"Data spec {spec!r} needs a path: {prefix}:PATH.")
     reader = RowReader(FORMATS[prefix], resolve_paths(rest), skip_bad_lines=skip_bad_lines)
     every = round(1.0 / validation_fraction)
-    evaluation = preprocessor is not None
-    if evaluation and preprocessor.format.name != prefix:
+    evaluation = preprocessor is not None if evaluation_only is None else evaluation_only
+    if evaluation and preprocessor is None:
+        raise ValueError("evaluation_only=True needs a fitted preprocessor.")
+    if preprocessor is not None and preprocessor.format.name != prefix:
         raise ValueError(
             f"The preprocessor encodes {preprocessor.format.name} data, not {prefix} data ({spec!r})."
         )
@@ -118,13 +122,13 @@ def load_data(
             if not in_validation(index):
                 yield row
 
-    if evaluation:
+    if preprocessor is not None:
         for _ in counted_training_rows():
             pass
     else:
         preprocessor = Preprocessor.fit(reader.format, counted_training_rows(), min_count)
-        if not counts[False]:
-            raise ValueError(f"{spec}: no training rows (only {counts[True]} rows in all).")
+    if not evaluation and not counts[False]:
+        raise ValueError(f"{spec}: no training rows (only {counts[True]} rows in all).")
     bad_lines = reader.bad_lines
 
     def stream(validation: bool) -> Callable[[], Iterator[RawRow]]:
@@ -141,8 +145,8 @@ def load_data(
             f"{counts[True]:,} {'evaluation' if evaluation else 'validation'} rows{skipped}"
         ),
         schema=schema,
-        train=None if evaluation else _dataset(stream(False), preprocessor, schema, batch_size),
-        validation=_dataset(stream(True), preprocessor, schema, batch_size),
+        train=None if evaluation else _dataset(stream(False), preprocessor, schema, batch_size, counts[False]),
+        validation=_dataset(stream(True), preprocessor, schema, batch_size, counts[True]),
         preprocessor=preprocessor,
         train_rows=counts[False],
         validation_rows=counts[True],
@@ -176,9 +180,14 @@ def _synthetic(
 
 
 def _dataset(
-    rows: Callable[[], Iterator[RawRow]], preprocessor: Preprocessor, schema: Schema, batch_size: int
+    rows: Callable[[], Iterator[RawRow]], preprocessor: Preprocessor, schema: Schema,
+    batch_size: int, num_rows: int,
 ) -> "tf.data.Dataset":
-    """A dataset that re-reads ``rows()`` on every iteration and encodes it in batches."""
+    """A dataset that re-reads ``rows()`` on every iteration and encodes it in batches.
+
+    Its cardinality (``ceil(num_rows / batch_size)``) is declared, so Keras
+    progress bars know the number of steps.
+    """
     import tensorflow as tf
 
     def batches() -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
@@ -191,4 +200,6 @@ def _dataset(
         | {f.name: tf.TensorSpec((None, 1), tf.int32) for f in schema.sparse},
         tf.TensorSpec((None, 1), tf.float32),
     )
-    return tf.data.Dataset.from_generator(batches, output_signature=signature).prefetch(2)
+    dataset = tf.data.Dataset.from_generator(batches, output_signature=signature)
+    steps = -(-num_rows // batch_size)
+    return dataset.apply(tf.data.experimental.assert_cardinality(steps)).prefetch(2)

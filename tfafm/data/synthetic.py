@@ -179,6 +179,8 @@ class SyntheticCriteo:
             },
             tf.TensorSpec((None, 1), tf.float32),
         )
-        return tf.data.Dataset.from_generator(
+        dataset = tf.data.Dataset.from_generator(
             lambda: self.batches(rows, batch_size, split), output_signature=signature
-        ).prefetch(2)
+        )
+        steps = -(-rows // batch_size)
+        return dataset.apply(tf.data.experimental.assert_cardinality(steps)).prefetch(2)

@@ -10,6 +10,7 @@ from tfafm.layers.interactions import (
     MultiHeadSelfAttention,
     PairwiseProduct,
 )
+from tfafm.layers.low_rank import LowRankDense, LowRankEmbedding
 
 __all__ = [
     "ClipToVocabulary",
@@ -18,6 +19,8 @@ __all__ = [
     "FactorizationMachine",
     "FieldMean",
     "FieldReweight",
+    "LowRankDense",
+    "LowRankEmbedding",
     "MultiHeadSelfAttention",
     "PairwiseProduct",
 ]

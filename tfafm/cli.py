@@ -1,0 +1,188 @@
+"""The ``tfafm`` command line: train, eval, compress, export, bench, demo."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from typing import Callable, Optional, Sequence
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+console = Console()
+
+
+def _load_tensorflow_quietly() -> None:
+    """Imports TensorFlow and initialises its devices with native stderr silenced.
+
+    TensorFlow's C++ start-up notes (oneDNN, CUDA probing) are written before
+    its log level applies; they are noise for a CLI user. Python errors are not
+    affected: stderr is restored before any command runs.
+    """
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow as tf
+
+        tf.config.list_logical_devices("CPU")
+    finally:
+        os.dup2(saved, 2)
+        os.close(devnull)
+        os.close(saved)
+USER_ERRORS = (ValueError, FileNotFoundError, TypeError, KeyError, NotADirectoryError, PermissionError)
+
+
+def _metrics_table(title: str, rows: dict[str, dict[str, float]]) -> Table:
+    table = Table(title=title)
+    for column in ("model", "AUC", "LogLoss", "rows"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for name, metrics in rows.items():
+        table.add_row(name, f"{metrics['auc']:.4f}", f"{metrics['logloss']:.4f}", f"{metrics['rows']:,}")
+    return table
+
+
+def _train_config(args):
+    from tfafm.config import TrainConfig
+
+    config = TrainConfig.load(args.config) if args.config else TrainConfig()
+    overrides = {
+        "model": args.model, "epochs": args.epochs, "batch_size": args.batch_size,
+        "embedding_dim": args.embedding_dim, "min_count": args.min_count, "seed": args.seed,
+        "learning_rate": args.learning_rate, "synthetic_rows": args.rows,
+    }
+    values = {**config.to_dict(), **{k: v for k, v in overrides.items() if v is not None}}
+    return TrainConfig.from_dict(values, source="options")
+
+
+def cmd_train(args) -> int:
+    from tfafm import models
+    from tfafm.training import train
+
+    config = _train_config(args)
+    if config.model not in models.available():
+        raise ValueError(f"Unknown model {config.model!r}; available: {', '.join(models.available())}.")
+    console.print(f"Training [bold]{config.model}[/] on [bold]{args.data}[/] for up to {config.epochs} epoch(s)")
+    result = train(config, args.data, out=args.out, skip_bad_lines=args.skip_bad_lines,
+                   verbose=0 if args.quiet else 1)
+    console.print(result.bundle.description)
+    console.print(_metrics_table(f"{config.model}: validation", {config.model: result.metrics}))
+    console.print(f"Saved run to [bold]{args.out}[/] ({result.model.count_params():,} parameters)")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from tfafm.metrics import evaluate
+    from tfafm.runs import load_run
+
+    run = load_run(args.run)
+    bundle = run.load_data(args.data, skip_bad_lines=args.skip_bad_lines)
+    metrics = evaluate(run.model, bundle.validation)
+    console.print(bundle.description)
+    console.print(_metrics_table(f"{args.run} on {args.data}", {run.model.name: metrics}))
+    return 0
+
+
+def cmd_compress(args) -> int:
+    from tfafm.compression.pipeline import compress_run
+    from tfafm.runs import load_run
+
+    run = load_run(args.run)
+    data = args.data or run.info.get("data", "synthetic")
+    result = compress_run(
+        run, data, out=args.out, method=args.method, target_ratio=args.ratio, energy=args.energy,
+        inner_activation=args.inner_activation, finetune_epochs=args.finetune_epochs,
+        calibration_steps=args.calibration_steps, skip_bad_lines=args.skip_bad_lines,
+        verbose=0 if args.quiet else 1,
+    )
+    console.print(result.report.to_markdown())
+    console.print(_metrics_table("validation", result.metrics))
+    console.print(f"Saved compressed run to [bold]{args.out}[/]")
+    return 0
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tfafm", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train a model-zoo model and save a run directory")
+    train.add_argument("--model", help="builder name (default: the config's, else deepfm)")
+    train.add_argument("--data", default="synthetic", help="synthetic[:ROWS] | criteo:PATH | avazu:PATH")
+    train.add_argument("--config", help="YAML experiment config, e.g. models/deepfm_criteo.yaml")
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--embedding-dim", type=int)
+    train.add_argument("--learning-rate", type=_positive_float)
+    train.add_argument("--min-count", type=int, help="min occurrences for a categorical value to get an id")
+    train.add_argument("--rows", type=int, help="training rows for synthetic data")
+    train.add_argument("--seed", type=int)
+    train.add_argument("--skip-bad-lines", action="store_true", help="skip and count malformed lines")
+    train.add_argument("--out", default="run", help="run directory to write (default: run)")
+    train.add_argument("--quiet", action="store_true")
+    train.set_defaults(func=cmd_train)
+
+    evaluate = commands.add_parser("eval", help="evaluate a saved run on data (exact AUC / LogLoss)")
+    evaluate.add_argument("run")
+    evaluate.add_argument("--data", required=True)
+    evaluate.add_argument("--skip-bad-lines", action="store_true")
+    evaluate.set_defaults(func=cmd_eval)
+
+    comp = commands.add_parser("compress", help="compress a saved run with AFM or SVD")
+    comp.add_argument("run")
+    comp.add_argument("--data", help="data spec (default: the run's training data)")
+    comp.add_argument("--ratio", type=_positive_float, default=4.0, help="target parameter ratio (default 4)")
+    comp.add_argument("--energy", type=_positive_float, help="keep this variance fraction per layer instead")
+    comp.add_argument("--method", choices=("afm", "svd"), default="afm")
+    comp.add_argument("--inner-activation", help="activation between the factors, e.g. relu")
+    comp.add_argument("--finetune-epochs", type=_non_negative_int, default=0)
+    comp.add_argument("--calibration-steps", type=int, help="calibrate on at most this many batches")
+    comp.add_argument("--skip-bad-lines", action="store_true")
+    comp.add_argument("--out", default="run-small")
+    comp.add_argument("--quiet", action="store_true")
+    comp.set_defaults(func=cmd_compress)
+
+    for register in _EXTRA_COMMANDS:
+        register(commands)
+    return parser
+
+
+_EXTRA_COMMANDS: list[Callable] = []
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the ``tfafm`` console script; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    _load_tensorflow_quietly()
+    warnings.filterwarnings("ignore", category=UserWarning, module="keras")
+    try:
+        return args.func(args)
+    except USER_ERRORS as error:
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        print(f"tfafm: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tfafm: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

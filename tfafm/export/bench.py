@@ -1,0 +1,327 @@
+"""Latency, throughput, file size and peak memory of exported models.
+
+:func:`benchmark` measures ``.tflite`` files, ``.onnx`` files, SavedModel
+directories and Keras models (a ``.keras`` file, a run directory holding
+``model.keras``, or an in-memory ``keras.Model``). Each model runs in a fresh
+Python subprocess (this file executed as a script), so its peak resident
+memory (``VmHWM``) is its own: the LiteRT and ONNX workers import neither
+TensorFlow nor tfafm, the SavedModel and Keras workers do (their peak includes
+the TensorFlow runtime). Inputs are realistic rows drawn from the schema:
+Zipf-distributed ids inside each vocabulary (never the OOV id 0) and dense
+values ``log1p`` of log-normal counts.
+
+Usage::
+
+    rows = benchmark(["a.tflite", "b.tflite"], schema, batch_sizes=(1, 256), threads=(1,))
+    print(results_table(rows))
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Mapping, Sequence
+
+import numpy as np
+
+_RESULT_PREFIX = "TFAFM_BENCH_RESULT "
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def _schema_dict(schema) -> dict:
+    return schema if isinstance(schema, Mapping) else schema.to_dict()
+
+
+def _zipf_ids(rng: np.random.Generator, vocabulary: int, rows: int, exponent: float) -> np.ndarray:
+    if vocabulary < 2:
+        return np.zeros((rows, 1), np.int32)
+    cdf = np.cumsum(np.arange(1, vocabulary, dtype=np.float64) ** -exponent)
+    ids = np.searchsorted(cdf / cdf[-1], rng.random(rows), side="right") + 1
+    return np.minimum(ids, vocabulary - 1).astype(np.int32)[:, None]
+
+
+def sample_features(schema, rows: int, seed: int = 0, zipf_exponent: float = 1.1) -> dict[str, np.ndarray]:
+    """``rows`` realistic feature rows for ``schema`` (a Schema or its ``to_dict()``).
+
+    Sparse ids follow a Zipf law over ``[1, vocabulary_size)``; dense values
+    are ``log1p(1 + floor(lognormal))``, so no value is zero.
+    """
+    rng = np.random.default_rng(seed)
+    features = {}
+    for feature in _schema_dict(schema)["features"]:
+        if feature["type"] == "sparse":
+            features[feature["name"]] = _zipf_ids(rng, int(feature["vocabulary_size"]), rows, zipf_exponent)
+        else:
+            counts = 1.0 + np.floor(rng.lognormal(1.0, 1.5, size=(rows, 1)))
+            features[feature["name"]] = np.log1p(counts).astype(np.float32)
+    return features
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def model_kind(path: str) -> str:
+    """``"tflite"``, ``"onnx"``, ``"saved_model"`` or ``"keras"`` for an exported model path."""
+    if os.path.isfile(path):
+        for ext, kind in ((".tflite", "tflite"), (".onnx", "onnx"), (".keras", "keras")):
+            if path.endswith(ext):
+                return kind
+    if os.path.isdir(path):
+        if os.path.isfile(os.path.join(path, "saved_model.pb")):
+            return "saved_model"
+        if os.path.isfile(os.path.join(path, "model.keras")):
+            return "keras"
+    raise ValueError(f"Cannot benchmark {path!r}: expected a .tflite/.onnx/.keras file, a SavedModel "
+                     "directory or a run directory with model.keras.")
+
+
+def _model_file(path: str, kind: str) -> str:
+    return os.path.join(path, "model.keras") if kind == "keras" and os.path.isdir(path) else path
+
+
+def size_bytes(path: str) -> int:
+    """File size, or the total size of a directory's files (SavedModel)."""
+    if os.path.isfile(path):
+        return os.path.getsize(path)
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
+
+
+def _load_sibling(name: str):
+    """Imports a module of this package by file path, without importing tfafm (or TensorFlow)."""
+    spec = importlib.util.spec_from_file_location(
+        f"_tfafm_export_{name}", os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _set_tf_threads(threads: int) -> None:
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(threads)
+
+
+class KerasRunner:
+    """Calls a saved Keras model through a traced ``tf.function`` on feature-dict batches."""
+
+    def __init__(self, path: str):
+        import keras
+        import tensorflow as tf
+
+        import tfafm  # noqa: F401  (registers the custom layers)
+        from tfafm.export.signature import feature_inputs, serving_function
+
+        self._tf = tf
+        self.model = keras.saving.load_model(path, compile=False)
+        self.inputs = feature_inputs(self.model)
+        self.function = serving_function(self.model)
+
+    def __call__(self, features: Mapping) -> np.ndarray:
+        tensors = {
+            name: self._tf.constant(np.asarray(features[name]).reshape(-1, 1).astype(dtype))
+            for name, dtype in self.inputs
+        }
+        return self.function(tensors)["prediction"].numpy()
+
+
+def open_runner(kind: str, path: str, threads: int = 1):
+    """A callable ``runner(features) -> probabilities`` for an exported model."""
+    if kind == "tflite":
+        return _load_sibling("litert").LiteRTRunner(path, num_threads=threads)
+    if kind == "onnx":
+        return _load_sibling("onnx").OnnxRunner(path, num_threads=threads)
+    _set_tf_threads(threads)
+    if kind == "saved_model":
+        return _load_sibling("saved_model").SavedModelRunner(path)
+    if kind == "keras":
+        return KerasRunner(_model_file(path, kind))
+    raise ValueError(f"Unknown model kind {kind!r}.")
+
+
+# ----------------------------------------------------------------------------- measuring
+
+
+def measure(runner, batches: Sequence[Mapping], warmup: int, iterations: int, max_seconds: float) -> dict:
+    """Times ``runner`` over ``batches`` (cycled): p50/p99 latency in ms and rows per second."""
+    for i in range(warmup):
+        runner(batches[i % len(batches)])
+    rows = len(next(iter(batches[0].values())))
+    times, start = [], time.perf_counter()
+    for i in range(iterations):
+        t0 = time.perf_counter()
+        runner(batches[i % len(batches)])
+        times.append(time.perf_counter() - t0)
+        if len(times) >= 10 and time.perf_counter() - start > max_seconds:
+            break
+    ms = np.asarray(times) * 1e3
+    return {
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "throughput_rps": float(rows * len(ms) / (ms.sum() / 1e3)),
+        "iterations": len(ms),
+    }
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MiB (``VmHWM``, else ``ru_maxrss``)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024.0 * 1024.0) if sys.platform == "darwin" else peak / 1024.0
+
+
+def _worker(job: dict) -> dict:
+    runner = open_runner(job["kind"], job["path"], job["threads"])
+    results = {}
+    for batch_size in job["batch_sizes"]:
+        batches = [
+            sample_features(job["schema"], batch_size, seed=job["seed"] + i) for i in range(job["distinct_batches"])
+        ]
+        results[str(batch_size)] = measure(runner, batches, job["warmup"], job["iterations"], job["max_seconds"])
+    return {"results": results, "peak_rss_mb": peak_rss_mb()}
+
+
+def _run_worker(job: dict, timeout: float) -> dict:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONWARNINGS="ignore")
+    process = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), "--worker"],
+        input=json.dumps(job), capture_output=True, text=True, timeout=timeout, env=env,
+    )
+    for line in process.stdout.splitlines():
+        if line.startswith(_RESULT_PREFIX):
+            return json.loads(line[len(_RESULT_PREFIX):])
+    raise RuntimeError(
+        f"Benchmark worker for {job['path']} failed (exit {process.returncode}):\n{process.stderr[-3000:]}"
+    )
+
+
+# ----------------------------------------------------------------------------- API
+
+
+def _targets(paths_or_models, names, tmp: str) -> list[tuple[str, str, str]]:
+    """``(name, kind, path)`` per item; in-memory Keras models are saved under ``tmp`` first."""
+    targets = []
+    for i, item in enumerate(paths_or_models):
+        if isinstance(item, (str, os.PathLike)):
+            path = os.fspath(item)
+            kind = model_kind(path)
+            name = os.path.basename(os.path.normpath(path))
+        else:
+            path = os.path.join(tmp, f"model_{i}.keras")
+            item.save(path)
+            kind, name = "keras", item.name
+        targets.append((names[i] if names else name, kind, path))
+    return targets
+
+
+def benchmark(
+    paths_or_models: Sequence,
+    schema,
+    batch_sizes: Sequence[int] = (1, 256),
+    threads: Sequence[int] = (1, os.cpu_count() or 1),
+    warmup: int = 10,
+    iterations: int = 200,
+    max_seconds: float = 10.0,
+    names: Sequence[str] | None = None,
+    seed: int = 0,
+    distinct_batches: int = 4,
+    timeout: float = 900.0,
+) -> list[dict]:
+    """Measures every model at every batch size and thread count.
+
+    Args:
+        paths_or_models: ``.tflite`` / ``.onnx`` / ``.keras`` files, SavedModel
+            directories, run directories holding ``model.keras``, or
+            ``keras.Model`` objects.
+        schema: the :class:`~tfafm.Schema` the models take (inputs are drawn from it).
+        batch_sizes, threads: the grid; each thread count runs in its own process.
+        warmup, iterations: calls before / during timing (timing stops early
+            after ``max_seconds`` once 10 calls are timed).
+        names: display names (default: file or directory name, or ``model.name``).
+        distinct_batches: different input batches cycled through while timing.
+
+    Returns:
+        One dict per (model, threads, batch size): ``name``, ``kind``, ``path``,
+        ``batch_size``, ``threads``, ``size_bytes``, ``p50_ms``, ``p99_ms``,
+        ``throughput_rps``, ``iterations`` and ``peak_rss_mb`` (the worker
+        process's peak over all its batch sizes).
+    """
+    if names is not None and len(names) != len(paths_or_models):
+        raise ValueError(f"names has {len(names)} entries for {len(paths_or_models)} models.")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, kind, path in _targets(paths_or_models, names, tmp):
+            for n in dict.fromkeys(int(t) for t in threads):
+                job = {
+                    "kind": kind, "path": path, "threads": n, "batch_sizes": [int(b) for b in batch_sizes],
+                    "warmup": warmup, "iterations": iterations, "max_seconds": max_seconds,
+                    "schema": _schema_dict(schema), "seed": seed, "distinct_batches": distinct_batches,
+                }
+                outcome = _run_worker(job, timeout)
+                for batch_size in batch_sizes:
+                    rows.append({
+                        "name": name, "kind": kind, "path": path, "batch_size": int(batch_size), "threads": n,
+                        "size_bytes": size_bytes(path), **outcome["results"][str(batch_size)],
+                        "peak_rss_mb": outcome["peak_rss_mb"],
+                    })
+    return rows
+
+
+def _ratio(value: float, reference: float) -> str:
+    return f"{value / reference:.2f}" if reference else "n/a"
+
+
+def results_table(rows: Sequence[Mapping]) -> str:
+    """A markdown table of :func:`benchmark` rows with each model's ratios to the first model.
+
+    Ratios (size, p50, throughput) compare to the first model's row at the same
+    batch size and thread count.
+    """
+    if not rows:
+        return "(no results)"
+    first = rows[0]["name"]
+    reference = {(r["batch_size"], r["threads"]): r for r in rows if r["name"] == first}
+    header = ("| model | format | batch | threads | size KiB | p50 ms | p99 ms | rows/s | peak RSS MiB "
+              "| size ratio | p50 ratio | throughput ratio |")
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for r in rows:
+        ref = reference.get((r["batch_size"], r["threads"]))
+        ratios = (
+            [_ratio(r["size_bytes"], ref["size_bytes"]), _ratio(r["p50_ms"], ref["p50_ms"]),
+             _ratio(r["throughput_rps"], ref["throughput_rps"])] if ref else ["n/a"] * 3
+        )
+        lines.append(
+            f"| {r['name']} | {r['kind']} | {r['batch_size']} | {r['threads']} | {r['size_bytes'] / 1024:.1f} "
+            f"| {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {r['throughput_rps']:.0f} | {r['peak_rss_mb']:.0f} | "
+            + " | ".join(ratios) + " |"
+        )
+    return "\n".join(lines)
+
+
+def _main() -> None:
+    # Run as a script, this directory heads sys.path; drop it so that ``onnx`` is the real package.
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != here]
+    job = json.loads(sys.stdin.read())
+    outcome = _worker(job)
+    sys.stdout.write(_RESULT_PREFIX + json.dumps(outcome) + "\n")
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--worker"]:
+    _main()

@@ -1,0 +1,62 @@
+"""Export to a TensorFlow SavedModel with a ``serving_default`` signature."""
+
+from __future__ import annotations
+
+import os
+from typing import Mapping
+
+import numpy as np
+
+
+def saved_model(model, directory: str) -> str:
+    """Writes ``model`` as a SavedModel directory (atomically) and returns ``directory``.
+
+    The ``serving_default`` signature takes one named input per feature --
+    int32 ids of shape ``(None, 1)`` for sparse features, float32 ``(None, 1)``
+    for dense ones -- and returns ``{"prediction": probabilities (None, 1)}``.
+    Load it with ``tf.saved_model.load(directory).signatures["serving_default"]``
+    (no tfafm or Keras needed) or :class:`SavedModelRunner`.
+    """
+    import tensorflow as tf
+
+    from tfafm.export.signature import serving_function
+    from tfafm.io_utils import atomic_path
+
+    module = tf.Module()
+    module.model = model
+    module.serve = serving_function(model)
+    with atomic_path(directory) as tmp:
+        tf.saved_model.save(module, tmp, signatures={"serving_default": module.serve})
+    return directory
+
+
+def is_saved_model(path: str) -> bool:
+    return os.path.isdir(path) and os.path.isfile(os.path.join(path, "saved_model.pb"))
+
+
+class SavedModelRunner:
+    """Calls a SavedModel's ``serving_default`` signature on feature-dict batches."""
+
+    def __init__(self, directory: str):
+        import tensorflow as tf
+
+        if not is_saved_model(directory):
+            raise FileNotFoundError(f"No SavedModel at {directory}.")
+        self._tf = tf
+        self.loaded = tf.saved_model.load(directory)
+        self.signature = self.loaded.signatures["serving_default"]
+        _, specs = self.signature.structured_input_signature
+        self.inputs = {name: spec.dtype.as_numpy_dtype for name, spec in specs.items()}
+
+    @property
+    def feature_names(self) -> list[str]:
+        return list(self.inputs)
+
+    def __call__(self, features: Mapping) -> np.ndarray:
+        tensors = {
+            name: self._tf.constant(np.asarray(features[name]).reshape(-1, 1).astype(dtype, copy=False))
+            for name, dtype in self.inputs.items()
+        }
+        return self.signature(**tensors)["prediction"].numpy()
+
+    predict = __call__

@@ -1,0 +1,41 @@
+"""Exact AUC and LogLoss over a whole data set (not Keras' bucketed streaming AUC)."""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+from sklearn.metrics import log_loss, roc_auc_score
+
+from tfafm.compression.graph import model_feed
+
+
+def predict_with_labels(model, dataset: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """Runs ``model`` over ``(features, labels)`` batches; returns flat probabilities and labels."""
+    forward = tf.function(lambda feed: model(feed, training=False), reduce_retracing=True)
+    predictions, labels = [], []
+    for features, batch_labels in dataset:
+        predictions.append(np.asarray(forward(model_feed(model, features))).reshape(-1))
+        labels.append(np.asarray(batch_labels).reshape(-1))
+    if not predictions:
+        raise ValueError("Evaluation data is empty: no batch to evaluate.")
+    return np.concatenate(predictions), np.concatenate(labels)
+
+
+def scores(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
+    """AUC, LogLoss, positive rate and row count of binary ``labels`` vs ``probabilities``."""
+    labels = np.asarray(labels, dtype=np.float64).reshape(-1)
+    probabilities = np.clip(np.asarray(probabilities, dtype=np.float64).reshape(-1), 1e-7, 1 - 1e-7)
+    if len(np.unique(labels)) < 2:
+        raise ValueError("AUC needs both positive and negative labels in the evaluation data.")
+    return {
+        "auc": float(roc_auc_score(labels, probabilities)),
+        "logloss": float(log_loss(labels, probabilities, labels=[0.0, 1.0])),
+        "positive_rate": float(labels.mean()),
+        "rows": int(labels.size),
+    }
+
+
+def evaluate(model, dataset: tf.data.Dataset) -> dict[str, float]:
+    """Exact AUC and LogLoss of ``model`` on every row of ``dataset``."""
+    probabilities, labels = predict_with_labels(model, dataset)
+    return scores(labels, probabilities)
