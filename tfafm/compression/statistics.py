@@ -81,6 +81,8 @@ class Statistics(dict):
 
     @classmethod
     def load(cls, path: str) -> "Statistics":
+        if not os.path.exists(path) and os.path.exists(path + ".npz"):
+            path += ".npz"
         if not os.path.exists(path):
             raise FileNotFoundError(f"Statistics file not found: {path}")
         stats = cls()

@@ -66,7 +66,9 @@ class LowRankDense(keras.layers.Layer):
         self.units = int(units)
         self.rank = _check_rank(self.name, rank, self.units)
         self.activation = keras.activations.get(activation)
-        self.inner_activation = keras.activations.get(inner_activation)
+        self.inner_activation = (
+            None if inner_activation is None else keras.activations.get(inner_activation)
+        )
         self.use_bias = bool(use_bias)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)

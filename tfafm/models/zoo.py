@@ -188,13 +188,17 @@ def dlrm(
     hidden_units: Sequence[int] = _HIDDEN,
     dropout: float = 0.0,
 ) -> keras.Model:
-    """DLRM (Naumov et al., 2019): bottom MLP on dense features, dot interactions, top MLP."""
+    """DLRM (Naumov et al., 2019): bottom MLP on dense features, dot interactions, top MLP.
+
+    ``bottom_units`` are the bottom MLP's hidden layers; its output layer has
+    the embedding width so the dense vector joins the dot interactions.
+    """
     dim = uniform_embedding_dim(schema, "dlrm")
     inputs = feature_inputs(schema)
     factory, dense = EmbeddingFactory(schema, inputs), dense_vector(schema, inputs)
     vectors = [keras.layers.Flatten(name=f"{f.name}_vector")(e) for f, e in zip(schema.sparse, factory.embed())]
     if dense is not None:
-        bottom = mlp(dense, tuple(bottom_units)[:-1], "bottom")
+        bottom = mlp(dense, bottom_units, "bottom")
         vectors.append(keras.layers.Dense(dim, activation="relu", name="bottom_out")(bottom))
     interactions = keras_rs.layers.DotInteraction(name="dot_interaction")(vectors)
     top_input = keras.layers.Concatenate(name="top_input")([interactions, vectors[-1]])

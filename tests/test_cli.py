@@ -1,0 +1,99 @@
+"""The tfafm command line: train, eval, compress, and its errors for bad input."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from tfafm.cli import main
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+TINY = """model: deepfm
+hyperparams: {hidden_units: [16]}
+embedding_dim: 4
+batch_size: 256
+epochs: 2
+synthetic_rows: 3000
+synthetic_max_vocabulary: 500
+"""
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    config = root / "tiny.yaml"
+    config.write_text(TINY)
+    run = root / "run"
+    assert main(["train", "--config", str(config), "--data", "synthetic", "--out", str(run), "--quiet"]) == 0
+    return run
+
+
+def test_train_writes_a_complete_run(trained_run, capsys):
+    assert sorted(os.listdir(trained_run)) == ["model.keras", "run.json", "schema.json"]
+    info = json.loads((trained_run / "run.json").read_text())
+    assert info["config"]["model"] == "deepfm" and info["epochs_run"] >= 1
+    assert 0.5 < info["metrics"]["auc"] <= 1.0
+    assert info["metrics"]["rows"] == 300
+
+
+def test_eval_reports_auc_and_logloss(trained_run, capsys):
+    assert main(["eval", str(trained_run), "--data", "synthetic"]) == 0
+    out = capsys.readouterr().out
+    assert "AUC" in out and "LogLoss" in out
+
+
+def test_compress_writes_model_and_reports(trained_run, tmp_path, capsys):
+    out = tmp_path / "small"
+    code = main(["compress", str(trained_run), "--ratio", "3", "--finetune-epochs", "1", "--out", str(out), "--quiet"])
+    assert code == 0
+    assert {"model.keras", "report.md", "report.json", "run.json", "schema.json"} <= set(os.listdir(out))
+    report = json.loads((out / "report.json").read_text())
+    assert report["totals"]["compressible_ratio"] >= 3
+    stages = json.loads((out / "run.json").read_text())["stages"]
+    assert set(stages) == {"original", "compressed", "finetuned"}
+    printed = capsys.readouterr().out
+    assert "original" in printed and "finetuned" in printed and "deep_dense_0" in printed
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--model", "nope"], "Unknown model 'nope'"),
+    (["train", "--data", "foo:bar"], "Unknown data source 'foo'"),
+    (["train", "--data", "criteo:/does/not/exist.txt"], "/does/not/exist.txt"),
+    (["eval", "/no/such/run", "--data", "synthetic"], "No tfafm run at '/no/such/run'"),
+])
+def test_user_errors_are_one_line_with_exit_code_2(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_bad_config_option_is_named(tmp_path, capsys):
+    config = tmp_path / "bad.yaml"
+    config.write_text("model: deepfm\nepochz: 3\n")
+    assert main(["train", "--config", str(config)]) == 2
+    assert "unknown option(s) ['epochz']" in capsys.readouterr().err
+
+
+def test_malformed_criteo_file_names_file_and_line(tmp_path, capsys):
+    good = "\t".join(["1"] + ["3"] * 13 + ["68fd1e64"] * 26)
+    path = tmp_path / "bad.txt"
+    path.write_text(good + "\n" + good + "\nx\t1\t2\n")
+    out = tmp_path / "run"
+    assert main(["train", "--data", f"criteo:{path}", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "bad.txt:3" in err and not out.exists()
+
+
+@pytest.mark.skipif(not (SHARED / "criteo").is_dir(), reason="shared Criteo sample not present")
+def test_train_and_eval_on_the_real_criteo_sample(tmp_path, capsys):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(TINY.replace("epochs: 2", "epochs: 1"))
+    run = tmp_path / "run"
+    train_file = SHARED / "criteo" / "wide-resdnn" / "train.csv.gz"
+    assert main(["train", "--config", str(config), "--data", f"criteo:{train_file}", "--out", str(run), "--quiet"]) == 0
+    assert (run / "preprocessor.json").exists()
+    dev = SHARED / "criteo" / "wide-resdnn" / "dev.csv"
+    assert main(["eval", str(run), "--data", f"criteo:{dev}"]) == 0
+    assert "409" in capsys.readouterr().out

@@ -1,0 +1,81 @@
+"""fuse(): folding low-rank embedding projections into the Dense layers they feed."""
+
+import keras
+import numpy as np
+import pytest
+
+import tfafm
+from tfafm import models
+from tfafm.data.synthetic import SyntheticCriteo
+from tfafm.layers.low_rank import LowRankDense, LowRankEmbedding
+
+
+@pytest.fixture(scope="module")
+def data():
+    generator = SyntheticCriteo(seed=5, num_dense=3, num_sparse=5, max_vocabulary=400)
+    features, labels = next(generator.batches(1024, 1024))
+    return generator.schema(embedding_dim=6), features, labels
+
+
+def _compressed(name, data, **options):
+    schema, features, labels = data
+    keras.utils.set_random_seed(1)
+    model = models.build(name, schema, hidden_units=(24, 12))
+    model.compile("adam", "binary_crossentropy")
+    model.fit(features, labels, epochs=1, batch_size=256, verbose=0)
+    compressed, _ = tfafm.compress(model, features, target_ratio=3, progress=False, **options)
+    return compressed
+
+
+@pytest.mark.parametrize("name", models.available())
+def test_fused_model_predicts_like_the_compressed_one(name, data):
+    features = data[1]
+    compressed = _compressed(name, data)
+    fused = tfafm.fuse(compressed)
+    np.testing.assert_allclose(fused.predict(features, verbose=0),
+                               compressed.predict(features, verbose=0), atol=1e-5)
+    assert not any(isinstance(layer, LowRankEmbedding) for layer in fused.layers)
+
+
+def test_deepfm_first_dense_reads_the_k_wide_rows(data):
+    schema = data[0]
+    compressed = _compressed("deepfm", data, include=("embeddings",))
+    ranks = {layer.name: layer.rank for layer in compressed.layers if isinstance(layer, LowRankEmbedding)}
+    assert ranks and all(rank < 6 for rank in ranks.values())
+    fused = tfafm.fuse(compressed)
+
+    first = fused.get_layer("deep_dense_0")
+    assert first.kernel.shape[0] == sum(ranks.values()) + len(schema.dense)
+    for name, rank in ranks.items():
+        table = fused.get_layer(name)
+        assert type(table) is keras.layers.Embedding and table.output_dim == rank
+        # The FM path still needs d-wide vectors: the projection survives as a Dense.
+        assert fused.get_layer(f"{name}_projection").units == 6
+    assert fused.count_params() < compressed.count_params()
+
+
+def test_fusion_folds_into_low_rank_dense_and_round_trips(data, tmp_path):
+    features, labels = data[1], data[2]
+    compressed = _compressed("widedeep", data)
+    assert isinstance(compressed.get_layer("deep_dense_0"), LowRankDense)
+    fused = tfafm.fuse(compressed)
+    assert isinstance(fused.get_layer("deep_dense_0"), LowRankDense)
+    # widedeep's embeddings feed only the MLP: no projection is left at all.
+    assert not [layer for layer in fused.layers if layer.name.endswith("_projection")]
+
+    path = str(tmp_path / "fused.keras")
+    fused.save(path)
+    reloaded = keras.models.load_model(path)
+    np.testing.assert_allclose(reloaded.predict(features, verbose=0),
+                               fused.predict(features, verbose=0), atol=1e-6)
+    reloaded.compile(keras.optimizers.Adam(0.01), "binary_crossentropy")
+    losses = reloaded.fit(features, labels, epochs=3, batch_size=256, verbose=0).history["loss"]
+    assert losses[-1] < losses[0]
+
+
+def test_fuse_without_low_rank_layers_is_a_faithful_copy(data):
+    schema, features, _ = data
+    model = models.build("dcn", schema, hidden_units=(8,))
+    copy = tfafm.fuse(model)
+    assert copy is not model
+    np.testing.assert_allclose(copy.predict(features, verbose=0), model.predict(features, verbose=0), atol=1e-6)
