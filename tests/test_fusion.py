@@ -48,7 +48,7 @@ def test_deepfm_first_dense_reads_the_k_wide_rows(data):
     assert first.kernel.shape[0] == sum(ranks.values()) + len(schema.dense)
     for name, rank in ranks.items():
         table = fused.get_layer(name)
-        assert type(table) is keras.layers.Embedding and table.output_dim == rank
+        assert isinstance(table, keras.layers.Embedding) and table.output_dim == rank
         # The FM path still needs d-wide vectors: the projection survives as a Dense.
         assert fused.get_layer(f"{name}_projection").units == 6
     assert fused.count_params() < compressed.count_params()

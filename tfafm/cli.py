@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 import warnings
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -106,6 +106,62 @@ def cmd_compress(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from tfafm import export
+    from tfafm.runs import load_run
+
+    run = load_run(args.run)
+    if args.quantize and args.format != "litert":
+        raise ValueError(f"--quantize applies to --format litert only, not {args.format}.")
+    if args.format == "litert":
+        representative = None
+        if args.quantize == "int8":
+            data = args.data or run.info.get("data", "synthetic")
+            representative = run.load_data(data, evaluation_only=False).train
+        export.litert(run.model, args.out, quantize=args.quantize, representative_data=representative,
+                      fuse=not args.no_fuse)
+        ops = sorted(export.litert_ops(args.out))
+        console.print(f"LiteRT ops: {', '.join(ops)}")
+    elif args.format == "saved_model":
+        export.saved_model(run.model, args.out)
+    else:
+        export.onnx(run.model, args.out, opset=args.opset)
+    console.print(f"Wrote [bold]{args.out}[/]")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from tfafm.export.bench import benchmark, results_table
+    from tfafm.schema import Schema
+
+    schema = Schema.load(args.schema) if args.schema else _schema_near(args.models[0])
+    rows = benchmark(args.models, schema, batch_sizes=args.batch_sizes, threads=args.threads,
+                     iterations=args.iterations, max_seconds=args.max_seconds)
+    console.print(results_table(rows), markup=False)
+    return 0
+
+
+def _schema_near(path: str):
+    """The schema.json of a run directory, or of the folder holding an exported file."""
+    from tfafm.runs import SCHEMA_FILE
+    from tfafm.schema import Schema
+
+    folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    for candidate in (os.path.join(folder, SCHEMA_FILE), os.path.join(os.path.dirname(folder), SCHEMA_FILE)):
+        if os.path.isfile(candidate):
+            return Schema.load(candidate)
+    raise FileNotFoundError(f"No schema.json next to {path}; pass --schema run/schema.json.")
+
+
+def cmd_demo(args) -> int:
+    from tfafm.demo import run_demo
+
+    run_demo(out=args.out, rows=args.rows, ratio=args.ratio, seed=args.seed,
+             say=lambda text: console.print(text, markup=False), verbose=0 if args.quiet else 1)
+    console.print(f"Wrote {args.out}/report.md, report.json and tradeoff.png")
+    return 0
+
+
 def _positive_float(text: str) -> float:
     value = float(text)
     if value <= 0:
@@ -160,12 +216,33 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--quiet", action="store_true")
     comp.set_defaults(func=cmd_compress)
 
-    for register in _EXTRA_COMMANDS:
-        register(commands)
+    exp = commands.add_parser("export", help="export a run to LiteRT, SavedModel or ONNX")
+    exp.add_argument("run")
+    exp.add_argument("--format", choices=("litert", "saved_model", "onnx"), default="litert")
+    exp.add_argument("--quantize", choices=("float16", "dynamic", "int8"))
+    exp.add_argument("--data", help="representative data for --quantize int8 (default: the run's)")
+    exp.add_argument("--opset", type=int, help="ONNX opset (default: tf2onnx's)")
+    exp.add_argument("--no-fuse", action="store_true", help="keep low-rank embedding projections unfused")
+    exp.add_argument("--out", required=True)
+    exp.set_defaults(func=cmd_export)
+
+    bench = commands.add_parser("bench", help="latency, throughput, size and memory, side by side")
+    bench.add_argument("models", nargs="+", help=".tflite / .onnx files, SavedModel or run directories")
+    bench.add_argument("--schema", help="schema.json (default: found next to the first model)")
+    bench.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 256])
+    bench.add_argument("--threads", type=int, nargs="+", default=[1, os.cpu_count() or 1])
+    bench.add_argument("--iterations", type=int, default=200)
+    bench.add_argument("--max-seconds", type=float, default=10.0)
+    bench.set_defaults(func=cmd_bench)
+
+    demo = commands.add_parser("demo", help="train, compress (SVD vs AFM), export and benchmark on built-in data")
+    demo.add_argument("--out", default="tfafm-demo")
+    demo.add_argument("--rows", type=int, default=200_000, help="synthetic training rows")
+    demo.add_argument("--ratio", type=_positive_float, default=4.0)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--quiet", action="store_true")
+    demo.set_defaults(func=cmd_demo)
     return parser
-
-
-_EXTRA_COMMANDS: list[Callable] = []
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -11,10 +11,9 @@ from tfafm.compression.graph import model_feed
 
 def predict_with_labels(model, dataset: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
     """Runs ``model`` over ``(features, labels)`` batches; returns flat probabilities and labels."""
-    forward = tf.function(lambda feed: model(feed, training=False), reduce_retracing=True)
     predictions, labels = [], []
     for features, batch_labels in dataset:
-        predictions.append(np.asarray(forward(model_feed(model, features))).reshape(-1))
+        predictions.append(np.asarray(model.predict_on_batch(model_feed(model, features))).reshape(-1))
         labels.append(np.asarray(batch_labels).reshape(-1))
     if not predictions:
         raise ValueError("Evaluation data is empty: no batch to evaluate.")

@@ -19,6 +19,7 @@ import keras
 import numpy as np
 
 from tfafm.compression.graph import Rebuilder, require_functional
+from tfafm.layers.lookup import InRangeEmbedding
 from tfafm.layers.low_rank import LowRankDense, LowRankEmbedding
 
 
@@ -119,7 +120,7 @@ class _Fuser:
 
     def _embed(self, layer: LowRankEmbedding, args, kwargs, rebuilder):
         def factory():
-            table = keras.layers.Embedding(layer.input_dim, layer.rank, name=layer.name)
+            table = InRangeEmbedding(layer.input_dim, layer.rank, name=layer.name)
             table.build()
             table.set_weights([layer.embeddings.numpy()])
             return table

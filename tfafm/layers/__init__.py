@@ -7,9 +7,12 @@ from tfafm.layers.interactions import (
     FactorizationMachine,
     FieldMean,
     FieldReweight,
+    LinearTerms,
     MultiHeadSelfAttention,
     PairwiseProduct,
+    StackFields,
 )
+from tfafm.layers.lookup import InRangeEmbedding
 from tfafm.layers.low_rank import LowRankDense, LowRankEmbedding
 
 __all__ = [
@@ -19,8 +22,11 @@ __all__ = [
     "FactorizationMachine",
     "FieldMean",
     "FieldReweight",
+    "InRangeEmbedding",
+    "LinearTerms",
     "LowRankDense",
     "LowRankEmbedding",
     "MultiHeadSelfAttention",
     "PairwiseProduct",
+    "StackFields",
 ]

@@ -12,37 +12,88 @@ from typing import Any, Sequence
 import keras
 from keras import ops
 
+from tfafm.layers.lookup import gather_rows
+
 _PACKAGE = "tfafm"
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class ClipToVocabulary(keras.layers.Layer):
-    """Maps ids outside ``[0, vocabulary_size)`` to the out-of-vocabulary id 0.
+    """Guards the ids of every sparse field at once: out-of-range ids become 0.
 
-    Put in front of every embedding lookup so that an unseen, negative or too
-    large id reads row 0 in Keras, SavedModel, LiteRT and ONNX alike instead of
-    reading outside the table.
+    Takes a list of ``(batch, 1)`` id tensors, one per field, and returns a
+    list of ``(batch,)`` int32 tensors in which any id outside
+    ``[0, vocabulary_sizes[i])`` (negative, too large, unseen) is replaced by
+    the out-of-vocabulary id 0. Keras, SavedModel, LiteRT and ONNX therefore
+    agree, and no lookup reads outside its table. All fields are checked in one
+    vectorised comparison (a handful of ops instead of several per field, which
+    matters for batch-1 latency on phones).
     """
 
-    def __init__(self, vocabulary_size: int, **kwargs: Any):
+    def __init__(self, vocabulary_sizes: Sequence[int], **kwargs: Any):
         super().__init__(**kwargs)
-        if int(vocabulary_size) < 1:
-            raise ValueError(f"vocabulary_size must be >= 1, got {vocabulary_size}.")
-        self.vocabulary_size = int(vocabulary_size)
+        sizes = [int(v) for v in vocabulary_sizes]
+        if not sizes or min(sizes) < 1:
+            raise ValueError(f"vocabulary_sizes must be positive integers, got {vocabulary_sizes}.")
+        self.vocabulary_sizes = sizes
 
     def call(self, ids):
-        ids = ops.cast(ids, "int32")
-        valid = ops.logical_and(ops.greater_equal(ids, 0), ops.less(ids, self.vocabulary_size))
-        return ops.where(valid, ids, ops.zeros_like(ids))
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
+        columns = [x if len(x.shape) == 2 else ops.reshape(x, (-1, 1)) for x in ids]
+        stacked = ops.concatenate([ops.cast(x, "int32") for x in columns], axis=-1)
+        sizes = ops.convert_to_tensor(self.vocabulary_sizes, dtype="int32")
+        valid = ops.logical_and(ops.greater_equal(stacked, 0), ops.less(stacked, sizes))
+        guarded = ops.where(valid, stacked, ops.zeros_like(stacked))
+        return ops.unstack(guarded, num=len(self.vocabulary_sizes), axis=1)
 
     def compute_output_spec(self, ids):
-        return keras.KerasTensor(ids.shape, dtype="int32")
+        return [keras.KerasTensor((x.shape[0],), dtype="int32") for x in ids]
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "vocabulary_size": self.vocabulary_size}
+        return {**super().get_config(), "vocabulary_sizes": self.vocabulary_sizes}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class LinearTerms(keras.layers.Layer):
+    """The first-order term ``sum_f w_f[id_f]`` of all sparse fields, from one table.
+
+    Per-field scalar weights live in a single ``(sum(vocabulary_sizes), 1)``
+    table addressed with per-field offsets: one gather for all fields.
+    Input: the list of ``(batch,)`` guarded ids; output ``(batch, 1)``.
+    """
+
+    def __init__(self, vocabulary_sizes: Sequence[int], **kwargs: Any):
+        super().__init__(**kwargs)
+        self.vocabulary_sizes = [int(v) for v in vocabulary_sizes]
+        self.offsets = [0]
+        for size in self.vocabulary_sizes[:-1]:
+            self.offsets.append(self.offsets[-1] + size)
+
+    def build(self, input_shape=None):
+        self.weights_table = self.add_weight(
+            name="weights", shape=(sum(self.vocabulary_sizes), 1), initializer="zeros"
+        )
+
+    def call(self, ids):
+        stacked = ops.stack([ops.cast(x, "int32") for x in ids], axis=1)
+        rows = stacked + ops.convert_to_tensor(self.offsets, dtype="int32")
+        return ops.sum(gather_rows(self.weights_table, rows), axis=1)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0][0], 1)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "vocabulary_sizes": self.vocabulary_sizes}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class StackFields(keras.layers.Layer):
+    """Stacks per-field ``(batch, dim)`` vectors into the field matrix ``(batch, fields, dim)``."""
+
+    def call(self, vectors):
+        return ops.stack(vectors, axis=1)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0][0], len(input_shape), input_shape[0][-1])
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)

@@ -20,6 +20,7 @@ from tfafm.compression.factorize import (
     factor_embedding,
 )
 from tfafm.compression.statistics import LayerStatistics
+from tfafm.layers.lookup import gather_rows
 
 _PACKAGE = "tfafm"
 
@@ -206,9 +207,7 @@ class LowRankEmbedding(keras.layers.Layer):
 
     def lookup(self, ids):
         """The stored ``rank``-wide rows for ``ids``."""
-        if ops.dtype(ids) not in ("int32", "int64"):
-            ids = ops.cast(ids, "int32")
-        return ops.take(self.embeddings, ids, axis=0)
+        return gather_rows(self.embeddings, ids)
 
     def call(self, ids):
         return ops.add(ops.matmul(self.lookup(ids), self.projection), self.bias)

@@ -2,10 +2,12 @@
 
 Conventions every builder follows (compression and export rely on them):
 one ``keras.Input`` of shape ``(1,)`` per feature, named after it; one
-``Embedding`` per sparse field named ``<field>_embedding`` behind a
-:class:`ClipToVocabulary` guard; plain ``Dense`` layers in MLPs; the deep
-input is ``Concatenate([Flatten(embedding), ...])`` so a compressed embedding
-can be fused into the first ``Dense``; a sigmoid output named ``prediction``.
+:class:`ClipToVocabulary` guard for all sparse ids, then one ``Embedding``
+(an :class:`InRangeEmbedding`) per sparse field named ``<field>_embedding`` giving ``(batch, dim)``; plain
+``Dense`` layers in MLPs; the deep input is ``Concatenate([embedding, ...,
+dense])`` so a compressed embedding can be fused into the first ``Dense``;
+a sigmoid output named ``prediction``. The graph is kept free of per-field
+reshapes so that batch-1 inference runs few, larger ops.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from typing import Sequence
 
 import keras
 
-from tfafm.layers.interactions import ClipToVocabulary
+from tfafm.layers.interactions import ClipToVocabulary, LinearTerms, StackFields
+from tfafm.layers.lookup import InRangeEmbedding
 from tfafm.schema import Schema
 
 
@@ -28,28 +31,30 @@ def feature_inputs(schema: Schema) -> dict[str, keras.KerasTensor]:
 
 
 class EmbeddingFactory:
-    """Creates the id guards once per field, then embeddings of any width on top."""
+    """Guards all sparse ids once, then creates per-field embeddings on top."""
 
     def __init__(self, schema: Schema, inputs: dict[str, keras.KerasTensor]):
         if not schema.sparse:
             raise ValueError("This model needs at least one sparse (categorical) feature.")
         self.schema = schema
-        self.ids = {
-            f.name: ClipToVocabulary(f.vocabulary_size, name=f"{f.name}_ids")(inputs[f.name])
-            for f in schema.sparse
-        }
+        guard = ClipToVocabulary([f.vocabulary_size for f in schema.sparse], name="sparse_ids")
+        self.ids = guard([inputs[f.name] for f in schema.sparse])
 
-    def embed(self, suffix: str = "embedding", output_dim: int | None = None) -> list:
-        """Per-field lookups ``(batch, 1, dim)``; ``output_dim`` overrides the schema's."""
+    def embed(self) -> list:
+        """Per-field lookups ``(batch, dim)``, named ``<field>_embedding``."""
         return [
-            keras.layers.Embedding(
+            InRangeEmbedding(
                 f.vocabulary_size,
-                output_dim or f.embedding_dim,
+                f.embedding_dim,
                 embeddings_initializer=keras.initializers.RandomNormal(stddev=0.01),
-                name=f"{f.name}_{suffix}",
-            )(self.ids[f.name])
-            for f in self.schema.sparse
+                name=f"{f.name}_embedding",
+            )(ids)
+            for f, ids in zip(self.schema.sparse, self.ids)
         ]
+
+    def linear(self) -> keras.KerasTensor:
+        """The first-order term of all sparse fields, ``(batch, 1)``."""
+        return LinearTerms([f.vocabulary_size for f in self.schema.sparse], name="linear_terms")(self.ids)
 
 
 def uniform_embedding_dim(schema: Schema, model_name: str) -> int:
@@ -72,17 +77,13 @@ def dense_vector(schema: Schema, inputs: dict) -> keras.KerasTensor | None:
 
 
 def field_matrix(embeddings: list, name: str = "fields") -> keras.KerasTensor:
-    """Stacks ``(batch, 1, dim)`` lookups into ``(batch, fields, dim)``."""
-    if len(embeddings) == 1:
-        return embeddings[0]
-    return keras.layers.Concatenate(axis=1, name=name)(embeddings)
+    """Stacks ``(batch, dim)`` lookups into ``(batch, fields, dim)``."""
+    return StackFields(name=name)(embeddings)
 
 
 def deep_input(embeddings: list, dense: keras.KerasTensor | None, name: str = "deep_input"):
-    """``Concatenate([Flatten(e) for e in embeddings] + [dense])``: the MLP's input."""
-    parts = [keras.layers.Flatten(name=f"{e._keras_history.operation.name}_flat")(e) for e in embeddings]
-    if dense is not None:
-        parts.append(dense)
+    """``Concatenate(embeddings + [dense])``: the MLP's input."""
+    parts = list(embeddings) + ([dense] if dense is not None else [])
     return parts[0] if len(parts) == 1 else keras.layers.Concatenate(name=name)(parts)
 
 
@@ -110,9 +111,7 @@ def prediction(logits: list, inputs: dict, name: str) -> keras.Model:
 
 def first_order(factory: EmbeddingFactory, dense: keras.KerasTensor | None):
     """The wide/linear term: per-field scalar weights plus a linear map of dense features."""
-    weights = factory.embed(suffix="linear", output_dim=1)
-    terms = keras.layers.Concatenate(axis=1, name="linear_terms")(weights) if len(weights) > 1 else weights[0]
-    flat = keras.layers.Flatten(name="linear_flat")(terms)
-    if dense is not None:
-        flat = keras.layers.Concatenate(name="linear_input")([flat, dense])
-    return keras.layers.Dense(1, name="linear_logit")(flat)
+    sparse = factory.linear()
+    if dense is None:
+        return sparse
+    return keras.layers.Add(name="linear_logit")([sparse, keras.layers.Dense(1, name="linear_dense")(dense)])

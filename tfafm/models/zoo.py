@@ -196,7 +196,7 @@ def dlrm(
     dim = uniform_embedding_dim(schema, "dlrm")
     inputs = feature_inputs(schema)
     factory, dense = EmbeddingFactory(schema, inputs), dense_vector(schema, inputs)
-    vectors = [keras.layers.Flatten(name=f"{f.name}_vector")(e) for f, e in zip(schema.sparse, factory.embed())]
+    vectors = factory.embed()
     if dense is not None:
         bottom = mlp(dense, bottom_units, "bottom")
         vectors.append(keras.layers.Dense(dim, activation="relu", name="bottom_out")(bottom))

@@ -1,0 +1,33 @@
+"""Shared helpers of the benchmark scripts: environment description and timing."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from contextlib import contextmanager
+
+
+def environment() -> str:
+    """One line naming the machine and library versions the numbers come from."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return (f"{cpu}, {os.cpu_count()} cores; Python {platform.python_version()}, TensorFlow {tf.__version__}, "
+            f"Keras {keras.__version__}, NumPy {np.__version__}")
+
+
+@contextmanager
+def stopwatch():
+    """Yields a dict whose ``seconds`` is set when the block ends."""
+    result = {}
+    start = time.perf_counter()
+    yield result
+    result["seconds"] = time.perf_counter() - start
