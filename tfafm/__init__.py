@@ -4,14 +4,21 @@ Main entry points: :func:`calibrate`, :func:`compress`, :func:`fuse`, the
 layers :class:`LowRankDense` / :class:`LowRankEmbedding`, the model zoo
 (:mod:`tfafm.models`), data (:mod:`tfafm.data`) and exports (:mod:`tfafm.export`).
 
-Attributes are imported on first use, so ``import tfafm`` (and the command
-line's ``--help``) does not load TensorFlow.
+Importing tfafm registers its Keras layers (so ``.keras`` files that use
+them load with plain ``keras.models.load_model``); the rest of the API is
+imported on first use.
 """
 
 import importlib as _importlib
 import os as _os
 
 _os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+from tfafm.quiet import import_tensorflow as _import_tensorflow  # noqa: E402
+
+_import_tensorflow()
+
+from tfafm import layers, models  # noqa: E402, F401  (registers every tfafm layer and keras_rs)
 
 __version__ = "0.1.0"
 

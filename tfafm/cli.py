@@ -8,33 +8,12 @@ import sys
 import warnings
 from typing import Optional, Sequence
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+from rich.console import Console
+from rich.table import Table
 
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
+from tfafm.quiet import import_tensorflow
 
 console = Console()
-
-
-def _load_tensorflow_quietly() -> None:
-    """Imports TensorFlow and initialises its devices with native stderr silenced.
-
-    TensorFlow's C++ start-up notes (oneDNN, CUDA probing) are written before
-    its log level applies; they are noise for a CLI user. Python errors are not
-    affected: stderr is restored before any command runs.
-    """
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        import tensorflow as tf
-
-        tf.config.list_logical_devices("CPU")
-    finally:
-        os.dup2(saved, 2)
-        os.close(devnull)
-        os.close(saved)
 USER_ERRORS = (ValueError, FileNotFoundError, TypeError, KeyError, NotADirectoryError, PermissionError)
 
 
@@ -248,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``tfafm`` console script; returns the exit code."""
     args = build_parser().parse_args(argv)
-    _load_tensorflow_quietly()
+    import_tensorflow(initialize_devices=True)
     warnings.filterwarnings("ignore", category=UserWarning, module="keras")
     try:
         return args.func(args)

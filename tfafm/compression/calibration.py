@@ -143,7 +143,9 @@ def calibrate(
             )
         return moments
 
-    @tf.function
+    # Traced for the full batch shape (static shapes run faster than a
+    # shape-agnostic signature); reduce_retracing caps the traces at two.
+    @tf.function(reduce_retracing=True)
     def step(element):
         per_replica = strategy.run(replica_moments, args=(_features_of(element),))
         reduced = strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)

@@ -6,7 +6,14 @@ and returns the click probability. Files and directories are written
 atomically: a failed export leaves nothing at the target path.
 """
 
-from tfafm.export.litert import LiteRTRunner, TensorInfo, litert, litert_ops, litert_tensor_types
+from tfafm.export.litert import (
+    LiteRTRunner,
+    TensorInfo,
+    builtin_op_names,
+    litert,
+    litert_ops,
+    litert_tensor_types,
+)
 from tfafm.export.onnx import OnnxRunner, onnx
 from tfafm.export.saved_model import SavedModelRunner, saved_model
 
@@ -15,6 +22,7 @@ __all__ = [
     "OnnxRunner",
     "SavedModelRunner",
     "TensorInfo",
+    "builtin_op_names",
     "litert",
     "litert_ops",
     "litert_tensor_types",

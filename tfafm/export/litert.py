@@ -91,7 +91,9 @@ def litert(
         order = [t.name.split(":")[0] for t in frozen.inputs if t.dtype != tf.resource]
         converter.representative_dataset = _representative(representative_data, order, representative_steps)
     try:
-        flatbuffer = converter.convert()
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
+            flatbuffer = converter.convert()
     except Exception as error:  # ConverterError and friends
         raise _unsupported_error(error, model, frozen) from error
     with atomic_path(path) as tmp:
@@ -121,7 +123,14 @@ def _has_low_rank_embedding(model) -> bool:
 
 
 def _frozen_function(model):
-    """The serving function traced and with variables folded into constants."""
+    """The serving function traced and with variables folded into constants.
+
+    Converting through a SavedModel (``from_saved_model`` or
+    ``from_concrete_functions`` with a trackable object) keeps Keras 3
+    variables as ``VAR_HANDLE``/``READ_VARIABLE`` ops in TF 2.21; freezing
+    first yields plain constant weights (and lets ``FULLY_CONNECTED`` absorb
+    the matmuls).
+    """
     from tensorflow.python.framework import convert_to_constants
 
     from tfafm.export.signature import serving_function
@@ -257,6 +266,16 @@ def litert_ops(path: str) -> set[str]:
     return {detail["op_name"] for detail in _interpreter(path)._get_ops_details()}
 
 
+def builtin_op_names() -> frozenset[str]:
+    """Names of the LiteRT builtin operators (``CUSTOM`` and ``DELEGATE`` excluded)."""
+    try:
+        from ai_edge_litert.schema_py_generated import BuiltinOperator
+    except ImportError:  # pragma: no cover
+        from tensorflow.lite.python.schema_py_generated import BuiltinOperator
+    names = {name for name in vars(BuiltinOperator) if name.isupper()}
+    return frozenset(names - {"CUSTOM", "DELEGATE", "PLACEHOLDER_FOR_GREATER_OP_CODES"})
+
+
 class TensorInfo(NamedTuple):
     name: str
     dtype: str
@@ -304,7 +323,8 @@ class LiteRTRunner:
             self.interpreter.allocate_tensors()
             self._batch = batch
 
-    def __call__(self, features: Mapping) -> np.ndarray:
+    def set_inputs(self, features: Mapping) -> None:
+        """Copies a feature batch into the interpreter's input tensors (resizing if needed)."""
         missing = [name for name in self.inputs if name not in features]
         if missing:
             raise ValueError(f"Features missing from the batch: {missing}.")
@@ -313,7 +333,14 @@ class LiteRTRunner:
         for name, detail in self.inputs.items():
             value = np.asarray(features[name]).reshape(batch, 1).astype(detail["dtype"], copy=False)
             self.interpreter.set_tensor(detail["index"], value)
+
+    def invoke(self) -> np.ndarray:
+        """Runs the model on the inputs set last; returns the probabilities ``(batch, 1)``."""
         self.interpreter.invoke()
         return self.interpreter.get_tensor(self.output_index)
+
+    def __call__(self, features: Mapping) -> np.ndarray:
+        self.set_inputs(features)
+        return self.invoke()
 
     predict = __call__

@@ -1,0 +1,241 @@
+"""LiteRT, SavedModel and ONNX exports agree with Keras; quantized LiteRT keeps the AUC."""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from sklearn.metrics import roc_auc_score
+
+import tfafm
+import tfafm.export as export
+from tfafm.data.synthetic import SyntheticCriteo
+from tfafm.layers.low_rank import LowRankEmbedding
+
+GEN = SyntheticCriteo(max_vocabulary=2000, num_sparse=6, num_dense=3)
+SCHEMA = GEN.schema(8)
+ROWS = 1000
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_models(builder: str):
+    """One briefly trained tiny model per builder, and its AFM compression (target_ratio=4)."""
+    keras.utils.set_random_seed(0)
+    model = tfafm.models.build(builder, SCHEMA, hidden_units=(32, 16))
+    model.compile("adam", "binary_crossentropy")
+    model.fit(GEN.dataset(2048, 256), epochs=1, verbose=0)
+    compressed, _ = tfafm.compress(
+        model, GEN.dataset(1024, 256, split="calibration"), method="afm", target_ratio=4, progress=False
+    )
+    return {"original": model, "compressed": compressed}
+
+
+@functools.lru_cache(maxsize=None)
+def rows(split: str = "validation", n: int = ROWS):
+    features, labels = next(GEN.batches(n, n, split=split))
+    return features, labels
+
+
+def out_of_range(features, value):
+    """``features`` with every sparse id replaced: ``value(vocabulary_size)`` on odd rows."""
+    changed = dict(features)
+    for feature in SCHEMA.sparse:
+        ids = np.array(features[feature.name])
+        ids[1::2] = value(feature.vocabulary_size)
+        changed[feature.name] = ids
+    return changed
+
+
+def run_export(fmt: str, model, tmp_path):
+    if fmt == "litert":
+        return export.LiteRTRunner(export.litert(model, str(tmp_path / "m.tflite"), fuse=False))
+    if fmt == "litert_fused":
+        return export.LiteRTRunner(export.litert(model, str(tmp_path / "m.tflite"), fuse=True))
+    if fmt == "saved_model":
+        return export.SavedModelRunner(export.saved_model(model, str(tmp_path / "sm")))
+    return export.OnnxRunner(export.onnx(model, str(tmp_path / "m.onnx")))
+
+
+@pytest.mark.parametrize("fmt", ["litert", "saved_model", "onnx"])
+@pytest.mark.parametrize("variant", ["original", "compressed"])
+@pytest.mark.parametrize("builder", tfafm.models.available())
+def test_export_matches_keras_and_clips_ids(builder, variant, fmt, tmp_path):
+    model = tiny_models(builder)[variant]
+    features, _ = rows()
+    runner = run_export(fmt, model, tmp_path)
+    expected = np.asarray(model.predict_on_batch(features))
+    got = runner(features)
+    assert got.shape == (ROWS, 1)
+    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+
+    # Negative and too-large ids read row 0, exactly like id 0, in Keras and the export.
+    zeros = runner(out_of_range(features, lambda v: 0))
+    for bad in (lambda v: -5, lambda v: v + 100):
+        np.testing.assert_allclose(runner(out_of_range(features, bad)), zeros, atol=1e-7, rtol=0)
+        np.testing.assert_allclose(
+            np.asarray(model.predict_on_batch(out_of_range(features, bad))),
+            np.asarray(model.predict_on_batch(out_of_range(features, lambda v: 0))), atol=1e-7, rtol=0,
+        )
+    if fmt == "litert":
+        ops = export.litert_ops(runner.path)
+        assert ops <= export.builtin_op_names(), ops - export.builtin_op_names()
+
+
+@pytest.mark.parametrize("builder", tfafm.models.available())
+def test_fused_litert_matches_keras(builder, tmp_path):
+    model = tiny_models(builder)["compressed"]
+    features, _ = rows()
+    runner = run_export("litert_fused", model, tmp_path)
+    np.testing.assert_allclose(runner(features), np.asarray(model.predict_on_batch(features)), atol=1e-5, rtol=0)
+    assert export.litert_ops(runner.path) <= export.builtin_op_names()
+
+
+def test_litert_inputs_named_per_feature_with_dynamic_batch(tmp_path):
+    model = tiny_models("deepfm")["original"]
+    path = export.litert(model, str(tmp_path / "m.tflite"), fuse=False)
+    runner = export.LiteRTRunner(path)
+    assert sorted(runner.feature_names) == sorted(SCHEMA.names)
+    for detail in runner.interpreter.get_input_details():
+        assert list(detail["shape_signature"]) == [-1, 1]
+        expected = np.int32 if detail["name"] in {f.name for f in SCHEMA.sparse} else np.float32
+        assert detail["dtype"] == expected
+    features, _ = rows()
+    one = {k: v[:1] for k, v in features.items()}
+    assert runner(one).shape == (1, 1)
+    assert runner(features).shape == (ROWS, 1)
+
+
+def test_saved_model_signature_and_reload(tmp_path):
+    model = tiny_models("dcnv2")["compressed"]
+    directory = export.saved_model(model, str(tmp_path / "sm"))
+    signature = tf.saved_model.load(directory).signatures["serving_default"]
+    _, specs = signature.structured_input_signature
+    assert set(specs) == set(SCHEMA.names)
+    for feature in SCHEMA.features:
+        spec = specs[feature.name]
+        assert spec.shape.as_list() == [None, 1]
+        assert spec.dtype == (tf.int32 if feature in SCHEMA.sparse else tf.float32)
+    assert list(signature.structured_outputs) == ["prediction"]
+    features, _ = rows()
+    out = signature(**{k: tf.constant(v) for k, v in features.items()})["prediction"].numpy()
+    np.testing.assert_allclose(out, np.asarray(model.predict_on_batch(features)), atol=1e-5, rtol=0)
+
+
+def test_onnx_inputs_and_output_names(tmp_path):
+    runner = export.OnnxRunner(export.onnx(tiny_models("widedeep")["original"], str(tmp_path / "m.onnx")))
+    inputs = {i.name: i.type for i in runner.session.get_inputs()}
+    assert set(inputs) == set(SCHEMA.names)
+    assert all(inputs[f.name] == "tensor(int32)" for f in SCHEMA.sparse)
+    assert all(inputs[f.name] == "tensor(float)" for f in SCHEMA.dense)
+    assert runner.output == "prediction"
+
+
+# ----------------------------------------------------------------------------- quantization
+
+
+@functools.lru_cache(maxsize=None)
+def auc_models():
+    """A tiny deepfm trained long enough for a meaningful AUC, and its compression."""
+    keras.utils.set_random_seed(1)
+    model = tfafm.models.build("deepfm", SCHEMA, hidden_units=(32, 16))
+    model.compile(keras.optimizers.Adam(3e-3), "binary_crossentropy")
+    model.fit(GEN.dataset(20_000, 512), epochs=2, verbose=0)
+    calibration = GEN.dataset(4096, 512, split="calibration")
+    compressed, _ = tfafm.compress(model, calibration, method="afm", target_ratio=4, progress=False)
+    return {"original": model, "compressed": compressed, "calibration": calibration}
+
+
+@pytest.mark.parametrize("variant", ["original", "compressed"])
+@pytest.mark.parametrize("quantize,tolerance", [("dynamic", 0.002), ("float16", 0.002), ("int8", 0.005)])
+def test_quantized_litert_keeps_auc(variant, quantize, tolerance, tmp_path):
+    models = auc_models()
+    model = models[variant]
+    features, labels = rows("test", 5000)
+    keras_auc = roc_auc_score(labels.ravel(), np.asarray(model.predict_on_batch(features)).ravel())
+    path = export.litert(model, str(tmp_path / "q.tflite"), quantize=quantize,
+                         representative_data=models["calibration"], fuse=False)
+    assert export.litert_ops(path) <= export.builtin_op_names()
+    lite_auc = roc_auc_score(labels.ravel(), export.LiteRTRunner(path)(features).ravel())
+    assert keras_auc > 0.6
+    assert abs(lite_auc - keras_auc) <= tolerance, (keras_auc, lite_auc)
+    assert os.path.getsize(path) < os.path.getsize(export.litert(model, str(tmp_path / "f.tflite"), fuse=False))
+
+
+def _factor_tensors(path, model):
+    """``{(layer, weight): dtype}`` for the low-rank embedding factors found in the .tflite."""
+    tensors = export.litert_tensor_types(path)
+    found = {}
+    for layer in model.layers:
+        if not isinstance(layer, LowRankEmbedding):
+            continue
+        for weight in (layer.embeddings, layer.projection):
+            shapes = {tuple(weight.shape), tuple(weight.shape)[::-1]}
+            for t in tensors:
+                if f"/{layer.name}_" in t.name and t.shape in shapes and t.dtype != "int32":
+                    found[(layer.name, weight.name, int(np.prod(weight.shape)))] = t.dtype
+    return found
+
+
+def test_dynamic_quantization_makes_low_rank_factors_int8(tmp_path):
+    model = auc_models()["compressed"]
+    path = export.litert(model, str(tmp_path / "d.tflite"), quantize="dynamic", fuse=False)
+    factors = _factor_tensors(path, model)
+    large = {k: v for k, v in factors.items() if k[2] >= 1024}
+    assert large, factors  # the 2000-row table of C6 is over the converter's 1024-element threshold
+    assert set(large.values()) == {"int8"}, large
+    # Below 1024 elements the converter keeps float32 (documented in litert()).
+    assert {v for k, v in factors.items() if k[2] < 1024} <= {"float32"}
+
+
+def test_int8_needs_representative_data_and_keeps_float_interface(tmp_path):
+    model = auc_models()["compressed"]
+    with pytest.raises(ValueError, match="representative_data"):
+        export.litert(model, str(tmp_path / "x.tflite"), quantize="int8")
+    with pytest.raises(ValueError, match="quantize"):
+        export.litert(model, str(tmp_path / "x.tflite"), quantize="int4")
+    assert not os.path.exists(tmp_path / "x.tflite")
+    features, _ = rows()
+    arrays = {k: v for k, v in rows("calibration", 512)[0].items()}
+    path = export.litert(model, str(tmp_path / "q.tflite"), quantize="int8", representative_data=arrays, fuse=False)
+    runner = export.LiteRTRunner(path)
+    dtypes = {d["name"]: d["dtype"] for d in runner.interpreter.get_input_details()}
+    assert all(dtypes[f.name] == np.int32 for f in SCHEMA.sparse)
+    assert all(dtypes[f.name] == np.float32 for f in SCHEMA.dense)
+    assert runner.interpreter.get_output_details()[0]["dtype"] == np.float32
+    assert "int8" in {t.dtype for t in export.litert_tensor_types(path)}
+    assert runner(features).shape == (ROWS, 1)
+
+
+# ----------------------------------------------------------------------------- failures
+
+
+@keras.saving.register_keras_serializable(package="tfafm_tests")
+class HashStrings(keras.layers.Layer):
+    def call(self, strings):
+        return tf.cast(tf.strings.to_hash_bucket_fast(strings, 100), "float32")
+
+
+def string_model():
+    text = keras.Input(shape=(1,), dtype="string", name="text")
+    return keras.Model({"text": text}, keras.layers.Dense(1, activation="sigmoid")(HashStrings(name="hasher")(text)))
+
+
+def test_non_builtin_op_fails_naming_op_and_layer_and_writes_nothing(tmp_path):
+    target = tmp_path / "out" / "bad.tflite"
+    with pytest.raises(ValueError, match=r"tf\.StringToHashBucketFast.*'hasher'"):
+        export.litert(string_model(), str(target))
+    assert not target.exists()
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []  # no temporary left behind
+
+
+def test_failed_export_keeps_existing_file(tmp_path):
+    target = tmp_path / "bad.tflite"
+    target.write_bytes(b"previous")
+    with pytest.raises(ValueError):
+        export.litert(string_model(), str(target))
+    assert target.read_bytes() == b"previous"
+    assert sorted(os.listdir(tmp_path)) == ["bad.tflite"]
