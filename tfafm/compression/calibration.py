@@ -75,6 +75,28 @@ def _features_of(element):
     return element[0] if isinstance(element, (tuple, list)) else element
 
 
+def _padded_with_mask(dataset: tf.data.Dataset, full: int) -> tf.data.Dataset:
+    """Pads every batch to ``full`` rows with zeros and pairs it with a 0/1 row mask.
+
+    All batches then share one static shape, so the calibration step is traced
+    once (a second trace for a short last batch costs as much as many steps).
+    """
+
+    def pad(*element):
+        features = _features_of(element[0] if len(element) == 1 else element)
+        rows = tf.shape(tf.nest.flatten(features)[0])[0]
+        if_short = full - rows
+
+        def pad_one(x):
+            x = tf.pad(x, [[0, if_short]] + [[0, 0]] * (len(x.shape) - 1))
+            return tf.ensure_shape(x, [full] + x.shape[1:])
+
+        mask = tf.ensure_shape(tf.pad(tf.ones([rows], tf.float32), [[0, if_short]]), [full])
+        return tf.nest.map_structure(pad_one, features), mask
+
+    return dataset.map(pad)
+
+
 def calibrate(
     model: keras.Model,
     data,
@@ -92,6 +114,7 @@ def calibrate(
             batches, or a dict of arrays (batched by ``batch_size``).
         layers: names of the layers to collect; default: every compressible layer.
         steps: stop after this many batches (default: the whole dataset).
+            Batches may not be larger than the first one.
         strategy: a ``tf.distribute`` strategy; default: the current one.
         progress: draw a progress bar.
 
@@ -124,30 +147,37 @@ def calibrate(
         for n, d in dims.items()
     }
 
-    def layer_rows(features) -> dict:
+    def layer_rows(features, mask) -> dict:
+        """Per layer: its output rows ``(N, d)`` and their 0/1 weights ``(N, 1)``."""
         records: dict = {}
         _run_recording(model, model_inputs(model, features), targets, records)
-        return {
-            n: tf.concat([tf.reshape(tf.cast(r, tf.float32), (-1, dims[n])) for r in records[n]], axis=0)
-            for n in names
-        }
+        out = {}
+        for name in names:
+            rows, weights = [], []
+            for record in records[name]:
+                rows.append(tf.reshape(tf.cast(record, tf.float32), (-1, dims[name])))
+                per_sample = tf.reshape(mask, [-1] + [1] * (len(record.shape) - 2))
+                weights.append(tf.reshape(tf.broadcast_to(per_sample, tf.shape(record)[:-1]), (-1, 1)))
+            out[name] = (tf.concat(rows, axis=0), tf.concat(weights, axis=0))
+        return out
 
-    def replica_moments(features):
+    def replica_moments(features, mask):
         moments = {}
-        for name, rows in layer_rows(features).items():
-            centred = rows - shifts[name]
+        for name, (rows, weights) in layer_rows(features, mask).items():
+            centred = (rows - shifts[name]) * weights
             moments[name] = (
-                tf.cast(tf.shape(rows)[0], tf.float64),
+                tf.reduce_sum(tf.cast(weights, tf.float64)),
                 tf.reduce_sum(tf.cast(centred, tf.float64), axis=0),
                 tf.cast(tf.matmul(centred, centred, transpose_a=True), tf.float64),
             )
         return moments
 
-    # Traced for the full batch shape (static shapes run faster than a
-    # shape-agnostic signature); reduce_retracing caps the traces at two.
-    @tf.function(reduce_retracing=True)
-    def step(element):
-        per_replica = strategy.run(replica_moments, args=(_features_of(element),))
+    # Every batch is padded to one static shape (static shapes also run faster
+    # than a shape-agnostic trace), so this is traced once; nothing here
+    # branches on tensor values, so AutoGraph's slow source conversion is off.
+    @tf.function(autograph=False)
+    def step(features, mask):
+        per_replica = strategy.run(replica_moments, args=(features, mask))
         reduced = strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
         for name, values in reduced.items():
             for accumulator, value in zip(accumulators[name], values):
@@ -159,13 +189,16 @@ def calibrate(
     first = next(iter(dataset), None)
     if first is None:
         raise ValueError("Calibration data is empty: no batch to calibrate on.")
-    shifts = {n: tf.constant(tf.reduce_mean(rows, axis=0)) for n, rows in layer_rows(_features_of(first)).items()}
-    distributed = strategy.experimental_distribute_dataset(dataset)
+    first = _features_of(first)
+    full = int(tf.shape(tf.nest.flatten(first)[0])[0])
+    shifts = {n: tf.constant(tf.reduce_mean(rows, axis=0))
+              for n, (rows, _) in layer_rows(first, tf.ones([full])).items()}
     cardinality = int(dataset.cardinality())
     total = steps if cardinality < 0 else cardinality
+    distributed = strategy.experimental_distribute_dataset(_padded_with_mask(dataset, full))
     with progress_bar("calibrating", total, enabled=progress) as advance:
-        for element in distributed:
-            step(element)
+        for features, mask in distributed:
+            step(features, mask)
             advance()
 
     stats = Statistics()
