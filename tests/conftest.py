@@ -50,3 +50,21 @@ def trained_deepfm(schema, train_data):
     features, labels = train_data
     model.fit(features, labels, batch_size=256, epochs=2, verbose=0)
     return model
+
+
+@pytest.fixture
+def subclassed_model():
+    """A built subclassed model (no functional graph) with one Dense named ``dense``."""
+    import keras
+
+    class Subclassed(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = keras.layers.Dense(4, name="dense")
+
+        def call(self, x):
+            return self.dense(x)
+
+    model = Subclassed()
+    model(np.zeros((2, 8), "float32"))
+    return model

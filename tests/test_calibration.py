@@ -209,17 +209,8 @@ def test_unknown_or_uncompressible_layers_raise(trained_deepfm, calib_features):
         tfafm.calibrate(trained_deepfm, calib_features, steps=0, progress=False)
 
 
-def test_subclassed_model_raises_type_error():
-    class Sub(keras.Model):
-        def __init__(self):
-            super().__init__()
-            self.dense = keras.layers.Dense(4)
-
-        def call(self, x):
-            return self.dense(x)
-
-    model = Sub()
-    model(np.zeros((2, 3), "float32"))
+def test_subclassed_model_raises_type_error(subclassed_model):
+    model = subclassed_model
     with pytest.raises(TypeError, match="from_dense"):
-        tfafm.calibrate(model, {"x": np.zeros((2, 3), "float32")}, progress=False)
+        tfafm.calibrate(model, {"x": np.zeros((2, 8), "float32")}, progress=False)
 

@@ -251,17 +251,8 @@ def test_feature_cross_becomes_low_rank_feature_cross(method, schema, calib_feat
     assert max_abs(_logits(exact, calib_features), _logits(model, calib_features)) <= 1e-5
 
 
-def test_subclassed_model_raises_type_error():
-    class Sub(keras.Model):
-        def __init__(self):
-            super().__init__()
-            self.dense = keras.layers.Dense(4)
-
-        def call(self, x):
-            return self.dense(x)
-
-    model = Sub()
-    model(np.zeros((2, 8), "float32"))
+def test_subclassed_model_raises_type_error(subclassed_model):
+    model = subclassed_model
     with pytest.raises(TypeError, match="LowRankDense.from_dense"):
         tfafm.compress(model, method="svd", ranks={"dense": 2}, progress=False)
 

@@ -86,19 +86,29 @@ def xdeepfm(
     return prediction(logits, inputs, "xdeepfm")
 
 
-def dcn(
-    schema: Schema, hidden_units: Sequence[int] = _HIDDEN, num_cross: int = 3, dropout: float = 0.0
-) -> keras.Model:
-    """DCN (Wang et al., 2017): a v1 cross network in parallel with an MLP."""
+def _cross_model(schema, cross_layer, num_cross, structure, hidden_units, dropout, name) -> keras.Model:
+    """A cross network over the deep input, stacked under or parallel to an MLP."""
+    if structure not in ("stacked", "parallel"):
+        raise ValueError(f"{name} structure must be 'stacked' or 'parallel', got {structure!r}.")
     inputs = feature_inputs(schema)
     factory, dense = EmbeddingFactory(schema, inputs), dense_vector(schema, inputs)
     x0 = deep_input(factory.embed(), dense)
     cross = x0
     for i in range(num_cross):
-        cross = CrossLayerV1(name=f"cross_{i}")(x0, cross)
-    deep = mlp(x0, hidden_units, "deep", dropout=dropout)
-    merged = keras.layers.Concatenate(name="cross_deep")([cross, deep])
-    return prediction([_logit(merged, "logit")], inputs, "dcn")
+        cross = cross_layer(name=f"cross_{i}")(x0, cross)
+    if structure == "stacked":
+        top = mlp(cross, hidden_units, "deep", dropout=dropout)
+    else:
+        deep = mlp(x0, hidden_units, "deep", dropout=dropout)
+        top = keras.layers.Concatenate(name="cross_deep")([cross, deep])
+    return prediction([_logit(top, "logit")], inputs, name)
+
+
+def dcn(
+    schema: Schema, hidden_units: Sequence[int] = _HIDDEN, num_cross: int = 3, dropout: float = 0.0
+) -> keras.Model:
+    """DCN (Wang et al., 2017): a v1 cross network in parallel with an MLP."""
+    return _cross_model(schema, CrossLayerV1, num_cross, "parallel", hidden_units, dropout, "dcn")
 
 
 def dcnv2(
@@ -109,20 +119,8 @@ def dcnv2(
     dropout: float = 0.0,
 ) -> keras.Model:
     """DCN-V2 (Wang et al., 2021) with keras_rs ``FeatureCross`` layers, stacked or parallel."""
-    if structure not in ("stacked", "parallel"):
-        raise ValueError(f"dcnv2 structure must be 'stacked' or 'parallel', got {structure!r}.")
-    inputs = feature_inputs(schema)
-    factory, dense = EmbeddingFactory(schema, inputs), dense_vector(schema, inputs)
-    x0 = deep_input(factory.embed(), dense)
-    cross = x0
-    for i in range(num_cross):
-        cross = keras_rs.layers.FeatureCross(name=f"cross_{i}")(x0, cross)
-    if structure == "stacked":
-        top = mlp(cross, hidden_units, "deep", dropout=dropout)
-    else:
-        deep = mlp(x0, hidden_units, "deep", dropout=dropout)
-        top = keras.layers.Concatenate(name="cross_deep")([cross, deep])
-    return prediction([_logit(top, "logit")], inputs, "dcnv2")
+    return _cross_model(schema, keras_rs.layers.FeatureCross, num_cross, structure, hidden_units,
+                        dropout, "dcnv2")
 
 
 def autoint(
