@@ -97,3 +97,31 @@ def test_train_and_eval_on_the_real_criteo_sample(tmp_path, capsys):
     dev = SHARED / "criteo" / "wide-resdnn" / "dev.csv"
     assert main(["eval", str(run), "--data", f"criteo:{dev}"]) == 0
     assert "409" in capsys.readouterr().out
+
+
+def test_export_litert_saved_model_onnx_and_bench(trained_run, tmp_path, capsys):
+    from tfafm.export import litert_ops
+    from tfafm.export.litert import builtin_op_names
+
+    tflite = tmp_path / "model.tflite"
+    assert main(["export", str(trained_run), "--format", "litert", "--quantize", "dynamic", "--out", str(tflite)]) == 0
+    assert litert_ops(str(tflite)) <= builtin_op_names()
+    saved = tmp_path / "saved"
+    assert main(["export", str(trained_run), "--format", "saved_model", "--out", str(saved)]) == 0
+    assert (saved / "saved_model.pb").exists()
+    onnx_file = tmp_path / "model.onnx"
+    assert main(["export", str(trained_run), "--format", "onnx", "--out", str(onnx_file)]) == 0
+    capsys.readouterr()
+
+    schema = str(trained_run / "schema.json")
+    assert main(["bench", str(tflite), str(onnx_file), "--schema", schema, "--batch-sizes", "1", "4",
+                 "--threads", "1", "--iterations", "20", "--max-seconds", "1"]) == 0
+    table = capsys.readouterr().out
+    assert "model.tflite" in table and "model.onnx" in table and "p50" in table
+
+
+def test_export_rejects_quantize_for_onnx(trained_run, tmp_path, capsys):
+    out = tmp_path / "m.onnx"
+    assert main(["export", str(trained_run), "--format", "onnx", "--quantize", "int8", "--out", str(out)]) == 2
+    assert "--quantize applies to --format litert only" in capsys.readouterr().err
+    assert not out.exists()

@@ -26,20 +26,31 @@ def native_stderr_silenced() -> Iterator[None]:
         os.close(saved)
 
 
-def import_tensorflow(initialize_devices: bool = False) -> None:
-    """Imports TensorFlow without its native start-up notes.
+_logging_chosen_by_tfafm = False
 
-    Does nothing special when the user set ``TF_CPP_MIN_LOG_LEVEL`` (they chose
-    their logging) or already imported TensorFlow.
+
+def import_tensorflow(initialize_devices: bool = False) -> None:
+    """Imports TensorFlow without its native start-up notes and INFO lines.
+
+    Sets ``TF_CPP_MIN_LOG_LEVEL=1`` (warnings and errors still show) unless
+    the user set it (they chose their logging) or imported TensorFlow first.
+    ``initialize_devices`` also creates the devices quietly (CUDA probing).
     """
     import sys
 
-    if "TF_CPP_MIN_LOG_LEVEL" in os.environ or ("tensorflow" in sys.modules and not initialize_devices):
-        import tensorflow  # noqa: F401
+    global _logging_chosen_by_tfafm
+    if "TF_CPP_MIN_LOG_LEVEL" not in os.environ and "tensorflow" not in sys.modules:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "1"
+        _logging_chosen_by_tfafm = True
+        with native_stderr_silenced():
+            import tensorflow  # noqa: F401
+    import tensorflow as tf
 
-        return
-    with native_stderr_silenced():
-        import tensorflow as tf
-
-        if initialize_devices:
+    if initialize_devices:
+        with tensorflow_notes_silenced():
             tf.config.list_logical_devices("CPU")
+
+
+def tensorflow_notes_silenced():
+    """Silences native notes (converter, interpreter) unless the user chose TF's logging."""
+    return native_stderr_silenced() if _logging_chosen_by_tfafm else contextlib.nullcontext()

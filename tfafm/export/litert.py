@@ -7,8 +7,10 @@ so a serving process (or a benchmark worker) stays light.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import sys
 import warnings
 from typing import Iterable, Mapping, NamedTuple
 
@@ -85,13 +87,14 @@ def litert(
         raise ValueError("quantize='int8' needs representative_data (e.g. the calibration data).")
     model = _maybe_fuse(model, fuse)
     frozen = _frozen_function(model)
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen])
+    with _absl_warnings_muted():
+        converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen])
     _configure(converter, quantize)
     if quantize == "int8":
         order = [t.name.split(":")[0] for t in frozen.inputs if t.dtype != tf.resource]
         converter.representative_dataset = _representative(representative_data, order, representative_steps)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _notes_silenced(), _absl_warnings_muted():
             warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
             flatbuffer = converter.convert()
     except Exception as error:  # ConverterError and friends
@@ -250,6 +253,26 @@ def _non_builtin_layers(model) -> list[str]:
 # ----------------------------------------------------------------------------- runtime
 
 
+@contextlib.contextmanager
+def _absl_warnings_muted():
+    """Mutes the converter's Python deprecation notes about the frozen-function path it is given."""
+    import logging
+
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _notes_silenced():
+    """tfafm's silencing of native notes, when tfafm is loaded (bench workers load this file alone)."""
+    quiet = sys.modules.get("tfafm.quiet")
+    return quiet.tensorflow_notes_silenced() if quiet else contextlib.nullcontext()
+
+
 def _interpreter(path: str, num_threads: int = 1):
     try:
         from ai_edge_litert.interpreter import Interpreter
@@ -320,7 +343,8 @@ class LiteRTRunner:
         if batch != self._batch:
             for detail in self.inputs.values():
                 self.interpreter.resize_tensor_input(detail["index"], [batch, 1])
-            self.interpreter.allocate_tensors()
+            with _notes_silenced():  # "Created TensorFlow Lite XNNPACK delegate for CPU."
+                self.interpreter.allocate_tensors()
             self._batch = batch
 
     def set_inputs(self, features: Mapping) -> None:
