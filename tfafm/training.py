@@ -42,6 +42,27 @@ def fit(model: keras.Model, bundle: DataBundle, epochs: int, patience: int, verb
     return len(history.history["loss"])
 
 
+def fine_tune(
+    model: keras.Model, bundle: DataBundle, epochs: int, learning_rate: float,
+    patience: int = 1, verbose: int = 0,
+) -> dict[str, float]:
+    """Fine-tunes a (compressed) model without ever ending worse than it started.
+
+    Runs :func:`fit` (early stopping on validation AUC, best epoch restored),
+    then compares the exact validation AUC with the starting point's and keeps
+    the starting weights if no epoch beat them. Returns the final exact metrics.
+    """
+    before = evaluate(model, bundle.validation)
+    start_weights = model.get_weights()
+    compile_for_ctr(model, learning_rate)
+    fit(model, bundle, epochs, patience, verbose)
+    after = evaluate(model, bundle.validation)
+    if after["auc"] < before["auc"]:
+        model.set_weights(start_weights)
+        return before
+    return after
+
+
 def train(
     config: TrainConfig,
     data: str = "synthetic",

@@ -11,7 +11,7 @@ from tfafm.compression.api import compress
 from tfafm.compression.report import CompressionReport
 from tfafm.metrics import evaluate
 from tfafm.runs import Run, save_run
-from tfafm.training import compile_for_ctr, fit
+from tfafm.training import fine_tune
 
 
 @dataclasses.dataclass
@@ -39,7 +39,9 @@ def compress_run(
 
     Calibration uses the training split (``calibration_steps`` batches at
     most); fine-tuning, if any, runs ``finetune_epochs`` epochs of ``model.fit``
-    at ``finetune_learning_rate`` (default: half the run's learning rate).
+    at ``finetune_learning_rate`` (default: half the run's learning rate) and
+    keeps the starting weights if no epoch improves validation AUC
+    (:func:`tfafm.training.fine_tune`).
     The result is saved as a run directory with ``report.md`` and
     ``report.json`` when ``out`` is given.
     """
@@ -54,9 +56,9 @@ def compress_run(
     metrics["compressed"] = evaluate(model, bundle.validation)
     if finetune_epochs > 0:
         config = run.config
-        compile_for_ctr(model, finetune_learning_rate or config.learning_rate / 2)
-        fit(model, bundle, finetune_epochs, config.early_stopping_patience, verbose)
-        metrics["finetuned"] = evaluate(model, bundle.validation)
+        metrics["finetuned"] = fine_tune(model, bundle, finetune_epochs,
+                                         finetune_learning_rate or config.learning_rate / 2,
+                                         config.early_stopping_patience, verbose)
     if out is not None:
         info: dict[str, Any] = {
             **run.info, "kind": "compressed", "source_run": run.path, "method": method,
