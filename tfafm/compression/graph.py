@@ -13,7 +13,6 @@ from typing import Any, Callable
 
 import keras
 import keras_rs
-import numpy as np
 
 from tfafm.layers.low_rank import LowRankDense, LowRankEmbedding
 
@@ -181,8 +180,3 @@ class Rebuilder:
             outputs = keras.tree.map_structure(finalize, outputs)
         structure = keras.tree.pack_sequence_as(model._inputs_struct, new_inputs)
         return keras.Model(structure, outputs, name=model.name)
-
-
-def copy_matching_weights(target, source) -> None:
-    """Copies weights between two layers of identical structure."""
-    target.set_weights([np.asarray(w) for w in source.get_weights()])
