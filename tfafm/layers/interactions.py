@@ -126,9 +126,6 @@ class FactorizationMachine(keras.layers.Layer):
 class CrossLayerV1(keras.layers.Layer):
     """One layer of the DCN (v1) cross network: ``x0 * (x . w) + b + x``."""
 
-    def __init__(self, **kwargs: Any):
-        super().__init__(**kwargs)
-
     def build(self, x0_shape, x_shape=None):
         dim = x0_shape[-1]
         self.kernel = self.add_weight(name="kernel", shape=(dim, 1), initializer="glorot_uniform")
