@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Optional
 
+from tfafm.errors import UserError
 
-class DataFormatError(ValueError):
+
+class DataFormatError(UserError):
     """A data file does not match its expected format.
 
     The message is one line naming the file, line and column where known, e.g.
