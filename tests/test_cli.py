@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tfafm.cli import main
+from tfafm_cli import main
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 TINY = """model: deepfm
@@ -30,7 +30,7 @@ def trained_run(tmp_path_factory):
 
 
 def test_train_writes_a_complete_run(trained_run, capsys):
-    assert sorted(os.listdir(trained_run)) == ["model.keras", "run.json", "schema.json"]
+    assert sorted(os.listdir(trained_run)) == [".tfafm-artifact.json", "model.keras", "run.json", "schema.json"]
     info = json.loads((trained_run / "run.json").read_text())
     assert info["config"]["model"] == "deepfm" and info["epochs_run"] >= 1
     assert 0.5 < info["metrics"]["auc"] <= 1.0
@@ -41,6 +41,26 @@ def test_eval_reports_auc_and_logloss(trained_run, capsys):
     assert main(["eval", str(trained_run), "--data", "synthetic"]) == 0
     out = capsys.readouterr().out
     assert "AUC" in out and "LogLoss" in out
+
+
+def test_eval_defaults_to_the_runs_validation_split_and_prints_json(trained_run, capsys):
+    assert main(["eval", str(trained_run), "--format", "json", "--quiet"]) == 0
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    saved = json.loads((trained_run / "run.json").read_text())["metrics"]
+    (metrics,) = report["models"].values()
+    assert metrics["rows"] == saved["rows"] and abs(metrics["auc"] - saved["auc"]) < 1e-6
+    assert captured.err == ""
+
+
+def test_eval_markdown_table_does_not_wrap(trained_run, capsys):
+    long_name = trained_run.parent / ("a-run-with-a-rather-long-name-" * 4)
+    long_name.symlink_to(trained_run)
+    assert main(["eval", str(long_name), "--format", "md", "--quiet"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert f"**{long_name} on the validation split of synthetic**" in lines
+    table = lines[lines.index("| model | AUC | LogLoss | rows |"):]
+    assert len(table) == 3 and all(line.startswith("| ") and line.endswith(" |") for line in table)
 
 
 def test_compress_writes_model_and_reports(trained_run, tmp_path, capsys):
@@ -58,7 +78,7 @@ def test_compress_writes_model_and_reports(trained_run, tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["train", "--model", "nope"], "Unknown model 'nope'"),
-    (["train", "--data", "foo:bar"], "Unknown data source 'foo'"),
+    (["train", "--data", "foo:bar"], "unknown data source 'foo'"),
     (["train", "--data", "criteo:/does/not/exist.txt"], "/does/not/exist.txt"),
     (["eval", "/no/such/run", "--data", "synthetic"], "No tfafm run at '/no/such/run'"),
 ])
