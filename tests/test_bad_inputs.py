@@ -215,7 +215,8 @@ def _(c):
 
 @case("eval on data of another kind")
 def _(c):
-    return ["eval", c.run, "--data", f"criteo:{c.shared / 'train.txt'}"], r"was trained on 'synthetic'.*encoded differently"
+    return (["eval", c.run, "--data", f"criteo:{c.shared / 'train.txt'}"],
+            r"was trained on 'synthetic'.*encoded differently")
 
 
 @case("unknown inner activation")
@@ -328,7 +329,8 @@ def _(c):
 @case("bench a garbage .tflite")
 def _(c):
     c.write("m.tflite", "garbage " * 100)
-    return (["bench", "m.tflite", "--schema", f"{c.run}/schema.json", "--threads", "1", "--batch-sizes", "1", "--quiet"],
+    return (["bench", "m.tflite", "--schema", f"{c.run}/schema.json", "--threads", "1", "--batch-sizes", "1",
+             "--quiet"],
             r"Cannot benchmark m\.tflite: cannot load it as a LiteRT model \(ValueError: ")
 
 

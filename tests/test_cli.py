@@ -138,6 +138,35 @@ def test_export_litert_saved_model_onnx_and_bench(trained_run, tmp_path, capsys)
                  "--threads", "1", "--iterations", "20", "--max-seconds", "1"]) == 0
     table = capsys.readouterr().out
     assert "model.tflite" in table and "model.onnx" in table and "p50" in table
+    assert main(["bench", str(tflite), "--schema", schema, "--batch-sizes", "2", "--threads", "1",
+                 "--iterations", "5", "--max-seconds", "1", "--format", "json", "--quiet"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["name"] == "model.tflite" and row["batch_size"] == 2 and row["size_ratio"] == 1.0
+
+
+def test_export_default_out_is_beside_the_run_and_never_silently_replaced(trained_run, capsys):
+    target = trained_run.parent / f"{trained_run.name}-dynamic.tflite"
+    assert main(["export", str(trained_run), "--quantize", "dynamic", "--quiet"]) == 0
+    first = target.read_bytes()
+    assert main(["export", str(trained_run), "--quantize", "dynamic", "--quiet"]) == 2
+    assert "a file exists there (--overwrite replaces it)" in capsys.readouterr().err
+    assert target.read_bytes() == first
+    target.unlink()
+
+
+def test_progress_prints_plain_lines_when_stderr_is_not_a_terminal(capsys):
+    from tfafm.progress import progress_bar
+
+    with progress_bar("calibrating", 3, interval=0.0) as advance:
+        for _ in range(3):
+            advance()
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(",")[0] for line in lines] == [
+        "calibrating: 1/3 (33%)", "calibrating: 2/3 (67%)", "calibrating: 3/3 (100%)", "calibrating: 3/3 (100%)"]
+    assert lines[-1].endswith(", done")
+    with progress_bar("calibrating", 3) as advance:  # shorter than the 10 s interval: silent
+        advance(3)
+    assert capsys.readouterr().err == ""
 
 
 def test_export_rejects_quantize_for_onnx(trained_run, tmp_path, capsys):

@@ -14,21 +14,22 @@ def _plain_lines(description: str, total: Optional[int], stream: TextIO, interva
     """Yields ``advance(n=1)`` that prints ``description: done/total`` at most every ``interval`` seconds."""
     start = last = time.monotonic()
     done = 0
+    printed = False
 
     def line(now: float) -> str:
         count = f"{done}/{total} ({100 * done / total:.0f}%)" if total else f"{done}"
         return f"{description}: {count}, {now - start:.0f} s"
 
     def advance(n: int = 1) -> None:
-        nonlocal done, last
+        nonlocal done, last, printed
         done += n
         now = time.monotonic()
         if now - last >= interval:
             print(line(now), file=stream, flush=True)
-            last = now
+            last, printed = now, True
 
     yield advance
-    if last != start:  # lines were printed: close with the final count
+    if printed:  # close with the final count
         print(line(time.monotonic()) + ", done", file=stream, flush=True)
 
 

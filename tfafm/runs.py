@@ -137,7 +137,9 @@ def load_run(path: str) -> Run:
     if not isinstance(info, dict) or not isinstance(info.get("config"), dict):
         raise UserError(f"{info_path}: expected an object with a \"config\" object (the training config).")
     preprocessor_path = os.path.join(path, PREPROCESSOR_FILE)
-    preprocessor = load_json_file(preprocessor_path, Preprocessor.load) if os.path.exists(preprocessor_path) else None
+    preprocessor = None
+    if os.path.exists(preprocessor_path):
+        preprocessor = load_json_file(preprocessor_path, Preprocessor.load)
     run = Run(
         path=path,
         model=load_model_file(model_path),

@@ -227,7 +227,8 @@ def _open_checked(job: dict):
     names = {feature["name"] for feature in job["schema"]["features"]}
     missing = sorted(set(runner.feature_names) - names)
     if missing:
-        return None, f"it takes inputs the schema lacks: {', '.join(missing[:5])}" + (" ..." if len(missing) > 5 else "")
+        more = " ..." if len(missing) > 5 else ""
+        return None, f"it takes inputs the schema lacks: {', '.join(missing[:5])}{more}"
     try:
         runner(sample_features(job["schema"], 1, seed=job["seed"]))
     except Exception as error:  # the schema's inputs do not fit the model
