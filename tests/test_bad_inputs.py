@@ -354,6 +354,12 @@ def _(c):
     return ["train", "--data", f"criteo:{data}", "--out", "out", "--quiet"], r"bad\.txt:3: "
 
 
+@case("malformed criteo line, output in new folders")
+def _(c):
+    data = c.write("bad.txt", f"{CRITEO_ROW}\nx\t1\n")
+    return ["train", "--data", f"criteo:{data}", "--out", "new/folders/out", "--quiet"], r"bad\.txt:2: "
+
+
 @case("400-digit integer in a criteo column", xfail=DATA_FIX)
 def _(c):
     huge = CRITEO_ROW.replace("\t3\t", "\t" + "9" * 400 + "\t", 1)

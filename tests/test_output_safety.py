@@ -141,6 +141,13 @@ def test_failure_inside_leaves_destination_and_no_temporary(tmp_path):
     assert (target / "v").read_text() == "1" and temporaries(tmp_path) == []
 
 
+def test_failure_removes_the_parent_directories_it_created(tmp_path):
+    with pytest.raises(RuntimeError, match="boom"):
+        with Destination(tmp_path / "new" / "parents" / "run", "run").staged():
+            raise RuntimeError("boom")
+    assert os.listdir(tmp_path) == []
+
+
 def test_disk_full_is_a_user_error_naming_the_requested_path(tmp_path):
     requested = str(tmp_path / "m.tflite")
     with pytest.raises(UserError, match=f"cannot write {requested}: No space left on device"):

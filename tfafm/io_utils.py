@@ -189,6 +189,21 @@ def _overlaps(a: str, b: str) -> bool:
     return a == b or a.startswith(b.rstrip(os.sep) + os.sep) or b.startswith(a.rstrip(os.sep) + os.sep)
 
 
+def _missing_ancestors(directory: str) -> list[str]:
+    """``directory`` and its ancestors that do not exist yet, deepest first."""
+    missing = []
+    while not os.path.lexists(directory):
+        missing.append(directory)
+        directory = os.path.dirname(directory)
+    return missing
+
+
+def _remove_empty(directories: list[str]) -> None:
+    for directory in directories:
+        with contextlib.suppress(OSError):
+            os.rmdir(directory)
+
+
 class Destination:
     """An output path, checked when created and written through :meth:`staged`.
 
@@ -268,14 +283,18 @@ class Destination:
     def staged(self) -> Iterator[str]:
         """Yields a fresh path to write the output at; swaps it into place when the block succeeds.
 
-        On an exception nothing at the destination changes and the temporary is removed.
+        Missing parent directories are created. On an exception nothing at the
+        destination changes, and the temporary and the parents it created are removed.
         """
         parent, name = os.path.split(self.path)
+        created = _missing_ancestors(parent)
         try:
             os.makedirs(parent, exist_ok=True)
             temp = _TempFolder(parent, name)
         except OSError as error:
+            _remove_empty(created)
             raise self._refuse(error.strerror or str(error)) from None
+        succeeded = False
         try:
             staged_dir = os.path.join(temp.path, _STAGED)
             os.mkdir(staged_dir)
@@ -294,8 +313,11 @@ class Destination:
             self._check_placement()
             self._check_existing(is_directory)
             self._swap_in(staged, temp.path)
+            succeeded = True
         finally:
             temp.remove()
+            if not succeeded:
+                _remove_empty(created)
 
     def _swap_in(self, staged: str, temp: str) -> None:
         if not os.path.lexists(self.path):
