@@ -174,3 +174,16 @@ def test_export_rejects_quantize_for_onnx(trained_run, tmp_path, capsys):
     assert main(["export", str(trained_run), "--format", "onnx", "--quantize", "int8", "--out", str(out)]) == 2
     assert "--quantize applies to --format litert only" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_every_command_and_option_has_help_text():
+    import argparse
+
+    from tfafm_cli import build_parser
+
+    (commands,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    for name, parser in commands.choices.items():
+        assert all(action.help for action in parser._actions), name
+        text = parser.format_help()
+        assert "``" not in text and "--quiet" in text, name
+        assert ("--overwrite" in text) == (name in ("train", "compress", "export", "demo")), name
