@@ -442,6 +442,18 @@ def test_utf8_byte_order_mark_is_accepted(tmp_path, kind, text):
     assert bundle.train_rows + bundle.validation_rows == text.count("\n") - (kind == "avazu")
 
 
+@pytest.mark.parametrize("option, value", [
+    ("iterations", 0), ("batch_sizes", (1, 0)), ("threads", ()), ("warmup", -1), ("max_seconds", 0.0),
+])
+def test_benchmark_refuses_options_that_cannot_measure_before_starting_a_worker(shared, option, value):
+    from tfafm.errors import UserError
+    from tfafm.export.bench import benchmark
+
+    with pytest.raises(UserError, match=f"benchmark: {option} must be"):
+        benchmark([str(shared / "m.tflite")], json.loads((shared / "run" / "schema.json").read_text()),
+                  **{option: value})
+
+
 # ----------------------------------------------------------------------------- process-level promises
 
 
