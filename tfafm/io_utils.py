@@ -179,14 +179,10 @@ def remove_stale_temporaries(directory: str) -> None:
 # ----------------------------------------------------------------------------- destinations
 
 
-def _real(path: str) -> str:
-    return os.path.realpath(path)
-
-
-def _overlaps(a: str, b: str) -> bool:
-    """True when ``a`` and ``b`` are the same path or one lies inside the other."""
-    a, b = _real(a), _real(b)
-    return a == b or a.startswith(b.rstrip(os.sep) + os.sep) or b.startswith(a.rstrip(os.sep) + os.sep)
+def _within(inner: str, outer: str) -> bool:
+    """True when ``inner`` is ``outer`` or lies inside it (symbolic links resolved)."""
+    inner, outer = os.path.realpath(inner), os.path.realpath(outer)
+    return inner == outer or inner.startswith(outer.rstrip(os.sep) + os.sep)
 
 
 def _missing_ancestors(directory: str) -> list[str]:
@@ -241,15 +237,14 @@ class Destination:
     def _check_placement(self) -> None:
         if self.requested.endswith(("/", os.sep)) and self.kind is not None and self.kind not in DIRECTORY_KINDS:
             raise self._refuse(f"a {self.kind} output is a file, but the path ends with a slash")
-        here = os.getcwd()
-        if _real(here) == _real(self.path) or _real(here).startswith(_real(self.path).rstrip(os.sep) + os.sep):
+        if _within(os.getcwd(), self.path):
             raise self._refuse("it is or contains the current directory")
         for source in self.sources:
-            if source and _overlaps(source, self.path):
+            if source and (_within(source, self.path) or _within(self.path, source)):
                 raise self._refuse(f"it is, contains or lies inside the input {source}")
-        ancestor = os.path.dirname(self.path)
-        while not os.path.lexists(ancestor):
-            ancestor = os.path.dirname(ancestor)
+        parent = os.path.dirname(self.path)
+        missing = _missing_ancestors(parent)
+        ancestor = os.path.dirname(missing[-1]) if missing else parent
         if not os.path.isdir(ancestor):
             raise self._refuse(f"{ancestor} is a file, not a directory")
         if not os.access(ancestor, os.W_OK | os.X_OK):
