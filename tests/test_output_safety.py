@@ -243,13 +243,14 @@ LAUNCH = textwrap.dedent("""
 
 
 def kill_command(tmp_path: Path, point: str, argv: list[str], watch: Path) -> None:
-    """Runs ``tfafm argv`` and SIGKILLs it once a temporary folder appears in ``watch`` (or at ``point``)."""
+    """Runs ``tfafm argv`` and SIGKILLs it once it creates a temporary folder in ``watch`` (or at ``point``)."""
+    earlier = set(os.listdir(watch))
     process = subprocess.Popen([sys.executable, "-c", LAUNCH.format(root=str(ROOT)), point, *argv],
                                cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
     while process.poll() is None and time.monotonic() < deadline:
-        if point == "temp-folder" and any(TEMP_INFIX in name for name in os.listdir(watch)):
-            time.sleep(0.3)  # well into the work
+        if point == "temp-folder" and any(TEMP_INFIX in n for n in set(os.listdir(watch)) - earlier):
+            time.sleep(0.1)  # into the work
             process.send_signal(signal.SIGKILL)
             break
         time.sleep(0.02)
