@@ -113,34 +113,22 @@ def _(c):
     return ["train", "--config", "nope.yaml"], r"Config file not found: nope\.yaml"
 
 
-@case("config YAML syntax")
-def _(c):
-    c.write("bad.yaml", "model: deepfm\nepochs: [1, 2\n")
-    return ["train", "--config", "bad.yaml"], r"bad\.yaml:3:1: not valid YAML"
+def _config_case(yaml_text: str, expected: str) -> Case:
+    def build(c: Context) -> tuple[list[str], str]:
+        c.write("bad.yaml", yaml_text)
+        return ["train", "--config", "bad.yaml"], expected
+    return build
 
 
-@case("config unknown option")
-def _(c):
-    c.write("bad.yaml", "model: deepfm\nepochz: 3\n")
-    return ["train", "--config", "bad.yaml"], r"bad\.yaml: unknown option\(s\) \['epochz'\]"
-
-
-@case("config learning rate as text")
-def _(c):
-    c.write("bad.yaml", "learning_rate: fast\n")
-    return ["train", "--config", "bad.yaml"], r"bad\.yaml: learning_rate must be a positive number, got 'fast'"
-
-
-@case("config boolean epochs")
-def _(c):
-    c.write("bad.yaml", "epochs: true\n")
-    return ["train", "--config", "bad.yaml"], r"bad\.yaml: epochs must be a positive integer, got True"
-
-
-@case("config not a mapping")
-def _(c):
-    c.write("bad.yaml", "- deepfm\n- dcn\n")
-    return ["train", "--config", "bad.yaml"], r"bad\.yaml: expected a mapping of options"
+for _name, _text, _expected in [
+    ("config YAML syntax", "model: deepfm\nepochs: [1, 2\n", r"bad\.yaml:3:1: not valid YAML"),
+    ("config unknown option", "model: deepfm\nepochz: 3\n", r"bad\.yaml: unknown option\(s\) \['epochz'\]"),
+    ("config learning rate as text", "learning_rate: fast\n",
+     r"bad\.yaml: learning_rate must be a positive number, got 'fast'"),
+    ("config boolean epochs", "epochs: true\n", r"bad\.yaml: epochs must be a positive integer, got True"),
+    ("config not a mapping", "- deepfm\n- dcn\n", r"bad\.yaml: expected a mapping of options"),
+]:
+    case(_name)(_config_case(_text, _expected))
 
 
 @case("unknown model")
@@ -235,26 +223,24 @@ def _(c):
 
 @case("compress into its own run")
 def _(c):
-    run = c.copy_run()
+    c.copy_run()
     return ["compress", "run", "--out", "run/small"], r"refusing to write run/small: .*lies inside the input run"
 
 
-@case("export over a foreign directory")
-def _(c):
-    c.write("d/f", "user data")
-    return ["export", c.run, "--out", "d"], r"refusing to write d: it is a directory that tfafm did not write"
+def _export_over_user_file(existing: str, out: str, expected: str) -> Case:
+    def build(c: Context) -> tuple[list[str], str]:
+        c.write(existing, "user data")
+        return ["export", c.run, "--out", out], expected
+    return build
 
 
-@case("export over an existing file")
-def _(c):
-    c.write("m.tflite", "user data")
-    return ["export", c.run, "--out", "m.tflite"], r"refusing to write m\.tflite: a file exists there \(--overwrite"
-
-
-@case("export below a regular file")
-def _(c):
-    c.write("notes.txt", "user data")
-    return ["export", c.run, "--out", "notes.txt/m.tflite"], r"notes\.txt/m\.tflite: .*notes\.txt is a file"
+for _name, _existing, _out, _expected in [
+    ("export over a foreign directory", "d/f", "d", r"refusing to write d: it is a directory that tfafm did not write"),
+    ("export over an existing file", "m.tflite", "m.tflite",
+     r"refusing to write m\.tflite: a file exists there \(--overwrite"),
+    ("export below a regular file", "notes.txt", "notes.txt/m.tflite", r"notes\.txt/m\.tflite: .*notes\.txt is a file"),
+]:
+    case(_name)(_export_over_user_file(_existing, _out, _expected))
 
 
 @case("saved_model over a tfafm run")

@@ -50,7 +50,7 @@ class Output:
     @property
     def keras_verbose(self) -> int:
         """Keras ``fit`` verbosity: a live bar on a terminal, one line per epoch in logs, nothing if quiet."""
-        return 0 if self.quiet else 1 if sys.stdout.isatty() else 2
+        return 0 if self.quiet else 1 if self.terminal else 2
 
     def report_format(self, chosen: Optional[str]) -> str:
         return chosen or ("table" if self.terminal else "md")
