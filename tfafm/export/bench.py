@@ -87,7 +87,16 @@ def sample_features(description, rows: int, seed: int = 0, zipf_exponent: float 
 
 
 def model_kind(path: str) -> str:
-    """``"tflite"``, ``"onnx"``, ``"saved_model"`` or ``"keras"`` for an exported model path."""
+    """``"tflite"``, ``"onnx"``, ``"saved_model"`` or ``"keras"`` for an exported model path.
+
+    Raises:
+        MissingFileError: nothing is at ``path``.
+        UserError: ``path`` is none of those.
+    """
+    from tfafm.errors import MissingFileError, UserError
+
+    if not os.path.exists(path):
+        raise MissingFileError(f"Cannot benchmark {path}: no such file or directory.")
     if os.path.isfile(path):
         for ext, kind in ((".tflite", "tflite"), (".onnx", "onnx"), (".keras", "keras")):
             if path.endswith(ext):
@@ -97,8 +106,8 @@ def model_kind(path: str) -> str:
             return "saved_model"
         if os.path.isfile(os.path.join(path, "model.keras")):
             return "keras"
-    raise ValueError(f"Cannot benchmark {path!r}: expected a .tflite/.onnx/.keras file, a SavedModel "
-                     "directory or a run directory with model.keras.")
+    raise UserError(f"Cannot benchmark {path!r}: expected a .tflite/.onnx/.keras file, a SavedModel "
+                    "directory or a run directory with model.keras.")
 
 
 def _model_file(path: str, kind: str) -> str:
@@ -145,6 +154,10 @@ class KerasRunner:
         self.model = keras.saving.load_model(path, compile=False)
         self.interface = interface(self.model, vocabularies=False)
         self.function = serving_function(self.model)
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [spec.name for spec in self.interface.inputs]
 
     def __call__(self, features: Mapping) -> np.ndarray:
         batch = self._as_batch(features, self.interface.inputs)
@@ -215,8 +228,36 @@ def peak_rss_mb() -> float:
     return peak / (1024.0 * 1024.0) if sys.platform == "darwin" else peak / 1024.0
 
 
+_KIND_NAMES = {"tflite": "LiteRT", "onnx": "ONNX", "saved_model": "SavedModel", "keras": "Keras"}
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+
+
+def _open_checked(job: dict):
+    """The job's runner, or ``(None, reason)`` when the model cannot be loaded or does not fit the schema."""
+    try:
+        runner = open_runner(job["kind"], job["path"], job["threads"])
+    except Exception as error:  # the file is not a loadable model of its kind
+        return None, f"cannot load it as a {_KIND_NAMES[job['kind']]} model ({_first_line(error)})"
+    names = {spec["name"] for spec in job["schema"]["inputs"]}
+    missing = sorted(set(runner.feature_names) - names)
+    if missing:
+        more = " ..." if len(missing) > 5 else ""
+        return None, f"it takes inputs the schema lacks: {', '.join(missing[:5])}{more}"
+    try:
+        runner(sample_features(job["schema"], 1, seed=job["seed"]))
+    except Exception as error:  # the schema's inputs do not fit the model
+        return None, f"it does not run on inputs drawn from the schema ({_first_line(error)})"
+    return runner, None
+
+
 def _worker(job: dict) -> dict:
-    runner = open_runner(job["kind"], job["path"], job["threads"])
+    runner, problem = _open_checked(job)
+    if problem is not None:
+        return {"error": problem}
     results = {}
     for batch_size in job["batch_sizes"]:
         batches = [
@@ -228,14 +269,33 @@ def _worker(job: dict) -> dict:
 
 
 def _run_worker(job: dict, timeout: float) -> dict:
+    """Runs one measuring process.
+
+    Raises:
+        UserError: the model cannot be loaded, does not fit the schema, crashes
+            the runtime or runs past ``timeout`` (the message names the file).
+        RuntimeError: the worker failed otherwise (a bug; its traceback included).
+    """
+    from tfafm.errors import UserError
+
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONWARNINGS="ignore")
-    process = subprocess.run(
-        [sys.executable, os.path.abspath(__file__), "--worker"],
-        input=json.dumps(job), capture_output=True, text=True, timeout=timeout, env=env,
-    )
+    try:
+        process = subprocess.run(
+            [sys.executable, os.path.abspath(__file__), "--worker"],
+            input=json.dumps(job), capture_output=True, text=True, timeout=timeout, env=env,
+        )
+    except subprocess.TimeoutExpired:
+        raise UserError(f"Benchmark of {job['path']} ran longer than {timeout:g} s; lower --iterations "
+                        "or --max-seconds.") from None
     for line in process.stdout.splitlines():
         if line.startswith(_RESULT_PREFIX):
-            return json.loads(line[len(_RESULT_PREFIX):])
+            outcome = json.loads(line[len(_RESULT_PREFIX):])
+            if "error" in outcome:
+                raise UserError(f"Cannot benchmark {job['path']}: {outcome['error']}.")
+            return outcome
+    if process.returncode < 0:
+        raise UserError(f"Cannot benchmark {job['path']}: the {_KIND_NAMES[job['kind']]} runtime crashed "
+                        f"(signal {-process.returncode}); is it a valid, complete model file?")
     raise RuntimeError(
         f"Benchmark worker for {job['path']} failed (exit {process.returncode}):\n{process.stderr[-3000:]}"
     )
@@ -273,6 +333,19 @@ def described_interface(paths: Sequence) -> dict:
                     "(e.g. --schema run/schema.json).")
 
 
+def _check_options(batch_sizes, threads, iterations, warmup, max_seconds, distinct_batches) -> None:
+    """Raises a :class:`UserError` naming the first option that cannot give a measurement."""
+    from tfafm.errors import UserError
+
+    counts = {"batch_sizes": (list(batch_sizes), 1), "threads": (list(threads), 1), "iterations": ([iterations], 1),
+              "warmup": ([warmup], 0), "distinct_batches": ([distinct_batches], 1)}
+    for name, (values, least) in counts.items():
+        if not values or not all(isinstance(v, (int, np.integer)) and v >= least for v in values):
+            raise UserError(f"benchmark: {name} must be integers >= {least}, got {values}.")
+    if not max_seconds > 0:
+        raise UserError(f"benchmark: max_seconds must be positive, got {max_seconds!r}.")
+
+
 def benchmark(
     paths_or_models: Sequence,
     schema=None,
@@ -308,6 +381,7 @@ def benchmark(
         process's peak over all its batch sizes) and ``ops`` (operators in a
         ``.tflite`` file, else None).
     """
+    _check_options(batch_sizes, threads, iterations, warmup, max_seconds, distinct_batches)
     if names is not None and len(names) != len(paths_or_models):
         raise ValueError(f"names has {len(names)} entries for {len(paths_or_models)} models.")
     description = described_interface(paths_or_models) if schema is None else interface_dict(schema)
