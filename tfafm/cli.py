@@ -214,7 +214,7 @@ def cmd_export(args, out: Output) -> int:
     with destination.staged() as staged:
         if args.format == "litert":
             export.litert(run.model, staged, quantize=args.quantize, representative_data=representative,
-                          fuse=not args.no_fuse)
+                          fuse=not args.no_fuse, schema=run.schema)
         elif args.format == "saved_model":
             export.saved_model(run.model, staged)
         else:
@@ -226,11 +226,16 @@ def cmd_export(args, out: Output) -> int:
 
 
 def cmd_bench(args, out: Output) -> int:
-    from tfafm.export.bench import add_ratios, benchmark, model_kind, results_table
+    from tfafm.export.bench import add_ratios, benchmark, described_interface, model_kind, results_table
 
     for path in args.models:
         model_kind(path)  # every model is checked before the first one is measured
-    schema = _load_schema(args.schema) if args.schema else _schema_near(args.models[0])
+    if args.schema:
+        schema = _load_schema(args.schema)
+    elif any(path.endswith(".tflite") for path in args.models):
+        schema = described_interface(args.models)  # tfafm's .tflite files describe their inputs
+    else:
+        schema = _schema_near(args.models[0])
     rows = []
     for path in args.models:
         out.note(f"Measuring {path} (threads {', '.join(map(str, args.threads))}; "

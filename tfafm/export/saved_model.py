@@ -26,7 +26,7 @@ def saved_model(model, directory: str) -> str:
     module = tf.Module()
     module.model = model
     module.serve = serving_function(model)
-    with atomic_path(directory) as tmp:
+    with atomic_path(directory, kind="saved_model") as tmp:
         tf.saved_model.save(module, tmp, signatures={"serving_default": module.serve})
     return directory
 
