@@ -49,8 +49,10 @@ def test_deepfm_first_dense_reads_the_k_wide_rows(data):
     for name, rank in ranks.items():
         table = fused.get_layer(name)
         assert isinstance(table, keras.layers.Embedding) and table.output_dim == rank
-        # The FM path still needs d-wide vectors: the projection survives as a Dense.
-        assert fused.get_layer(f"{name}_projection").units == 6
+    # The FM path still needs d-wide vectors: all fields come from ONE block-diagonal matmul.
+    joint = fused.get_layer("fields_projections")
+    assert joint.kernel.shape == (sum(ranks.values()), 6 * len(ranks))
+    assert not [layer for layer in fused.layers if layer.name.endswith("_embedding_projection")]
     assert fused.count_params() < compressed.count_params()
 
 

@@ -7,7 +7,10 @@ Dense's kernel and bias: the fused model gathers ``k``-wide rows and feeds
 them straight into a smaller first layer. Every other consumer (FM, cross,
 attention, bilinear, ...) needs the ``d``-wide vectors: for those the fused
 model keeps the projection as a plain ``Dense(d)`` computed once per
-embedding and shared by all such consumers.
+embedding and shared by all such consumers, and where a list of them feeds
+one interaction (``StackFields`` of FM, CIN, attention; keras_rs
+``DotInteraction``) all of them come from ONE matmul of the concatenated
+codes by a block-diagonal ``(sum k_i, F d)`` matrix.
 
 The model is rebuilt with ``keras.models.clone_model``. Each embedding's
 projection is applied right away and the result remembered as *segments*
@@ -25,10 +28,12 @@ import dataclasses
 from typing import Any
 
 import keras
+import keras_rs
 import numpy as np
 
 from tfafm.compression.keras_graph import as_functional, call_counts, require_graph_model
 from tfafm.compression.rewrite import copy_weights
+from tfafm.layers.interactions import StackFields
 from tfafm.layers.lookup import InRangeEmbedding
 from tfafm.layers.low_rank import LowRankDense, LowRankEmbedding
 
@@ -101,6 +106,8 @@ class _Fuser:
             return self._concatenate(op, original, *args, **kwargs)
         if isinstance(original, (keras.layers.Flatten, keras.layers.Reshape)):
             return self._flatten(op, original, *args, **kwargs)
+        if isinstance(original, (StackFields, keras_rs.layers.DotInteraction)) and not kwargs and len(args) == 1:
+            return self._vector_list(op, original, list(args[0]))
         if isinstance(original, (keras.layers.Dense, LowRankDense)) and not kwargs and len(args) == 1:
             segments = self.segments.get(id(args[0]))
             if segments is not None and len(args[0].shape) == 2 and self.calls.get(id(original)) == 1:
@@ -135,11 +142,55 @@ class _Fuser:
                                                layer.bias.numpy().astype(np.float64))]
         return vectors
 
+    def _projected_code(self, vector) -> _Segment | None:
+        segments = self.segments.get(id(vector))
+        if segments and len(segments) == 1 and segments[0].projection is not None and len(vector.shape) == 2:
+            return segments[0]
+        return None
+
+    def _joint_projection(self, segments: list[_Segment], name: str):
+        """The full vector of ``segments`` from ONE matmul: their concatenated tensors times a
+        block-diagonal matrix (each code's projection, an identity block for raw tensors)."""
+        kernel = np.zeros((sum(s.tensor.shape[-1] for s in segments), sum(s.width for s in segments)))
+        bias, row, column = [], 0, 0
+        for segment in segments:
+            rows, width = segment.tensor.shape[-1], segment.width
+            block = np.eye(rows) if segment.projection is None else segment.projection
+            kernel[row:row + rows, column:column + width] = block
+            bias.append(np.zeros(width) if segment.bias is None else segment.bias)
+            row, column = row + rows, column + width
+        tensors = [s.tensor for s in segments]
+        x = tensors[0] if len(tensors) == 1 else keras.layers.Concatenate(name=f"{name}_codes")(tensors)
+        joint = keras.layers.Dense(kernel.shape[1], name=f"{name}_projections")
+        outputs = joint(x)
+        joint.set_weights([kernel.astype(np.float32), np.concatenate(bias).astype(np.float32)])
+        return outputs
+
+    def _vector_list(self, op, layer, vectors: list):
+        """Computes the d-wide vectors of a list consumer (``StackFields``, ``DotInteraction``) that are
+        projected codes with ONE matmul (see :meth:`_joint_projection`)."""
+        codes = [(i, self._projected_code(v)) for i, v in enumerate(vectors)]
+        codes = [(i, s) for i, s in codes if s is not None]
+        widths = {s.projection.shape[1] for _, s in codes}
+        if len(codes) < 2 or len(widths) != 1:
+            return op(vectors)
+        width = widths.pop()
+        joint = self._joint_projection([s for _, s in codes], layer.name)
+        fields = keras.ops.reshape(joint, (-1, len(codes), width))
+        self.report.notes.append(f"{layer.name}: {len(codes)} embedding projections computed as one matmul")
+        if isinstance(layer, StackFields) and len(codes) == len(vectors):
+            return fields
+        pieces = dict(zip((i for i, _ in codes), keras.ops.unstack(fields, axis=1)))
+        return op([pieces.get(i, v) for i, v in enumerate(vectors)])
+
     def _concatenate(self, op, layer, inputs, **kwargs):
-        outputs = op(inputs, **kwargs)
-        if (any(id(x) in self.segments for x in inputs) and not kwargs and layer.axis in (-1, 1)
+        if not (any(id(x) in self.segments for x in inputs) and not kwargs and layer.axis in (-1, 1)
                 and all(len(x.shape) == 2 for x in inputs)):
-            self.segments[id(outputs)] = [s for x in inputs for s in self.segments.get(id(x), [_Segment(x)])]
+            return op(inputs, **kwargs)
+        segments = [s for x in inputs for s in self.segments.get(id(x), [_Segment(x)])]
+        # Consumers that fold read the segments; any other gets the vector from one matmul.
+        outputs = self._joint_projection(segments, layer.name)
+        self.segments[id(outputs)] = segments
         return outputs
 
     def _flatten(self, op, layer, x, **kwargs):
