@@ -221,6 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--quiet", action="store_true")
     demo.set_defaults(func=cmd_demo)
+
+    from tfafm.interop.command import add_import_command  # tfafm import keras2 (issue 12)
+
+    add_import_command(commands)
     return parser
 
 
