@@ -114,7 +114,7 @@ def dlrm_data(rows: int, vocab_sizes=(30, 3, 26), num_dense: int = 8, seed: int 
 
 def ranking_dlrm(vocab_sizes=(30, 3, 26), num_dense: int = 8, embedding_dim: int = 16, steps: int = 5,
                  feature_interaction=None, seed: int = 0):
-    """``tfrs.experimental.models.Ranking`` (DLRM by default), trained ``steps`` batches of 64."""
+    """``tfrs.experimental.models.Ranking`` (DLRM by default), trained ``steps`` batches of 64 (0: untrained)."""
     k2.utils.set_random_seed(seed)
     features = {}
     for i, size in enumerate(vocab_sizes):
@@ -131,8 +131,9 @@ def ranking_dlrm(vocab_sizes=(30, 3, 26), num_dense: int = 8, embedding_dim: int
         top_stack=tfrs.layers.blocks.MLP(units=[32, 16, 1], final_activation="sigmoid"),
     )
     model.compile(optimizer=optimizer)
-    inputs, labels = dlrm_data(64 * steps, vocab_sizes, num_dense, seed)
-    model.fit(tf.data.Dataset.from_tensor_slices((inputs, labels)).batch(64), epochs=1, verbose=0)
+    if steps:
+        inputs, labels = dlrm_data(64 * steps, vocab_sizes, num_dense, seed)
+        model.fit(tf.data.Dataset.from_tensor_slices((inputs, labels)).batch(64), epochs=1, verbose=0)
     return model
 
 

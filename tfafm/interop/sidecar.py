@@ -146,13 +146,13 @@ class FeatureEncoding:
 
 def _sample_column(f: FeatureEncoding, rows: int, rng: np.random.Generator) -> np.ndarray:
     if f.kind in ("string_lookup", "integer_lookup"):
-        tokens = list(f.options["tokens"])
-        if f.options["mask_token"] is not None:
-            tokens.append(f.options["mask_token"])
+        tokens = np.array(f.options["tokens"], dtype=object if f.kind == "string_lookup" else np.int64)
+        values = tokens[rng.integers(0, len(tokens), rows)]
         if f.options["num_oov_indices"] > 0:
-            tokens.append("tfafm-unseen-value" if f.kind == "string_lookup" else max(tokens, default=0) + 1)
-        pool = np.array(tokens, dtype=object if f.kind == "string_lookup" else np.int64)
-        return pool[rng.integers(0, len(pool), rows)]
+            values[::7] = "tfafm-unseen-value" if f.kind == "string_lookup" else int(tokens.max(initial=0)) + 1
+        if f.options["mask_token"] is not None:
+            values[3::7] = f.options["mask_token"]
+        return values
     if f.kind == "hashing":
         values = rng.integers(0, 4 * int(f.options["num_bins"]) + 4, rows)
         if f.raw_kind == "string":
@@ -211,11 +211,12 @@ class RawFeatureEncoder:
     def sample(self, rows: int, seed: int = 0) -> dict:
         """``rows`` random raw rows shaped like the original model's inputs (for parity checks).
 
-        Lookup features draw vocabulary tokens, the mask token and one value
-        outside the vocabulary (so the mask and OOV paths are exercised);
-        hashed features draw from a range wider than their bins, every 7th row
-        the mask value; ids draw from their vocabulary; values are standard
-        normal.
+        Lookup features draw vocabulary tokens, with a value outside the
+        vocabulary in every 7th row and the mask token (if any) in every 7th
+        row from the 4th, so the OOV and mask paths are exercised; hashed
+        features draw from a range wider than their bins, the mask value (if
+        any) in every 7th row; ids draw from their vocabulary; values are
+        standard normal.
         """
         rng = np.random.default_rng(seed)
         columns: dict[tuple[str, ...], dict[int | None, np.ndarray]] = {}
