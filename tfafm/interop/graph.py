@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from functools import partial
 from typing import Any
 
 import keras
@@ -229,9 +230,9 @@ class GraphConverter:
             for node in model._nodes_by_depth[depth]:
                 if node.is_input or any(id(t) not in converted for t in node.keras_inputs):
                     continue
-                keras_ids = {id(t) for t in node.keras_inputs}
                 args, kwargs = tf.nest.map_structure(
-                    lambda v: converted[id(v)] if id(v) in keras_ids else v, (node.call_args, node.call_kwargs))
+                    partial(_replace, converted, {id(t) for t in node.keras_inputs}),
+                    (node.call_args, node.call_kwargs))
                 outputs = self.apply(node.layer, tuple(args), dict(kwargs))
                 for ref, value in zip(tf.nest.flatten(node.outputs), tf.nest.flatten(outputs)):
                     converted[id(ref)] = value
@@ -254,6 +255,11 @@ class GraphConverter:
         model = keras.Model(inputs={f.name: self._inputs[f.name] for f in encodings}, outputs=outputs, name=name)
         model.raw_feature_encoder = RawFeatureEncoder(encodings)
         return model
+
+
+def _replace(converted: dict, keras_ids: set, value):
+    """The converted value of a Keras 2 tensor of a node's call (other arguments unchanged)."""
+    return converted[id(value)] if id(value) in keras_ids else value
 
 
 def _reference_order(model, value) -> list:

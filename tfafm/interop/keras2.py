@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import zipfile
 
 import keras
@@ -11,10 +12,9 @@ import keras
 from tfafm.errors import MissingFileError, UnsupportedLayerError, UserError
 from tfafm.interop.graph import GraphConverter, raw_input_for
 
-LEGACY_KERAS_HINT = (
-    "TensorFlow Recommenders needs Keras 2: set TF_USE_LEGACY_KERAS=1 before TensorFlow is imported "
-    "(e.g. `TF_USE_LEGACY_KERAS=1 tfafm import keras2 ...`)"
-)
+_LEGACY_KERAS_HOW = ("set TF_USE_LEGACY_KERAS=1 before TensorFlow is imported "
+                     "(e.g. `TF_USE_LEGACY_KERAS=1 tfafm import keras2 ...`)")
+LEGACY_KERAS_HINT = f"TensorFlow Recommenders needs Keras 2: {_LEGACY_KERAS_HOW}"
 
 
 def require_tf_keras():
@@ -59,12 +59,15 @@ def load_keras2(path: str):
     if version is not None and version.startswith("3."):
         raise UserError(f"{path} was saved by Keras {version}, not Keras 2: compress it with tfafm directly.")
     import_tfrs_if_available()
+    import tensorflow as tf
+
     try:
         return tf_keras.models.load_model(path, compile=False)
-    except Exception as error:  # noqa: BLE001 - any loading failure is a file the user must fix
+    except (OSError, ValueError, TypeError, KeyError, ImportError, tf.errors.OpError) as error:
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        hint = f" {LEGACY_KERAS_HINT}." if "Unknown layer" in str(error) and "Cross" in str(error) else ""
-        raise UserError(f"Cannot load {path} as a Keras 2 model: {message}{hint}") from error
+        if "Unknown layer" in message and "tensorflow_recommenders" not in sys.modules:
+            message = f"{message.split('. ')[0]}. If it is a TensorFlow Recommenders layer: {_LEGACY_KERAS_HOW}"
+        raise UserError(f"Cannot load {path} as a Keras 2 model: {message}") from error
 
 
 def _input_sources(model) -> list[tuple[str, ...]]:

@@ -21,8 +21,8 @@ from tfafm.errors import UnsupportedLayerError
 SUPPORTED_LAYERS = (
     "Dense", "Embedding", "BatchNormalization", "Dropout", "Concatenate", "Flatten", "Reshape", "Add",
     "Multiply", "Activation", "Normalization", "tfrs Cross", "tfrs DotInteraction", "tfrs MLP",
-    "nested Sequential/functional models", "StringLookup / IntegerLookup / Hashing on a model input "
-    "(moved to the preprocessing sidecar)",
+    "nested Sequential/functional models",
+    "StringLookup / IntegerLookup / Hashing on a model input (moved to the preprocessing sidecar)",
 )
 
 # Options of Keras 2 layers that Keras 3 lacks, with the value that makes dropping them exact

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -251,11 +250,11 @@ class RawFeatureEncoder:
 
     @classmethod
     def load(cls, path: str) -> "RawFeatureEncoder":
-        if not os.path.isfile(path):
-            raise MissingFileError(f"No raw feature encoder at {path}.")
-        with open(path) as f:
-            try:
-                config = json.load(f)
-            except json.JSONDecodeError as error:
-                raise UserError(f"{path}: not valid JSON ({error}).") from None
-        return cls.from_dict(config, source=path)
+        """Reads an encoder written by :meth:`save`."""
+        try:
+            with open(path) as f:
+                return cls.from_dict(json.load(f), source=path)
+        except (FileNotFoundError, IsADirectoryError):
+            raise MissingFileError(f"No raw feature encoder at {path}.") from None
+        except json.JSONDecodeError as error:
+            raise UserError(f"{path}: not valid JSON ({error}).") from None
