@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import sys
 from functools import partial
 from typing import Any
 
@@ -105,6 +106,9 @@ class GraphConverter:
     def __init__(self):
         self._conversions = conversions()
         self._lookups = _lookup_classes()
+        tfrs = sys.modules.get("tensorflow_recommenders")
+        self._tfrs_mlp = tfrs.layers.blocks.MLP if tfrs is not None else None
+        # Keyed by id(); the objects are kept in the values so that no id is reused meanwhile.
         self._converted: dict[int, tuple[Any, keras.layers.Layer]] = {}  # id(old) -> (old, new)
         self._names: set[str] = set()
         self._inputs: dict[str, Any] = {}
@@ -201,7 +205,7 @@ class GraphConverter:
                     "cannot be read. Use Sequential or functional sub-models."
                 )
             return self.run_functional(layer, _reference_order(layer, args[0]))
-        if type(layer).__name__ == "MLP" and type(layer).__module__.startswith("tensorflow_recommenders"):
+        if type(layer) is self._tfrs_mlp:
             value = args[0]
             for inner in layer._sublayers:
                 value = self.apply(inner, (value,), {})
