@@ -90,10 +90,13 @@ def test_an_unsupported_layer_is_named_with_its_class_and_the_supported_ones():
     assert "StringLookup" in message and "\n" not in message
 
 
-def test_a_lambda_layer_is_refused():
+def test_lambda_layers_and_tensorflow_operations_are_refused():
     inputs = k2.Input(shape=(3,), name="x")
     model = k2.Model(inputs, k2.layers.Lambda(lambda t: t * 2.0, name="double")(inputs))
     with pytest.raises(UnsupportedLayerError, match=r"'double' \(Lambda\)"):
+        from_keras2(model)
+    model = k2.Model(inputs, tf.concat([inputs, inputs], axis=1))
+    with pytest.raises(UnsupportedLayerError, match=r"'tf.concat' \(TFOpLambda\): a TensorFlow operation"):
         from_keras2(model)
 
 

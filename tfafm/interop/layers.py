@@ -42,6 +42,8 @@ def class_label(layer) -> str:
 
 def unsupported(layer, why: str | None = None) -> UnsupportedLayerError:
     """The error for a layer ``from_keras2`` cannot convert, listing what it can."""
+    if why is None and type(layer).__name__ in ("TFOpLambda", "SlicingOpLambda"):
+        why = "a TensorFlow operation applied to a tensor is not converted; use the Keras layer that does the same"
     reason = why or "this layer class is not supported"
     return UnsupportedLayerError(
         f"Layer {layer.name!r} ({class_label(layer)}): {reason}. tfafm.interop converts: "
