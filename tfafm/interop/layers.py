@@ -16,6 +16,7 @@ import keras
 import numpy as np
 
 from tfafm.errors import UnsupportedLayerError
+from tfafm.layers.lookup import InRangeEmbedding
 
 # Shown in error messages: every layer class from_keras2 accepts.
 SUPPORTED_LAYERS = (
@@ -179,7 +180,8 @@ def conversions() -> dict[type, Conversion]:
     old, new = tf_keras.layers, keras.layers
     table = {
         old.Dense: Conversion(_same_class(new.Dense), copy_weights),
-        old.Embedding: Conversion(_same_class(new.Embedding), copy_weights),
+        # Ids come from the sidecar, always in range: a plain gather, like Keras 2's lookup (no negative-id wrap).
+        old.Embedding: Conversion(_same_class(InRangeEmbedding), copy_weights),
         old.BatchNormalization: Conversion(_batch_normalization, copy_weights),
         old.Normalization: Conversion(_normalization, lambda old, new: None),
     }
