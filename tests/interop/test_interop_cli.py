@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -70,3 +74,16 @@ def test_encoder_sample_covers_the_oov_and_mask_paths(dcn_files):
     ids = encoder.encode(encoder.sample(500, seed=1))
     assert all((column == 0).any() for column in ids.values())  # every lookup hit its OOV id
     assert all(np.unique(column).size > 5 for column in ids.values())
+
+
+def test_import_reruns_itself_under_legacy_keras_when_tfrs_is_installed(dcn_files, tmp_path):
+    # A `tfafm` process without TF_USE_LEGACY_KERAS runs Keras 3 and cannot load the TFRS Cross layer itself.
+    _, files, _ = dcn_files
+    root = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
+    result = subprocess.run([sys.executable, "-m", "tfafm.cli", "import", "keras2", files["h5"], "--out",
+                             str(tmp_path / "run")], capture_output=True, text=True, env=env, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Saved run to" in result.stdout
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["kind"] == "imported"

@@ -9,8 +9,11 @@ sidecar (:class:`~tfafm.interop.RawFeatureEncoder`), so ``tfafm export`` and
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
+import subprocess
+import sys
 from typing import Any
 
 PARITY_TOLERANCE = 1e-5
@@ -77,13 +80,35 @@ def import_keras2_run(path: str, out: str, rows: int = 1000, seed: int = 0) -> d
     return {"model": model.name, "params": model.count_params(), **info}
 
 
+def _needs_legacy_keras_process() -> bool:
+    """Whether TFRS is installed but cannot load here, TensorFlow having been imported with Keras 3."""
+    return (os.environ.get("TF_USE_LEGACY_KERAS") != "1" and "tensorflow" in sys.modules
+            and importlib.util.find_spec("tensorflow_recommenders") is not None)
+
+
 def run_import_command(args: argparse.Namespace) -> int:
-    """The ``tfafm import`` command."""
+    """The ``tfafm import`` command.
+
+    TFRS layers load only under Keras 2, which TensorFlow picks when it is
+    imported; when TFRS is installed and this process already runs Keras 3,
+    the command reruns itself in a child process with ``TF_USE_LEGACY_KERAS=1``.
+    """
+    if _needs_legacy_keras_process():
+        command = [sys.executable, "-m", "tfafm.cli", "import", args.format, args.path, "--out", args.out,
+                   "--parity-rows", str(args.parity_rows)]
+        return subprocess.run(command, env={**os.environ, "TF_USE_LEGACY_KERAS": "1"}, check=False).returncode
     result = import_keras2_run(args.path, args.out, rows=args.parity_rows)
     print(f"Converted {args.path} ({result['params']:,} parameters); on {args.parity_rows:,} sampled rows the "
           f"largest difference from the original is {result['parity']['max_abs_difference']:.2g}.")
     print(f"Saved run to {args.out}")
     return 0
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
 
 
 def add_import_command(commands) -> None:
@@ -93,6 +118,6 @@ def add_import_command(commands) -> None:
                         help="keras2: a tf_keras .h5 / .keras file or SavedModel directory")
     parser.add_argument("path", help="the model file or SavedModel directory")
     parser.add_argument("--out", required=True, help="run directory to write")
-    parser.add_argument("--parity-rows", type=int, default=1000,
+    parser.add_argument("--parity-rows", type=_positive_int, default=1000,
                         help="sampled rows on which the converted model is checked against the original")
     parser.set_defaults(func=run_import_command)

@@ -13,7 +13,7 @@ from tfafm.errors import MissingFileError, UnsupportedLayerError, UserError
 from tfafm.interop.graph import GraphConverter, raw_input_for
 
 _LEGACY_KERAS_HOW = ("set TF_USE_LEGACY_KERAS=1 before TensorFlow is imported "
-                     "(e.g. `TF_USE_LEGACY_KERAS=1 tfafm import keras2 ...`)")
+                     "(e.g. `TF_USE_LEGACY_KERAS=1 python your_script.py`)")
 LEGACY_KERAS_HINT = f"TensorFlow Recommenders needs Keras 2: {_LEGACY_KERAS_HOW}"
 
 
