@@ -21,17 +21,18 @@ from tfafm.schema import Schema
 
 @pytest.fixture(scope="module")
 def dcn_files(movielens, tmp_path_factory):
-    """The tutorial DCN's ranking network saved as .h5 and as a SavedModel, and held-out raw rows."""
+    """The tutorial DCN's ranking network saved as .h5, Keras 2 .keras and SavedModel, and held-out raw rows."""
     model = movielens_dcn(split_rows(movielens, 0, 20_000), projection_dim=8, steps=3)
     folder = tmp_path_factory.mktemp("dcn")
-    files = {"h5": str(folder / "dcn.h5"), "saved_model": str(folder / "dcn_saved_model")}
+    files = {"h5": str(folder / "dcn.h5"), "keras": str(folder / "dcn.keras"),
+             "saved_model": str(folder / "dcn_saved_model")}
     for path in files.values():
         model.ranking_model.save(path)
     raw = {k: v for k, v in split_rows(movielens, 90_000, 91_000).items() if k != "user_rating"}
     return model.ranking_model, files, raw
 
 
-@pytest.mark.parametrize("kind", ["h5", "saved_model"])
+@pytest.mark.parametrize("kind", ["h5", "keras", "saved_model"])
 def test_import_writes_a_run_that_export_and_bench_take(kind, dcn_files, tmp_path, capsys):
     original, files, raw = dcn_files
     run = tmp_path / "run"
