@@ -109,7 +109,7 @@ def tf_converter_export(keras2_model, path: str) -> tuple[str, list[str]]:
 
     The model is traced with one named input per Keras input, so the file's inputs carry those names.
     """
-    from tfafm.quiet import native_stderr_silenced
+    from tfafm_cli import native_stderr_silenced
 
     specs = [tf.TensorSpec(t.shape, t.dtype, name=name) for name, t in zip(keras2_model.input_names, keras2_model.inputs)]
     function = tf.function(lambda *args: keras2_model(list(args), training=False), input_signature=specs)

@@ -83,7 +83,7 @@ def test_import_reruns_itself_under_legacy_keras_when_tfrs_is_installed(dcn_file
     root = Path(__file__).resolve().parents[2]
     env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
-    result = subprocess.run([sys.executable, "-m", "tfafm.cli", "import", "keras2", files["h5"], "--out",
+    result = subprocess.run([sys.executable, "-m", "tfafm_cli", "import", "keras2", files["h5"], "--out",
                              str(tmp_path / "run")], capture_output=True, text=True, env=env, timeout=600, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Saved run to" in result.stdout

@@ -3,7 +3,8 @@
 The run directory is the one ``tfafm train`` writes (``model.keras``,
 ``schema.json``, ``run.json``) plus ``raw_features.json``, the preprocessing
 sidecar (:class:`~tfafm.interop.RawFeatureEncoder`), so ``tfafm export`` and
-``tfafm bench`` take it as they take any run.
+``tfafm bench`` take it as they take any run. :mod:`tfafm_cli` parses the
+command's arguments; :func:`run_import_command` runs it.
 """
 
 from __future__ import annotations
@@ -20,11 +21,13 @@ PARITY_TOLERANCE = 1e-5
 RAW_FEATURES_FILE = "raw_features.json"
 
 
-def save_imported_run(model, path: str, info: dict[str, Any] | None = None) -> None:
+def save_imported_run(model, path: str, info: dict[str, Any] | None = None, overwrite: bool = False) -> None:
     """Writes a converted model as a tfafm run directory (atomically), with its raw feature encoder.
 
     ``run.json`` holds ``kind: "imported"``, a default training ``config``
-    (used for fine-tuning: learning rate, batch size) and ``info``.
+    (used for fine-tuning: learning rate, batch size) and ``info``. An
+    existing directory at ``path`` is replaced only if it is a tfafm run (or
+    empty), unless ``overwrite``.
     """
     from tfafm.config import TrainConfig
     from tfafm.interop.graph import schema_of
@@ -36,7 +39,7 @@ def save_imported_run(model, path: str, info: dict[str, Any] | None = None) -> N
         "raw_features": RAW_FEATURES_FILE, **(info or {}),
     }
     save_run(path, model, schema_of(encoder), None, run_info,
-             extra_files={RAW_FEATURES_FILE: json.dumps(encoder.to_dict(), indent=1)})
+             extra_files={RAW_FEATURES_FILE: json.dumps(encoder.to_dict(), indent=1)}, overwrite=overwrite)
 
 
 def predictions(model, inputs):
@@ -55,7 +58,8 @@ def parity(original, converted, rows: int = 1000, seed: int = 0) -> float:
     return float(np.max(np.abs(expected - predictions(converted, converted.raw_feature_encoder.encode(raw)))))
 
 
-def import_keras2_run(path: str, out: str, rows: int = 1000, seed: int = 0) -> dict[str, Any]:
+def import_keras2_run(path: str, out: str, rows: int = 1000, seed: int = 0,
+                      overwrite: bool = False) -> dict[str, Any]:
     """Converts the Keras 2 model at ``path`` and writes it as a run directory at ``out``.
 
     Before writing, the converted model is compared with the original on
@@ -76,7 +80,7 @@ def import_keras2_run(path: str, out: str, rows: int = 1000, seed: int = 0) -> d
             f"(tolerance {PARITY_TOLERANCE}); this is a tfafm.interop bug, please report it."
         )
     info = {"source": os.path.abspath(path), "parity": {"rows": rows, "max_abs_difference": difference}}
-    save_imported_run(model, out, info)
+    save_imported_run(model, out, info, overwrite=overwrite)
     return {"model": model.name, "params": model.count_params(), **info}
 
 
@@ -86,38 +90,25 @@ def _needs_legacy_keras_process() -> bool:
             and importlib.util.find_spec("tensorflow_recommenders") is not None)
 
 
-def run_import_command(args: argparse.Namespace) -> int:
-    """The ``tfafm import`` command.
+def run_import_command(args: argparse.Namespace, out) -> int:
+    """``tfafm import keras2 PATH``: the command behind :mod:`tfafm_cli`'s ``import`` parser.
 
     TFRS layers load only under Keras 2, which TensorFlow picks when it is
     imported; when TFRS is installed and this process already runs Keras 3,
     the command reruns itself in a child process with ``TF_USE_LEGACY_KERAS=1``.
     """
+    from tfafm.io_utils import Destination
+
     if _needs_legacy_keras_process():
-        command = [sys.executable, "-m", "tfafm.cli", "import", args.format, args.path, "--out", args.out,
+        command = [sys.executable, "-m", "tfafm_cli", "import", args.source_format, args.path, "--out", args.out,
                    "--parity-rows", str(args.parity_rows)]
+        command += ["--overwrite"] * args.overwrite + ["--quiet"] * args.quiet
         return subprocess.run(command, env={**os.environ, "TF_USE_LEGACY_KERAS": "1"}, check=False).returncode
-    result = import_keras2_run(args.path, args.out, rows=args.parity_rows)
-    print(f"Converted {args.path} ({result['params']:,} parameters); on {args.parity_rows:,} sampled rows the "
-          f"largest difference from the original is {result['parity']['max_abs_difference']:.2g}.")
-    print(f"Saved run to {args.out}")
+    destination = Destination(args.out, "run", overwrite=args.overwrite, sources=[args.path])
+    out.note(f"Converting {args.path}")
+    with destination.staged() as staged:
+        result = import_keras2_run(args.path, staged, rows=args.parity_rows)
+    out.result(f"Converted {args.path} ({result['params']:,} parameters); on {args.parity_rows:,} sampled rows "
+               f"the largest difference from the original is {result['parity']['max_abs_difference']:.2g}.")
+    out.result(f"Saved run to {args.out}")
     return 0
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
-
-
-def add_import_command(commands) -> None:
-    """Registers ``tfafm import`` on the CLI's subcommand parsers."""
-    parser = commands.add_parser("import", help="convert a Keras 2 model (TFRS layers included) into a run directory")
-    parser.add_argument("format", choices=("keras2",),
-                        help="keras2: a tf_keras .h5 / .keras file or SavedModel directory")
-    parser.add_argument("path", help="the model file or SavedModel directory")
-    parser.add_argument("--out", required=True, help="run directory to write")
-    parser.add_argument("--parity-rows", type=_positive_int, default=1000,
-                        help="sampled rows on which the converted model is checked against the original")
-    parser.set_defaults(func=run_import_command)
