@@ -52,8 +52,8 @@ def test_import_writes_a_run_that_export_and_bench_take(kind, dcn_files, tmp_pat
         exported = tmp_path / "dcn.tflite"
         assert main(["export", str(run), "--format", "litert", "--out", str(exported)]) == 0
         assert max_difference(litert_predict(str(exported), inputs), expected) < PARITY
-        assert main(["bench", str(exported), "--schema", str(run / "schema.json"), "--batch-sizes", "1",
-                     "--threads", "1", "--iterations", "20", "--max-seconds", "2"]) == 0
+        assert main(["bench", str(exported), "--batch-sizes", "1", "--threads", "1", "--iterations", "20",
+                     "--max-seconds", "2"]) == 0  # the .tflite describes its own inputs
         assert "dcn.tflite" in capsys.readouterr().out
 
 
