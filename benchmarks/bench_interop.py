@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT / "tests" / "interop"))
 from keras2_models import DCN_INT_FEATURES, DCN_STRING_FEATURES, movielens_dcn, movielens_ratings, split_rows  # noqa: E402,E501
 
 import tfafm  # noqa: E402
-from tfafm.export import LiteRTRunner  # noqa: E402
+from tfafm.export import LiteRTRunner, litert_ops  # noqa: E402
 from tfafm.export.bench import benchmark, measure  # noqa: E402
 from tfafm.interop import from_tfrs_ranking, schema_of  # noqa: E402
 
@@ -105,29 +105,18 @@ def rmse(predictions, labels) -> float:
 
 
 def tf_converter_export(keras2_model, path: str) -> tuple[str, list[str]]:
-    """A Keras 2 model exported by TensorFlow's own converter (builtins, plus Select TF ops only if needed).
+    """A Keras 2 model exported by TensorFlow's own converter, and the TF Select (Flex) ops the file needs.
 
-    The model is traced with one named input per Keras input, so the file's inputs carry those names.
+    Builtin ops are used wherever they exist; TF Select ops are allowed for the rest. The model is
+    traced with one named input per Keras input, so the file's inputs carry those names.
     """
-    from tfafm_cli import native_stderr_silenced
-
     specs = [tf.TensorSpec(t.shape, t.dtype, name=name) for name, t in zip(keras2_model.input_names, keras2_model.inputs)]
     function = tf.function(lambda *args: keras2_model(list(args), training=False), input_signature=specs)
-    concrete = function.get_concrete_function()
-    for ops in ([tf.lite.OpsSet.TFLITE_BUILTINS], [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]):
-        converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], keras2_model)
-        converter.target_spec.supported_ops = ops
-        try:
-            with native_stderr_silenced():
-                flatbuffer = converter.convert()
-        except Exception as error:  # retried with Select TF ops
-            select = [line for line in str(error).splitlines() if "TF Select ops:" in line]
-            print(f"TFLiteConverter with {[o.name for o in ops]} failed: {select[0].strip() if select else error}")
-            continue
-        with open(path, "wb") as f:
-            f.write(flatbuffer)
-        return path, [o.name for o in ops]
-    raise RuntimeError("TFLiteConverter could not convert the original model.")
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([function.get_concrete_function()], keras2_model)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
+    with open(path, "wb") as f:
+        f.write(converter.convert())
+    return path, sorted({op for op in litert_ops(path) if op.startswith("Flex")})
 
 
 def main() -> None:
@@ -162,11 +151,11 @@ def main() -> None:
     tuned.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
     tuned.fit(train_inputs, train["user_rating"], batch_size=8192, epochs=1, verbose=0)
 
-    full_file, full_ops = tf_converter_export(original, os.path.join(out, "dcn_keras2_tfconverter.tflite"))
+    full_file, full_flex = tf_converter_export(original, os.path.join(out, "dcn_keras2_tfconverter.tflite"))
     # The same Keras 2 network with its lookups cut off (ids in), which LiteRT's builtin ops can run.
     lookups = [original.get_layer(f"{name}_lookup") for name in DCN_FEATURES]
     network = k2.Model([layer.output for layer in lookups], original.output, name="dcn_network")
-    network_file, network_ops = tf_converter_export(network, os.path.join(out, "dcn_keras2_network.tflite"))
+    network_file, network_flex = tf_converter_export(network, os.path.join(out, "dcn_keras2_network.tflite"))
     network_ids = {name: layer(features[feature]).numpy()
                    for name, layer, feature in zip(network.input_names, lookups, DCN_FEATURES)}
     files = {
@@ -188,14 +177,15 @@ def main() -> None:
     network_lite = in_batches(network_runner, network_ids)
     lines = [
         f"Held-out: {len(labels):,} ratings; parity on the first {PARITY_ROWS:,} of them against the Keras 2 "
-        "model's predictions. The Keras 2 model with its lookups needs TF Select ops "
-        f"({' + '.join(full_ops)}): ai-edge-litert cannot run it (no Flex delegate), so it has no latency here.",
+        f"model's predictions. The Keras 2 model with its lookups needs TF Select ops ({', '.join(full_flex)}): "
+        "ai-edge-litert cannot run it (no Flex delegate), so it has no latency here.",
         "",
         "| model | params | file KiB | batch-1 p50 ms | held-out RMSE | max abs diff vs Keras 2 |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
         f"| Keras 2 original with lookups (TF converter) | {original.count_params():,} | "
         f"{os.path.getsize(full_file) / 1024:,.0f} | needs Flex | - | - |",
-        f"| Keras 2 network, lookups cut off (TF converter, {' + '.join(network_ops)}) | {network.count_params():,} | "
+        f"| Keras 2 network, lookups cut off (TF converter, Flex ops: {', '.join(network_flex) or 'none'}) | "
+        f"{network.count_params():,} | "
         f"{os.path.getsize(network_file) / 1024:,.0f} | {network_latency['p50_ms']:.3f} | "
         f"{rmse(network_lite, labels):.4f} | {np.abs(network_lite[first] - expected[first]).max():.2g} |",
     ]
