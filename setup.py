@@ -13,8 +13,10 @@ setup(
     py_modules=["tfafm_cli"],  # the console script's front: parses arguments before TensorFlow is imported
     install_requires=[
         "tensorflow>=2.21,<2.22",
-        "keras>=3.12",
-        "keras-rs>=0.4",
+        # tfafm touches a few private Keras names (tfafm/compression/keras_graph.py,
+        # tfafm/layers/attention.py) and replays keras_rs FeatureCross: tested minors only.
+        "keras>=3.15,<3.16",
+        "keras-rs>=0.4,<0.5",
         "numpy>=1.26",
         "scikit-learn>=1.4",
         "rich>=13",

@@ -40,7 +40,7 @@ from tfafm import models
 from tfafm.data import load_data
 from tfafm.export import litert
 from tfafm.export.bench import benchmark
-from tfafm.export.litert import LiteRTRunner
+from tfafm.export.litert_file import LiteRTRunner
 from tfafm.io_utils import atomic_write_text
 from tfafm.metrics import evaluate, scores
 from tfafm.training import compile_for_ctr, fine_tune, fit

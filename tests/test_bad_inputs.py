@@ -303,7 +303,13 @@ def _(c):
 @case("bench without a schema")
 def _(c):
     c.write("m.tflite", "garbage")
-    return ["bench", "m.tflite"], r"No schema\.json next to m\.tflite; pass --schema"
+    return ["bench", "m.tflite"], r"m\.tflite: not a valid LiteRT file"
+
+
+@case("bench an ONNX file without a schema")
+def _(c):
+    c.write("m.onnx", "garbage")
+    return ["bench", "m.onnx"], r"No schema\.json next to m\.onnx; pass --schema"
 
 
 @case("bench a schema that is not JSON")

@@ -121,7 +121,7 @@ def test_train_and_eval_on_the_real_criteo_sample(tmp_path, capsys):
 
 def test_export_litert_saved_model_onnx_and_bench(trained_run, tmp_path, capsys):
     from tfafm.export import litert_ops
-    from tfafm.export.litert import builtin_op_names
+    from tfafm.export.litert_file import builtin_op_names
 
     tflite = tmp_path / "model.tflite"
     assert main(["export", str(trained_run), "--format", "litert", "--quantize", "dynamic", "--out", str(tflite)]) == 0

@@ -20,7 +20,7 @@ from tfafm.compression.api import compress
 from tfafm.data import load_data
 from tfafm.export import litert
 from tfafm.export.bench import benchmark
-from tfafm.export.litert import LiteRTRunner
+from tfafm.export.litert_file import LiteRTRunner
 from tfafm.io_utils import Destination
 from tfafm.metrics import evaluate, scores
 from tfafm import models

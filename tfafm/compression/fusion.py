@@ -28,6 +28,7 @@ import keras
 import numpy as np
 
 from tfafm.compression.keras_graph import as_functional, call_counts, require_graph_model
+from tfafm.compression.rewrite import copy_weights
 from tfafm.layers.lookup import InRangeEmbedding
 from tfafm.layers.low_rank import LowRankDense, LowRankEmbedding
 
@@ -78,6 +79,7 @@ class _Fuser:
         self.originals: dict[int, Any] = {}
         self.copies: list[tuple[Any, Any]] = []
         self.segments: dict[int, list[_Segment]] = {}
+        self.tables: dict[int, tuple] = {}
         self.report = FusionReport()
 
     # --------------------------------------------------------------- clone_model hooks
@@ -117,13 +119,17 @@ class _Fuser:
     # --------------------------------------------------------------- handlers
 
     def _embed(self, layer: LowRankEmbedding, ids, **kwargs):
-        table_class = InRangeEmbedding if layer.ids_in_range else keras.layers.Embedding
-        table = table_class(layer.input_dim, layer.rank, mask_zero=layer.mask_zero, name=layer.name,
-                            dtype=layer.dtype_policy)
+        if id(layer) not in self.tables:  # built once per embedding, shared by all its calls
+            table_class = InRangeEmbedding if layer.ids_in_range else keras.layers.Embedding
+            table = table_class(layer.input_dim, layer.rank, mask_zero=layer.mask_zero, name=layer.name,
+                                dtype=layer.dtype_policy)
+            projection = keras.layers.Dense(layer.output_dim, name=f"{layer.name}_projection",
+                                            dtype=layer.dtype_policy)
+            self.tables[id(layer)] = (table, projection)
+        table, projection = self.tables[id(layer)]
         code = table(ids, **kwargs)
-        table.set_weights([layer.embeddings.numpy()])
-        projection = keras.layers.Dense(layer.output_dim, name=f"{layer.name}_projection", dtype=layer.dtype_policy)
         vectors = projection(code)
+        table.set_weights([layer.embeddings.numpy()])
         projection.set_weights([layer.projection.numpy(), layer.bias.numpy()])
         self.segments[id(vectors)] = [_Segment(code, layer.projection.numpy().astype(np.float64),
                                                layer.bias.numpy().astype(np.float64))]
@@ -186,7 +192,5 @@ def fuse(model: keras.Model, return_report: bool = False):
     model = as_functional(model)
     fuser = _Fuser(model)
     fused = keras.models.clone_model(model, clone_function=fuser.clone, call_function=fuser.call, recursive=True)
-    for original, copy in fuser.copies:
-        if original.weights and copy.built:
-            copy.set_weights(original.get_weights())
+    copy_weights(fuser.copies)
     return (fused, fuser.report) if return_report else fused

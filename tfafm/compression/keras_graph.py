@@ -124,9 +124,14 @@ def call_counts(model: keras.Model) -> dict[int, int]:
     return counts
 
 
+def output_structure(model: keras.Model):
+    """What ``model(...)`` returns, as KerasTensors: a dict, list or single tensor."""
+    return model.outputs[0] if isinstance(model, keras.Sequential) else model.output
+
+
 def output_names(model: keras.Model) -> list[str]:
     """One name per model output: the keys of a dict output, else the producing layers' names."""
-    outputs = model.output
+    outputs = output_structure(model)
     if isinstance(outputs, dict):
         return list(outputs)
     names = list(getattr(model, "output_names", None) or [])
@@ -136,10 +141,17 @@ def output_names(model: keras.Model) -> list[str]:
     return names
 
 
+def input_structure(model: keras.Model):
+    """The structure ``model(...)`` takes: its input dict, list or single input tensor."""
+    if isinstance(model, keras.Sequential):
+        return model.inputs[0]
+    return model.input
+
+
 def input_names(model: keras.Model) -> list[str]:
     """The name of each of ``model.inputs``: its key when the model takes a dict, else the
     input tensor's name."""
-    structure = model.input
+    structure = input_structure(model)
     if isinstance(structure, dict):
         return [str(path[0]) for path, _ in keras.tree.flatten_with_path(structure)]
     return [tensor.name for tensor in model.inputs]
@@ -177,7 +189,7 @@ def model_inputs(model: keras.Model, features) -> list:
 
 def pack_inputs(model: keras.Model, flat: list):
     """The flat input list in the structure ``model(...)`` takes (dict, list or one tensor)."""
-    structure = model.input
+    structure = input_structure(model)
     if isinstance(structure, dict):
         return dict(zip(input_names(model), flat))
     return list(flat) if isinstance(structure, (list, tuple)) else flat[0]

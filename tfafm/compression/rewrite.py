@@ -34,7 +34,16 @@ def rebuild(model: keras.Model, replacements: dict[int, keras.layers.Layer]) -> 
         return copy
 
     new_model = keras.models.clone_model(model, clone_function=clone, recursive=True)
-    for original, copy in copies:
-        if original.weights:
-            copy.set_weights(original.get_weights())
+    copy_weights(copies)
     return new_model, shared
+
+
+def copy_weights(pairs) -> None:
+    """Gives each re-created layer its original's weights (and lets it finalize derived state,
+    as an adapted ``Normalization`` does)."""
+    for original, copy in pairs:
+        if original.weights and copy.built:
+            copy.set_weights(original.get_weights())
+            finalize = getattr(copy, "finalize_state", None)  # preprocessing layers derive state from weights
+            if finalize is not None:
+                finalize()

@@ -322,12 +322,17 @@ def _targets(paths_or_models, names, tmp: str) -> list[tuple[str, str, str]]:
 
 def described_interface(paths: Sequence) -> dict:
     """The interface described by the first ``.tflite`` file among ``paths`` that carries one."""
+    from tfafm.errors import UserError
+
     for path in paths:
         if isinstance(path, (str, os.PathLike)) and os.fspath(path).endswith(".tflite") and os.path.isfile(path):
-            description = _load_sibling("litert_file").read_interface(os.fspath(path))
+            try:
+                description = _load_sibling("litert_file").read_interface(os.fspath(path))
+            except Exception as error:  # any parse failure: not a flatbuffer at all
+                raise UserError(f"Cannot benchmark {os.fspath(path)}: not a valid LiteRT file "
+                                f"({type(error).__name__}).") from None
             if description is not None:
                 return description
-    from tfafm.errors import UserError
 
     raise UserError("None of the models describes its inputs (a .tflite written by tfafm does): give a schema "
                     "(e.g. --schema run/schema.json).")

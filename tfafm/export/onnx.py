@@ -14,23 +14,49 @@ import numpy as np
 def onnx(model, path: str, opset: int | None = None) -> str:
     """Converts ``model`` to an ONNX file at ``path`` (written atomically).
 
-    Traced with ``tf2onnx.convert.from_function`` from a function with one
-    named ``(None, 1)`` input per feature (int32 ids / float32 dense values);
-    the graph's inputs carry the feature names and its single output is
-    ``prediction`` ``(batch, 1)``. ``opset=None`` uses tf2onnx's default.
+    The serving function (one named input per model input, dynamic batch; see
+    :mod:`tfafm.export.signature`) is traced, its variables and captured
+    tensors frozen into constants, and the graph converted with
+    ``tf2onnx.convert.from_graph_def``. The ONNX inputs carry the model's
+    input names, the outputs ``prediction`` (single-output models) or the
+    model's output names. ``opset=None`` uses tf2onnx's default.
 
     Returns:
         ``path``.
     """
     import tf2onnx
+    from tensorflow.python.framework import convert_to_constants
 
     from tfafm.export.signature import positional_function
     from tfafm.io_utils import atomic_path
 
-    function, specs = positional_function(model)
+    function, _ = positional_function(model)
+    concrete = function.get_concrete_function()
+    frozen = convert_to_constants.convert_variables_to_constants_v2(concrete)
+    inputs = [t.name for t in frozen.inputs]
+    # outputs come flattened in sorted-key order of the serving function's dict
+    outputs = dict(zip(sorted(concrete.structured_outputs), (t.name for t in frozen.outputs)))
     with atomic_path(path) as tmp:
-        tf2onnx.convert.from_function(function, input_signature=specs, opset=opset, output_path=tmp)
+        tf2onnx.convert.from_graph_def(frozen.graph.as_graph_def(), input_names=inputs,
+                                       output_names=list(outputs.values()), opset=opset, output_path=tmp)
+        _rename_outputs(tmp, {tensor: name for name, tensor in outputs.items()})
     return path
+
+
+def _rename_outputs(path: str, names: dict[str, str]) -> None:
+    """Gives the graph outputs their serving names (``Identity:0`` -> ``prediction``) and
+    strips the ``:0`` suffix tf2onnx keeps on input names."""
+    import onnx as onnx_lib
+
+    model = onnx_lib.load(path)
+    renames = {out.name: names[out.name] for out in model.graph.output if out.name in names}
+    renames.update({i.name: i.name.split(":")[0] for i in model.graph.input if i.name.endswith(":0")})
+    for value in list(model.graph.input) + list(model.graph.output):
+        value.name = renames.get(value.name, value.name)
+    for node in model.graph.node:
+        node.input[:] = [renames.get(n, n) for n in node.input]
+        node.output[:] = [renames.get(n, n) for n in node.output]
+    onnx_lib.save(model, path)
 
 
 class OnnxRunner:

@@ -81,10 +81,10 @@ class Interface:
 
 
 def _flat_outputs(model) -> list[str]:
-    from tfafm.compression.keras_graph import output_names
+    from tfafm.compression.keras_graph import output_names, output_structure
 
     names = output_names(model)
-    return [OUTPUT_NAME] if len(names) == 1 and not isinstance(model.output, dict) else names
+    return [OUTPUT_NAME] if len(names) == 1 and not isinstance(output_structure(model), dict) else names
 
 
 def interface(model, schema=None, vocabularies: bool = True) -> Interface:

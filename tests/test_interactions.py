@@ -1,0 +1,105 @@
+"""The zoo's interaction layers on tiny inputs, against outputs worked out by hand
+(the keras-rs ``feature_cross_test.py`` style: fixed weights, small numbers)."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+import pytest
+
+from tfafm.layers import (
+    ClipToVocabulary,
+    CompressedInteraction,
+    CrossLayerV1,
+    FactorizationMachine,
+    FieldMean,
+    FieldReweight,
+    LinearTerms,
+    MultiHeadSelfAttention,
+    PairwiseProduct,
+    StackFields,
+)
+
+FIELDS = np.array([[[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]], dtype="float32")  # (batch 1, 3 fields, dim 2)
+
+
+def _np(x):
+    return np.asarray(x, dtype=np.float64)
+
+
+def test_factorization_machine():
+    # sum of fields = [9, 12] -> squares [81, 144]; sum of squares = [1+9+25, 4+16+36] = [35, 56]
+    # pairwise = 0.5 * ([81, 144] - [35, 56]) = [23, 44]
+    np.testing.assert_allclose(_np(FactorizationMachine(reduce_sum=False)(FIELDS)), [[23.0, 44.0]])
+    np.testing.assert_allclose(_np(FactorizationMachine()(FIELDS)), [[67.0]])
+
+
+def test_cross_layer_v1():
+    layer = CrossLayerV1()
+    x0 = np.array([[1.0, 2.0]], "float32")
+    x = np.array([[3.0, 4.0]], "float32")
+    layer.build(x0.shape)
+    layer.kernel.assign(np.ones((2, 1), "float32"))
+    layer.bias.assign(np.array([0.5, -0.5], "float32"))
+    # x . w = 7 -> x0 * 7 + b + x = [7 + 0.5 + 3, 14 - 0.5 + 4]
+    np.testing.assert_allclose(_np(layer(x0, x)), [[10.5, 17.5]])
+
+
+def test_compressed_interaction_network():
+    fields = FIELDS[:, :2]  # [[1, 2], [3, 4]]: per embedding dim, field values [1, 3] and [2, 4]
+    layer = CompressedInteraction(layer_sizes=(1,), activation="linear")
+    layer.build(fields.shape)
+    layer.kernels[0].assign(np.ones((4, 1), "float32"))
+    # dim 0: outer([1, 3], [1, 3]) sums to 16; dim 1: outer([2, 4], [2, 4]) sums to 36; pooled 16 + 36
+    np.testing.assert_allclose(_np(layer(fields)), [[52.0]])
+
+    low = CompressedInteraction(layer_sizes=(1,), activation="linear", ranks=[1])
+    low.build(fields.shape)
+    down, down_bias, up, up_bias = low.kernels[0]
+    down.assign(np.ones((4, 1), "float32"))
+    down_bias.assign([0.0])
+    up.assign([[2.0]])
+    up_bias.assign([1.0])
+    # per dim: 2 * sum + 1 -> 33 and 73
+    np.testing.assert_allclose(_np(low(fields)), [[106.0]])
+    assert CompressedInteraction.from_config(low.get_config()).ranks == [1]
+
+
+def test_pairwise_product():
+    # pairs (0,1), (0,2), (1,2) of left * right, elementwise
+    expected = [[[3.0, 8.0], [5.0, 12.0], [15.0, 24.0]]]
+    np.testing.assert_allclose(_np(PairwiseProduct()(FIELDS, FIELDS)), expected)
+
+
+def test_field_reweight_and_mean():
+    weights = np.array([[2.0, 0.0, 0.5]], "float32")
+    np.testing.assert_allclose(_np(FieldReweight()(FIELDS, weights)), [[[2.0, 4.0], [0.0, 0.0], [2.5, 3.0]]])
+    np.testing.assert_allclose(_np(FieldMean()(FIELDS)), [[1.5, 3.5, 5.5]])
+
+
+def test_multi_head_self_attention():
+    # one head over two fields, q = k = v = identity rows: score of a field with itself 1/sqrt(2), else 0
+    x = np.array([[[1.0, 0.0], [0.0, 1.0]]], "float32")
+    same = math.exp(1 / math.sqrt(2)) / (math.exp(1 / math.sqrt(2)) + 1)
+    expected = [[[same, 1 - same], [1 - same, same]]]
+    np.testing.assert_allclose(_np(MultiHeadSelfAttention(num_heads=1)(x, x, x)), expected, rtol=1e-6)
+    # two heads of width 1: head 0 sees values [1, 0]; field 0 scores [1, 0], field 1 scores [0, 0]
+    two = MultiHeadSelfAttention(num_heads=2)(x, x, x)
+    np.testing.assert_allclose(_np(two)[0, :, 0], [math.e / (math.e + 1), 0.5], rtol=1e-6)
+    with pytest.raises(ValueError, match="divisible"):
+        MultiHeadSelfAttention(num_heads=3)(x, x, x)
+
+
+def test_stack_clip_and_linear_terms():
+    ids = [np.array([[1], [5]], "int32"), np.array([[-1], [2]], "int32")]
+    guarded = ClipToVocabulary([4, 3])(ids)
+    np.testing.assert_array_equal(np.asarray(guarded[0]), [1, 0])  # 5 >= 4 -> 0
+    np.testing.assert_array_equal(np.asarray(guarded[1]), [0, 2])  # -1 -> 0
+    linear = LinearTerms([4, 3])
+    linear.build()
+    linear.weights_table.assign(np.arange(7, dtype="float32")[:, None])  # field 1 rows start at 4
+    np.testing.assert_allclose(_np(linear(guarded)), [[1.0 + 4.0], [0.0 + 6.0]])
+    stacked = StackFields()([keras.ops.ones((2, 3)), keras.ops.zeros((2, 3))])
+    assert tuple(stacked.shape) == (2, 2, 3) and float(np.asarray(stacked)[:, 0].sum()) == 6.0
