@@ -25,7 +25,8 @@ setup(
     extras_require={
         "export": ["ai-edge-litert>=2.0", "tf2onnx>=1.17", "onnxruntime>=1.20", "onnx>=1.17"],
         "plot": ["matplotlib>=3.8"],
-        "interop": ["tensorflow-recommenders", "tf-keras"],
+        # TFRS needs Keras 2: tf-keras must match TensorFlow's minor version.
+        "interop": ["tensorflow-recommenders>=0.7.7,<0.8", "tf-keras>=2.21,<2.22"],
         "test": ["pytest>=8"],
     },
     entry_points={"console_scripts": ["tfafm=tfafm_cli:main"]},

@@ -211,6 +211,21 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--ratio", type=ratio, default=4.0, help="compression ratio (default 4)")
     demo.add_argument("--seed", type=integer, default=0, help="random seed (default 0)")
     _add_common(demo, "report directory", "default: tfafm-demo")
+
+    imported = commands.add_parser(  # Keras 2 / TFRS models in (issue 12): runs tfafm.interop.command
+        "import", help="convert a Keras 2 model (TFRS layers included) into a run directory",
+        description="Convert a Keras 2 (tf_keras) Sequential or functional model, TensorFlow Recommenders "
+                    "layers included, into a run directory that export and bench take: model.keras, "
+                    "schema.json, raw_features.json (the lookups, moved out of the model) and run.json. The "
+                    "converted model is checked against the original on sampled rows before anything is "
+                    "written.")
+    imported.add_argument("source_format", metavar="FORMAT", choices=("keras2",),
+                          help="keras2: a tf_keras .h5 / .keras file or SavedModel directory")
+    imported.add_argument("path", help="the model file or SavedModel directory (never modified)")
+    imported.add_argument("--parity-rows", type=positive_int, default=1000, metavar="N",
+                          help="sampled raw rows on which the converted model must match the original "
+                               "within 1e-5 (default 1000)")
+    _add_common(imported, "run directory", "default: the model's path without extension, with -run appended")
     return parser
 
 
@@ -273,6 +288,8 @@ def _check_and_fill(args: argparse.Namespace) -> None:
         args.out = "run"
     elif args.command == "demo" and args.out is None:
         args.out = "tfafm-demo"
+    elif args.command == "import" and args.out is None:
+        args.out = _beside(os.path.splitext(os.path.normpath(args.path))[0], "-run")
 
 
 # ----------------------------------------------------------------------------- the process

@@ -259,9 +259,15 @@ def cmd_demo(args, out: Output) -> int:
     return 0
 
 
+def cmd_import(args, out: Output) -> int:
+    from tfafm.interop.command import run_import_command  # Keras 2 / TFRS models in (issue 12)
+
+    return run_import_command(args, out)
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace, Output], int]] = {
     "train": cmd_train, "eval": cmd_eval, "compress": cmd_compress,
-    "export": cmd_export, "bench": cmd_bench, "demo": cmd_demo,
+    "export": cmd_export, "bench": cmd_bench, "demo": cmd_demo, "import": cmd_import,
 }
 
 
