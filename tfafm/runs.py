@@ -54,6 +54,12 @@ class Run:
         False the run's train/validation split is kept (for compression and
         fine-tuning). Synthetic data always uses the run's generator settings.
         """
+        if self.info.get("kind") == "imported":
+            raise UserError(
+                f"Run {self.path} was imported from Keras 2: its inputs are the original model's features "
+                "(encoded by raw_features.json), which tfafm's data readers do not produce. Compress or "
+                "evaluate it from Python with your own data (tfafm.compress(model, data, ...))."
+            )
         trained_on = self.info.get("data", "")
         kind = spec.partition(":")[0]
         if (kind == "synthetic") != (trained_on.partition(":")[0] == "synthetic"):
