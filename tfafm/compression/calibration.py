@@ -1,18 +1,20 @@
 """Streaming calibration: the output-feature moments of a model's compressible matrices.
 
 One pass over the data. Each batch runs once through a probe of the model
-(:mod:`tfafm.compression.probe`) inside one ``tf.function`` that also forms,
-per target matrix, the count, sum and Gram matrix of its output rows
-(pre-activation for ``Dense``, looked-up rows for an ``Embedding``, the inner
-product of a ``FeatureCross`` or attention projection), shifted by a
-constant close to their mean (the first batch's). The per-batch Gram runs in
-float32, the layer's own compute precision (it is the costly part; centring
-keeps its rounding relative to the covariance itself); every sum across
-batches is float64, in numpy. Memory is O(d^2) per matrix, whatever the
-number of rows; batches may have any sizes, in any order.
+(:mod:`tfafm.compression.probe`) inside one ``tf.function`` (traced once for
+all batch sizes) that also forms, per target matrix, the count, mean and Gram
+matrix about that mean of its output rows (pre-activation for ``Dense``,
+looked-up rows for an ``Embedding``, the inner product of a ``FeatureCross``
+or attention projection) and merges them into float64 accumulators with
+Chan et al.'s exact pairwise update. The per-batch Gram runs in float32, the
+layer's own compute precision (it is the costly part; centring on the batch
+mean keeps its rounding relative to the covariance itself); every sum across
+batches is float64. Memory is O(d^2) per matrix, whatever the number of
+rows; batches may have any sizes, in any order; nothing leaves the graph
+until the end.
 
 Under a ``tf.distribute`` strategy the batches are split across replicas and
-each local replica's moments are added in float64; with several workers
+each local replica's moments are merged the same way; with several workers
 (``MultiWorkerMirroredStrategy``) every worker's totals are summed once at
 the end, array by array (``strategy.reduce`` per leaf), after being re-centred
 on a common shift.
@@ -85,30 +87,45 @@ def resolve_targets(model: keras.Model, names: Iterable[str] | None) -> list[Tar
 
 
 class _Moments:
-    """float64 running count, shifted sum and shifted Gram of one target's rows."""
+    """float64 running count, mean and centred Gram ``M2`` of one target's rows, in TF variables.
 
-    def __init__(self, shift: np.ndarray):
-        dim = shift.shape[0]
-        self.shift = shift.astype(np.float64)
-        self.count = 0.0
-        self.total = np.zeros(dim)
-        self.outer = np.zeros((dim, dim))
+    Each batch brings its own count, mean and Gram about that mean; they are
+    merged exactly (Chan et al.'s pairwise update), so no shift has to be
+    chosen in advance and batches need no extra pass.
+    """
 
-    def add(self, count, total, outer) -> None:
-        self.count += float(count)
-        self.total += np.asarray(total, dtype=np.float64)
-        self.outer += np.asarray(outer, dtype=np.float64)
+    def __init__(self, dim: int):
+        self.count = tf.Variable(tf.zeros((), tf.float64), trainable=False)
+        self.mean = tf.Variable(tf.zeros((dim,), tf.float64), trainable=False)
+        self.outer = tf.Variable(tf.zeros((dim, dim), tf.float64), trainable=False)
 
-    def recentre(self, shift: np.ndarray) -> None:
-        """Re-expresses the moments around ``shift`` (exact in float64)."""
-        delta = self.shift - shift
-        self.outer += np.outer(delta, self.total) + np.outer(self.total, delta) + self.count * np.outer(delta, delta)
-        self.total += self.count * delta
-        self.shift = shift
+    def merge(self, count, mean, outer) -> None:
+        """Adds a batch's moments (graph-mode friendly)."""
+        total = self.count + count
+        weight = tf.math.divide_no_nan(count, total)
+        delta = mean - self.mean
+        self.outer.assign_add(outer + tf.tensordot(delta, delta, axes=0) * (self.count * weight))
+        self.mean.assign_add(delta * weight)
+        self.count.assign(total)
+
+    def statistics(self) -> LayerStatistics:
+        dim = int(self.mean.shape[0])
+        return LayerStatistics(float(self.count.numpy()), np.zeros(dim), self.outer.numpy(), self.mean.numpy())
 
 
-def _local_results(strategy, value) -> list:
-    return list(strategy.experimental_local_results(value))
+def _batch_moments(rows, weights):
+    """Count, mean and Gram about the mean of rows (``weights``: per row, or a scalar 1 for
+    all); the Gram in the rows' float32."""
+    if len(weights.shape) == 0:
+        count = tf.cast(tf.shape(rows)[0], tf.float32)
+        mean = tf.math.divide_no_nan(tf.reduce_sum(rows, axis=0), count)
+        centred = rows - mean
+    else:
+        count = tf.reduce_sum(weights)
+        mean = tf.math.divide_no_nan(tf.reduce_sum(rows * weights[:, None], axis=0), count)
+        centred = (rows - mean) * weights[:, None]
+    outer = tf.matmul(centred, centred, transpose_a=True)
+    return tf.cast(count, tf.float64), tf.cast(mean, tf.float64), tf.cast(outer, tf.float64)
 
 
 def _sum_across_workers(strategy, array: np.ndarray, local_replicas: int) -> np.ndarray:
@@ -120,6 +137,18 @@ def _sum_across_workers(strategy, array: np.ndarray, local_replicas: int) -> np.
 
     per_replica = strategy.experimental_distribute_values_from_function(value)
     return np.asarray(strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None))
+
+
+def _merged_across_workers(strategy, stats: LayerStatistics, local_replicas: int, workers: int) -> LayerStatistics:
+    """Every worker's moments summed, about a common shift (the mean of the workers' means)."""
+    common = _sum_across_workers(strategy, stats.shift, local_replicas) / workers
+    local = stats.about(common)
+    return LayerStatistics(
+        float(_sum_across_workers(strategy, np.float64(local.count), local_replicas)),
+        _sum_across_workers(strategy, local.total, local_replicas),
+        _sum_across_workers(strategy, local.outer, local_replicas),
+        common,
+    )
 
 
 def calibrate(
@@ -179,54 +208,40 @@ def calibrate(
     dataset = _as_dataset(data, batch_size)
     if steps is not None:
         dataset = dataset.take(steps)
-    first = next(iter(dataset), None)
-    if first is None:
-        raise UserError("Calibration data is empty: no batch to calibrate on.")
-    shifts = {}
-    for key, (rows, weights) in zip(probe.recorded, recorded(first)):
-        w = weights.numpy().astype(np.float64)
-        mean = (w @ rows.numpy().astype(np.float64)) / max(w.sum(), 1.0)
-        shifts[names[key]] = np.where(np.isfinite(mean), mean, 0.0)
-
-    shift_constants = [tf.constant(shifts[names[key]], tf.float32) for key in probe.recorded]
+    accumulators = {t.name: _Moments(t.output_dim) for t in targets}
+    moments = [accumulators[names[key]] for key in probe.recorded]  # a shared layer: one per call, merged
 
     def replica_moments(features):
-        moments = []
-        for (rows, weights), shift in zip(recorded(features), shift_constants):
-            centred = (rows - shift) * weights[:, None]
-            moments.append((tf.reduce_sum(weights), tf.reduce_sum(centred, axis=0),
-                            tf.matmul(centred, centred, transpose_a=True)))
-        return moments
+        return [_batch_moments(rows, weights) for rows, weights in recorded(features)]
 
-    @tf.function(autograph=False, reduce_retracing=True)
-    def step(features):
-        return strategy.run(replica_moments, args=(features,))
-
-    accumulators = {name: _Moments(shift) for name, shift in shifts.items()}
     distributed = strategy.experimental_distribute_dataset(dataset)
+
+    # One trace for all batch sizes; nothing branches on tensor values, so AutoGraph is off.
+    @tf.function(autograph=False, input_signature=[distributed.element_spec])
+    def step(features):
+        per_replica = strategy.run(replica_moments, args=(features,))
+        for accumulator, replicated in zip(moments, per_replica):
+            local = [strategy.experimental_local_results(value) for value in replicated]
+            for count, mean, outer in zip(*local):
+                accumulator.merge(count, mean, outer)
+
     cardinality = int(dataset.cardinality())
     total = steps if cardinality < 0 else cardinality
-    local_replicas = 1
+    batches = 0
     with progress_bar("calibrating", total if total and total > 0 else None, enabled=progress) as advance:
         for features in distributed:
-            per_target = step(features)
-            for key, moments in zip(probe.recorded, per_target):
-                replicas = [_local_results(strategy, m) for m in moments]
-                local_replicas = len(replicas[0])
-                for count, total_sum, outer in zip(*replicas):
-                    accumulators[names[key]].add(count.numpy(), total_sum.numpy(), outer.numpy())
+            step(features)
+            batches += 1
             advance()
-
+    if not batches:
+        raise UserError("Calibration data is empty: no batch to calibrate on.")
+    local_replicas = len(strategy.experimental_local_results(strategy.run(lambda: tf.constant(0.0))))
+    workers = strategy.num_replicas_in_sync // local_replicas
     stats = Statistics()
     for target in targets:
-        moments = accumulators[target.name]
-        workers = strategy.num_replicas_in_sync // local_replicas
+        layer_stats = accumulators[target.name].statistics()
         if workers > 1:
-            moments.recentre(_sum_across_workers(strategy, moments.shift, local_replicas) / workers)
-            moments.count = float(_sum_across_workers(strategy, np.float64(moments.count), local_replicas))
-            moments.total = _sum_across_workers(strategy, moments.total, local_replicas)
-            moments.outer = _sum_across_workers(strategy, moments.outer, local_replicas)
-        layer_stats = LayerStatistics(moments.count, moments.total, moments.outer, moments.shift)
+            layer_stats = _merged_across_workers(strategy, layer_stats, local_replicas, workers)
         limit = 2 * layer_stats.dim if min_rows is None else int(min_rows)
         layer_stats.check(target.name, min_rows=limit)
         if layer_stats.count < _NOISY_BELOW * layer_stats.dim:

@@ -26,7 +26,8 @@ class FeatureTap(keras.layers.Layer):
     """Calls ``target`` through ``adapter.tap``: returns ``(outputs, [rows, weights, ...])``.
 
     Used only inside probe models (never saved): ``rows`` is ``(n, d_out)``
-    float32 and ``weights`` ``(n,)`` for each key in ``keys``.
+    float32 and ``weights`` ``(n,)`` for each key in ``keys``, or the scalar 1
+    when every row counts fully (no per-row work then).
     """
 
     def __init__(self, adapter: Adapter, target, keys: list[str], **kwargs: Any):
@@ -42,9 +43,8 @@ class FeatureTap(keras.layers.Layer):
             value = features[key]
             rows, weights = value if isinstance(value, tuple) else (value, None)
             rows = ops.cast(ops.reshape(rows, (-1, rows.shape[-1])), "float32")
-            if weights is None:
-                weights = ops.ones_like(rows[:, 0])
-            recorded += [rows, ops.reshape(ops.cast(weights, "float32"), (-1,))]
+            weights = ops.ones(()) if weights is None else ops.reshape(ops.cast(weights, "float32"), (-1,))
+            recorded += [rows, weights]
         return outputs, recorded
 
 

@@ -45,6 +45,15 @@ class LayerStatistics:
         cov = self.outer / self.count - np.outer(shifted_mean, shifted_mean)
         return 0.5 * (cov + cov.T)
 
+    def about(self, shift: np.ndarray) -> "LayerStatistics":
+        """The same moments taken about another ``shift`` (exact in float64)."""
+        old = np.zeros(self.dim) if self.shift is None else self.shift
+        delta = old - shift
+        total = self.total + self.count * delta
+        outer = (self.outer + np.outer(delta, self.total) + np.outer(self.total, delta)
+                 + self.count * np.outer(delta, delta))
+        return LayerStatistics(self.count, total, outer, np.asarray(shift, dtype=np.float64))
+
     def principal(self, name: str = "layer") -> tuple[np.ndarray, np.ndarray]:
         """Eigenvalues (descending, clipped at 0) and eigenvectors (columns) of the covariance."""
         self.check(name)
