@@ -49,10 +49,11 @@ def test_deepfm_first_dense_reads_the_k_wide_rows(data):
     for name, rank in ranks.items():
         table = fused.get_layer(name)
         assert isinstance(table, keras.layers.Embedding) and table.output_dim == rank
-    # The FM path still needs d-wide vectors: all fields come from ONE block-diagonal matmul.
-    joint = fused.get_layer("fields_projections")
-    assert joint.kernel.shape == (sum(ranks.values()), 6 * len(ranks))
-    assert not [layer for layer in fused.layers if layer.name.endswith("_embedding_projection")]
+    # The FM runs on the codes themselves: no d-wide field vector is ever formed.
+    fm = fused.get_layer("fm")
+    assert isinstance(fm, tfafm.layers.CodeFactorizationMachine) and fm.orthonormal
+    assert fm.projections.shape == (sum(ranks.values()), 6)
+    assert not [layer for layer in fused.layers if "projection" in layer.name]
     assert fused.count_params() < compressed.count_params()
 
 
@@ -73,6 +74,27 @@ def test_fusion_folds_into_low_rank_dense_and_round_trips(data, tmp_path):
     reloaded.compile(keras.optimizers.Adam(0.01), "binary_crossentropy")
     losses = reloaded.fit(features, labels, epochs=3, batch_size=256, verbose=0).history["loss"]
     assert losses[-1] < losses[0]
+
+
+def test_interaction_inputs_come_from_one_block_diagonal_matmul(data):
+    features = data[1]
+    compressed = _compressed("xdeepfm", data, include=("embeddings",))
+    fused, report = tfafm.fuse(compressed, return_report=True)
+    joint = fused.get_layer("fields_projections")  # the CIN's field matrix
+    ranks = [layer.rank for layer in compressed.layers if isinstance(layer, LowRankEmbedding)]
+    assert joint.kernel.shape == (sum(ranks), 6 * len(ranks))
+    assert any("one matmul" in note for note in report.notes)
+    np.testing.assert_allclose(fused.predict(features, verbose=0), compressed.predict(features, verbose=0), atol=1e-5)
+
+
+def test_fm_on_codes_stays_exact_after_fine_tuning_breaks_orthonormality(data):
+    schema, features, labels = data
+    compressed = _compressed("deepfm", data, include=("embeddings",))
+    compressed.compile(keras.optimizers.Adam(0.05), "binary_crossentropy")
+    compressed.fit(features, labels, epochs=2, batch_size=256, verbose=0)
+    fused = tfafm.fuse(compressed)
+    assert not fused.get_layer("fm").orthonormal
+    np.testing.assert_allclose(fused.predict(features, verbose=0), compressed.predict(features, verbose=0), atol=1e-5)
 
 
 def test_fuse_without_low_rank_layers_is_a_faithful_copy(data):

@@ -33,7 +33,7 @@ import numpy as np
 
 from tfafm.compression.keras_graph import as_functional, call_counts, require_graph_model
 from tfafm.compression.rewrite import copy_weights
-from tfafm.layers.interactions import StackFields
+from tfafm.layers.interactions import CodeFactorizationMachine, FactorizationMachine, StackFields
 from tfafm.layers.lookup import InRangeEmbedding
 from tfafm.layers.low_rank import LowRankDense, LowRankEmbedding
 
@@ -74,6 +74,16 @@ def _fold(kernel: np.ndarray, segments: list[_Segment]) -> tuple[np.ndarray, np.
     return np.concatenate(rows, axis=0), extra_bias
 
 
+def _block_diagonal(blocks: list[np.ndarray]) -> np.ndarray:
+    """The block-diagonal matrix of square ``blocks``."""
+    size = sum(len(b) for b in blocks)
+    result, start = np.zeros((size, size)), 0
+    for block in blocks:
+        result[start:start + len(block), start:start + len(block)] = block
+        start += len(block)
+    return result
+
+
 def _weights(layer) -> dict[str, np.ndarray]:
     return {w.path.split("/")[-1]: np.asarray(w.numpy(), dtype=np.float64) for w in layer.weights}
 
@@ -85,6 +95,7 @@ class _Fuser:
         self.copies: list[tuple[Any, Any]] = []
         self.segments: dict[int, list[_Segment]] = {}
         self.tables: dict[int, tuple] = {}
+        self.fields: dict[int, list[_Segment]] = {}  # stacked (batch, F, d) fields -> their code segments
         self.report = FusionReport()
 
     # --------------------------------------------------------------- clone_model hooks
@@ -108,6 +119,8 @@ class _Fuser:
             return self._flatten(op, original, *args, **kwargs)
         if isinstance(original, (StackFields, keras_rs.layers.DotInteraction)) and not kwargs and len(args) == 1:
             return self._vector_list(op, original, list(args[0]))
+        if isinstance(original, FactorizationMachine) and original.reduce_sum and id(args[0]) in self.fields:
+            return self._factorization_machine(original, self.fields[id(args[0])])
         if isinstance(original, (keras.layers.Dense, LowRankDense)) and not kwargs and len(args) == 1:
             segments = self.segments.get(id(args[0]))
             if segments is not None and len(args[0].shape) == 2 and self.calls.get(id(original)) == 1:
@@ -179,9 +192,31 @@ class _Fuser:
         fields = keras.ops.reshape(joint, (-1, len(codes), width))
         self.report.notes.append(f"{layer.name}: {len(codes)} embedding projections computed as one matmul")
         if isinstance(layer, StackFields) and len(codes) == len(vectors):
+            self.fields[id(fields)] = [s for _, s in codes]
             return fields
         pieces = dict(zip((i for i, _ in codes), keras.ops.unstack(fields, axis=1)))
         return op([pieces.get(i, v) for i, v in enumerate(vectors)])
+
+    def _factorization_machine(self, layer, fields: list[_Segment]):
+        """FM over projected codes, without the d-wide field vectors (:class:`CodeFactorizationMachine`)."""
+        projections = [s.projection for s in fields]
+        grams = [p @ p.T for p in projections]
+        orthonormal = all(np.allclose(g, np.eye(len(g)), atol=1e-6) for g in grams)
+        fm = CodeFactorizationMachine(projections[0].shape[1], orthonormal=orthonormal, name=layer.name)
+        codes = keras.layers.Concatenate(name=f"{layer.name}_codes")([s.tensor for s in fields])
+        outputs = fm(codes)
+        gram = _block_diagonal(grams)
+        half_linear = np.concatenate([p @ s.bias for p, s in zip(projections, fields)])
+        shift = half_linear if orthonormal else np.linalg.lstsq(gram, half_linear, rcond=None)[0]
+        values = {
+            "projections": np.concatenate(projections), "bias_sum": sum(s.bias for s in fields),
+            "shift": shift, "gram": gram,
+            "constant": np.array([sum(float(s.bias @ s.bias) for s in fields) - shift @ gram @ shift]),
+        }
+        for weight in fm.weights:
+            weight.assign(values[weight.path.split("/")[-1]].astype(np.float32))
+        self.report.notes.append(f"{layer.name}: FM computed on the {len(fields)} fields' codes")
+        return outputs
 
     def _concatenate(self, op, layer, inputs, **kwargs):
         if not (any(id(x) in self.segments for x in inputs) and not kwargs and layer.axis in (-1, 1)

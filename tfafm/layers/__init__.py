@@ -3,6 +3,7 @@
 from tfafm.layers.attention import LowRankMultiHeadAttention
 from tfafm.layers.interactions import (
     ClipToVocabulary,
+    CodeFactorizationMachine,
     CompressedInteraction,
     CrossLayerV1,
     FactorizationMachine,
@@ -19,6 +20,7 @@ from tfafm.layers.protocol import CompressibleLayer, Matrix
 
 __all__ = [
     "ClipToVocabulary",
+    "CodeFactorizationMachine",
     "CompressibleLayer",
     "CompressedInteraction",
     "CrossLayerV1",

@@ -124,6 +124,55 @@ class FactorizationMachine(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
+class CodeFactorizationMachine(keras.layers.Layer):
+    """The FM interaction of fields given as codes: field ``f`` is ``v_f = c_f P_f + b_f``.
+
+    Input: the fields' codes concatenated, ``(batch, K)`` with ``K = sum k_f``.
+    Output ``(batch, 1)``: ``0.5 * (|sum_f v_f|^2 - sum_f |v_f|^2)``, computed
+    without ever forming the ``d``-wide field vectors:
+
+        sum_f v_f      = C P + sum_f b_f                   (P: the P_f stacked, K x d)
+        sum_f |v_f|^2  = (C + h) G (C + h)^T + constant     (G = blockdiag(P_f P_f^T), G h = P_f b_f)
+
+    With ``orthonormal=True`` (every ``P_f`` has orthonormal rows, as AFM and
+    SVD factors do before fine-tuning) ``G`` is the identity and is not stored.
+    :func:`tfafm.fuse` builds it for an FM fed by low-rank embeddings.
+
+    Args:
+        dim: the field width ``d``.
+        orthonormal: whether ``G`` is the identity.
+    """
+
+    def __init__(self, dim: int, orthonormal: bool = False, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.dim = int(dim)
+        self.orthonormal = bool(orthonormal)
+
+    def build(self, input_shape):
+        codes = input_shape[-1]
+        self.projections = self.add_weight(name="projections", shape=(codes, self.dim))
+        self.bias_sum = self.add_weight(name="bias_sum", shape=(self.dim,), initializer="zeros")
+        self.shift = self.add_weight(name="shift", shape=(codes,), initializer="zeros")
+        self.constant = self.add_weight(name="constant", shape=(1,), initializer="zeros")
+        if not self.orthonormal:
+            self.gram = self.add_weight(name="gram", shape=(codes, codes))
+
+    def call(self, codes):
+        total = ops.matmul(codes, self.projections) + self.bias_sum
+        shifted = codes + self.shift
+        quadratic = shifted if self.orthonormal else ops.matmul(shifted, self.gram)
+        pooled = (ops.sum(ops.square(total), axis=-1, keepdims=True)
+                  - ops.sum(quadratic * shifted, axis=-1, keepdims=True))
+        return 0.5 * (pooled - self.constant)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], 1)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "dim": self.dim, "orthonormal": self.orthonormal}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
 class CrossLayerV1(keras.layers.Layer):
     """One layer of the DCN (v1) cross network: ``x0 * (x . w) + b + x``."""
 
