@@ -207,13 +207,9 @@ def read_dataset(files: Sequence[str], schema: Schema, rows: int, batch_size: in
         return tf.reshape(tf.io.decode_raw(record, tf.int32), (-1, width))
 
     def split_columns(words):
-        features = {}
-        floats = tf.bitcast(words[:, : 1 + len(dense)], tf.float32)
-        for j, name in enumerate(dense):
-            features[name] = floats[:, 1 + j : 2 + j]
-        for j, name in enumerate(sparse):
-            features[name] = words[:, 1 + len(dense) + j : 2 + len(dense) + j]
-        return features, floats[:, :1]
+        floats = tf.split(tf.bitcast(words[:, : 1 + len(dense)], tf.float32), 1 + len(dense), axis=1)
+        ids = tf.split(words[:, 1 + len(dense):], len(sparse), axis=1) if sparse else []
+        return dict(zip(dense, floats[1:])) | dict(zip(sparse, ids)), floats[0]
 
     batches = records.map(decode, num_parallel_calls=autotune).rebatch(batch_size, drop_remainder=drop_remainder)
     steps = rows // batch_size if drop_remainder else -(-rows // batch_size)

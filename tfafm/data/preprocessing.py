@@ -121,11 +121,13 @@ class Preprocessor:
         """Encodes parsed columns, vectorised (one hash lookup per distinct value per block)."""
         dense = np.log1p(np.clip(np.nan_to_num(columns.dense, nan=0.0), 0.0, None)).astype(np.float32)
         ids = np.empty((columns.rows, len(self._vocabularies)), dtype=np.int32)
-        for j, (array, vocabulary) in enumerate(zip(columns.sparse, self._vocabularies.values())):
-            found = pc.index_in(array.dictionary.cast(vocabulary.type), value_set=vocabulary)
-            lookup = pc.fill_null(pc.add(found, 1), 0).to_numpy(zero_copy_only=False).astype(np.int32)
-            ids[:, j] = lookup[array.indices.to_numpy(zero_copy_only=False)]
+        for j, (array, lookup) in enumerate(zip(columns.sparse, self._lookups)):
+            ids[:, j] = lookup(array.dictionary)[array.indices.to_numpy(zero_copy_only=False)]
         return Encoded(columns.labels.astype(np.float32), dense, ids)
+
+    @functools.cached_property
+    def _lookups(self) -> list["_Lookup"]:
+        return [_Lookup(values) for values in self._vocabularies.values()]
 
     def encode(self, rows: Sequence[RawRow]) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """``(features, labels)``: arrays of shape (n, 1); float32 dense, int32 sparse, float32 labels."""
@@ -178,6 +180,54 @@ class Preprocessor:
             except json.JSONDecodeError as error:
                 raise ValueError(f"{path}: not valid JSON ({error}).") from None
         return cls.from_dict(config)
+
+
+class _Lookup:
+    """Value -> id (0 when absent) of one vocabulary, built once.
+
+    Values of at most 8 bytes without NUL bytes (Criteo's and Avazu's hashed
+    ids, short numbers) become big-endian uint64 keys, looked up by binary
+    search in the sorted vocabulary keys: O(block) per block. Other
+    vocabularies use Arrow's hash lookup, which rebuilds its table each call.
+    """
+
+    def __init__(self, vocabulary: pa.Array):
+        self.vocabulary = vocabulary
+        self.keys = None
+        keys, valid = _short_keys(vocabulary)
+        if valid.all():
+            order = np.argsort(keys, kind="stable")
+            self.keys, self.ids = keys[order], (order + 1).astype(np.int32)
+
+    def __call__(self, values: pa.Array) -> np.ndarray:
+        if self.keys is None:
+            found = pc.index_in(values.cast(self.vocabulary.type), value_set=self.vocabulary)
+            return pc.fill_null(pc.add(found, 1), 0).to_numpy(zero_copy_only=False).astype(np.int32)
+        keys, valid = _short_keys(values)
+        ids = np.zeros(len(keys), dtype=np.int32)
+        if len(self.keys) and len(keys):
+            order = np.argsort(keys)
+            position = np.minimum(np.searchsorted(self.keys, keys[order]), len(self.keys) - 1)
+            ids[order] = np.where(self.keys[position] == keys[order], self.ids[position], 0)
+        ids[~valid] = 0
+        return ids
+
+
+def _short_keys(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """Zero-padded big-endian uint64 keys of strings, and which strings have at most
+    8 bytes and no NUL byte (only those keys identify their string)."""
+    n = len(values)
+    offset_type = np.int64 if pa.types.is_large_string(values.type) else np.int32
+    offsets = np.frombuffer(values.buffers()[1], dtype=offset_type)[values.offset: values.offset + n + 1]
+    data = values.buffers()[2]
+    data = np.frombuffer(data, dtype=np.uint8) if data is not None else np.zeros(0, np.uint8)
+    lengths = np.diff(offsets)
+    padded = np.zeros((n, 8), dtype=np.uint8)
+    for k in range(8):
+        longer = np.flatnonzero(lengths > k)
+        padded[longer, k] = data[offsets[longer] + k]
+    nul = ((padded == 0) & (np.arange(8) < lengths[:, None])).any(axis=1)
+    return padded.view(">u8").reshape(n).astype(np.uint64), (lengths <= 8) & ~nul
 
 
 def _string_array(values: Union[Sequence[str], pa.Array]) -> pa.Array:
