@@ -178,7 +178,9 @@ def calibrate(
     @tf.function(autograph=False)
     def step(features, mask):
         per_replica = strategy.run(replica_moments, args=(features, mask))
-        reduced = strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+        # leaf by leaf: MultiWorkerMirroredStrategy.reduce takes no nested structures
+        reduced = tf.nest.map_structure(
+            lambda value: strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None), per_replica)
         for name, values in reduced.items():
             for accumulator, value in zip(accumulators[name], values):
                 accumulator.assign_add(value)
