@@ -132,6 +132,21 @@ def _schema_near(path: str):
     raise FileNotFoundError(f"No schema.json next to {path}; pass --schema run/schema.json.")
 
 
+def cmd_prepare(args) -> int:
+    from tfafm.data.prepare import prepare_spec
+
+    cache, timings = prepare_spec(
+        args.data, args.out, validation_fraction=args.validation_fraction, min_count=args.min_count,
+        max_vocabulary=args.max_vocabulary, preprocessor=args.preprocessor, skip_bad_lines=args.skip_bad_lines,
+        shards=args.shards, progress=not args.quiet)
+    for timing in timings:
+        console.print(str(timing), markup=False)
+    console.print(f"Wrote cache {args.out}: {cache.rows('train'):,} training / {cache.rows('validation'):,} "
+                  f"validation rows in {len(cache.files('train'))} + {len(cache.files('validation'))} shards"
+                  + (f", {cache.bad_lines:,} bad lines skipped" if cache.bad_lines else ""), markup=False)
+    return 0
+
+
 def cmd_demo(args) -> int:
     from tfafm.demo import run_demo
 
@@ -214,6 +229,19 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--max-seconds", type=float, default=10.0)
     bench.set_defaults(func=cmd_bench)
 
+    prep = commands.add_parser("prepare", help="parse real data once into a binary cache (use it as --data cache:DIR)")
+    prep.add_argument("--data", required=True, help="criteo:PATH | avazu:PATH | parquet:PATH[?label=..&categorical=..]")
+    prep.add_argument("--out", required=True, help="cache directory to write")
+    prep.add_argument("--min-count", type=int, default=1, help="min occurrences for a value to get an id")
+    prep.add_argument("--max-vocabulary", type=int, help="keep at most this many ids per field (most frequent)")
+    prep.add_argument("--validation-fraction", type=_positive_float, default=0.1,
+                      help="every round(1/F)-th data line is validation (default 0.1)")
+    prep.add_argument("--preprocessor", help="encode with this preprocessor.json (or run directory) instead of fitting")
+    prep.add_argument("--shards", type=int, help="training shards (default: 1 up to 1M rows, else a multiple of 48)")
+    prep.add_argument("--skip-bad-lines", action="store_true", help="skip and count malformed lines")
+    prep.add_argument("--quiet", action="store_true")
+    prep.set_defaults(func=cmd_prepare)
+
     demo = commands.add_parser("demo", help="train, compress (SVD vs AFM), export and benchmark on built-in data")
     demo.add_argument("--out", default="tfafm-demo")
     demo.add_argument("--rows", type=int, default=200_000, help="synthetic training rows")
@@ -227,6 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``tfafm`` console script; returns the exit code."""
     args = build_parser().parse_args(argv)
+    if os.environ.get("TF_CONFIG"):  # tf.distribute needs its strategy before TensorFlow runs any op
+        from tfafm.distribute import cluster_strategy
+
+        cluster_strategy()
     import_tensorflow(initialize_devices=True)
     warnings.filterwarnings("ignore", category=UserWarning, module="keras")
     try:

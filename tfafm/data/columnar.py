@@ -138,7 +138,7 @@ def _parse_fast(block: TextBlock, data_format: DataFormat) -> Columns:
             strings_can_be_null=False, quoted_strings_can_be_null=False),
     ).unify_dictionaries()
     labels = _checked_labels(table[label])
-    values = _checked_dense([table[c] for c in dense], data_format.integer_dense)
+    values = _checked_dense([table[c] for c in dense], table.num_rows, data_format.integer_dense)
     sparse = [table[c].combine_chunks() for c in categorical]
     if time:
         hour, weekday, valid = _hour_features(table[time].combine_chunks())
@@ -162,10 +162,9 @@ def _float_values(column) -> np.ndarray:
     return values if values.dtype == np.float64 else values.astype(np.float64)
 
 
-def _checked_dense(columns: list, integers: bool) -> np.ndarray:
+def _checked_dense(columns: list, n: int, integers: bool) -> np.ndarray:
     """``(n, len(columns))`` float64 values, ``nan`` where empty; raises :class:`_Invalid` for
     non-finite (or, with ``integers``, fractional) values."""
-    n = len(columns[0]) if columns else 0
     out = np.empty((n, len(columns)), dtype=np.float64)
     for j, column in enumerate(columns):
         values = _float_values(column)

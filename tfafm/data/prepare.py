@@ -34,7 +34,7 @@ from tfafm.data.columnar import Columns, parquet_columns, parse_block
 from tfafm.data.formats import DataFormat
 from tfafm.data.preprocessing import Preprocessor
 from tfafm.data.readers import no_rows_error
-from tfafm.data.specs import FileSource, is_parquet
+from tfafm.data.specs import FILE_PREFIXES, FileSource, file_source, is_parquet
 from tfafm.data.textfiles import BLOCK_BYTES, text_blocks
 from tfafm.data.vocabulary import ValueCounts
 from tfafm.errors import UserError
@@ -222,6 +222,32 @@ def prepare(
     return Cache.open(out), timings
 
 
+def prepare_spec(spec: str, out: str, *, preprocessor: Optional[str] = None, **options) -> tuple[Cache, list[PassTiming]]:
+    """:func:`prepare` for a ``--data`` spec (``criteo:``, ``avazu:`` or ``parquet:``) and an
+    optional preprocessor file or run directory; refuses to replace a directory that is not a cache."""
+    prefix, _, rest = spec.partition(":")
+    if prefix not in FILE_PREFIXES:
+        raise ValueError(f"tfafm prepare reads {', '.join(p + ':PATH' for p in FILE_PREFIXES)}, not {spec!r}.")
+    if os.path.exists(out) and not (os.path.isdir(out) and (not os.listdir(out) or _open_if_cache(out))):
+        raise UserError(f"{out} exists and is not a tfafm data cache; choose another --out.")
+    given = None
+    if preprocessor is not None:
+        path = os.path.join(preprocessor, PREPROCESSOR_FILE) if os.path.isdir(preprocessor) else preprocessor
+        given = Preprocessor.load(path)
+    source = file_source(prefix, rest, spec)
+    if given is not None and given.format != source.format:
+        raise UserError(f"{preprocessor} encodes {given.format.name} data, not {prefix} data.")
+    return prepare(source, out, preprocessor=given, **options)
+
+
+def _open_if_cache(path: str) -> Optional[Cache]:
+    """The cache at ``path``, or None if it is not a readable tfafm cache."""
+    try:
+        return Cache.open(path)
+    except (UserError, OSError, ValueError, KeyError):
+        return None
+
+
 @dataclasses.dataclass(frozen=True)
 class CacheRequest:
     """What a cache must have been built from to serve a ``criteo:``/``avazu:``/``parquet:`` spec."""
@@ -275,11 +301,8 @@ def ensure_cache(request: CacheRequest, root: str, progress: bool = True) -> Cac
     """
     if os.path.isdir(root):
         for name in sorted(os.listdir(root)):
-            try:
-                cache = Cache.open(os.path.join(root, name))
-            except (UserError, OSError, KeyError, ValueError):
-                continue
-            if request.mismatch(cache) is None:
+            cache = _open_if_cache(os.path.join(root, name))
+            if cache is not None and request.mismatch(cache) is None:
                 return cache
     out = os.path.join(root, request.key())
     cache, _ = prepare(request.source, out, validation_fraction=request.validation_fraction,
@@ -291,8 +314,6 @@ def ensure_cache(request: CacheRequest, root: str, progress: bool = True) -> Cac
 
 def rebuild(cache: Cache, progress: bool = True) -> Cache:
     """Builds ``cache`` again from its source files, with the same settings, in place."""
-    from tfafm.data.specs import file_source
-
     manifest = cache.manifest
     prefix, _, rest = manifest["spec"].partition(":")
     preprocessing = manifest["preprocessing"]
