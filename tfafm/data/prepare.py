@@ -17,6 +17,7 @@ Vocabulary fitting can also run as independent jobs, one per file
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import hashlib
 import json
@@ -78,7 +79,21 @@ def default_shards(rows: int) -> int:
 def read_columns(source: FileSource, skip_bad_lines: bool = False,
                  block_bytes: int = BLOCK_BYTES) -> Iterator[Columns]:
     """Every file of ``source`` in parsed blocks, in order; a file without any good row
-    raises :class:`~tfafm.data.errors.DataFormatError`."""
+    raises :class:`~tfafm.data.errors.DataFormatError`. Reading and parsing run one
+    block ahead in a background thread (pyarrow parses without holding the GIL)."""
+    return _one_ahead(_read_columns(source, skip_bad_lines, block_bytes))
+
+
+def _one_ahead(items: Iterator) -> Iterator:
+    """``items``, each produced in a background thread while the caller handles the previous one."""
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tfafm-read") as pool:
+        pending = pool.submit(next, items, None)
+        while (item := pending.result()) is not None:
+            pending = pool.submit(next, items, None)
+            yield item
+
+
+def _read_columns(source: FileSource, skip_bad_lines: bool, block_bytes: int) -> Iterator[Columns]:
     for path in source.paths:
         good = bad = 0
         if is_parquet(path):

@@ -20,7 +20,7 @@ from typing import IO, Iterator
 from tfafm.data.errors import DataFormatError
 from tfafm.data.formats import DataFormat, Layout
 
-BLOCK_BYTES = 64 << 20
+BLOCK_BYTES = 32 << 20
 _BOM = b"\xef\xbb\xbf"
 _LINE = re.compile(rb"[^\r\n]*(?:\r\n|\r|\n|$)")
 
@@ -39,7 +39,7 @@ class TextBlock:
 
     path: str
     first_line: int
-    data: bytes
+    data: bytes | bytearray
     delimiter: str
     layout: Layout
 
@@ -62,7 +62,7 @@ class TextBlock:
                 dataclasses.replace(self, first_line=self.first_line + count_lines(head), data=tail))
 
 
-def count_lines(data: bytes) -> int:
+def count_lines(data: bytes | bytearray) -> int:
     """Line ends (``\\n``, ``\\r\\n`` or ``\\r``) in ``data``."""
     ends = data.count(b"\n")
     if b"\r" in data:
@@ -77,14 +77,21 @@ def open_binary(path: str) -> IO[bytes]:
     return gzip.open(path, "rb") if gzipped else open(path, "rb")
 
 
-def _read(f: IO[bytes], size: int, path: str, line: int) -> bytes:
+def _read_after(carry: bytes, f: IO[bytes], size: int, path: str, line: int) -> tuple[bytearray, int]:
+    """``carry`` followed by up to ``size`` bytes of ``f`` (read in place, without a second
+    copy), and the number of bytes read."""
+    data = bytearray(len(carry) + size)
+    data[: len(carry)] = carry
     try:
-        return f.read(size)
+        with memoryview(data) as view:
+            read = f.readinto(view[len(carry):])
     except (EOFError, zlib.error, gzip.BadGzipFile) as error:
         raise DataFormatError(
             f"gzip data truncated or corrupt after line {line - 1} ({error}); the file is damaged",
             path=path,
         ) from None
+    del data[len(carry) + read:]
+    return data, read
 
 
 def _first_data_line(data: bytes) -> tuple[int, int, int] | None:
@@ -108,26 +115,28 @@ def text_blocks(path: str, data_format: DataFormat, block_bytes: int = BLOCK_BYT
         line, carry, start = 1, b"", True
         delimiter = layout = None
         while True:
-            chunk = _read(f, block_bytes, path, line + count_lines(carry))
+            data, read = _read_after(carry, f, block_bytes, path, line + count_lines(carry))
             if start:
-                chunk, start = chunk[len(_BOM):] if chunk.startswith(_BOM) else chunk, False
-            data = carry + chunk
-            cut = len(data) if not chunk else data.rfind(b"\n") + 1 or data.rfind(b"\r") + 1
-            block, carry = data[:cut], data[cut:]
-            if layout is None and block:
-                first = _first_data_line(block)
+                if data.startswith(_BOM):
+                    del data[: len(_BOM)]
+                start = False
+            cut = len(data) if not read else data.rfind(b"\n") + 1 or data.rfind(b"\r") + 1
+            carry = bytes(data[cut:])
+            del data[cut:]
+            if layout is None and data:
+                first = _first_data_line(data)
                 if first is None:
-                    line += count_lines(block)
-                    block = b""
+                    line += count_lines(data)
+                    data = bytearray()
                 else:
                     begin, end, blank = first
-                    fields = block[begin:end].rstrip(b"\r\n").decode("utf-8", errors="replace")
+                    fields = data[begin:end].rstrip(b"\r\n").decode("utf-8", errors="replace")
                     delimiter = "\t" if "\t" in fields else ","
                     layout, is_header = data_format.layout(fields.split(delimiter))
                     line += blank + (1 if is_header else 0)
-                    block = block[end if is_header else begin:]
-            if block:
-                yield TextBlock(path, line, block, delimiter, layout)
-                line += count_lines(block)
-            if not chunk:
+                    del data[: end if is_header else begin]
+            if data:
+                yield TextBlock(path, line, data, delimiter, layout)
+                line += count_lines(data)
+            if not read:
                 return
