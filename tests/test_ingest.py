@@ -6,7 +6,6 @@ import collections
 import gzip
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,21 +18,11 @@ from tfafm.data.readers import RowReader
 from tfafm.data.specs import file_source
 from tfafm.errors import UserError
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-CRITEO_ROW = ["1", "1", "-1", "5", "", "1382", "4", "15", "2", "181", "1", "2", "", "2"] + [
-    f"{i:08x}" for i in range(26)
-]
+from test_data_readers import AVAZU_ROW, CRITEO_ROW, sample, write
+
 AVAZU_HEADER = ["id", "click", "hour", "C1", "banner_pos", "site_id", "site_domain", "site_category", "app_id",
                 "app_domain", "app_category", "device_id", "device_ip", "device_model", "device_type",
                 "device_conn_type", "C14", "C15", "C16", "C17", "C18", "C19", "C20", "C21"]
-AVAZU_ROW = ["123", "0", "14102100", "1005", "0", "1fbe01fe"] + ["x"] * 18
-
-
-def sample(relative: str) -> str:
-    path = DATA / relative
-    if not path.exists():
-        pytest.skip(f"real data sample not available: {path}")
-    return str(path)
 
 
 def criteo_lines(rows: int, seed: int = 0) -> list[str]:
@@ -45,11 +34,6 @@ def criteo_lines(rows: int, seed: int = 0) -> list[str]:
         sparse = ["" if rng.random() < 0.1 else f"{int(rng.zipf(1.3)) % 97:08x}" for _ in range(26)]
         lines.append("\t".join([str(int(rng.random() < 0.3))] + dense + sparse))
     return lines
-
-
-def write(path: Path, lines: list[str]) -> str:
-    path.write_text("".join(line + "\n" for line in lines))
-    return str(path)
 
 
 def exact_counts(data_format, paths, every=10, skip_bad_lines=False):

@@ -255,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``tfafm`` console script; returns the exit code."""
     args = build_parser().parse_args(argv)
-    if os.environ.get("TF_CONFIG"):  # tf.distribute needs its strategy before TensorFlow runs any op
+    if args.command == "train" and os.environ.get("TF_CONFIG"):  # before TensorFlow runs any op
         from tfafm.distribute import cluster_strategy
 
         cluster_strategy()
