@@ -10,6 +10,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["tfafm", "tfafm.*"]),
+    py_modules=["tfafm_cli"],  # the console script's front: parses arguments before TensorFlow is imported
     install_requires=[
         "tensorflow>=2.21,<2.22",
         "keras>=3.12",
@@ -26,5 +27,5 @@ setup(
         "interop": ["tensorflow-recommenders", "tf-keras"],
         "test": ["pytest>=8"],
     },
-    entry_points={"console_scripts": ["tfafm=tfafm.cli:main"]},
+    entry_points={"console_scripts": ["tfafm=tfafm_cli:main"]},
 )

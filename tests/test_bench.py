@@ -67,7 +67,13 @@ def test_benchmark_two_tflite_files(two_tflite):
     assert math.isclose(with_ratios[2]["size_ratio"], rows[2]["size_bytes"] / rows[0]["size_bytes"])
     table = bench.results_table(rows)
     assert table.count("\n") == 1 + len(rows)
-    assert "| original.tflite | tflite | 1 | 1 |" in table and "| 1.00 | 1.00 | 1.00 |" in table
+    assert f"| original.tflite | tflite | {rows[0]['ops']} | 1 | 1 |" in table and "| 1.00 | 1.00 | 1.00 |" in table
+    assert rows[0]["ops"] == len(export.litert_ops(two_tflite[0])) > 0
+
+
+def test_benchmark_reads_the_interface_stored_in_the_file(two_tflite):
+    rows = bench.benchmark(two_tflite, batch_sizes=(1,), threads=(1,), warmup=1, iterations=5)
+    assert len(rows) == 2 and all(r["p50_ms"] > 0 for r in rows)
 
 
 def test_benchmark_keras_model_and_saved_model(two_tflite, tmp_path):

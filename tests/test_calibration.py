@@ -14,9 +14,14 @@ import keras  # noqa: E402
 
 import tfafm
 from tfafm import Statistics
-from tfafm.compression.graph import compressible_layers
+from tfafm.compression.targets import find_targets
 
 HIDDEN = (32, 16)
+
+
+def compressible_layers(model):
+    """Compressible matrices by name."""
+    return {t.name: t for t in find_targets(model)[0]}
 
 
 def _assert_moments(stats, rows, name):
@@ -123,9 +128,9 @@ def test_nested_model_statistics():
     model = keras.Model(outer_in, keras.layers.Dense(1, name="out")(inner(outer_in)), name="outer")
     data = {"outer_in": np.random.default_rng(1).normal(size=(200, 10)).astype("float32")}
     stats = tfafm.calibrate(model, data, progress=False)
-    assert set(stats) == {"inner_dense"}
+    assert set(stats) == {"inner/inner_dense"}
     kernel, bias = (w.astype(np.float64) for w in inner.get_layer("inner_dense").get_weights())
-    _assert_moments(stats["inner_dense"], data["outer_in"] @ kernel + bias, "inner_dense")
+    _assert_moments(stats["inner/inner_dense"], data["outer_in"] @ kernel + bias, "inner_dense")
 
 
 def test_statistics_npz_round_trip(trained_deepfm, calib_features, tmp_path):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tfafm.cli import main
+from tfafm_cli import main
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 TINY = """model: deepfm
@@ -30,7 +30,7 @@ def trained_run(tmp_path_factory):
 
 
 def test_train_writes_a_complete_run(trained_run, capsys):
-    assert sorted(os.listdir(trained_run)) == ["model.keras", "run.json", "schema.json"]
+    assert sorted(os.listdir(trained_run)) == [".tfafm-artifact.json", "model.keras", "run.json", "schema.json"]
     info = json.loads((trained_run / "run.json").read_text())
     assert info["config"]["model"] == "deepfm" and info["epochs_run"] >= 1
     assert 0.5 < info["metrics"]["auc"] <= 1.0
@@ -41,6 +41,26 @@ def test_eval_reports_auc_and_logloss(trained_run, capsys):
     assert main(["eval", str(trained_run), "--data", "synthetic"]) == 0
     out = capsys.readouterr().out
     assert "AUC" in out and "LogLoss" in out
+
+
+def test_eval_defaults_to_the_runs_validation_split_and_prints_json(trained_run, capsys):
+    assert main(["eval", str(trained_run), "--format", "json", "--quiet"]) == 0
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    saved = json.loads((trained_run / "run.json").read_text())["metrics"]
+    (metrics,) = report["models"].values()
+    assert metrics["rows"] == saved["rows"] and abs(metrics["auc"] - saved["auc"]) < 1e-6
+    assert captured.err == ""
+
+
+def test_eval_markdown_table_does_not_wrap(trained_run, capsys):
+    long_name = trained_run.parent / ("a-run-with-a-rather-long-name-" * 4)
+    long_name.symlink_to(trained_run)
+    assert main(["eval", str(long_name), "--format", "md", "--quiet"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert f"**{long_name} on the validation split of synthetic**" in lines
+    table = lines[lines.index("| model | AUC | LogLoss | rows |"):]
+    assert len(table) == 3 and all(line.startswith("| ") and line.endswith(" |") for line in table)
 
 
 def test_compress_writes_model_and_reports(trained_run, tmp_path, capsys):
@@ -58,7 +78,7 @@ def test_compress_writes_model_and_reports(trained_run, tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["train", "--model", "nope"], "Unknown model 'nope'"),
-    (["train", "--data", "foo:bar"], "Unknown data source 'foo'"),
+    (["train", "--data", "foo:bar"], "unknown data source 'foo'"),
     (["train", "--data", "criteo:/does/not/exist.txt"], "/does/not/exist.txt"),
     (["eval", "/no/such/run", "--data", "synthetic"], "No tfafm run at '/no/such/run'"),
 ])
@@ -105,7 +125,7 @@ def test_export_litert_saved_model_onnx_and_bench(trained_run, tmp_path, capsys)
 
     tflite = tmp_path / "model.tflite"
     assert main(["export", str(trained_run), "--format", "litert", "--quantize", "dynamic", "--out", str(tflite)]) == 0
-    assert litert_ops(str(tflite)) <= builtin_op_names()
+    assert set(litert_ops(str(tflite))) <= builtin_op_names()
     saved = tmp_path / "saved"
     assert main(["export", str(trained_run), "--format", "saved_model", "--out", str(saved)]) == 0
     assert (saved / "saved_model.pb").exists()
@@ -118,6 +138,35 @@ def test_export_litert_saved_model_onnx_and_bench(trained_run, tmp_path, capsys)
                  "--threads", "1", "--iterations", "20", "--max-seconds", "1"]) == 0
     table = capsys.readouterr().out
     assert "model.tflite" in table and "model.onnx" in table and "p50" in table
+    assert main(["bench", str(tflite), "--schema", schema, "--batch-sizes", "2", "--threads", "1",
+                 "--iterations", "5", "--max-seconds", "1", "--format", "json", "--quiet"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["name"] == "model.tflite" and row["batch_size"] == 2 and row["size_ratio"] == 1.0
+
+
+def test_export_default_out_is_beside_the_run_and_never_silently_replaced(trained_run, capsys):
+    target = trained_run.parent / f"{trained_run.name}-dynamic.tflite"
+    assert main(["export", str(trained_run), "--quantize", "dynamic", "--quiet"]) == 0
+    first = target.read_bytes()
+    assert main(["export", str(trained_run), "--quantize", "dynamic", "--quiet"]) == 2
+    assert "a file exists there (--overwrite replaces it)" in capsys.readouterr().err
+    assert target.read_bytes() == first
+    target.unlink()
+
+
+def test_progress_prints_plain_lines_when_stderr_is_not_a_terminal(capsys):
+    from tfafm.progress import progress_bar
+
+    with progress_bar("calibrating", 3, interval=0.0) as advance:
+        for _ in range(3):
+            advance()
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split(",")[0] for line in lines] == [
+        "calibrating: 1/3 (33%)", "calibrating: 2/3 (67%)", "calibrating: 3/3 (100%)", "calibrating: 3/3 (100%)"]
+    assert lines[-1].endswith(", done")
+    with progress_bar("calibrating", 3) as advance:  # shorter than the 10 s interval: silent
+        advance(3)
+    assert capsys.readouterr().err == ""
 
 
 def test_export_rejects_quantize_for_onnx(trained_run, tmp_path, capsys):
@@ -125,3 +174,16 @@ def test_export_rejects_quantize_for_onnx(trained_run, tmp_path, capsys):
     assert main(["export", str(trained_run), "--format", "onnx", "--quantize", "int8", "--out", str(out)]) == 2
     assert "--quantize applies to --format litert only" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_every_command_and_option_has_help_text():
+    import argparse
+
+    from tfafm_cli import build_parser
+
+    (commands,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    for name, parser in commands.choices.items():
+        assert all(action.help for action in parser._actions), name
+        text = parser.format_help()
+        assert "``" not in text and "--quiet" in text, name
+        assert ("--overwrite" in text) == (name in ("train", "compress", "export", "demo", "prepare")), name

@@ -12,9 +12,15 @@ import keras_rs
 
 import tfafm
 from tfafm import LowRankDense, LowRankEmbedding
-from tfafm.compression.graph import compressible_layers, iter_layers
+from tfafm.compression.keras_graph import iter_layers
+from tfafm.compression.targets import find_targets
 
 HIDDEN = (32, 16)
+
+
+def compressible_layers(model):
+    """Compressible matrices by name."""
+    return {t.name: t for t in find_targets(model)[0]}
 
 
 def _logits(model, features):
@@ -53,8 +59,12 @@ def test_full_rank_equals_original_for_every_builder(name, method, schema, calib
     compressed, report = tfafm.compress(model, calib_features, method=method, ranks=ranks, progress=False)
     assert max_abs(_logits(compressed, calib_features), _logits(model, calib_features)) <= 1e-5
     layers = _layers(compressed)
-    for layer_name, rank in ranks.items():
+    for target_name, rank in ranks.items():
+        layer_name, _, matrix = target_name.partition("/")
         new = layers[layer_name]
+        if isinstance(new, tfafm.layers.CompressedInteraction):
+            assert new.ranks[int(matrix.rsplit("_", 1)[1])] == rank
+            continue
         assert isinstance(new, (LowRankDense, LowRankEmbedding, keras_rs.layers.FeatureCross)), layer_name
         assert (new.rank if not isinstance(new, keras_rs.layers.FeatureCross) else new.projection_dim) == rank
     assert report.params_before == model.count_params()
@@ -231,7 +241,8 @@ def test_nested_functional_model_is_compressed():
     assert len(nested) == 1 and isinstance(nested[0].get_layer("inner_dense"), LowRankDense)
     assert isinstance(compressed.get_layer("top_dense"), LowRankDense)
     assert max_abs(compressed.predict(data, verbose=0), model.predict(data, verbose=0)) <= 1e-5
-    assert {row.name for row in report.layers} == {"inner_dense", "top_dense"}
+    # Layers of nested models are reported under qualified names.
+    assert {row.name for row in report.layers} == {"inner/inner_dense", "top_dense"}
 
 
 @pytest.mark.parametrize("method", ["afm", "svd"])

@@ -173,7 +173,7 @@ def test_prepare_refuses_foreign_directories_and_checks_the_preprocessor(tmp_pat
     path = write(tmp_path / "c.tsv", criteo_lines(40))
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
-    with pytest.raises(UserError, match="is not a tfafm data cache"):
+    with pytest.raises(UserError, match="refusing to write .*mine: it is a directory that tfafm did not write"):
         prepare_spec(f"criteo:{path}", str(tmp_path / "mine"), progress=False)
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
     cache, _ = prepare_spec(f"criteo:{path}", str(tmp_path / "cache"), progress=False)
@@ -184,7 +184,8 @@ def test_prepare_refuses_foreign_directories_and_checks_the_preprocessor(tmp_pat
     with pytest.raises(UserError, match="another preprocessor"):
         load_data(f"cache:{tmp_path / 'cache'}", preprocessor=other)
     with pytest.raises(UserError, match="encodes criteo data, not avazu"):
-        prepare_spec(f"avazu:{path}", str(tmp_path / "c2"), preprocessor=str(tmp_path / "pre.json"), progress=False)
+        prepare_spec(f"avazu:{path}", str(tmp_path / "c2"), preprocessor=Preprocessor.load(str(tmp_path / "pre.json")),
+                     progress=False)
 
 
 def test_parquet_attribution_sample():

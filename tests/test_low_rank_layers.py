@@ -226,9 +226,11 @@ def test_from_embedding_low_rank_matches_numpy_reference():
     u = _top_eigenvectors(np.cov(rows.T, bias=True), 2)
     afm = LowRankEmbedding.from_embedding(layer, 2, _stats_of(rows), method="afm")
     np.testing.assert_allclose(np.asarray(afm(np.arange(30))), (table - mu) @ u @ u.T + mu, atol=1e-5)
-    a, s, bt = np.linalg.svd(table, full_matrices=False)
+    # SVD of the centred table; its mean row becomes the bias.
+    mean_row = table.mean(0)
+    a, s, bt = np.linalg.svd(table - mean_row, full_matrices=False)
     svd = LowRankEmbedding.from_embedding(layer, 2, method="svd")
-    np.testing.assert_allclose(np.asarray(svd(np.arange(30))), (a[:, :2] * s[:2]) @ bt[:2], atol=1e-5)
+    np.testing.assert_allclose(np.asarray(svd(np.arange(30))), (a[:, :2] * s[:2]) @ bt[:2] + mean_row, atol=1e-5)
     with pytest.raises(ValueError, match="embedding_under_test"):
         LowRankEmbedding.from_embedding(layer, 7, method="svd")
     with pytest.raises(ValueError, match="embedding_under_test"):

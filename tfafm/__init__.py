@@ -6,19 +6,14 @@ layers :class:`LowRankDense` / :class:`LowRankEmbedding`, the model zoo
 
 Importing tfafm registers its Keras layers (so ``.keras`` files that use
 them load with plain ``keras.models.load_model``); the rest of the API is
-imported on first use.
+imported on first use. Importing it changes nothing else in the process (no
+environment variables, streams or logging); the ``tfafm`` command line, not
+the library, quiets TensorFlow's start-up notes.
 """
 
 import importlib as _importlib
-import os as _os
 
-_os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-
-from tfafm.quiet import import_tensorflow as _import_tensorflow  # noqa: E402
-
-_import_tensorflow()
-
-from tfafm import layers, models  # noqa: E402, F401  (registers every tfafm layer and keras_rs)
+from tfafm import layers, models  # noqa: F401  (registers every tfafm layer and keras_rs)
 
 __version__ = "0.1.0"
 
@@ -28,10 +23,17 @@ _EXPORTS = {
     "fuse": "tfafm.compression.fusion",
     "CompressionReport": "tfafm.compression.report",
     "LayerReport": "tfafm.compression.report",
-    "LayerStatistics": "tfafm.compression.statistics",
-    "Statistics": "tfafm.compression.statistics",
+    "LayerStatistics": "tfafm.linalg.statistics",
+    "Statistics": "tfafm.linalg.statistics",
     "LowRankDense": "tfafm.layers.low_rank",
+    "LowRankEinsumDense": "tfafm.layers.low_rank",
     "LowRankEmbedding": "tfafm.layers.low_rank",
+    "LowRankMultiHeadAttention": "tfafm.layers.attention",
+    "CompressibleLayer": "tfafm.layers.protocol",
+    "Matrix": "tfafm.layers.protocol",
+    "Factors": "tfafm.linalg.factorize",
+    "FusionReport": "tfafm.compression.fusion",
+    "UserError": "tfafm.errors",
     "DenseFeature": "tfafm.schema",
     "Schema": "tfafm.schema",
     "SparseFeature": "tfafm.schema",

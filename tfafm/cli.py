@@ -1,29 +1,135 @@
-"""The ``tfafm`` command line: train, eval, compress, export, bench, demo."""
+"""The ``tfafm`` commands: train, eval, compress, export, bench, demo.
+
+:mod:`tfafm_cli` parses and checks the arguments (without TensorFlow) and calls
+:func:`run`. Output conventions: results on stdout (never wrapped when stdout
+is not a terminal), progress and notes on stderr (none with ``--quiet``), a
+:class:`~tfafm.errors.UserError` as one line on stderr with exit code 2; any
+other exception is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import warnings
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
-from rich.console import Console
-from rich.table import Table
+from tfafm.errors import MissingFileError, UserError
+from tfafm.io_utils import Destination
 
-from tfafm.quiet import import_tensorflow
-
-console = Console()
-USER_ERRORS = (ValueError, FileNotFoundError, TypeError, KeyError, NotADirectoryError, PermissionError)
+EXPORT_KINDS = {"litert": "tflite", "onnx": "onnx", "saved_model": "saved_model"}
 
 
-def _metrics_table(title: str, rows: dict[str, dict[str, float]]) -> Table:
-    table = Table(title=title)
-    for column in ("model", "AUC", "LogLoss", "rows"):
-        table.add_column(column, justify="left" if column == "model" else "right")
-    for name, metrics in rows.items():
-        table.add_row(name, f"{metrics['auc']:.4f}", f"{metrics['logloss']:.4f}", f"{metrics['rows']:,}")
-    return table
+# ----------------------------------------------------------------------------- output
+
+
+class Output:
+    """Where a command's results and notes go, honouring ``--quiet`` and whether stdout is a terminal."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+        self.terminal = sys.stdout.isatty()
+
+    def note(self, text: str) -> None:
+        """A progress note on stderr (not with ``--quiet``)."""
+        if not self.quiet:
+            print(text, file=sys.stderr, flush=True)
+
+    def result(self, text: str) -> None:
+        """Plain result text (markdown, JSON) on stdout, never wrapped."""
+        print(text, flush=True)
+
+    def table(self, renderable) -> None:
+        """A rich renderable on stdout; as wide as needed when stdout is not a terminal."""
+        from rich.console import Console
+
+        Console(file=sys.stdout, width=None if self.terminal else 10_000).print(renderable)
+
+    @property
+    def keras_verbose(self) -> int:
+        """Keras ``fit`` verbosity: a live bar on a terminal, one line per epoch in logs, nothing if quiet."""
+        return 0 if self.quiet else 1 if self.terminal else 2
+
+    def report_format(self, chosen: Optional[str]) -> str:
+        return chosen or ("table" if self.terminal else "md")
+
+
+def _metrics_rows(rows: dict[str, dict[str, float]]) -> list[list[str]]:
+    return [[name, f"{m['auc']:.4f}", f"{m['logloss']:.4f}", f"{m['rows']:,}"] for name, m in rows.items()]
+
+
+def _show_metrics(out: Output, title: str, rows: dict[str, dict[str, float]], fmt: str = "table") -> None:
+    """Metrics per model as a rich table, a markdown table or JSON."""
+    header = ["model", "AUC", "LogLoss", "rows"]
+    if fmt == "json":
+        out.result(json.dumps({"title": title, "models": rows}, indent=2))
+    elif fmt == "md":
+        lines = [f"**{title}**", "", "| " + " | ".join(header) + " |", "| --- | ---: | ---: | ---: |"]
+        out.result("\n".join(lines + ["| " + " | ".join(cells) + " |" for cells in _metrics_rows(rows)]))
+    else:
+        from rich.table import Table
+
+        table = Table(title=title)
+        for column in header:
+            table.add_column(column, justify="left" if column == "model" else "right")
+        for cells in _metrics_rows(rows):
+            table.add_row(*cells)
+        out.table(table)
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def _data_paths(spec: Optional[str]) -> list[str]:
+    """The files a data spec reads (none for synthetic data)."""
+    prefix, _, rest = (spec or "").partition(":")
+    if prefix == "parquet":
+        rest = rest.partition("?")[0]
+    return [p for p in rest.split(",") if p] if prefix != "synthetic" else []
+
+
+def _run_data(run, spec: Optional[str]) -> str:
+    """``spec``, or the data the run was trained on."""
+    if spec:
+        return spec
+    trained_on = run.info.get("data")
+    if not isinstance(trained_on, str) or not trained_on:
+        raise UserError(f"{run.path}/run.json names no training data; pass --data.")
+    return trained_on
+
+
+def _check_activation(name: Optional[str]) -> None:
+    if name is None:
+        return
+    import keras
+
+    try:
+        keras.activations.get(name)
+    except (ValueError, TypeError):
+        raise UserError(f"--inner-activation: {name!r} is not a Keras activation (e.g. relu, gelu, tanh).") from None
+
+
+def _load_schema(path: str):
+    from tfafm.runs import load_json_file
+    from tfafm.schema import Schema
+
+    return load_json_file(path, Schema.load)
+
+
+def _schema_near(path: str):
+    """The schema.json of a run directory, or of the folder holding an exported file (or its parent)."""
+    from tfafm.runs import SCHEMA_FILE
+
+    folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    for candidate in (os.path.join(folder, SCHEMA_FILE), os.path.join(os.path.dirname(folder), SCHEMA_FILE)):
+        if os.path.isfile(candidate):
+            return _load_schema(candidate)
+    raise MissingFileError(f"No schema.json next to {path}; pass --schema run/schema.json.")
+
+
+# ----------------------------------------------------------------------------- commands
 
 
 def _train_config(args):
@@ -39,237 +145,175 @@ def _train_config(args):
     return TrainConfig.from_dict(values, source="options")
 
 
-def cmd_train(args) -> int:
+def cmd_train(args, out: Output) -> int:
     from tfafm import models
     from tfafm.training import train
 
     config = _train_config(args)
     if config.model not in models.available():
-        raise ValueError(f"Unknown model {config.model!r}; available: {', '.join(models.available())}.")
-    console.print(f"Training [bold]{config.model}[/] on [bold]{args.data}[/] for up to {config.epochs} epoch(s)")
-    result = train(config, args.data, out=args.out, skip_bad_lines=args.skip_bad_lines,
-                   verbose=0 if args.quiet else 1)
-    console.print(result.bundle.description)
-    console.print(_metrics_table(f"{config.model}: validation", {config.model: result.metrics}))
-    console.print(f"Saved run to [bold]{args.out}[/] ({result.model.count_params():,} parameters)")
+        raise UserError(f"Unknown model {config.model!r}; available: {', '.join(models.available())}.")
+    destination = Destination(args.out, "run", overwrite=args.overwrite,
+                              sources=[*_data_paths(args.data), args.config or ""])
+    out.note(f"Training {config.model} on {args.data} for up to {config.epochs} epoch(s)")
+    with destination.staged() as staged:
+        result = train(config, args.data, out=staged, skip_bad_lines=args.skip_bad_lines,
+                       verbose=out.keras_verbose)
+    out.result(result.bundle.description)
+    _show_metrics(out, f"{config.model}: validation", {config.model: result.metrics})
+    out.result(f"Saved run to {args.out} ({result.model.count_params():,} parameters)")
     return 0
 
 
-def cmd_eval(args) -> int:
+def cmd_eval(args, out: Output) -> int:
     from tfafm.metrics import evaluate
     from tfafm.runs import load_run
 
     run = load_run(args.run)
-    bundle = run.load_data(args.data, skip_bad_lines=args.skip_bad_lines)
+    spec = _run_data(run, args.data)
+    bundle = run.load_data(spec, skip_bad_lines=args.skip_bad_lines, evaluation_only=args.data is not None)
+    where = spec if args.data else f"the validation split of {spec}"
+    out.note(f"Evaluating {args.run} on {where}")
     metrics = evaluate(run.model, bundle.validation)
-    console.print(bundle.description)
-    console.print(_metrics_table(f"{args.run} on {args.data}", {run.model.name: metrics}))
+    fmt = out.report_format(args.report_format)
+    if fmt != "json":
+        out.result(bundle.description)
+    _show_metrics(out, f"{args.run} on {where}", {run.model.name: metrics}, fmt)
     return 0
 
 
-def cmd_compress(args) -> int:
+def cmd_compress(args, out: Output) -> int:
     from tfafm.compression.pipeline import compress_run
     from tfafm.runs import load_run
 
+    _check_activation(args.inner_activation)
     run = load_run(args.run)
-    data = args.data or run.info.get("data", "synthetic")
-    result = compress_run(
-        run, data, out=args.out, method=args.method, target_ratio=args.ratio, energy=args.energy,
-        inner_activation=args.inner_activation, finetune_epochs=args.finetune_epochs,
-        calibration_steps=args.calibration_steps, skip_bad_lines=args.skip_bad_lines,
-        verbose=0 if args.quiet else 1,
-    )
-    console.print(result.report.to_markdown())
-    console.print(_metrics_table("validation", result.metrics))
-    console.print(f"Saved compressed run to [bold]{args.out}[/]")
+    data = _run_data(run, args.data)
+    destination = Destination(args.out, "run", overwrite=args.overwrite, sources=[args.run, *_data_paths(data)])
+    out.note(f"Compressing {args.run} with {args.method.upper()} on {data}")
+    with destination.staged() as staged:
+        result = compress_run(
+            run, data, out=staged, method=args.method, target_ratio=args.ratio, energy=args.energy,
+            inner_activation=args.inner_activation, finetune_epochs=args.finetune_epochs,
+            calibration_steps=args.calibration_steps, skip_bad_lines=args.skip_bad_lines,
+            verbose=out.keras_verbose,
+        )
+    out.result(result.report.to_markdown())
+    _show_metrics(out, "validation", result.metrics)
+    out.result(f"Saved compressed run to {args.out}")
     return 0
 
 
-def cmd_export(args) -> int:
+def cmd_export(args, out: Output) -> int:
     from tfafm import export
     from tfafm.runs import load_run
 
     run = load_run(args.run)
-    if args.quantize and args.format != "litert":
-        raise ValueError(f"--quantize applies to --format litert only, not {args.format}.")
+    data = _run_data(run, args.data) if args.quantize == "int8" else None
+    destination = Destination(args.out, EXPORT_KINDS[args.format], overwrite=args.overwrite,
+                              sources=[args.run, *_data_paths(data)])
+    representative = run.load_data(data, evaluation_only=False).train if data else None
+    out.note(f"Exporting {args.run} to {args.format}")
+    with destination.staged() as staged:
+        if args.format == "litert":
+            export.litert(run.model, staged, quantize=args.quantize, representative_data=representative,
+                          fuse=not args.no_fuse, schema=run.schema)
+        elif args.format == "saved_model":
+            export.saved_model(run.model, staged)
+        else:
+            export.onnx(run.model, staged, opset=args.opset)
     if args.format == "litert":
-        representative = None
-        if args.quantize == "int8":
-            data = args.data or run.info.get("data", "synthetic")
-            representative = run.load_data(data, evaluation_only=False).train
-        export.litert(run.model, args.out, quantize=args.quantize, representative_data=representative,
-                      fuse=not args.no_fuse)
-        ops = sorted(export.litert_ops(args.out))
-        console.print(f"LiteRT ops: {', '.join(ops)}")
-    elif args.format == "saved_model":
-        export.saved_model(run.model, args.out)
+        out.result(f"LiteRT ops: {', '.join(sorted(export.litert_ops(args.out)))}")
+    out.result(f"Wrote {args.out}")
+    return 0
+
+
+def cmd_bench(args, out: Output) -> int:
+    from tfafm.export.bench import add_ratios, benchmark, described_interface, model_kind, results_table
+
+    for path in args.models:
+        model_kind(path)  # every model is checked before the first one is measured
+    if args.schema:
+        schema = _load_schema(args.schema)
+    elif any(path.endswith(".tflite") for path in args.models):
+        schema = described_interface(args.models)  # tfafm's .tflite files describe their inputs
     else:
-        export.onnx(run.model, args.out, opset=args.opset)
-    console.print(f"Wrote [bold]{args.out}[/]")
+        schema = _schema_near(args.models[0])
+    rows = []
+    for path in args.models:
+        out.note(f"Measuring {path} (threads {', '.join(map(str, args.threads))}; "
+                 f"batch sizes {', '.join(map(str, args.batch_sizes))})")
+        rows += benchmark([path], schema, batch_sizes=args.batch_sizes, threads=args.threads,
+                          iterations=args.iterations, max_seconds=args.max_seconds)
+    if args.report_format == "json":
+        out.result(json.dumps(add_ratios(rows), indent=2))
+    else:
+        out.result(results_table(rows))
     return 0
 
 
-def cmd_bench(args) -> int:
-    from tfafm.export.bench import benchmark, results_table
-    from tfafm.schema import Schema
-
-    schema = Schema.load(args.schema) if args.schema else _schema_near(args.models[0])
-    rows = benchmark(args.models, schema, batch_sizes=args.batch_sizes, threads=args.threads,
-                     iterations=args.iterations, max_seconds=args.max_seconds)
-    console.print(results_table(rows), markup=False)
-    return 0
-
-
-def _schema_near(path: str):
-    """The schema.json of a run directory, or of the folder holding an exported file."""
-    from tfafm.runs import SCHEMA_FILE
-    from tfafm.schema import Schema
-
-    folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
-    for candidate in (os.path.join(folder, SCHEMA_FILE), os.path.join(os.path.dirname(folder), SCHEMA_FILE)):
-        if os.path.isfile(candidate):
-            return Schema.load(candidate)
-    raise FileNotFoundError(f"No schema.json next to {path}; pass --schema run/schema.json.")
-
-
-def cmd_prepare(args) -> int:
+def cmd_prepare(args, out: Output) -> int:
+    from tfafm.data import Preprocessor
     from tfafm.data.prepare import prepare_spec
+    from tfafm.runs import PREPROCESSOR_FILE, load_json_file
 
+    Destination(args.out, "data-cache", overwrite=args.overwrite,
+                sources=[*_data_paths(args.data), args.preprocessor or ""])
+    preprocessor = None
+    if args.preprocessor:
+        path = args.preprocessor
+        path = os.path.join(path, PREPROCESSOR_FILE) if os.path.isdir(path) else path
+        preprocessor = load_json_file(path, Preprocessor.load)
     cache, timings = prepare_spec(
         args.data, args.out, validation_fraction=args.validation_fraction, min_count=args.min_count,
-        max_vocabulary=args.max_vocabulary, preprocessor=args.preprocessor, skip_bad_lines=args.skip_bad_lines,
-        shards=args.shards, progress=not args.quiet)
+        max_vocabulary=args.max_vocabulary, preprocessor=preprocessor, skip_bad_lines=args.skip_bad_lines,
+        shards=args.shards, overwrite=args.overwrite, progress=not args.quiet)
     for timing in timings:
-        console.print(str(timing), markup=False)
-    console.print(f"Wrote cache {args.out}: {cache.rows('train'):,} training / {cache.rows('validation'):,} "
-                  f"validation rows in {len(cache.files('train'))} + {len(cache.files('validation'))} shards"
-                  + (f", {cache.bad_lines:,} bad lines skipped" if cache.bad_lines else ""), markup=False)
+        out.note(str(timing))
+    skipped = f", {cache.bad_lines:,} bad lines skipped" if cache.bad_lines else ""
+    out.result(f"Wrote {args.out}: {cache.rows('train'):,} training / {cache.rows('validation'):,} validation "
+               f"rows in {len(cache.files('train'))} + {len(cache.files('validation'))} shards{skipped}")
     return 0
 
 
-def cmd_demo(args) -> int:
-    from tfafm.demo import run_demo
+def cmd_demo(args, out: Output) -> int:
+    from tfafm.demo import results_markdown, run_demo
 
-    run_demo(out=args.out, rows=args.rows, ratio=args.ratio, seed=args.seed,
-             say=lambda text: console.print(text, markup=False), verbose=0 if args.quiet else 1)
-    console.print(f"Wrote {args.out}/report.md, report.json and tradeoff.png")
+    rows = run_demo(out=args.out, rows=args.rows, ratio=args.ratio, seed=args.seed, overwrite=args.overwrite,
+                    say=out.note, verbose=out.keras_verbose)
+    out.result(results_markdown(rows))
+    out.result(f"Wrote {args.out}: report.md, report.json and tradeoff.png")
     return 0
 
 
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
-    return value
+COMMANDS: dict[str, Callable[[argparse.Namespace, Output], int]] = {
+    "train": cmd_train, "eval": cmd_eval, "compress": cmd_compress,
+    "export": cmd_export, "bench": cmd_bench, "demo": cmd_demo, "prepare": cmd_prepare,
+}
 
 
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text}")
-    return value
+def _one_line(error: BaseException) -> str:
+    text = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+    return text or type(error).__name__
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tfafm", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    train = commands.add_parser("train", help="train a model-zoo model and save a run directory")
-    train.add_argument("--model", help="builder name (default: the config's, else deepfm)")
-    train.add_argument("--data", default="synthetic", help="synthetic[:ROWS] | criteo:PATH | avazu:PATH")
-    train.add_argument("--config", help="YAML experiment config, e.g. models/deepfm_criteo.yaml")
-    train.add_argument("--epochs", type=int)
-    train.add_argument("--batch-size", type=int)
-    train.add_argument("--embedding-dim", type=int)
-    train.add_argument("--learning-rate", type=_positive_float)
-    train.add_argument("--min-count", type=int, help="min occurrences for a categorical value to get an id")
-    train.add_argument("--rows", type=int, help="training rows for synthetic data")
-    train.add_argument("--seed", type=int)
-    train.add_argument("--skip-bad-lines", action="store_true", help="skip and count malformed lines")
-    train.add_argument("--out", default="run", help="run directory to write (default: run)")
-    train.add_argument("--quiet", action="store_true")
-    train.set_defaults(func=cmd_train)
-
-    evaluate = commands.add_parser("eval", help="evaluate a saved run on data (exact AUC / LogLoss)")
-    evaluate.add_argument("run")
-    evaluate.add_argument("--data", required=True)
-    evaluate.add_argument("--skip-bad-lines", action="store_true")
-    evaluate.set_defaults(func=cmd_eval)
-
-    comp = commands.add_parser("compress", help="compress a saved run with AFM or SVD")
-    comp.add_argument("run")
-    comp.add_argument("--data", help="data spec (default: the run's training data)")
-    comp.add_argument("--ratio", type=_positive_float, default=4.0, help="target parameter ratio (default 4)")
-    comp.add_argument("--energy", type=_positive_float, help="keep this variance fraction per layer instead")
-    comp.add_argument("--method", choices=("afm", "svd"), default="afm")
-    comp.add_argument("--inner-activation", help="activation between the factors, e.g. relu")
-    comp.add_argument("--finetune-epochs", type=_non_negative_int, default=0)
-    comp.add_argument("--calibration-steps", type=int, help="calibrate on at most this many batches")
-    comp.add_argument("--skip-bad-lines", action="store_true")
-    comp.add_argument("--out", default="run-small")
-    comp.add_argument("--quiet", action="store_true")
-    comp.set_defaults(func=cmd_compress)
-
-    exp = commands.add_parser("export", help="export a run to LiteRT, SavedModel or ONNX")
-    exp.add_argument("run")
-    exp.add_argument("--format", choices=("litert", "saved_model", "onnx"), default="litert")
-    exp.add_argument("--quantize", choices=("float16", "dynamic", "int8"))
-    exp.add_argument("--data", help="representative data for --quantize int8 (default: the run's)")
-    exp.add_argument("--opset", type=int, help="ONNX opset (default: tf2onnx's)")
-    exp.add_argument("--no-fuse", action="store_true", help="keep low-rank embedding projections unfused")
-    exp.add_argument("--out", required=True)
-    exp.set_defaults(func=cmd_export)
-
-    bench = commands.add_parser("bench", help="latency, throughput, size and memory, side by side")
-    bench.add_argument("models", nargs="+", help=".tflite / .onnx files, SavedModel or run directories")
-    bench.add_argument("--schema", help="schema.json (default: found next to the first model)")
-    bench.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 256])
-    bench.add_argument("--threads", type=int, nargs="+", default=[1, os.cpu_count() or 1])
-    bench.add_argument("--iterations", type=int, default=200)
-    bench.add_argument("--max-seconds", type=float, default=10.0)
-    bench.set_defaults(func=cmd_bench)
-
-    prep = commands.add_parser("prepare", help="parse real data once into a binary cache (use it as --data cache:DIR)")
-    prep.add_argument("--data", required=True, help="criteo:PATH | avazu:PATH | parquet:PATH[?label=..&categorical=..]")
-    prep.add_argument("--out", required=True, help="cache directory to write")
-    prep.add_argument("--min-count", type=int, default=1, help="min occurrences for a value to get an id")
-    prep.add_argument("--max-vocabulary", type=int, help="keep at most this many ids per field (most frequent)")
-    prep.add_argument("--validation-fraction", type=_positive_float, default=0.1,
-                      help="every round(1/F)-th data line is validation (default 0.1)")
-    prep.add_argument("--preprocessor", help="encode with this preprocessor.json (or run directory) instead of fitting")
-    prep.add_argument("--shards", type=int, help="training shards (default: 1 up to 1M rows, else a multiple of 48)")
-    prep.add_argument("--skip-bad-lines", action="store_true", help="skip and count malformed lines")
-    prep.add_argument("--quiet", action="store_true")
-    prep.set_defaults(func=cmd_prepare)
-
-    demo = commands.add_parser("demo", help="train, compress (SVD vs AFM), export and benchmark on built-in data")
-    demo.add_argument("--out", default="tfafm-demo")
-    demo.add_argument("--rows", type=int, default=200_000, help="synthetic training rows")
-    demo.add_argument("--ratio", type=_positive_float, default=4.0)
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--quiet", action="store_true")
-    demo.set_defaults(func=cmd_demo)
-    return parser
+def run(args: argparse.Namespace) -> int:
+    """Runs the command parsed by :func:`tfafm_cli.build_parser`; returns the exit code."""
+    warnings.filterwarnings("ignore", category=UserWarning, module="keras")
+    try:
+        return COMMANDS[args.command](args, Output(args.quiet))
+    except UserError as error:
+        print(f"tfafm {args.command}: error: {_one_line(error)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"tfafm {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point of the ``tfafm`` console script; returns the exit code."""
-    args = build_parser().parse_args(argv)
-    if args.command == "train" and os.environ.get("TF_CONFIG"):  # before TensorFlow runs any op
-        from tfafm.distribute import cluster_strategy
+    """Parses ``argv`` and runs the command (see :func:`tfafm_cli.main`)."""
+    import tfafm_cli
 
-        cluster_strategy()
-    import_tensorflow(initialize_devices=True)
-    warnings.filterwarnings("ignore", category=UserWarning, module="keras")
-    try:
-        return args.func(args)
-    except USER_ERRORS as error:
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        print(f"tfafm: error: {message}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("tfafm: interrupted", file=sys.stderr)
-        return 130
+    return tfafm_cli.main(argv)
 
 
 if __name__ == "__main__":

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from typing import Any
 
 import yaml
+
+from tfafm.errors import MissingFileError, UserError
 
 
 @dataclasses.dataclass
@@ -44,30 +47,38 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> "TrainConfig":
+        """A config from a mapping of options; ``source`` (a file name) starts every error message.
+
+        Raises:
+            UserError: an unknown option or a value of the wrong type or range.
+        """
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"{source}: unknown option(s) {unknown}; known: {sorted(known)}.")
-        config = cls(**values)
-        for name in ("embedding_dim", "batch_size", "epochs", "synthetic_rows", "synthetic_max_vocabulary"):
-            value = getattr(config, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{source}: {name} must be a positive integer, got {value!r}.")
-        if not isinstance(config.hyperparams, dict):
-            raise ValueError(f"{source}: hyperparams must be a mapping, got {config.hyperparams!r}.")
-        return config
+            raise UserError(f"{source}: unknown option(s) {unknown}; known: {sorted(known)}.")
+        for name, value in values.items():
+            _check_value(source, name, value)
+        return cls(**values)
 
     @classmethod
     def load(cls, path: str) -> "TrainConfig":
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"Config file not found: {path}")
-        with open(path) as f:
-            try:
-                values = yaml.safe_load(f) or {}
-            except yaml.YAMLError as error:
-                raise ValueError(f"{path}: not valid YAML ({error}).") from None
+        """Reads a YAML config file (a mapping of options)."""
+        if not os.path.isfile(path):
+            raise MissingFileError(f"Config file not found: {path}")
+        try:
+            with open(path, encoding="utf-8") as f:
+                values = yaml.safe_load(f)
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else path
+            problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+            raise UserError(f"{where}: not valid YAML: {problem}") from None
+        except UnicodeDecodeError as error:
+            raise UserError(f"{path}: not UTF-8 text (byte {error.start})") from None
+        if values is None:
+            values = {}
         if not isinstance(values, dict):
-            raise ValueError(f"{path}: expected a mapping of options at the top level.")
+            raise UserError(f"{path}: expected a mapping of options at the top level, got {type(values).__name__}.")
         return cls.from_dict(values, source=path)
 
     def to_dict(self) -> dict[str, Any]:
@@ -84,3 +95,32 @@ class TrainConfig:
             "synthetic_max_vocabulary": self.synthetic_max_vocabulary,
             "seed": self.seed,
         }
+
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+
+
+_CHECKS = {
+    "model": (lambda v: isinstance(v, str) and bool(v), "a model name"),
+    "hyperparams": (lambda v: isinstance(v, dict), "a mapping of builder arguments"),
+    "learning_rate": (lambda v: _is_number(v) and v > 0, "a positive number"),
+    "validation_fraction": (lambda v: _is_number(v) and 0 < v <= 0.5, "a number in (0, 0.5]"),
+    "early_stopping_patience": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "seed": (_is_int, "an integer"),
+    **{name: (lambda v: _is_int(v) and v >= 1, "a positive integer")
+       for name in ("embedding_dim", "batch_size", "epochs", "min_count", "synthetic_rows",
+                    "synthetic_max_vocabulary")},
+}
+
+
+def _check_value(source: str, name: str, value: Any) -> None:
+    """Raises a :class:`UserError` naming ``source`` and option ``name`` for a bad value."""
+    accept, expected = _CHECKS[name]
+    if not accept(value):
+        raise UserError(f"{source}: {name} must be {expected}, got {value!r}.")

@@ -21,7 +21,7 @@ from tfafm.data import load_data
 from tfafm.export import litert
 from tfafm.export.bench import benchmark
 from tfafm.export.litert import LiteRTRunner
-from tfafm.io_utils import atomic_path
+from tfafm.io_utils import Destination
 from tfafm.metrics import evaluate, scores
 from tfafm import models
 from tfafm.training import compile_for_ctr
@@ -36,7 +36,8 @@ def _litert_metrics(path: str, dataset) -> dict[str, float]:
     return scores(np.concatenate(labels), np.concatenate(predictions))
 
 
-def _table(rows: list[dict[str, Any]]) -> str:
+def results_markdown(rows: list[dict[str, Any]]) -> str:
+    """The demo's results table (markdown), with ratios to the first row."""
     lines = [
         "| model | params | file KiB | AUC | LogLoss | batch-1 p50 ms | params ratio | size ratio | speed-up |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -84,8 +85,15 @@ def run_demo(
     seed: int = 0,
     say: Callable[[str], None] = print,
     verbose: int = 1,
+    overwrite: bool = False,
 ) -> list[dict[str, Any]]:
-    """Runs the demo and writes its reports into ``out`` (atomically); returns the table rows."""
+    """Runs the demo and writes its reports into the directory ``out``; returns the table rows.
+
+    ``out`` is checked before any work and written atomically: an existing
+    directory there is replaced only if it is an earlier demo's (or empty),
+    unless ``overwrite`` (see :mod:`tfafm.io_utils`).
+    """
+    destination = Destination(out, "demo", overwrite=overwrite)
     bundle = load_data(f"synthetic:{rows}", synthetic_max_vocabulary=100_000, seed=seed)
     say(f"[1/5] training DeepFM (embedding 16, MLP 400-400-400) on {bundle.description}")
     keras.utils.set_random_seed(seed)
@@ -109,7 +117,7 @@ def run_demo(
     longer.fit(bundle.train, epochs=1, verbose=verbose)
     longer_metrics = evaluate(longer, bundle.validation)
 
-    with atomic_path(out) as tmp:
+    with destination.staged() as tmp:
         os.makedirs(tmp)
         say("[3/5] fusing and exporting LiteRT files (float32 and dynamic int8)")
         files = {}
@@ -131,7 +139,7 @@ def run_demo(
         for row, timing in zip(rows_out, timings):
             row.update(size_bytes=timing["size_bytes"], p50_ms=timing["p50_ms"], p99_ms=timing["p99_ms"])
 
-        table = _table(rows_out)
+        table = results_markdown(rows_out)
         plotted = _plot(rows_out, os.path.join(tmp, "tradeoff.png"))
         with open(os.path.join(tmp, "report.md"), "w") as f:
             f.write(f"# tfafm demo\n\nDeepFM on {bundle.description}; compressed {ratio:g}x, one fine-tuning "
@@ -145,5 +153,4 @@ def run_demo(
         with open(os.path.join(tmp, "report.json"), "w") as f:
             json.dump({"data": bundle.description, "ratio": ratio, "rows": rows_out,
                        "original_one_more_epoch": longer_metrics}, f, indent=2)
-    say(table)
     return rows_out

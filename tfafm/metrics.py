@@ -6,7 +6,7 @@ import numpy as np
 import tensorflow as tf
 from sklearn.metrics import log_loss, roc_auc_score
 
-from tfafm.compression.graph import model_feed
+from tfafm.compression.keras_graph import model_feed
 
 
 def predict_with_labels(model, dataset: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:

@@ -13,14 +13,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any, Optional
+import zipfile
+import zlib
+from typing import Any, Callable, Optional, TypeVar
 
 import keras
 
 from tfafm.config import TrainConfig
 from tfafm.data import DataBundle, Preprocessor, load_data
+from tfafm.errors import MissingFileError, UserError
 from tfafm.io_utils import atomic_path
 from tfafm.schema import Schema
+
+T = TypeVar("T")
 
 MODEL_FILE = "model.keras"
 SCHEMA_FILE = "schema.json"
@@ -52,7 +57,7 @@ class Run:
         trained_on = self.info.get("data", "")
         kind = spec.partition(":")[0]
         if (kind == "synthetic") != (trained_on.partition(":")[0] == "synthetic"):
-            raise ValueError(
+            raise UserError(
                 f"Run {self.path} was trained on {trained_on!r}; data {spec!r} is encoded differently. "
                 "Use data of the same kind."
             )
@@ -65,12 +70,14 @@ class Run:
 
 def save_run(path: str, model: keras.Model, schema: Schema,
              preprocessor: Optional[Preprocessor], info: dict[str, Any],
-             extra_files: Optional[dict[str, str]] = None) -> None:
+             extra_files: Optional[dict[str, str]] = None, overwrite: bool = False) -> None:
     """Writes a run directory atomically (a crash leaves any previous run intact).
 
     ``extra_files`` maps file names to text written beside the model (reports).
+    An existing directory at ``path`` is replaced only if it is empty or a
+    tfafm run, unless ``overwrite`` (see :mod:`tfafm.io_utils`).
     """
-    with atomic_path(path) as tmp:
+    with atomic_path(path, kind="run", overwrite=overwrite) as tmp:
         os.makedirs(tmp)
         for name, text in (extra_files or {}).items():
             with open(os.path.join(tmp, name), "w") as f:
@@ -83,19 +90,62 @@ def save_run(path: str, model: keras.Model, schema: Schema,
             json.dump(info, f, indent=2)
 
 
+def load_json_file(path: str, load: Callable[[str], T]) -> T:
+    """``load(path)`` for a JSON file; a missing file or bad JSON is a :class:`UserError` naming ``path``."""
+    if not os.path.isfile(path):
+        raise MissingFileError(f"{path}: no such file")
+    try:
+        return load(path)
+    except json.JSONDecodeError as error:
+        raise UserError(f"{path}:{error.lineno}:{error.colno}: not valid JSON: {error.msg}") from None
+    except UnicodeDecodeError as error:
+        raise UserError(f"{path}: not UTF-8 text (byte {error.start})") from None
+
+
+def _read_json(path: str) -> Any:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def load_model_file(path: str) -> keras.Model:
+    """Loads a ``.keras`` file; a missing, truncated or corrupt file is a :class:`UserError` naming it."""
+    if not os.path.isfile(path):
+        raise MissingFileError(f"{path}: no such file")
+    if not zipfile.is_zipfile(path):
+        raise UserError(f"{path}: not a Keras model file (not a zip archive: truncated or corrupt?)")
+    with zipfile.ZipFile(path) as archive:
+        if "config.json" not in archive.namelist():
+            raise UserError(f"{path}: not a Keras model file (no config.json in the archive)")
+    try:
+        return keras.models.load_model(path)
+    except (zipfile.BadZipFile, EOFError, zlib.error) as error:
+        raise UserError(f"{path}: corrupt Keras model file ({error})") from None
+
+
 def load_run(path: str) -> Run:
-    """Loads a run directory written by :func:`save_run`."""
+    """Loads a run directory written by :func:`save_run`.
+
+    Raises:
+        MissingFileError: ``path`` is not a run directory.
+        UserError: one of its files is malformed (the message names it).
+    """
     model_path = os.path.join(path, MODEL_FILE)
     if not os.path.isfile(model_path):
-        raise FileNotFoundError(f"No tfafm run at {path!r} (expected {model_path}).")
-    with open(os.path.join(path, INFO_FILE)) as f:
-        info = json.load(f)
+        raise MissingFileError(f"No tfafm run at {path!r} (expected {model_path}).")
+    info_path = os.path.join(path, INFO_FILE)
+    info = load_json_file(info_path, _read_json)
+    if not isinstance(info, dict) or not isinstance(info.get("config"), dict):
+        raise UserError(f"{info_path}: expected an object with a \"config\" object (the training config).")
     preprocessor_path = os.path.join(path, PREPROCESSOR_FILE)
-    preprocessor = Preprocessor.load(preprocessor_path) if os.path.exists(preprocessor_path) else None
-    return Run(
+    preprocessor = None
+    if os.path.exists(preprocessor_path):
+        preprocessor = load_json_file(preprocessor_path, Preprocessor.load)
+    run = Run(
         path=path,
-        model=keras.models.load_model(model_path),
-        schema=Schema.load(os.path.join(path, SCHEMA_FILE)),
+        model=load_model_file(model_path),
+        schema=load_json_file(os.path.join(path, SCHEMA_FILE), Schema.load),
         preprocessor=preprocessor,
         info=info,
     )
+    run.config  # noqa: B018  (checks the saved config now, before any work)
+    return run

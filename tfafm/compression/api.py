@@ -1,88 +1,96 @@
-"""``compress()``: rewrite a functional Keras model with low-rank layers."""
+"""``compress()``: rewrite a Keras model with low-rank layers."""
 
 from __future__ import annotations
 
 from typing import Iterable, Mapping
 
 import keras
-import keras_rs
 import numpy as np
 
 from tfafm.compression.calibration import calibrate
-from tfafm.compression.factorize import check_method, factor_dense, weight_spectrum
-from tfafm.compression.graph import Candidate, Rebuilder, compressible_layers, iter_layers, require_functional
+from tfafm.compression.keras_graph import require_graph_model, resolve_names
 from tfafm.compression.ranks import energy_kept, ranks_for_energy, ranks_for_ratio
-from tfafm.compression.report import CompressionReport, LayerReport
-from tfafm.compression.statistics import Statistics
-from tfafm.layers.low_rank import LowRankDense, LowRankEmbedding
+from tfafm.compression.report import CompressionReport, LayerReport, SkippedLayer
+from tfafm.compression.rewrite import rebuild
+from tfafm.compression.targets import Target, adapter_for, find_targets
+from tfafm.errors import UserError
+from tfafm.linalg.factorize import check_method, factor, weight_spectrum
+from tfafm.linalg.statistics import Statistics
 
-_KINDS = {"embeddings": ("embedding",), "dense": ("dense", "cross")}
+KINDS = {"embeddings": ("embedding",), "dense": ("dense", "einsum", "attention", "cross", "custom")}
 
 
-def _select_candidates(model, include, exclude) -> dict[str, Candidate]:
-    unknown_kinds = sorted(set(include) - set(_KINDS))
-    if unknown_kinds:
-        raise ValueError(f"include has unknown kind(s) {unknown_kinds}; expected some of {sorted(_KINDS)}.")
-    all_names = {layer.name for layer in iter_layers(model)}
-    unknown = sorted(set(exclude) - all_names)
+def _as_names(value, option: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return (value,)
+    try:
+        names = tuple(value)
+    except TypeError:
+        raise UserError(f"{option} must be a name or a list of names, got {value!r}.") from None
+    if not all(isinstance(n, str) for n in names):
+        raise UserError(f"{option} must contain names (strings), got {value!r}.")
+    return names
+
+
+def _select(model, targets: list[Target], include, exclude) -> list[Target]:
+    include = _as_names(include, "include")
+    unknown = sorted(set(include) - set(KINDS))
     if unknown:
-        raise ValueError(f"exclude names unknown layer(s) {unknown} of model {model.name!r}.")
-    kinds = {k for token in include for k in _KINDS[token]}
-    candidates = {
-        n: c for n, c in compressible_layers(model).items() if c.kind in kinds and n not in set(exclude)
-    }
-    if not candidates:
-        raise ValueError(
-            f"Model {model.name!r} has nothing compressible (include={tuple(include)}, "
-            f"exclude={tuple(exclude)}): no Dense, Embedding or FeatureCross layer where a low rank saves parameters."
+        raise UserError(f"include has unknown kind(s) {unknown}; expected some of {sorted(KINDS)}.")
+    kinds = {k for token in include for k in KINDS[token]}
+    excluded_names = set()
+    for name in _as_names(exclude, "exclude"):
+        if any(name == t.name for t in targets):
+            excluded_names.add(name)
+        else:
+            layer = resolve_names(model, [name], "exclude")[name]
+            excluded_names.update(t.name for t in targets if t.layer is layer)
+    chosen = [t for t in targets if t.kind in kinds and t.name not in excluded_names]
+    if not chosen:
+        raise UserError(
+            f"Model {model.name!r} has nothing compressible (include={include}, exclude="
+            f"{_as_names(exclude, 'exclude')}): no Dense, Embedding, EinsumDense, MultiHeadAttention, "
+            "FeatureCross or tfafm.CompressibleLayer matrix where a low rank saves parameters."
         )
-    return candidates
+    return chosen
 
 
-def _weight_matrix(layer) -> np.ndarray:
-    if isinstance(layer, keras.layers.Embedding):
-        return layer.embeddings.numpy()
-    if isinstance(layer, keras_rs.layers.FeatureCross):
-        return layer.dense.kernel.numpy()
-    return layer.kernel.numpy()
-
-
-def _spectra(model, candidates, method, statistics) -> dict[str, np.ndarray]:
-    layers = {layer.name: layer for layer in iter_layers(model)}
-    if method == "svd":
-        return {n: weight_spectrum(_weight_matrix(layers[n])) for n in candidates}
-    return {n: statistics[n].principal(n)[0] for n in candidates}
-
-
-def _check_explicit_ranks(ranks: Mapping[str, int], candidates: Mapping[str, Candidate], model) -> dict:
-    all_names = {layer.name for layer in iter_layers(model)}
+def _explicit_ranks(model, ranks: Mapping[str, int], targets: list[Target]) -> dict[str, int]:
+    by_name = {t.name: t for t in targets}
+    resolved = {}
     for name, rank in ranks.items():
-        if name not in all_names:
-            raise ValueError(f"ranks names unknown layer {name!r} of model {model.name!r}.")
-        if name not in candidates:
-            raise ValueError(f"ranks names layer {name!r}, which is not compressible (or is excluded).")
-        limit = min(candidates[name].input_dim, candidates[name].output_dim)
+        if name in by_name:
+            target = by_name[name]
+        else:
+            layer = resolve_names(model, [name], "ranks")[name]
+            matches = [t for t in targets if t.layer is layer]
+            if len(matches) != 1:
+                names = [t.name for t in matches]
+                raise UserError(f"ranks names layer {name!r}, which is not compressible (or is excluded)"
+                                if not matches else f"ranks: layer {name!r} has several matrices {names}; "
+                                "give a rank per matrix name.")
+            target = matches[0]
+        limit = min(target.input_dim, target.output_dim)
         if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or not 1 <= rank <= limit:
-            raise ValueError(f"Layer {name!r}: rank must be an integer in [1, {limit}], got {rank!r}.")
-    return {n: int(r) for n, r in ranks.items()}
+            raise UserError(f"Layer {target.name!r}: rank must be an integer in [1, {limit}], got {rank!r}.")
+        resolved[target.name] = int(rank)
+    return resolved
 
 
-def _low_rank_cross(layer, rank: int, stats, method: str):
-    """A ``FeatureCross`` with ``projection_dim=rank`` mimicking ``layer``'s inner dense."""
-    inner = layer.dense
-    kernel = inner.kernel.numpy().astype(np.float64)
-    bias = inner.bias.numpy().astype(np.float64) if inner.use_bias else None
-    down, up, down_bias, up_bias = factor_dense(layer.name, kernel, bias, rank, stats, method)
-    config = layer.get_config()
-    config.update(projection_dim=rank, use_bias=True)
-    new = keras_rs.layers.FeatureCross.from_config(config)
-    new.build((None, kernel.shape[0]))
-    new.down_proj_dense.build((None, kernel.shape[0]))
-    new.dense.build((None, rank))
-    new.down_proj_dense.kernel.assign(down.astype(np.float32))
-    new.dense.kernel.assign(up.astype(np.float32))
-    new.dense.bias.assign((up_bias + down_bias @ up).astype(np.float32))
-    return new
+def _spectrum(target: Target, method: str, statistics) -> np.ndarray:
+    if method == "afm":
+        return statistics[target.name].principal(target.name)[0]
+    kernel, _ = adapter_for(target.layer).weights(target.layer, target.matrix)
+    return weight_spectrum(kernel, lookups=target.lookups)
+
+
+def _check_inner_activation(inner_activation) -> None:
+    if inner_activation is None:
+        return
+    try:
+        keras.activations.get(inner_activation)
+    except (ValueError, TypeError):
+        raise UserError(f"inner_activation {inner_activation!r} is not a Keras activation.") from None
 
 
 def compress(
@@ -93,90 +101,114 @@ def compress(
     energy: float | None = None,
     target_ratio: float | None = None,
     inner_activation=None,
-    include: Iterable[str] = ("embeddings", "dense"),
-    exclude: Iterable[str] = (),
+    include: Iterable[str] | str = ("embeddings", "dense"),
+    exclude: Iterable[str] | str = (),
     statistics: Statistics | None = None,
     calibration_steps: int | None = None,
     progress: bool = True,
+    min_calibration_rows: int | None = None,
 ) -> tuple[keras.Model, CompressionReport]:
-    """Replaces ``Dense``, ``Embedding`` and ``FeatureCross`` layers by low-rank ones.
+    """Replaces a model's compressible matrices by low-rank factors.
+
+    Works on ``keras.Sequential`` and functional models, with operations on
+    tensors (``x * 2.0``, ``keras.ops``), nested and shared layers, several
+    inputs and outputs. Compressed: ``Dense``, ``Embedding`` (``mask_zero``
+    and Keras' id semantics kept), ``EinsumDense``, the projections of
+    ``MultiHeadAttention``, keras_rs ``FeatureCross``, and any layer
+    implementing :class:`~tfafm.layers.CompressibleLayer`. Quantized layers,
+    layers with weight constraints or LoRA are left as they are; the report
+    lists every layer left alone with the reason. Subclassed models cannot be
+    rewritten (build the low-rank layers yourself with ``from_dense`` /
+    ``from_embedding``).
 
     Args:
-        model: a trained functional model (nested functional models and shared
-            layers are fine; subclassed models are not).
+        model: a trained, built model; it is not modified.
         calibration_data: data for :func:`tfafm.calibrate` (AFM only, unless
             ``statistics`` is given).
         method: ``"afm"`` (output-feature PCA) or ``"svd"`` (weights).
-        ranks: explicit ``{layer_name: rank}``; only these layers are factored.
-        energy: keep this fraction of each layer's output variance.
+        ranks: explicit ``{name: rank}``; only these matrices are factored.
+            Names are layer names (qualified ``outer/inner`` when not unique)
+            or, for layers with several matrices, ``layer/matrix``.
+        energy: keep this fraction of each matrix's output variance.
         target_ratio: shrink the compressible parameters by this factor, with
             ranks allocated globally by variance bought per parameter.
         inner_activation: activation between the factors of ``Dense`` layers
-            (needs fine-tuning; not applied to embeddings or cross layers).
-        include: kinds to target: ``"embeddings"`` and/or ``"dense"`` (which
-            covers ``FeatureCross``).
-        exclude: layer names never to factor.
+            (needs fine-tuning).
+        include: kinds to target: ``"embeddings"`` and/or ``"dense"`` (every
+            other matrix kind).
+        exclude: layer or matrix names never to factor.
         statistics: precomputed calibration statistics.
-        calibration_steps: limit calibration to this many batches.
-        progress: show a progress bar while calibrating.
+        calibration_steps: calibrate on at most this many batches.
+        progress: show calibration progress.
+        min_calibration_rows: see ``min_rows`` of :func:`tfafm.calibrate`.
 
     Returns:
         ``(compressed_model, report)``. Automatic rank choices never factor a
-        layer where the factors would not save parameters, nor the final
-        ``Dense(1)`` logit layer; explicit ``ranks`` are used as given.
+        matrix where the factors would not save parameters (such as a final
+        ``Dense(1)``); explicit ``ranks`` are used as given.
     """
-    require_functional(model)
+    require_graph_model(model)
     check_method(method)
-    chosen = [option for option in ("ranks", "energy", "target_ratio")
-              if {"ranks": ranks, "energy": energy, "target_ratio": target_ratio}[option] is not None]
-    if len(chosen) != 1:
-        raise ValueError(f"Give exactly one of ranks, energy or target_ratio (got {chosen or 'none'}).")
-    candidates = _select_candidates(model, tuple(include), tuple(exclude))
+    chosen_options = [name for name, value in (("ranks", ranks), ("energy", energy), ("target_ratio", target_ratio))
+                      if value is not None]
+    if len(chosen_options) != 1:
+        raise UserError(f"Give exactly one of ranks, energy or target_ratio (got {chosen_options or 'none'}).")
+    _check_inner_activation(inner_activation)
+    all_targets, skipped = find_targets(model)
+    targets = _select(model, all_targets, include, exclude)
     if ranks is not None:
-        ranks = _check_explicit_ranks(ranks, candidates, model)
-        candidates = {n: c for n, c in candidates.items() if n in ranks}
+        ranks = _explicit_ranks(model, ranks, targets)
+        targets = [t for t in targets if t.name in ranks]
 
-    if method == "afm" and statistics is None:
-        if calibration_data is None:
-            raise ValueError("method='afm' needs calibration_data (or precomputed statistics).")
-        statistics = calibrate(model, calibration_data, layers=list(candidates),
-                               steps=calibration_steps, progress=progress)
     if method == "afm":
-        missing = [n for n in candidates if n not in statistics]
+        if statistics is None:
+            if calibration_data is None:
+                raise UserError("method='afm' needs calibration_data (or precomputed statistics).")
+            statistics = calibrate(model, calibration_data, layers=[t.name for t in targets],
+                                   steps=calibration_steps, progress=progress, min_rows=min_calibration_rows)
+        missing = [t.name for t in targets if t.name not in statistics]
         if missing:
-            raise ValueError(f"statistics have no entry for layer(s) {missing}.")
-        for name in candidates:
-            statistics[name].check(name)
-    spectra = _spectra(model, candidates, method, statistics)
+            raise UserError(f"statistics have no entry for layer(s) {missing}.")
+        for target in targets:
+            statistics[target.name].check(target.name)
+    spectra = {t.name: _spectrum(t, method, statistics) for t in targets}
+    by_name = {t.name: t for t in targets}
     if energy is not None:
-        ranks = ranks_for_energy(candidates, spectra, energy)
+        ranks = ranks_for_energy(by_name, spectra, energy)
     elif target_ratio is not None:
-        ranks = ranks_for_ratio(candidates, spectra, target_ratio)
+        ranks = ranks_for_ratio(by_name, spectra, target_ratio)
 
-    def replace(layer, args, kwargs, rebuilder: Rebuilder):
-        rank = ranks.get(layer.name)
-        if rank is None or layer.name not in candidates:
-            return NotImplemented
-        stats = statistics.get(layer.name) if statistics is not None else None
-        kind = candidates[layer.name].kind
-        if kind == "embedding":
-            factory = lambda: LowRankEmbedding.from_embedding(layer, rank, stats, method)  # noqa: E731
-        elif kind == "dense":
-            factory = lambda: LowRankDense.from_dense(  # noqa: E731
-                layer, rank, stats, method, inner_activation=inner_activation)
-        else:
-            factory = lambda: _low_rank_cross(layer, rank, stats, method)  # noqa: E731
-        return rebuilder.layer_for(layer, factory)(*args, **kwargs)
+    replacements = {}
+    for layer_targets in _by_layer([t for t in targets if t.name in ranks]):
+        layer = layer_targets[0].layer
+        adapter = adapter_for(layer)
+        factors = {}
+        for target in layer_targets:
+            kernel, bias = adapter.weights(layer, target.matrix)
+            stats = statistics.get(target.name) if statistics is not None else None
+            factors[target.matrix] = factor(target.name, kernel, bias, ranks[target.name], stats, method,
+                                            lookups=target.lookups)
+            del kernel
+        replacements[id(layer)] = adapter.factored(layer, factors, inner_activation=inner_activation)
+    compressed, shared = rebuild(model, replacements)
 
-    compressed = Rebuilder(replace).rebuild(model)
     rows = []
-    for name, candidate in candidates.items():
-        rank = ranks.get(name)
+    for target in targets:
+        rank = ranks.get(target.name)
         rows.append(LayerReport(
-            name=name, kind=candidate.kind, input_dim=candidate.input_dim,
-            output_dim=candidate.output_dim, rank=rank, params_before=candidate.params(),
-            params_after=candidate.params(rank) if rank else candidate.params(),
-            variance_kept=energy_kept(spectra[name], rank) if rank else None,
+            name=target.name, kind=target.kind, input_dim=target.input_dim, output_dim=target.output_dim,
+            rank=rank, params_before=target.params(), params_after=target.params(rank) if rank else target.params(),
+            variance_kept=energy_kept(spectra[target.name], rank) if rank else None,
         ))
-    report = CompressionReport(method, tuple(rows), model.count_params(), compressed.count_params())
+    notes = tuple(f"layer {name!r} could not be re-created from its config and is shared with the original "
+                  "model (give it a get_config)" for name in shared)
+    report = CompressionReport(method, tuple(rows), model.count_params(), compressed.count_params(),
+                               skipped=tuple(skipped), notes=notes)
     return compressed, report
+
+
+def _by_layer(targets: list[Target]) -> list[list[Target]]:
+    groups: dict[int, list[Target]] = {}
+    for target in targets:
+        groups.setdefault(id(target.layer), []).append(target)
+    return list(groups.values())

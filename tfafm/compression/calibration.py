@@ -1,100 +1,125 @@
-"""Streaming calibration: the output-feature moments of every target layer.
+"""Streaming calibration: the output-feature moments of a model's compressible matrices.
 
-One pass over the data in a ``tf.function``: each batch runs through the
-model once; for each target layer the outputs (pre-activation for ``Dense``,
-looked-up rows for ``Embedding``, the inner dense output for
-``FeatureCross``) are reshaped to rows, shifted by a constant close to their
-mean (taken from the first batch), and their count, sum and sum of outer
-products are added to float64 accumulators. The per-batch outer product runs
-in the layer's float32 (it is the costly part); centring keeps its rounding
-error relative to the covariance itself, and every sum across batches is
-float64. Memory is O(d^2) per layer,
-whatever the number of rows. Under a ``tf.distribute`` strategy each replica
-computes its batch's moments and they are summed across replicas.
+One pass over the data. Each batch runs once through a probe of the model
+(:mod:`tfafm.compression.probe`) inside one ``tf.function`` that also forms,
+per target matrix, the count, sum and Gram matrix of its output rows
+(pre-activation for ``Dense``, looked-up rows for an ``Embedding``, the inner
+product of a ``FeatureCross`` or attention projection), shifted by a
+constant close to their mean (the first batch's). The per-batch Gram runs in
+float32, the layer's own compute precision (it is the costly part; centring
+keeps its rounding relative to the covariance itself); every sum across
+batches is float64, in numpy. Memory is O(d^2) per matrix, whatever the
+number of rows; batches may have any sizes, in any order.
+
+Under a ``tf.distribute`` strategy the batches are split across replicas and
+each local replica's moments are added in float64; with several workers
+(``MultiWorkerMirroredStrategy``) every worker's totals are summed once at
+the end, array by array (``strategy.reduce`` per leaf), after being re-centred
+on a common shift.
 """
 
 from __future__ import annotations
 
+import itertools
+import warnings
 from typing import Iterable
 
 import keras
-import keras_rs
 import numpy as np
 import tensorflow as tf
-from keras import ops
 
-from tfafm.compression.graph import compressible_layers, is_functional, model_inputs, require_functional
-from tfafm.compression.statistics import LayerStatistics, Statistics
+from tfafm.compression.keras_graph import model_inputs, pack_inputs, require_graph_model
+from tfafm.compression.probe import build_probe
+from tfafm.compression.targets import Target, adapter_for, find_targets
+from tfafm.errors import UserError
+from tfafm.linalg.statistics import LayerStatistics, Statistics
 from tfafm.progress import progress_bar
 
-
-def _dense_pre_activation(layer: keras.layers.Dense, x):
-    y = ops.matmul(x, layer.kernel)
-    return ops.add(y, layer.bias) if layer.use_bias else y
+_NOISY_BELOW = 10  # warn when a matrix sees fewer rows than this many times its width
 
 
-def _run_recording(model: keras.Model, flat_inputs: list, targets: set, records: dict):
-    """Runs ``model`` on real tensors, appending target layers' output features to
-    ``records[name]`` (a list: a shared layer is recorded at every call)."""
+def _features_of(element):
+    return element[0] if isinstance(element, (tuple, list)) and len(element) in (2, 3) else element
 
-    def call(layer, *args, **kwargs):
-        if is_functional(layer):
-            inner = layer._run_through_graph(
-                model_inputs(layer, args[0]), call_fn=call
-            )
-            return inner
-        if layer.name not in targets:
-            return layer(*args, **kwargs)
-        if isinstance(layer, keras.layers.Dense):
-            pre = _dense_pre_activation(layer, args[0])
-            records.setdefault(layer.name, []).append(pre)
-            return layer.activation(pre)
-        if isinstance(layer, keras_rs.layers.FeatureCross):
-            x = args[1] if len(args) > 1 else kwargs.get("x")
-            x = args[0] if x is None else x
-            records.setdefault(layer.name, []).append(_dense_pre_activation(layer.dense, x))
-            return layer(*args, **kwargs)
-        outputs = layer(*args, **kwargs)
-        records.setdefault(layer.name, []).append(outputs)
-        return outputs
 
-    return model._run_through_graph(flat_inputs, call_fn=call)
+def _is_array_data(data) -> bool:
+    if isinstance(data, dict):
+        return all(hasattr(v, "shape") for v in data.values())
+    if isinstance(data, (list, tuple)):
+        return bool(data) and all(hasattr(v, "shape") for v in data)
+    return hasattr(data, "shape") and not isinstance(data, tf.data.Dataset)
 
 
 def _as_dataset(data, batch_size: int) -> tf.data.Dataset:
     if isinstance(data, tf.data.Dataset):
-        return data
-    if isinstance(data, dict):
+        return data.map(lambda *element: _features_of(element[0] if len(element) == 1 else element))
+    if _is_array_data(data):
+        if isinstance(data, list):
+            data = tuple(data)
         return tf.data.Dataset.from_tensor_slices(data).batch(batch_size)
-    raise TypeError(
-        f"Calibration data must be a tf.data.Dataset or a dict of arrays, got {type(data).__name__}."
+    raise UserError(
+        "Calibration data must be a tf.data.Dataset of feature batches (or (features, labels) batches), "
+        f"a dict of arrays, an array or a list of arrays; got {type(data).__name__}."
     )
 
 
-def _features_of(element):
-    return element[0] if isinstance(element, (tuple, list)) else element
+def resolve_targets(model: keras.Model, names: Iterable[str] | None) -> list[Target]:
+    """The targets named by ``names`` (target names, or layer names for all their matrices)."""
+    targets, skipped = find_targets(model)
+    if names is None:
+        return targets
+    if isinstance(names, str):
+        names = [names]
+    by_name = {t.name: t for t in targets}
+    chosen: dict[str, Target] = {}
+    for name in names:
+        matches = [by_name[name]] if name in by_name else [
+            t for t in targets if name in (t.layer_name, t.layer.name)
+        ]
+        if not matches:
+            why = next((s.reason for s in skipped if name in (s.name, s.name.rsplit("/", 1)[-1])), None)
+            detail = f": {why}" if why else f" (compressible: {', '.join(by_name) or 'none'})"
+            raise UserError(f"Cannot calibrate layer {name!r} of model {model.name!r}{detail}.")
+        chosen.update((t.name, t) for t in matches)
+    return list(chosen.values())
 
 
-def _padded_with_mask(dataset: tf.data.Dataset, full: int) -> tf.data.Dataset:
-    """Pads every batch to ``full`` rows with zeros and pairs it with a 0/1 row mask.
+class _Moments:
+    """float64 running count, shifted sum and shifted Gram of one target's rows."""
 
-    All batches then share one static shape, so the calibration step is traced
-    once (a second trace for a short last batch costs as much as many steps).
-    """
+    def __init__(self, shift: np.ndarray):
+        dim = shift.shape[0]
+        self.shift = shift.astype(np.float64)
+        self.count = 0.0
+        self.total = np.zeros(dim)
+        self.outer = np.zeros((dim, dim))
 
-    def pad(*element):
-        features = _features_of(element[0] if len(element) == 1 else element)
-        rows = tf.shape(tf.nest.flatten(features)[0])[0]
-        if_short = full - rows
+    def add(self, count, total, outer) -> None:
+        self.count += float(count)
+        self.total += np.asarray(total, dtype=np.float64)
+        self.outer += np.asarray(outer, dtype=np.float64)
 
-        def pad_one(x):
-            x = tf.pad(x, [[0, if_short]] + [[0, 0]] * (len(x.shape) - 1))
-            return tf.ensure_shape(x, [full] + x.shape[1:])
+    def recentre(self, shift: np.ndarray) -> None:
+        """Re-expresses the moments around ``shift`` (exact in float64)."""
+        delta = self.shift - shift
+        self.outer += np.outer(delta, self.total) + np.outer(self.total, delta) + self.count * np.outer(delta, delta)
+        self.total += self.count * delta
+        self.shift = shift
 
-        mask = tf.ensure_shape(tf.pad(tf.ones([rows], tf.float32), [[0, if_short]]), [full])
-        return tf.nest.map_structure(pad_one, features), mask
 
-    return dataset.map(pad)
+def _local_results(strategy, value) -> list:
+    return list(strategy.experimental_local_results(value))
+
+
+def _sum_across_workers(strategy, array: np.ndarray, local_replicas: int) -> np.ndarray:
+    """Sums a host array over the workers of a multi-worker strategy."""
+    calls = itertools.count()
+
+    def value(context):  # this worker's array on its first replica, zeros on the others
+        return tf.constant(array) if next(calls) % local_replicas == 0 else tf.zeros(np.shape(array), tf.float64)
+
+    per_replica = strategy.experimental_distribute_values_from_function(value)
+    return np.asarray(strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None))
 
 
 def calibrate(
@@ -105,109 +130,111 @@ def calibrate(
     strategy: tf.distribute.Strategy | None = None,
     batch_size: int = 1024,
     progress: bool = True,
+    min_rows: int | None = None,
 ) -> Statistics:
-    """Collects output-feature statistics of ``model``'s compressible layers.
+    """Collects output-feature statistics of ``model``'s compressible matrices.
 
     Args:
-        model: a built functional Keras model.
-        data: a ``tf.data.Dataset`` of feature dicts or ``(features, labels)``
-            batches, or a dict of arrays (batched by ``batch_size``).
-        layers: names of the layers to collect; default: every compressible layer.
-        steps: stop after this many batches (default: the whole dataset).
-            Batches may not be larger than the first one.
+        model: a built ``keras.Sequential`` or functional model (nested
+            models, shared layers, several inputs and outputs are fine).
+        data: a ``tf.data.Dataset`` of feature batches or ``(features,
+            labels)`` batches, a dict of arrays, an array or a list of arrays
+            (batched by ``batch_size``). Batches may have any sizes.
+        layers: target or layer names to collect (a layer name stands for all
+            its matrices); default: every compressible matrix.
+        steps: stop after this many batches (default: all of ``data``).
         strategy: a ``tf.distribute`` strategy; default: the current one.
-        progress: draw a progress bar.
+        batch_size: rows per batch for array data.
+        progress: show progress (a bar on a terminal, periodic lines otherwise).
+        min_rows: refuse a matrix seen on fewer rows than this (default: twice
+            its output width; 0 disables the check).
 
     Returns:
-        :class:`Statistics` keyed by layer name.
+        :class:`Statistics` keyed by target name (the layer's qualified name,
+        plus ``/matrix`` for layers with several matrices).
 
     Raises:
-        ValueError: unknown layer names, empty data or non-finite statistics.
+        tfafm.errors.UserError: unknown layers, empty or too little data,
+            non-finite or constant outputs (naming the layer).
     """
-    require_functional(model)
-    candidates = compressible_layers(model)
-    names = list(candidates) if layers is None else list(layers)
-    unknown = [n for n in names if n not in candidates]
-    if unknown:
-        raise ValueError(
-            f"Cannot calibrate layer(s) {unknown}: not compressible layers of {model.name!r} "
-            f"(compressible: {', '.join(candidates) or 'none'})."
-        )
-    if not names:
-        raise ValueError(f"Model {model.name!r} has no compressible layers to calibrate.")
-    if steps is not None and steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}.")
+    require_graph_model(model)
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        raise UserError(f"steps must be a positive integer, got {steps!r}.")
+    targets = resolve_targets(model, layers)
+    if not targets:
+        raise UserError(f"Model {model.name!r} has no compressible layers to calibrate.")
     strategy = strategy or tf.distribute.get_strategy()
-    dims = {n: candidates[n].output_dim for n in names}
-    targets = set(names)
+    taps: dict[int, tuple] = {}
+    for target in targets:
+        adapter, keys = taps.setdefault(id(target.layer), (adapter_for(target.layer), []))
+        keys.append(target.matrix)
+    probe = build_probe(model, taps)
+    names = {(id(t.layer), t.matrix): t.name for t in targets}
 
-    accumulators = {
-        n: (tf.Variable(tf.zeros((), tf.float64)), tf.Variable(tf.zeros((d,), tf.float64)),
-            tf.Variable(tf.zeros((d, d), tf.float64)))
-        for n, d in dims.items()
-    }
-
-    def layer_rows(features, mask) -> dict:
-        """Per layer: its output rows ``(N, d)`` and their 0/1 weights ``(N, 1)``."""
-        records: dict = {}
-        _run_recording(model, model_inputs(model, features), targets, records)
-        out = {}
-        for name in names:
-            rows, weights = [], []
-            for record in records[name]:
-                rows.append(tf.reshape(tf.cast(record, tf.float32), (-1, dims[name])))
-                per_sample = tf.reshape(mask, [-1] + [1] * (len(record.shape) - 2))
-                weights.append(tf.reshape(tf.broadcast_to(per_sample, tf.shape(record)[:-1]), (-1, 1)))
-            out[name] = (tf.concat(rows, axis=0), tf.concat(weights, axis=0))
-        return out
-
-    def replica_moments(features, mask):
-        moments = {}
-        for name, (rows, weights) in layer_rows(features, mask).items():
-            centred = (rows - shifts[name]) * weights
-            moments[name] = (
-                tf.reduce_sum(tf.cast(weights, tf.float64)),
-                tf.reduce_sum(tf.cast(centred, tf.float64), axis=0),
-                tf.cast(tf.matmul(centred, centred, transpose_a=True), tf.float64),
-            )
-        return moments
-
-    # Every batch is padded to one static shape (static shapes also run faster
-    # than a shape-agnostic trace), so this is traced once; nothing here
-    # branches on tensor values, so AutoGraph's slow source conversion is off.
-    @tf.function(autograph=False)
-    def step(features, mask):
-        per_replica = strategy.run(replica_moments, args=(features, mask))
-        # leaf by leaf: MultiWorkerMirroredStrategy.reduce takes no nested structures
-        reduced = tf.nest.map_structure(
-            lambda value: strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None), per_replica)
-        for name, values in reduced.items():
-            for accumulator, value in zip(accumulators[name], values):
-                accumulator.assign_add(value)
+    def recorded(features):
+        results = probe.model(pack_inputs(model, model_inputs(model, features)), training=False)
+        results = keras.tree.flatten(results)[probe.num_outputs:]
+        return [(results[2 * i], results[2 * i + 1]) for i in range(len(probe.recorded))]
 
     dataset = _as_dataset(data, batch_size)
     if steps is not None:
         dataset = dataset.take(steps)
     first = next(iter(dataset), None)
     if first is None:
-        raise ValueError("Calibration data is empty: no batch to calibrate on.")
-    first = _features_of(first)
-    full = int(tf.shape(tf.nest.flatten(first)[0])[0])
-    shifts = {n: tf.constant(tf.reduce_mean(rows, axis=0))
-              for n, (rows, _) in layer_rows(first, tf.ones([full])).items()}
+        raise UserError("Calibration data is empty: no batch to calibrate on.")
+    shifts = {}
+    for key, (rows, weights) in zip(probe.recorded, recorded(first)):
+        w = weights.numpy().astype(np.float64)
+        mean = (w @ rows.numpy().astype(np.float64)) / max(w.sum(), 1.0)
+        shifts[names[key]] = np.where(np.isfinite(mean), mean, 0.0)
+
+    shift_constants = [tf.constant(shifts[names[key]], tf.float32) for key in probe.recorded]
+
+    def replica_moments(features):
+        moments = []
+        for (rows, weights), shift in zip(recorded(features), shift_constants):
+            centred = (rows - shift) * weights[:, None]
+            moments.append((tf.reduce_sum(weights), tf.reduce_sum(centred, axis=0),
+                            tf.matmul(centred, centred, transpose_a=True)))
+        return moments
+
+    @tf.function(autograph=False, reduce_retracing=True)
+    def step(features):
+        return strategy.run(replica_moments, args=(features,))
+
+    accumulators = {name: _Moments(shift) for name, shift in shifts.items()}
+    distributed = strategy.experimental_distribute_dataset(dataset)
     cardinality = int(dataset.cardinality())
     total = steps if cardinality < 0 else cardinality
-    distributed = strategy.experimental_distribute_dataset(_padded_with_mask(dataset, full))
-    with progress_bar("calibrating", total, enabled=progress) as advance:
-        for features, mask in distributed:
-            step(features, mask)
+    local_replicas = 1
+    with progress_bar("calibrating", total if total and total > 0 else None, enabled=progress) as advance:
+        for features in distributed:
+            per_target = step(features)
+            for key, moments in zip(probe.recorded, per_target):
+                replicas = [_local_results(strategy, m) for m in moments]
+                local_replicas = len(replicas[0])
+                for count, total_sum, outer in zip(*replicas):
+                    accumulators[names[key]].add(count.numpy(), total_sum.numpy(), outer.numpy())
             advance()
 
     stats = Statistics()
-    for name, (count, total_sum, outer) in accumulators.items():
-        stats[name] = LayerStatistics(
-            float(count.numpy()), np.asarray(total_sum.numpy()), np.asarray(outer.numpy()),
-            np.asarray(shifts[name].numpy(), dtype=np.float64),
-        )
-        stats[name].check(name)
+    for target in targets:
+        moments = accumulators[target.name]
+        workers = strategy.num_replicas_in_sync // local_replicas
+        if workers > 1:
+            moments.recentre(_sum_across_workers(strategy, moments.shift, local_replicas) / workers)
+            moments.count = float(_sum_across_workers(strategy, np.float64(moments.count), local_replicas))
+            moments.total = _sum_across_workers(strategy, moments.total, local_replicas)
+            moments.outer = _sum_across_workers(strategy, moments.outer, local_replicas)
+        layer_stats = LayerStatistics(moments.count, moments.total, moments.outer, moments.shift)
+        limit = 2 * layer_stats.dim if min_rows is None else int(min_rows)
+        layer_stats.check(target.name, min_rows=limit)
+        if layer_stats.count < _NOISY_BELOW * layer_stats.dim:
+            warnings.warn(
+                f"Layer {target.name!r}: {int(layer_stats.count)} calibration rows for a {layer_stats.dim}-wide "
+                f"output; its principal directions are noisy below about {_NOISY_BELOW}x the width.",
+                stacklevel=2,
+            )
+        stats[target.name] = layer_stats
     return stats
+

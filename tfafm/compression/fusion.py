@@ -5,9 +5,18 @@ output reaches a ``Dense`` (or :class:`LowRankDense`) only through
 ``Flatten`` / ``Reshape`` / ``Concatenate``, the affine map folds into the
 Dense's kernel and bias: the fused model gathers ``k``-wide rows and feeds
 them straight into a smaller first layer. Every other consumer (FM, cross,
-attention, bilinear, ...) still needs the ``d``-wide vectors; for those the
-fused model keeps the projection as a plain ``Dense(d)`` layer, computed once
-per embedding and shared by all such consumers.
+attention, bilinear, ...) needs the ``d``-wide vectors: for those the fused
+model keeps the projection as a plain ``Dense(d)`` computed once per
+embedding and shared by all such consumers.
+
+The model is rebuilt with ``keras.models.clone_model``. Each embedding's
+projection is applied right away and the result remembered as *segments*
+(code tensor, projection, bias); a consumer that can fold reads the
+segments, any other consumer simply uses the projected tensor (unused
+projections are not part of the final model). Folding never fails: when a
+:class:`LowRankDense` would receive an input narrower than its rank, its
+two factors are merged into one ``Dense`` instead; the returned
+:class:`FusionReport` says so.
 """
 
 from __future__ import annotations
@@ -18,19 +27,18 @@ from typing import Any
 import keras
 import numpy as np
 
-from tfafm.compression.graph import Rebuilder, require_functional
+from tfafm.compression.keras_graph import as_functional, call_counts, require_graph_model
 from tfafm.layers.lookup import InRangeEmbedding
 from tfafm.layers.low_rank import LowRankDense, LowRankEmbedding
 
 
 @dataclasses.dataclass
 class _Segment:
-    """A slice of a lazily concatenated vector: a raw tensor or a projected code."""
+    """A slice of a concatenated vector: a raw tensor, or a code seen through a projection."""
 
     tensor: Any
     projection: np.ndarray | None = None  # (k, d)
     bias: np.ndarray | None = None  # (d,)
-    source: str | None = None
 
     @property
     def width(self) -> int:
@@ -38,28 +46,18 @@ class _Segment:
 
 
 @dataclasses.dataclass
-class _Lazy:
-    """A tensor not materialised yet: the concatenation of its segments along the last axis."""
+class FusionReport:
+    """What :func:`fuse` did: embeddings folded into Dense layers, factor pairs merged, notes."""
 
-    segments: list[_Segment]
-
-    @property
-    def rank(self) -> int:
-        return len(self.segments[0].tensor.shape)
-
-    @property
-    def width(self) -> int:
-        return sum(s.width for s in self.segments)
+    folded: list[str] = dataclasses.field(default_factory=list)
+    merged: list[str] = dataclasses.field(default_factory=list)
+    notes: list[str] = dataclasses.field(default_factory=list)
 
 
-def _flattenable(value: _Lazy) -> bool:
-    return all(all(dim == 1 for dim in s.tensor.shape[1:-1]) for s in value.segments)
-
-
-def _fold(layer, kernel: np.ndarray, value: _Lazy) -> tuple[np.ndarray, np.ndarray]:
-    """Kernel rows and extra bias of ``layer`` seen from the segments' own tensors."""
+def _fold(kernel: np.ndarray, segments: list[_Segment]) -> tuple[np.ndarray, np.ndarray]:
+    """Kernel rows and extra bias of a layer seen from the segments' own tensors."""
     rows, extra_bias, offset = [], np.zeros(kernel.shape[1]), 0
-    for segment in value.segments:
+    for segment in segments:
         block = kernel[offset: offset + segment.width]
         offset += segment.width
         if segment.projection is None:
@@ -70,126 +68,125 @@ def _fold(layer, kernel: np.ndarray, value: _Lazy) -> tuple[np.ndarray, np.ndarr
     return np.concatenate(rows, axis=0), extra_bias
 
 
+def _weights(layer) -> dict[str, np.ndarray]:
+    return {w.path.split("/")[-1]: np.asarray(w.numpy(), dtype=np.float64) for w in layer.weights}
+
+
 class _Fuser:
-    def __init__(self):
-        self.projections: dict[str, keras.layers.Dense] = {}
-        self.materialized: dict[int, Any] = {}
-        self.rebuilder = Rebuilder(self.call)
+    def __init__(self, model: keras.Model):
+        self.calls = call_counts(model)
+        self.originals: dict[int, Any] = {}
+        self.copies: list[tuple[Any, Any]] = []
+        self.segments: dict[int, list[_Segment]] = {}
+        self.report = FusionReport()
 
-    def _projection_layer(self, segment: _Segment) -> keras.layers.Dense:
-        if segment.source not in self.projections:
-            k, d = segment.projection.shape
-            layer = keras.layers.Dense(d, name=f"{segment.source}_projection")
-            layer.build((None, k))
-            layer.set_weights([segment.projection.astype(np.float32), segment.bias.astype(np.float32)])
-            self.projections[segment.source] = layer
-        return self.projections[segment.source]
+    # --------------------------------------------------------------- clone_model hooks
 
-    def materialize(self, value):
-        if not isinstance(value, _Lazy):
-            return value
-        parts = []
-        for segment in value.segments:
-            if segment.projection is None:
-                parts.append(segment.tensor)
-                continue
-            key = id(segment.tensor)
-            if key not in self.materialized:
-                self.materialized[key] = self._projection_layer(segment)(segment.tensor)
-            parts.append(self.materialized[key])
-        return parts[0] if len(parts) == 1 else keras.layers.Concatenate()(parts)
+    def clone(self, layer):
+        if not isinstance(layer, keras.layers.Layer):
+            return layer
+        copy = layer.__class__.from_config(layer.get_config())
+        self.originals[id(copy)] = layer
+        if not isinstance(layer, LowRankEmbedding):
+            self.copies.append((layer, copy))
+        return copy
 
-    def call(self, layer, args, kwargs, rebuilder: Rebuilder):
-        lazy_args = [a for a in keras.tree.flatten((args, kwargs)) if isinstance(a, _Lazy)]
-        if isinstance(layer, LowRankEmbedding):
-            return self._embed(layer, args, kwargs, rebuilder)
-        if lazy_args:
-            handler = {
-                keras.layers.Flatten: self._flatten,
-                keras.layers.Reshape: self._reshape,
-                keras.layers.Concatenate: self._concatenate,
-                keras.layers.Dense: self._dense,
-                LowRankDense: self._dense,
-            }.get(type(layer))
-            result = handler(layer, args, kwargs, rebuilder) if handler else NotImplemented
-            if result is not NotImplemented:
-                return result
-            args, kwargs = keras.tree.map_structure(self.materialize, (args, kwargs))
-            return rebuilder.default_call(layer, args, kwargs)
-        return NotImplemented
+    def call(self, op, *args, **kwargs):
+        original = self.originals.get(id(op), op)
+        if isinstance(original, LowRankEmbedding):
+            return self._embed(original, *args, **kwargs)
+        if isinstance(original, keras.layers.Concatenate):
+            return self._concatenate(op, original, *args, **kwargs)
+        if isinstance(original, (keras.layers.Flatten, keras.layers.Reshape)):
+            return self._flatten(op, original, *args, **kwargs)
+        if isinstance(original, (keras.layers.Dense, LowRankDense)) and not kwargs and len(args) == 1:
+            segments = self.segments.get(id(args[0]))
+            if segments is not None and len(args[0].shape) == 2 and self.calls.get(id(original)) == 1:
+                if self._foldable(original, segments):
+                    return self._dense(original, segments)
+        return op(*args, **kwargs)
 
-    def _embed(self, layer: LowRankEmbedding, args, kwargs, rebuilder):
-        def factory():
-            table = InRangeEmbedding(layer.input_dim, layer.rank, name=layer.name)
-            table.build()
-            table.set_weights([layer.embeddings.numpy()])
-            return table
+    def _foldable(self, layer, segments: list[_Segment]) -> bool:
+        width = sum(s.tensor.shape[-1] for s in segments)
+        if isinstance(layer, LowRankDense) and layer.inner_activation is not None and width < layer.rank:
+            self.report.notes.append(f"{layer.name}: not folded (its input would be {width} wide, below its "
+                                     f"rank {layer.rank}, and it has an inner activation)")
+            return False
+        return True
 
-        code = rebuilder.layer_for(layer, factory)(*args, **kwargs)
-        segment = _Segment(code, layer.projection.numpy().astype(np.float64),
-                           layer.bias.numpy().astype(np.float64), layer.name)
-        return _Lazy([segment])
+    # --------------------------------------------------------------- handlers
 
-    def _flatten(self, layer, args, kwargs, rebuilder):
-        value = args[0]
-        if not _flattenable(value):
-            return NotImplemented
-        flat = [
-            dataclasses.replace(s, tensor=keras.layers.Reshape((s.tensor.shape[-1],),
-                                name=f"{layer.name}_{i}" if i else layer.name)(s.tensor))
-            if len(s.tensor.shape) > 2 else s
-            for i, s in enumerate(value.segments)
-        ]
-        return _Lazy(flat)
+    def _embed(self, layer: LowRankEmbedding, ids, **kwargs):
+        table_class = InRangeEmbedding if layer.ids_in_range else keras.layers.Embedding
+        table = table_class(layer.input_dim, layer.rank, mask_zero=layer.mask_zero, name=layer.name,
+                            dtype=layer.dtype_policy)
+        code = table(ids, **kwargs)
+        table.set_weights([layer.embeddings.numpy()])
+        projection = keras.layers.Dense(layer.output_dim, name=f"{layer.name}_projection", dtype=layer.dtype_policy)
+        vectors = projection(code)
+        projection.set_weights([layer.projection.numpy(), layer.bias.numpy()])
+        self.segments[id(vectors)] = [_Segment(code, layer.projection.numpy().astype(np.float64),
+                                               layer.bias.numpy().astype(np.float64))]
+        return vectors
 
-    def _reshape(self, layer, args, kwargs, rebuilder):
-        value = args[0]
-        if tuple(layer.target_shape) not in ((value.width,), (-1,)):
-            return NotImplemented
-        return self._flatten(layer, args, kwargs, rebuilder)
+    def _concatenate(self, op, layer, inputs, **kwargs):
+        outputs = op(inputs, **kwargs)
+        if (any(id(x) in self.segments for x in inputs) and not kwargs and layer.axis in (-1, 1)
+                and all(len(x.shape) == 2 for x in inputs)):
+            self.segments[id(outputs)] = [s for x in inputs for s in self.segments.get(id(x), [_Segment(x)])]
+        return outputs
 
-    def _concatenate(self, layer, args, kwargs, rebuilder):
-        inputs = args[0]
-        ranks = {x.rank if isinstance(x, _Lazy) else len(x.shape) for x in inputs}
-        if ranks != {2} or layer.axis not in (-1, 1):
-            return NotImplemented
-        segments = []
-        for x in inputs:
-            segments.extend(x.segments if isinstance(x, _Lazy) else [_Segment(x)])
-        return _Lazy(segments)
+    def _flatten(self, op, layer, x, **kwargs):
+        outputs = op(x, **kwargs)
+        segments = self.segments.get(id(x))
+        flattens = isinstance(layer, keras.layers.Flatten) or tuple(layer.target_shape) in (
+            (int(np.prod(x.shape[1:])),), (-1,))
+        if segments and flattens and all(d == 1 for s in segments for d in s.tensor.shape[1:-1]):
+            self.segments[id(outputs)] = [
+                dataclasses.replace(s, tensor=keras.layers.Reshape((s.tensor.shape[-1],))(s.tensor))
+                if len(s.tensor.shape) > 2 else s
+                for s in segments
+            ]
+        return outputs
 
-    def _dense(self, layer, args, kwargs, rebuilder):
-        value = args[0]
-        if not isinstance(value, _Lazy) or value.rank != 2 or len(layer._inbound_nodes) > 1:
-            return NotImplemented
-        if isinstance(layer, LowRankDense):
-            kernel_name, bias_name = "down_kernel", "down_bias"
-        else:
-            kernel_name, bias_name = "kernel", "bias"
-        kernel = getattr(layer, kernel_name).numpy().astype(np.float64)
-        bias = getattr(layer, bias_name).numpy().astype(np.float64) if layer.use_bias else 0.0
-        new_kernel, extra_bias = _fold(layer, kernel, value)
-        config = {**layer.get_config(), "use_bias": True}
-        fused = layer.__class__.from_config(config)
-        tensors = [s.tensor for s in value.segments]
+    def _dense(self, layer, segments: list[_Segment]):
+        weights = _weights(layer)
+        low_rank = isinstance(layer, LowRankDense)
+        kernel_name, bias_name = ("down_kernel", "down_bias") if low_rank else ("kernel", "bias")
+        new_kernel, extra_bias = _fold(weights[kernel_name], segments)
+        new_bias = weights.get(bias_name, 0.0) + extra_bias
+        tensors = [s.tensor for s in segments]
         x = tensors[0] if len(tensors) == 1 else keras.layers.Concatenate(name=f"{layer.name}_input")(tensors)
+        self.report.folded.append(layer.name)
+        if low_rank and new_kernel.shape[0] < layer.rank:
+            merged = keras.layers.Dense(layer.units, activation=layer.activation, name=layer.name,
+                                        dtype=layer.dtype_policy)
+            outputs = merged(x)
+            merged.set_weights([(new_kernel @ weights["up_kernel"]).astype(np.float32),
+                                (new_bias @ weights["up_kernel"] + weights["up_bias"]).astype(np.float32)])
+            self.report.merged.append(layer.name)
+            self.report.notes.append(f"{layer.name}: folded input is {new_kernel.shape[0]} wide, below rank "
+                                     f"{layer.rank}; its two factors were merged into one Dense")
+            return outputs
+        fused = layer.__class__.from_config({**layer.get_config(), "use_bias": True})
         outputs = fused(x)
-        weights = {w.path.split("/")[-1]: w for w in fused.weights}
-        for weight in layer.weights:
-            short_name = weight.path.split("/")[-1]
-            if short_name not in (kernel_name, bias_name):
-                weights[short_name].assign(weight.numpy())
-        weights[kernel_name].assign(new_kernel.astype(np.float32))
-        weights[bias_name].assign((bias + extra_bias).astype(np.float32))
+        values = {**weights, kernel_name: new_kernel, bias_name: new_bias}
+        for weight in fused.weights:
+            weight.assign(values[weight.path.split("/")[-1]].astype(np.float32))
         return outputs
 
 
-def fuse(model: keras.Model) -> keras.Model:
+def fuse(model: keras.Model, return_report: bool = False):
     """Returns a copy of ``model`` with low-rank embedding projections folded away.
 
-    Outputs are unchanged up to float rounding. Layers that are not
-    :class:`LowRankEmbedding` consumers are copied with their weights.
+    Outputs are unchanged up to float rounding; ``model`` is not modified.
+    With ``return_report=True`` returns ``(fused_model, FusionReport)``.
     """
-    require_functional(model)
-    fuser = _Fuser()
-    return fuser.rebuilder.rebuild(model, finalize=fuser.materialize)
+    require_graph_model(model)
+    model = as_functional(model)
+    fuser = _Fuser(model)
+    fused = keras.models.clone_model(model, clone_function=fuser.clone, call_function=fuser.call, recursive=True)
+    for original, copy in fuser.copies:
+        if original.weights and copy.built:
+            copy.set_weights(original.get_weights())
+    return (fused, fuser.report) if return_report else fused

@@ -12,7 +12,8 @@ from typing import Mapping
 
 import numpy as np
 
-from tfafm.compression.graph import Candidate
+from tfafm.compression.targets import Target
+from tfafm.errors import UserError
 
 
 def energy_kept(spectrum: np.ndarray, rank: int) -> float:
@@ -22,12 +23,12 @@ def energy_kept(spectrum: np.ndarray, rank: int) -> float:
 
 
 def ranks_for_energy(
-    candidates: Mapping[str, Candidate], spectra: Mapping[str, np.ndarray], energy: float
+    candidates: Mapping[str, Target], spectra: Mapping[str, np.ndarray], energy: float
 ) -> dict[str, int]:
     """Per layer, the smallest rank keeping ``energy`` of its variance (layers
     where that rank saves no parameters are left out)."""
     if not 0.0 < energy <= 1.0:
-        raise ValueError(f"energy must be in (0, 1], got {energy}.")
+        raise UserError(f"energy must be in (0, 1], got {energy}.")
     ranks = {}
     for name, candidate in candidates.items():
         cumulative = np.cumsum(spectra[name]) / max(float(np.sum(spectra[name])), 1e-300)
@@ -38,7 +39,7 @@ def ranks_for_energy(
 
 
 def ranks_for_ratio(
-    candidates: Mapping[str, Candidate], spectra: Mapping[str, np.ndarray], target_ratio: float
+    candidates: Mapping[str, Target], spectra: Mapping[str, np.ndarray], target_ratio: float
 ) -> dict[str, int]:
     """Ranks whose total parameter count is at most ``1 / target_ratio`` of the candidates'.
 
@@ -50,12 +51,12 @@ def ranks_for_ratio(
         ValueError: if even rank 1 everywhere exceeds the budget.
     """
     if target_ratio <= 1.0:
-        raise ValueError(f"target_ratio must be > 1, got {target_ratio}.")
+        raise UserError(f"target_ratio must be > 1, got {target_ratio}.")
     budget = sum(c.params() for c in candidates.values()) / target_ratio
     ranks = {name: 1 for name in candidates}
     spent = sum(c.params(1) for c in candidates.values())
     if spent > budget:
-        raise ValueError(
+        raise UserError(
             f"target_ratio={target_ratio} is out of reach: rank 1 in every layer already needs "
             f"{spent} parameters, the budget is {int(budget)}."
         )

@@ -25,13 +25,25 @@ class LayerReport:
 
 
 @dataclasses.dataclass(frozen=True)
+class SkippedLayer:
+    """A layer (or one matrix of it) compression left as it is, and why."""
+
+    name: str
+    layer_class: str
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
 class CompressionReport:
-    """Per-layer rows plus whole-model totals (``params_*`` equal ``model.count_params()``)."""
+    """Per-matrix rows, the layers left alone with the reason, and whole-model totals
+    (``params_*`` equal ``model.count_params()``)."""
 
     method: str
     layers: tuple[LayerReport, ...]
     params_before: int
     params_after: int
+    skipped: tuple[SkippedLayer, ...] = ()
+    notes: tuple[str, ...] = ()
     bytes_per_param: int = 4
 
     @property
@@ -64,6 +76,8 @@ class CompressionReport:
         return {
             "method": self.method,
             "layers": [dataclasses.asdict(layer) for layer in self.layers],
+            "skipped": [dataclasses.asdict(layer) for layer in self.skipped],
+            "notes": list(self.notes),
             "totals": {
                 "params_before": self.params_before,
                 "params_after": self.params_after,
@@ -83,7 +97,7 @@ class CompressionReport:
         lines = [
             f"# Compression report ({self.method})",
             "",
-            "| layer | kind | shape | rank | params before | params after | ratio | variance kept |",
+            "| matrix | kind | shape | rank | params before | params after | ratio | variance kept |",
             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
         ]
         for layer in self.layers:
@@ -93,8 +107,11 @@ class CompressionReport:
                 f"| {layer.name} | {layer.kind} | {layer.input_dim}x{layer.output_dim} | {rank} | "
                 f"{layer.params_before:,} | {layer.params_after:,} | {layer.ratio:.2f}x | {kept} |"
             )
+        if self.skipped:
+            lines += ["", "Left as they are:", "", "| layer | class | reason |", "| --- | --- | --- |"]
+            lines += [f"| {s.name} | {s.layer_class} | {s.reason} |" for s in self.skipped]
+        lines += [""] + [f"- note: {note}" for note in self.notes]
         lines += [
-            "",
             f"- compressible layers: {self.compressible_before:,} -> {self.compressible_after:,} "
             f"params ({self.compressible_ratio:.2f}x)",
             f"- whole model: {self.params_before:,} -> {self.params_after:,} params "

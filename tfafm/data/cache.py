@@ -35,7 +35,7 @@ from tfafm.schema import Schema
 if TYPE_CHECKING:
     import tensorflow as tf
 
-CACHE_KIND = "tfafm-data-cache"
+CACHE_KIND = "data-cache"
 CACHE_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 PREPROCESSOR_FILE = "preprocessor.json"

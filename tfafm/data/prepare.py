@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 
 from tfafm.data.cache import (
-    PREPROCESSOR_FILE, SPLITS, Cache, ShardWriter, pack, source_fingerprint, stale_reason, write_manifest,
+    CACHE_KIND, PREPROCESSOR_FILE, SPLITS, Cache, ShardWriter, pack, source_fingerprint, stale_reason, write_manifest,
 )
 from tfafm.data.columnar import Columns, parquet_columns, parse_block
 from tfafm.data.formats import DataFormat
@@ -64,7 +64,7 @@ class PassTiming:
 
 def validation_every(validation_fraction: float) -> int:
     if not 0.0 < validation_fraction <= 0.5:
-        raise ValueError(f"validation_fraction must be in (0, 0.5], got {validation_fraction}.")
+        raise UserError(f"validation_fraction must be in (0, 0.5], got {validation_fraction}.")
     return round(1.0 / validation_fraction)
 
 
@@ -169,21 +169,24 @@ def prepare(
     skip_bad_lines: bool = False,
     shards: Optional[int] = None,
     block_bytes: int = BLOCK_BYTES,
+    overwrite: bool = False,
     progress: bool = True,
 ) -> tuple[Cache, list[PassTiming]]:
-    """Builds the cache of ``source`` at ``out`` (written atomically; see the module docstring).
+    """Builds the cache of ``source`` at ``out`` (see the module docstring).
 
-    With ``preprocessor`` given nothing is fitted. Returns the opened cache and
-    the timing of each pass.
+    ``out`` is written atomically, as a tfafm ``data-cache`` directory: an
+    existing directory there is replaced only if it is empty or a cache (or
+    with ``overwrite``). With ``preprocessor`` given nothing is fitted. Returns
+    the opened cache and the timing of each pass.
     """
     every = validation_every(validation_fraction)
     if shards is not None and shards < 1:
-        raise ValueError(f"shards must be >= 1, got {shards}.")
+        raise UserError(f"shards must be >= 1, got {shards}.")
     data_format = source.format
     fingerprint = source_fingerprint(source.paths)
     counts = ValueCounts(data_format.sparse_names) if preprocessor is None else None
     timings = []
-    with atomic_path(out) as tmp:
+    with atomic_path(out, CACHE_KIND, overwrite=overwrite) as tmp:
         spill_dir = os.path.join(tmp, "spill")
         os.makedirs(spill_dir)
         start, index, spilled = time.perf_counter(), 0, []
@@ -237,22 +240,16 @@ def prepare(
     return Cache.open(out), timings
 
 
-def prepare_spec(spec: str, out: str, *, preprocessor: Optional[str] = None, **options) -> tuple[Cache, list[PassTiming]]:
-    """:func:`prepare` for a ``--data`` spec (``criteo:``, ``avazu:`` or ``parquet:``) and an
-    optional preprocessor file or run directory; refuses to replace a directory that is not a cache."""
+def prepare_spec(spec: str, out: str, *, preprocessor: Optional[Preprocessor] = None,
+                 **options) -> tuple[Cache, list[PassTiming]]:
+    """:func:`prepare` for a ``--data`` spec (``criteo:``, ``avazu:`` or ``parquet:``)."""
     prefix, _, rest = spec.partition(":")
     if prefix not in FILE_PREFIXES:
-        raise ValueError(f"tfafm prepare reads {', '.join(p + ':PATH' for p in FILE_PREFIXES)}, not {spec!r}.")
-    if os.path.exists(out) and not (os.path.isdir(out) and (not os.listdir(out) or _open_if_cache(out))):
-        raise UserError(f"{out} exists and is not a tfafm data cache; choose another --out.")
-    given = None
-    if preprocessor is not None:
-        path = os.path.join(preprocessor, PREPROCESSOR_FILE) if os.path.isdir(preprocessor) else preprocessor
-        given = Preprocessor.load(path)
+        raise UserError(f"tfafm prepare reads {', '.join(p + ':PATH' for p in FILE_PREFIXES)}, not {spec!r}.")
     source = file_source(prefix, rest, spec)
-    if given is not None and given.format != source.format:
-        raise UserError(f"{preprocessor} encodes {given.format.name} data, not {prefix} data.")
-    return prepare(source, out, preprocessor=given, **options)
+    if preprocessor is not None and preprocessor.format != source.format:
+        raise UserError(f"The preprocessor encodes {preprocessor.format.name} data, not {prefix} data.")
+    return prepare(source, out, preprocessor=preprocessor, **options)
 
 
 def _open_if_cache(path: str) -> Optional[Cache]:

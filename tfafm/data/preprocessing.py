@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 from tfafm.data.columnar import Columns
 from tfafm.data.formats import FORMATS, DataFormat, RawRow, format_from_dict
 from tfafm.data.vocabulary import ValueCounts
+from tfafm.errors import UserError
 from tfafm.io_utils import atomic_write_text
 from tfafm.schema import DenseFeature, Schema, SparseFeature
 
@@ -98,9 +99,9 @@ class Preprocessor:
                     max_vocabulary: Optional[int] = None) -> "Preprocessor":
         """The vocabularies :meth:`fit` would choose, from value counts of the training rows."""
         if min_count < 1:
-            raise ValueError(f"min_count must be >= 1, got {min_count}.")
+            raise UserError(f"min_count must be >= 1, got {min_count}.")
         if max_vocabulary is not None and max_vocabulary < 1:
-            raise ValueError(f"max_vocabulary must be >= 1, got {max_vocabulary}.")
+            raise UserError(f"max_vocabulary must be >= 1, got {max_vocabulary}.")
         if counts.fields != data_format.sparse_names:
             raise ValueError(f"Counts of fields {list(counts.fields)} do not match the "
                              f"{data_format.name} fields {list(data_format.sparse_names)}.")
@@ -175,11 +176,7 @@ class Preprocessor:
         if not os.path.exists(path):
             raise FileNotFoundError(f"Preprocessor file not found: {path}")
         with open(path) as f:
-            try:
-                config = json.load(f)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}: not valid JSON ({error}).") from None
-        return cls.from_dict(config)
+            return cls.from_dict(json.load(f))
 
 
 class _Lookup:

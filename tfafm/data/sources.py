@@ -112,22 +112,22 @@ def load_data(
     """
     prefix, _, rest = spec.partition(":")
     if prefix not in PREFIXES:
-        raise ValueError(
+        raise UserError(
             f"Unknown data source {prefix!r} in {spec!r}; expected one of "
             f"{', '.join(_usage(p) for p in PREFIXES)}."
         )
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+        raise UserError(f"batch_size must be >= 1, got {batch_size}.")
     if not 0.0 < validation_fraction <= 0.5:
-        raise ValueError(f"validation_fraction must be in (0, 0.5], got {validation_fraction}.")
+        raise UserError(f"validation_fraction must be in (0, 0.5], got {validation_fraction}.")
     if prefix == "synthetic":
         if preprocessor is not None:
-            raise ValueError("Synthetic data takes no preprocessor.")
+            raise UserError("Synthetic data takes no preprocessor.")
         return _synthetic(spec, rest, batch_size, embedding_dim, validation_fraction,
                           synthetic_rows, synthetic_max_vocabulary, seed)
     evaluation = preprocessor is not None if evaluation_only is None else evaluation_only
     if evaluation and preprocessor is None:
-        raise ValueError("evaluation_only=True needs a fitted preprocessor.")
+        raise UserError("evaluation_only=True needs a fitted preprocessor.")
     owner = None
     if prefix == CACHE_PREFIX:
         cache = open_cache(rest, rebuild_stale=rebuild_stale, progress=progress)
@@ -139,7 +139,7 @@ def load_data(
     else:
         source = file_source(prefix, rest, spec)
         if preprocessor is not None and preprocessor.format != source.format:
-            raise ValueError(
+            raise UserError(
                 f"The preprocessor encodes {preprocessor.format.name} data, not {prefix} data ({spec!r})."
             )
         root = cache_dir or os.environ.get(CACHE_DIR_VARIABLE)
@@ -158,7 +158,7 @@ def _usage(prefix: str) -> str:
 def open_cache(path: str, rebuild_stale: bool = True, progress: bool = False) -> Cache:
     """Opens ``path``; rebuilds it if its source files changed (or refuses, without ``rebuild_stale``)."""
     if not path:
-        raise ValueError("Data spec 'cache:' needs a directory: cache:DIR.")
+        raise UserError("Data spec 'cache:' needs a directory: cache:DIR.")
     cache = Cache.open(path)
     reason = stale_reason(cache.manifest)
     if reason is None:
@@ -183,7 +183,7 @@ def _bundle(spec: str, cache: Cache, batch_size: int, embedding_dim: int, evalua
             owner: Optional[_TemporaryDirectory]) -> DataBundle:
     train_rows, validation_rows = cache.rows("train"), cache.rows("validation")
     if not evaluation and not train_rows:
-        raise ValueError(f"{spec}: no training rows (only {validation_rows} rows in all).")
+        raise UserError(f"{spec}: no training rows (only {validation_rows} rows in all).")
     if evaluation:
         train, validation = None, cache.dataset(("train", "validation"), batch_size)
         train_rows, validation_rows = 0, train_rows + validation_rows
@@ -218,7 +218,7 @@ def _synthetic(
     validation_fraction: float, default_rows: int, max_vocabulary: int, seed: int,
 ) -> DataBundle:
     if rows_text and not (rows_text.isdigit() and int(rows_text) > 0):
-        raise ValueError(f"In {spec!r}, ROWS of synthetic:ROWS must be a positive integer.")
+        raise UserError(f"In {spec!r}, ROWS of synthetic:ROWS must be a positive integer.")
     rows = int(rows_text) if rows_text else default_rows
     validation_rows = max(1, round(rows * validation_fraction))
     generator = SyntheticCriteo(seed=seed, max_vocabulary=max_vocabulary)

@@ -20,6 +20,7 @@ import urllib.parse
 from tfafm.data.errors import DataFormatError
 from tfafm.data.formats import FORMATS, TABLE, DataFormat, table_format
 from tfafm.data.readers import resolve_paths
+from tfafm.errors import UserError
 
 FILE_PREFIXES = (*FORMATS, TABLE)
 _ROLES = ("label", "dense", "categorical")
@@ -44,15 +45,15 @@ def file_source(prefix: str, rest: str, spec: str) -> FileSource:
     """The files and format of ``prefix:rest`` (``prefix`` one of :data:`FILE_PREFIXES`)."""
     if prefix != TABLE:
         if not rest:
-            raise ValueError(f"Data spec {spec!r} needs a path: {prefix}:PATH.")
+            raise UserError(f"Data spec {spec!r} needs a path: {prefix}:PATH.")
         return FileSource(spec, FORMATS[prefix], tuple(resolve_paths(rest)))
     location, _, query = rest.partition("?")
     if not location:
-        raise ValueError(f"Data spec {spec!r} needs a path: parquet:PATH[?label=...&categorical=...].")
+        raise UserError(f"Data spec {spec!r} needs a path: parquet:PATH[?label=...&categorical=...].")
     roles = urllib.parse.parse_qs(query, keep_blank_values=True, separator="&")
     unknown = sorted(set(roles) - set(_ROLES))
     if unknown:
-        raise ValueError(f"Unknown column role(s) {unknown} in {spec!r}; known: {', '.join(_ROLES)}.")
+        raise UserError(f"Unknown column role(s) {unknown} in {spec!r}; known: {', '.join(_ROLES)}.")
     listed = {role: [c for value in roles.get(role, []) for c in value.split(",") if c] for role in _ROLES}
     paths = tuple(resolve_paths(location))
     not_parquet = [p for p in paths if not is_parquet(p)]

@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 
 from tfafm.data.columnar import Columns
 from tfafm.data.errors import DataFormatError
+from tfafm.errors import UserError
 from tfafm.io_utils import atomic_path
 
 _MIN_MERGE_ROWS = 1 << 20
@@ -63,7 +64,7 @@ class ValueCounts:
     def merge(self, other: "ValueCounts") -> None:
         """Adds ``other``'s counts (of other rows of the same fields) to these."""
         if other.fields != self.fields:
-            raise ValueError(f"Cannot merge counts of fields {other.fields} into {self.fields}.")
+            raise UserError(f"Cannot merge counts of fields {other.fields} into {self.fields}.")
         for field in range(len(self.fields)):
             self._add(field, other.table(self.fields[field]))
         self.rows += other.rows

@@ -35,32 +35,51 @@ _RESULT_PREFIX = "TFAFM_BENCH_RESULT "
 # ----------------------------------------------------------------------------- inputs
 
 
-def _schema_dict(schema) -> dict:
-    return schema if isinstance(schema, Mapping) else schema.to_dict()
+def interface_dict(description) -> dict:
+    """An interface dict (see :mod:`tfafm.export.signature`) from a Schema, an Interface, a schema
+    dict (``{"features": ...}``) or an interface dict."""
+    if hasattr(description, "to_dict") and hasattr(description, "outputs"):
+        return description.to_dict()
+    if hasattr(description, "sparse"):  # a Schema
+        from tfafm.export.signature import Interface
+
+        return Interface.from_schema(description).to_dict()
+    if "features" in description:
+        inputs = [
+            {"name": f["name"], "dtype": "int32", "shape": [1], "vocabulary_size": int(f["vocabulary_size"])}
+            if f["type"] == "sparse" else {"name": f["name"], "dtype": "float32", "shape": [1]}
+            for f in description["features"]
+        ]
+        return {"format": "tfafm-interface", "version": 1, "inputs": inputs, "outputs": ["prediction"]}
+    return dict(description)
 
 
-def _zipf_ids(rng: np.random.Generator, vocabulary: int, rows: int, exponent: float) -> np.ndarray:
+def _zipf_ids(rng: np.random.Generator, vocabulary: int, shape: tuple, exponent: float) -> np.ndarray:
     if vocabulary < 2:
-        return np.zeros((rows, 1), np.int32)
+        return np.zeros(shape, np.int32)
     cdf = np.cumsum(np.arange(1, vocabulary, dtype=np.float64) ** -exponent)
-    ids = np.searchsorted(cdf / cdf[-1], rng.random(rows), side="right") + 1
-    return np.minimum(ids, vocabulary - 1).astype(np.int32)[:, None]
+    ids = np.searchsorted(cdf / cdf[-1], rng.random(shape), side="right") + 1
+    return np.minimum(ids, vocabulary - 1).astype(np.int32)
 
 
-def sample_features(schema, rows: int, seed: int = 0, zipf_exponent: float = 1.1) -> dict[str, np.ndarray]:
-    """``rows`` realistic feature rows for ``schema`` (a Schema or its ``to_dict()``).
+def sample_features(description, rows: int, seed: int = 0, zipf_exponent: float = 1.1) -> dict[str, np.ndarray]:
+    """``rows`` realistic input rows for a model described by ``description`` (a Schema, an
+    Interface or their dicts).
 
-    Sparse ids follow a Zipf law over ``[1, vocabulary_size)``; dense values
-    are ``log1p(1 + floor(lognormal))``, so no value is zero.
+    Integer ids follow a Zipf law over ``[1, vocabulary_size)`` (an input of
+    unknown vocabulary gets ids 0 and 1); float values are
+    ``log1p(1 + floor(lognormal))``, so no value is zero.
     """
     rng = np.random.default_rng(seed)
     features = {}
-    for feature in _schema_dict(schema)["features"]:
-        if feature["type"] == "sparse":
-            features[feature["name"]] = _zipf_ids(rng, int(feature["vocabulary_size"]), rows, zipf_exponent)
+    for spec in interface_dict(description)["inputs"]:
+        shape = (rows, *spec["shape"])
+        if spec["dtype"].startswith("int"):
+            ids = _zipf_ids(rng, int(spec.get("vocabulary_size") or 2), shape, zipf_exponent)
+            features[spec["name"]] = ids.astype(spec["dtype"])
         else:
-            counts = 1.0 + np.floor(rng.lognormal(1.0, 1.5, size=(rows, 1)))
-            features[feature["name"]] = np.log1p(counts).astype(np.float32)
+            counts = 1.0 + np.floor(rng.lognormal(1.0, 1.5, size=shape))
+            features[spec["name"]] = np.log1p(counts).astype(np.float32)
     return features
 
 
@@ -68,7 +87,16 @@ def sample_features(schema, rows: int, seed: int = 0, zipf_exponent: float = 1.1
 
 
 def model_kind(path: str) -> str:
-    """``"tflite"``, ``"onnx"``, ``"saved_model"`` or ``"keras"`` for an exported model path."""
+    """``"tflite"``, ``"onnx"``, ``"saved_model"`` or ``"keras"`` for an exported model path.
+
+    Raises:
+        MissingFileError: nothing is at ``path``.
+        UserError: ``path`` is none of those.
+    """
+    from tfafm.errors import MissingFileError, UserError
+
+    if not os.path.exists(path):
+        raise MissingFileError(f"Cannot benchmark {path}: no such file or directory.")
     if os.path.isfile(path):
         for ext, kind in ((".tflite", "tflite"), (".onnx", "onnx"), (".keras", "keras")):
             if path.endswith(ext):
@@ -78,8 +106,8 @@ def model_kind(path: str) -> str:
             return "saved_model"
         if os.path.isfile(os.path.join(path, "model.keras")):
             return "keras"
-    raise ValueError(f"Cannot benchmark {path!r}: expected a .tflite/.onnx/.keras file, a SavedModel "
-                     "directory or a run directory with model.keras.")
+    raise UserError(f"Cannot benchmark {path!r}: expected a .tflite/.onnx/.keras file, a SavedModel "
+                    "directory or a run directory with model.keras.")
 
 
 def _model_file(path: str, kind: str) -> str:
@@ -119,25 +147,28 @@ class KerasRunner:
 
         import tfafm.layers  # noqa: F401  (registers tfafm's custom layers)
         import tfafm.models  # noqa: F401  (and keras_rs's)
-        from tfafm.export.signature import feature_inputs, serving_function
+        from tfafm.export.signature import as_batch, interface, serving_function
 
         self._tf = tf
+        self._as_batch = as_batch
         self.model = keras.saving.load_model(path, compile=False)
-        self.inputs = feature_inputs(self.model)
+        self.interface = interface(self.model, vocabularies=False)
         self.function = serving_function(self.model)
 
+    @property
+    def feature_names(self) -> list[str]:
+        return [spec.name for spec in self.interface.inputs]
+
     def __call__(self, features: Mapping) -> np.ndarray:
-        tensors = {
-            name: self._tf.constant(np.asarray(features[name]).reshape(-1, 1).astype(dtype))
-            for name, dtype in self.inputs
-        }
-        return self.function(tensors)["prediction"].numpy()
+        batch = self._as_batch(features, self.interface.inputs)
+        outputs = self.function({name: self._tf.constant(value) for name, value in batch.items()})
+        return outputs[self.interface.outputs[0]].numpy()
 
 
 def open_runner(kind: str, path: str, threads: int = 1):
     """A callable ``runner(features) -> probabilities`` for an exported model."""
     if kind == "tflite":
-        return _load_sibling("litert").LiteRTRunner(path, num_threads=threads)
+        return _load_sibling("litert_file").LiteRTRunner(path, num_threads=threads)
     if kind == "onnx":
         return _load_sibling("onnx").OnnxRunner(path, num_threads=threads)
     _set_tf_threads(threads)
@@ -197,26 +228,74 @@ def peak_rss_mb() -> float:
     return peak / (1024.0 * 1024.0) if sys.platform == "darwin" else peak / 1024.0
 
 
+_KIND_NAMES = {"tflite": "LiteRT", "onnx": "ONNX", "saved_model": "SavedModel", "keras": "Keras"}
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+
+
+def _open_checked(job: dict):
+    """The job's runner, or ``(None, reason)`` when the model cannot be loaded or does not fit the schema."""
+    try:
+        runner = open_runner(job["kind"], job["path"], job["threads"])
+    except Exception as error:  # the file is not a loadable model of its kind
+        return None, f"cannot load it as a {_KIND_NAMES[job['kind']]} model ({_first_line(error)})"
+    names = {spec["name"] for spec in job["schema"]["inputs"]}
+    missing = sorted(set(runner.feature_names) - names)
+    if missing:
+        more = " ..." if len(missing) > 5 else ""
+        return None, f"it takes inputs the schema lacks: {', '.join(missing[:5])}{more}"
+    try:
+        runner(sample_features(job["schema"], 1, seed=job["seed"]))
+    except Exception as error:  # the schema's inputs do not fit the model
+        return None, f"it does not run on inputs drawn from the schema ({_first_line(error)})"
+    return runner, None
+
+
 def _worker(job: dict) -> dict:
-    runner = open_runner(job["kind"], job["path"], job["threads"])
+    runner, problem = _open_checked(job)
+    if problem is not None:
+        return {"error": problem}
     results = {}
     for batch_size in job["batch_sizes"]:
         batches = [
             sample_features(job["schema"], batch_size, seed=job["seed"] + i) for i in range(job["distinct_batches"])
         ]
         results[str(batch_size)] = measure(runner, batches, job["warmup"], job["iterations"], job["max_seconds"])
-    return {"results": results, "peak_rss_mb": peak_rss_mb()}
+    ops = len(_load_sibling("litert_file").litert_ops(job["path"])) if job["kind"] == "tflite" else None
+    return {"results": results, "peak_rss_mb": peak_rss_mb(), "ops": ops}
 
 
 def _run_worker(job: dict, timeout: float) -> dict:
+    """Runs one measuring process.
+
+    Raises:
+        UserError: the model cannot be loaded, does not fit the schema, crashes
+            the runtime or runs past ``timeout`` (the message names the file).
+        RuntimeError: the worker failed otherwise (a bug; its traceback included).
+    """
+    from tfafm.errors import UserError
+
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONWARNINGS="ignore")
-    process = subprocess.run(
-        [sys.executable, os.path.abspath(__file__), "--worker"],
-        input=json.dumps(job), capture_output=True, text=True, timeout=timeout, env=env,
-    )
+    try:
+        process = subprocess.run(
+            [sys.executable, os.path.abspath(__file__), "--worker"],
+            input=json.dumps(job), capture_output=True, text=True, timeout=timeout, env=env,
+        )
+    except subprocess.TimeoutExpired:
+        raise UserError(f"Benchmark of {job['path']} ran longer than {timeout:g} s; lower --iterations "
+                        "or --max-seconds.") from None
     for line in process.stdout.splitlines():
         if line.startswith(_RESULT_PREFIX):
-            return json.loads(line[len(_RESULT_PREFIX):])
+            outcome = json.loads(line[len(_RESULT_PREFIX):])
+            if "error" in outcome:
+                raise UserError(f"Cannot benchmark {job['path']}: {outcome['error']}.")
+            return outcome
+    if process.returncode < 0:
+        raise UserError(f"Cannot benchmark {job['path']}: the {_KIND_NAMES[job['kind']]} runtime crashed "
+                        f"(signal {-process.returncode}); is it a valid, complete model file?")
     raise RuntimeError(
         f"Benchmark worker for {job['path']} failed (exit {process.returncode}):\n{process.stderr[-3000:]}"
     )
@@ -241,9 +320,35 @@ def _targets(paths_or_models, names, tmp: str) -> list[tuple[str, str, str]]:
     return targets
 
 
+def described_interface(paths: Sequence) -> dict:
+    """The interface described by the first ``.tflite`` file among ``paths`` that carries one."""
+    for path in paths:
+        if isinstance(path, (str, os.PathLike)) and os.fspath(path).endswith(".tflite") and os.path.isfile(path):
+            description = _load_sibling("litert_file").read_interface(os.fspath(path))
+            if description is not None:
+                return description
+    from tfafm.errors import UserError
+
+    raise UserError("None of the models describes its inputs (a .tflite written by tfafm does): give a schema "
+                    "(e.g. --schema run/schema.json).")
+
+
+def _check_options(batch_sizes, threads, iterations, warmup, max_seconds, distinct_batches) -> None:
+    """Raises a :class:`UserError` naming the first option that cannot give a measurement."""
+    from tfafm.errors import UserError
+
+    counts = {"batch_sizes": (list(batch_sizes), 1), "threads": (list(threads), 1), "iterations": ([iterations], 1),
+              "warmup": ([warmup], 0), "distinct_batches": ([distinct_batches], 1)}
+    for name, (values, least) in counts.items():
+        if not values or not all(isinstance(v, (int, np.integer)) and v >= least for v in values):
+            raise UserError(f"benchmark: {name} must be integers >= {least}, got {values}.")
+    if not max_seconds > 0:
+        raise UserError(f"benchmark: max_seconds must be positive, got {max_seconds!r}.")
+
+
 def benchmark(
     paths_or_models: Sequence,
-    schema,
+    schema=None,
     batch_sizes: Sequence[int] = (1, 256),
     threads: Sequence[int] = (1, os.cpu_count() or 1),
     warmup: int = 10,
@@ -260,7 +365,9 @@ def benchmark(
         paths_or_models: ``.tflite`` / ``.onnx`` / ``.keras`` files, SavedModel
             directories, run directories holding ``model.keras``, or
             ``keras.Model`` objects.
-        schema: the :class:`~tfafm.Schema` the models take (inputs are drawn from it).
+        schema: what the models take (a :class:`~tfafm.Schema` or an
+            :class:`~tfafm.export.Interface`); inputs are drawn from it.
+            Default: the interface stored in the first ``.tflite`` file.
         batch_sizes, threads: the grid; each thread count runs in its own process.
         warmup, iterations: calls before / during timing (timing stops early
             after ``max_seconds`` once 10 calls are timed).
@@ -270,11 +377,14 @@ def benchmark(
     Returns:
         One dict per (model, threads, batch size): ``name``, ``kind``, ``path``,
         ``batch_size``, ``threads``, ``size_bytes``, ``p50_ms``, ``p99_ms``,
-        ``throughput_rps``, ``iterations`` and ``peak_rss_mb`` (the worker
-        process's peak over all its batch sizes).
+        ``throughput_rps``, ``iterations``, ``peak_rss_mb`` (the worker
+        process's peak over all its batch sizes) and ``ops`` (operators in a
+        ``.tflite`` file, else None).
     """
+    _check_options(batch_sizes, threads, iterations, warmup, max_seconds, distinct_batches)
     if names is not None and len(names) != len(paths_or_models):
         raise ValueError(f"names has {len(names)} entries for {len(paths_or_models)} models.")
+    description = described_interface(paths_or_models) if schema is None else interface_dict(schema)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, kind, path in _targets(paths_or_models, names, tmp):
@@ -282,14 +392,14 @@ def benchmark(
                 job = {
                     "kind": kind, "path": path, "threads": n, "batch_sizes": [int(b) for b in batch_sizes],
                     "warmup": warmup, "iterations": iterations, "max_seconds": max_seconds,
-                    "schema": _schema_dict(schema), "seed": seed, "distinct_batches": distinct_batches,
+                    "schema": description, "seed": seed, "distinct_batches": distinct_batches,
                 }
                 outcome = _run_worker(job, timeout)
                 for batch_size in batch_sizes:
                     rows.append({
                         "name": name, "kind": kind, "path": path, "batch_size": int(batch_size), "threads": n,
                         "size_bytes": size_bytes(path), **outcome["results"][str(batch_size)],
-                        "peak_rss_mb": outcome["peak_rss_mb"],
+                        "peak_rss_mb": outcome["peak_rss_mb"], "ops": outcome["ops"],
                     })
     return rows
 
@@ -324,12 +434,12 @@ def results_table(rows: Sequence[Mapping]) -> str:
     """A markdown table of :func:`benchmark` rows with each model's ratios to the first model."""
     if not rows:
         return "(no results)"
-    header = ("| model | format | batch | threads | size KiB | p50 ms | p99 ms | rows/s | peak RSS MiB "
+    header = ("| model | format | ops | batch | threads | size KiB | p50 ms | p99 ms | rows/s | peak RSS MiB "
               "| size ratio | p50 ratio | throughput ratio |")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for r in add_ratios(rows):
         lines.append(
-            f"| {r['name']} | {r['kind']} | {r['batch_size']} | {r['threads']} | {r['size_bytes'] / 1024:.1f} "
+            f"| {r['name']} | {r['kind']} | {'-' if r.get('ops') is None else r['ops']} | {r['batch_size']} | {r['threads']} | {r['size_bytes'] / 1024:.1f} "
             f"| {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {r['throughput_rps']:.0f} | {r['peak_rss_mb']:.0f} "
             f"| {r['size_ratio']:.2f} | {r['p50_ratio']:.2f} | {r['throughput_ratio']:.2f} |"
         )

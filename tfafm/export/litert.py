@@ -1,21 +1,23 @@
 """Export to LiteRT (``.tflite``) with builtin ops only, optionally quantized.
 
-The runtime helpers (:class:`LiteRTRunner`, :func:`litert_ops`,
-:func:`litert_tensor_types`) import neither TensorFlow nor the rest of tfafm,
-so a serving process (or a benchmark worker) stays light.
+The files carry a ``serving_default`` signature and tfafm's interface
+metadata (:mod:`tfafm.export.litert_file`, which also holds the light runtime
+helpers).
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
-import sys
 import warnings
-from typing import Iterable, Mapping, NamedTuple
+from typing import Iterable, Mapping
 
 import numpy as np
 
+from tfafm.errors import UnsupportedLayerError, UserError
+from tfafm.export.litert_file import with_signature_and_metadata
+
+FLATBUFFER_LIMIT = 2 * 1024**3  # bytes; LiteRT files are flatbuffers, addressed with 32-bit offsets
+_BYTES_PER_WEIGHT = {None: 4, "float16": 2, "dynamic": 1, "int8": 1}
 QUANTIZATIONS = (None, "float16", "dynamic", "int8")
 _FLEX_OP = re.compile(r"'tf\.(\w+)' op is neither a custom op nor a flex op")
 _SELECT_LIST = re.compile(r"TF Select ops: ([\w, ]+)")
@@ -29,19 +31,21 @@ def litert(
     representative_data=None,
     fuse: bool = True,
     representative_steps: int = 100,
+    schema=None,
 ) -> str:
     """Converts ``model`` to a LiteRT flatbuffer at ``path`` (written atomically).
 
-    The graph is traced from a ``tf.function`` with one named ``(None, 1)``
-    input per feature (int32 ids, float32 dense values), its variables frozen
-    to constants, and converted with ``target_spec.supported_ops =
-    [TFLITE_BUILTINS]`` (plus ``TFLITE_BUILTINS_INT8`` for ``int8``): the
-    file never needs the Flex/Select TF delegate nor custom ops. Inputs are
-    named after the features; the single output is the probability (tensor
-    name ``Identity``, shape ``(batch, 1)``).
+    The graph is traced from a ``tf.function`` with one named input per model
+    input (dynamic batch), its variables frozen to constants, and converted
+    with ``target_spec.supported_ops = [TFLITE_BUILTINS]`` (plus
+    ``TFLITE_BUILTINS_INT8`` for ``int8``): the file never needs the
+    Flex/Select TF delegate nor custom ops. The file has a
+    ``serving_default`` signature (inputs named after the model's inputs,
+    outputs ``prediction`` or the model's output names) and carries its
+    interface as metadata (:mod:`tfafm.export.litert_file`).
 
     Args:
-        model: a functional tfafm/Keras model.
+        model: a Sequential or functional Keras model.
         path: target ``.tflite`` file.
         quantize: ``None`` (float32); ``"float16"`` (weights stored as float16,
             dequantized at load); ``"dynamic"`` (``Optimize.DEFAULT``: weights
@@ -53,10 +57,12 @@ def litert(
             dicts or ``(features, labels)`` batches, or a dict of arrays (the
             compression calibration data is the natural choice).
         fuse: fold low-rank embedding projections into the following Dense
-            first (:func:`tfafm.compression.fusion.fuse`); a no-op for models
-            without :class:`~tfafm.LowRankEmbedding`.
+            first (:func:`tfafm.fuse`); a no-op for models without
+            :class:`~tfafm.LowRankEmbedding`.
         representative_steps: at most this many batches of
             ``representative_data`` are used for int8 calibration.
+        schema: the :class:`~tfafm.Schema` of the model's features, recorded in
+            the metadata (vocabulary sizes are otherwise read off the model).
 
     Quantization threshold: the LiteRT weight quantizer leaves any constant
     with fewer than 1024 elements in float32 in ``"dynamic"`` mode (the MLIR
@@ -73,53 +79,68 @@ def litert(
         ``path``.
 
     Raises:
-        ValueError: for an unknown ``quantize``, missing representative data,
-            or a model needing an op outside the LiteRT builtins (the message
-            names the op and the Keras layer(s) it comes from).
+        tfafm.errors.UserError: for an unknown ``quantize``, missing
+            representative data, a model whose weights cannot fit a 2 GB
+            flatbuffer, or a model needing an op outside the LiteRT builtins
+            (the message names the op and the Keras layer(s) it comes from).
     """
     import tensorflow as tf
 
+    from tfafm.compression.keras_graph import require_graph_model
+    from tfafm.export.signature import interface
     from tfafm.io_utils import atomic_path
 
     if quantize not in QUANTIZATIONS:
-        raise ValueError(f"quantize must be one of {QUANTIZATIONS}, got {quantize!r}.")
+        raise UserError(f"quantize must be one of {QUANTIZATIONS}, got {quantize!r}.")
     if quantize == "int8" and representative_data is None:
-        raise ValueError("quantize='int8' needs representative_data (e.g. the calibration data).")
+        raise UserError("quantize='int8' needs representative_data (e.g. the calibration data).")
+    require_graph_model(model)
     model = _maybe_fuse(model, fuse)
+    _check_size(model, quantize)
+    description = interface(model, schema)
     frozen = _frozen_function(model)
-    with _absl_warnings_muted():
-        converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen])
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen])
     _configure(converter, quantize)
     if quantize == "int8":
         order = [t.name.split(":")[0] for t in frozen.inputs if t.dtype != tf.resource]
-        converter.representative_dataset = _representative(representative_data, order, representative_steps)
+        shapes = {spec.name: spec.shape for spec in description.inputs}
+        converter.representative_dataset = _representative(representative_data, order, shapes,
+                                                            representative_steps)
     try:
-        with warnings.catch_warnings(), _notes_silenced(), _absl_warnings_muted():
+        with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Statistics for quantized inputs")
             flatbuffer = converter.convert()
     except Exception as error:  # ConverterError and friends
         raise _unsupported_error(error, model, frozen) from error
+    flatbuffer = with_signature_and_metadata(flatbuffer, description.to_dict())
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             f.write(flatbuffer)
     return path
 
 
+def _check_size(model, quantize: str | None) -> None:
+    """Refuses, before converting, a model whose weights cannot fit one flatbuffer."""
+    size = model.count_params() * _BYTES_PER_WEIGHT[quantize]
+    if size > FLATBUFFER_LIMIT * 0.95:
+        raise UserError(
+            f"Model {model.name!r} has {model.count_params():,} weights, {size / 2**30:.2f} GiB as "
+            f"{quantize or 'float32'}: LiteRT files are flatbuffers, limited to 2 GiB. Compress it further, "
+            "use quantize='dynamic' (1 byte per weight), cap the vocabularies (max_vocabulary), or export "
+            "to SavedModel / ONNX instead."
+        )
+
+
 def _maybe_fuse(model, fuse: bool):
     if not fuse or not _has_low_rank_embedding(model):
         return model
-    try:
-        from tfafm.compression.fusion import fuse as fuse_model
-    except ModuleNotFoundError as error:
-        if error.name != "tfafm.compression.fusion":
-            raise
-        warnings.warn("tfafm.compression.fusion is not available; exporting the model unfused.", stacklevel=3)
-        return model
+    from tfafm.compression.fusion import fuse as fuse_model
+
     return fuse_model(model)
 
 
 def _has_low_rank_embedding(model) -> bool:
-    from tfafm.compression.graph import iter_layers
+    from tfafm.compression.keras_graph import iter_layers
     from tfafm.layers.low_rank import LowRankEmbedding
 
     return any(isinstance(layer, LowRankEmbedding) for layer in iter_layers(model))
@@ -158,7 +179,7 @@ def _configure(converter, quantize: str | None) -> None:
         converter.inference_output_type = tf.float32
 
 
-def _representative(data, order: list[str], steps: int):
+def _representative(data, order: list[str], shapes: dict, steps: int):
     """A generator function yielding input lists (in the converter's input order)."""
     import tensorflow as tf
 
@@ -171,7 +192,7 @@ def _representative(data, order: list[str], steps: int):
             for element in data:
                 yield element[0] if isinstance(element, (tuple, list)) else element
         else:
-            raise TypeError(
+            raise UserError(
                 f"representative_data must be a tf.data.Dataset or a dict of arrays, got {type(data).__name__}."
             )
 
@@ -181,14 +202,14 @@ def _representative(data, order: list[str], steps: int):
                 return
             missing = [name for name in order if name not in features]
             if missing:
-                raise ValueError(f"representative_data lacks feature(s) {missing}.")
-            yield [np.asarray(features[name]).reshape(-1, 1) for name in order]
+                raise UserError(f"representative_data lacks feature(s) {missing}.")
+            yield [np.asarray(features[name]).reshape(-1, *shapes[name]) for name in order]
 
     return generate
 
 
 def _unsupported_error(error: Exception, model, frozen) -> Exception:
-    """A ValueError naming the non-builtin ops and their Keras layers, or ``error`` itself."""
+    """An UnsupportedLayerError naming the non-builtin ops and their Keras layers, or ``error`` itself."""
     message = str(error)
     ops = set(_FLEX_OP.findall(message))
     for listed in _SELECT_LIST.findall(message):
@@ -208,7 +229,7 @@ def _unsupported_error(error: Exception, model, frozen) -> Exception:
     if not any(layers.values()):
         suspects = _non_builtin_layers(model)
         text += f" Layers of non-standard classes: {suspects or 'none'}."
-    return ValueError(text)
+    return UnsupportedLayerError(text)
 
 
 def _graph_nodes(graph_def) -> Iterable:
@@ -219,7 +240,7 @@ def _graph_nodes(graph_def) -> Iterable:
 
 def _layers_using(ops: set[str], model, frozen) -> dict[str, list[str]]:
     """Maps each op type to the Keras layers whose name scope contains such an op."""
-    from tfafm.compression.graph import iter_layers
+    from tfafm.compression.keras_graph import iter_layers
 
     names = [layer.name for layer in iter_layers(model)]
     found: dict[str, list[str]] = {op: [] for op in ops}
@@ -241,7 +262,7 @@ def _layer_of(node_name: str, layer_names: list[str]) -> str | None:
 
 
 def _non_builtin_layers(model) -> list[str]:
-    from tfafm.compression.graph import iter_layers
+    from tfafm.compression.keras_graph import iter_layers
 
     return [
         f"{layer.name} ({type(layer).__name__})"
@@ -250,121 +271,3 @@ def _non_builtin_layers(model) -> list[str]:
     ]
 
 
-# ----------------------------------------------------------------------------- runtime
-
-
-@contextlib.contextmanager
-def _absl_warnings_muted():
-    """Mutes the converter's Python deprecation notes about the frozen-function path it is given."""
-    import logging
-
-    logger = logging.getLogger("absl")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
-def _notes_silenced():
-    """tfafm's silencing of native notes, when tfafm is loaded (bench workers load this file alone)."""
-    quiet = sys.modules.get("tfafm.quiet")
-    return quiet.tensorflow_notes_silenced() if quiet else contextlib.nullcontext()
-
-
-def _interpreter(path: str, num_threads: int = 1):
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:  # pragma: no cover - TF's deprecated copy
-        from tensorflow.lite.python.interpreter import Interpreter
-    return Interpreter(model_path=path, num_threads=num_threads)
-
-
-def litert_ops(path: str) -> set[str]:
-    """Names of the operators used by a ``.tflite`` file, e.g. ``{"GATHER", "FULLY_CONNECTED"}``.
-
-    Flex ops show up as ``"FlexXxx"`` and custom ops under their custom name.
-    """
-    return {detail["op_name"] for detail in _interpreter(path)._get_ops_details()}
-
-
-def builtin_op_names() -> frozenset[str]:
-    """Names of the LiteRT builtin operators (``CUSTOM`` and ``DELEGATE`` excluded)."""
-    try:
-        from ai_edge_litert.schema_py_generated import BuiltinOperator
-    except ImportError:  # pragma: no cover
-        from tensorflow.lite.python.schema_py_generated import BuiltinOperator
-    names = {name for name in vars(BuiltinOperator) if name.isupper()}
-    return frozenset(names - {"CUSTOM", "DELEGATE", "PLACEHOLDER_FOR_GREATER_OP_CODES"})
-
-
-class TensorInfo(NamedTuple):
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-
-
-def litert_tensor_types(path: str) -> list[TensorInfo]:
-    """Every tensor of a ``.tflite`` file (weights included) with its dtype name and shape."""
-    return [
-        TensorInfo(d["name"], np.dtype(d["dtype"]).name, tuple(int(s) for s in d["shape"]))
-        for d in _interpreter(path).get_tensor_details()
-    ]
-
-
-def _feature_name(tensor_name: str) -> str:
-    name = tensor_name.split(":")[0]
-    return name[len("serving_default_"):] if name.startswith("serving_default_") else name
-
-
-class LiteRTRunner:
-    """Runs a ``.tflite`` exported by :func:`litert` on feature-dict batches.
-
-    ``runner(features)`` maps feature names to input tensors by name, resizes
-    the inputs to the batch size when it changes, and returns the probabilities
-    as a float32 array of shape ``(batch, 1)``.
-    """
-
-    def __init__(self, path: str, num_threads: int = 1):
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"No LiteRT file at {path}.")
-        self.path = path
-        self.interpreter = _interpreter(path, num_threads=num_threads)
-        self.inputs = {_feature_name(d["name"]): d for d in self.interpreter.get_input_details()}
-        self.output_index = self.interpreter.get_output_details()[0]["index"]
-        self._batch = None
-
-    @property
-    def feature_names(self) -> list[str]:
-        return list(self.inputs)
-
-    def _resize(self, batch: int) -> None:
-        if batch != self._batch:
-            for detail in self.inputs.values():
-                self.interpreter.resize_tensor_input(detail["index"], [batch, 1])
-            with _notes_silenced():  # "Created TensorFlow Lite XNNPACK delegate for CPU."
-                self.interpreter.allocate_tensors()
-            self._batch = batch
-
-    def set_inputs(self, features: Mapping) -> None:
-        """Copies a feature batch into the interpreter's input tensors (resizing if needed)."""
-        missing = [name for name in self.inputs if name not in features]
-        if missing:
-            raise ValueError(f"Features missing from the batch: {missing}.")
-        batch = len(features[next(iter(self.inputs))])
-        self._resize(batch)
-        for name, detail in self.inputs.items():
-            value = np.asarray(features[name]).reshape(batch, 1).astype(detail["dtype"], copy=False)
-            self.interpreter.set_tensor(detail["index"], value)
-
-    def invoke(self) -> np.ndarray:
-        """Runs the model on the inputs set last; returns the probabilities ``(batch, 1)``."""
-        self.interpreter.invoke()
-        return self.interpreter.get_tensor(self.output_index)
-
-    def __call__(self, features: Mapping) -> np.ndarray:
-        self.set_inputs(features)
-        return self.invoke()
-
-    predict = __call__

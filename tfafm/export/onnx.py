@@ -47,7 +47,10 @@ class OnnxRunner:
         options.intra_op_num_threads = int(num_threads)
         options.inter_op_num_threads = 1
         self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-        self.inputs = {i.name: self._DTYPES.get(i.type, np.float32) for i in self.session.get_inputs()}
+        self.inputs = {
+            i.name: (self._DTYPES.get(i.type, np.float32), tuple(int(d) for d in i.shape[1:]))
+            for i in self.session.get_inputs()
+        }
         self.output = self.session.get_outputs()[0].name
 
     @property
@@ -59,8 +62,8 @@ class OnnxRunner:
         if missing:
             raise ValueError(f"Features missing from the batch: {missing}.")
         feed = {
-            name: np.asarray(features[name]).reshape(-1, 1).astype(dtype, copy=False)
-            for name, dtype in self.inputs.items()
+            name: np.asarray(features[name]).reshape(-1, *shape).astype(dtype, copy=False)
+            for name, (dtype, shape) in self.inputs.items()
         }
         return self.session.run([self.output], feed)[0]
 

@@ -11,9 +11,10 @@ import numpy as np
 def saved_model(model, directory: str) -> str:
     """Writes ``model`` as a SavedModel directory (atomically) and returns ``directory``.
 
-    The ``serving_default`` signature takes one named input per feature --
-    int32 ids of shape ``(None, 1)`` for sparse features, float32 ``(None, 1)``
-    for dense ones -- and returns ``{"prediction": probabilities (None, 1)}``.
+    The ``serving_default`` signature takes one named input per model input
+    (for tfafm's zoo: int32 ids of shape ``(None, 1)`` for sparse features,
+    float32 ``(None, 1)`` for dense ones) and returns the named outputs
+    (``{"prediction": probabilities (None, 1)}`` for a single-output model).
     Load it with ``tf.saved_model.load(directory).signatures["serving_default"]``
     (no tfafm or Keras needed) or :class:`SavedModelRunner`.
     """
@@ -25,7 +26,7 @@ def saved_model(model, directory: str) -> str:
     module = tf.Module()
     module.model = model
     module.serve = serving_function(model)
-    with atomic_path(directory) as tmp:
+    with atomic_path(directory, kind="saved_model") as tmp:
         tf.saved_model.save(module, tmp, signatures={"serving_default": module.serve})
     return directory
 
@@ -46,7 +47,9 @@ class SavedModelRunner:
         self.loaded = tf.saved_model.load(directory)
         self.signature = self.loaded.signatures["serving_default"]
         _, specs = self.signature.structured_input_signature
-        self.inputs = {name: spec.dtype.as_numpy_dtype for name, spec in specs.items()}
+        self.inputs = {name: (spec.dtype.as_numpy_dtype, tuple(spec.shape[1:])) for name, spec in specs.items()}
+        outputs = sorted(self.signature.structured_outputs)
+        self.output = "prediction" if "prediction" in outputs else outputs[0]
 
     @property
     def feature_names(self) -> list[str]:
@@ -54,9 +57,9 @@ class SavedModelRunner:
 
     def __call__(self, features: Mapping) -> np.ndarray:
         tensors = {
-            name: self._tf.constant(np.asarray(features[name]).reshape(-1, 1).astype(dtype, copy=False))
-            for name, dtype in self.inputs.items()
+            name: self._tf.constant(np.asarray(features[name]).reshape(-1, *shape).astype(dtype, copy=False))
+            for name, (dtype, shape) in self.inputs.items()
         }
-        return self.signature(**tensors)["prediction"].numpy()
+        return self.signature(**tensors)[self.output].numpy()
 
     predict = __call__

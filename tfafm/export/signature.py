@@ -1,83 +1,209 @@
-"""The input signature every export shares: one named ``(batch, 1)`` input per feature.
+"""The serving interface every export shares, and its self-description.
 
-Sparse features are int32 ids, dense features float32 values; the batch
-dimension is dynamic. Exported models return the click probability under the
-name ``prediction``.
+Each model input becomes a named signature input with a dynamic batch
+dimension (the name is the model's input key for dict inputs, else the input
+tensor's name): for tfafm's zoo that is one ``(batch, 1)`` input per feature,
+int32 ids for sparse features and float32 for dense ones. Outputs are named:
+``prediction`` for a single-output model, the dict keys or output layer
+names otherwise.
+
+An :class:`Interface` describes these inputs and outputs, plus each integer
+input's vocabulary size (from a :class:`~tfafm.schema.Schema` when given,
+else read off the ``Embedding`` layer the input feeds), so a ``.tflite``
+file can carry it (:mod:`tfafm.export.litert` stores it as metadata) and a
+benchmark or an app needs nothing beside the file.
 """
 
 from __future__ import annotations
 
-from typing import Mapping
+import dataclasses
+import json
+from typing import Any, Mapping
 
 import numpy as np
 
+from tfafm.errors import UserError
+
 OUTPUT_NAME = "prediction"
+INTERFACE_VERSION = 1
+_DTYPES = ("int32", "int64", "float32", "string")
 
 
-def feature_inputs(model) -> list[tuple[str, str]]:
-    """``[(name, dtype), ...]`` of ``model``'s inputs, in the model's order.
+@dataclasses.dataclass(frozen=True)
+class InputSpec:
+    """One model input: name, dtype, shape without the batch axis, vocabulary size for ids."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    vocabulary_size: int | None = None
+
+    @property
+    def sparse(self) -> bool:
+        return self.dtype.startswith("int")
+
+
+@dataclasses.dataclass(frozen=True)
+class Interface:
+    """Inputs and output names of an exported model (see the module docstring)."""
+
+    inputs: tuple[InputSpec, ...]
+    outputs: tuple[str, ...]
+
+    def to_dict(self) -> dict:
+        return {
+            "format": "tfafm-interface",
+            "version": INTERFACE_VERSION,
+            "inputs": [dict(dataclasses.asdict(spec), shape=list(spec.shape)) for spec in self.inputs],
+            "outputs": list(self.outputs),
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, config: Mapping) -> "Interface":
+        if config.get("format") != "tfafm-interface":
+            raise UserError("Not a tfafm interface description.")
+        inputs = tuple(InputSpec(i["name"], i["dtype"], tuple(i["shape"]), i.get("vocabulary_size"))
+                       for i in config["inputs"])
+        return cls(inputs, tuple(config["outputs"]))
+
+    @classmethod
+    def from_schema(cls, schema) -> "Interface":
+        """The interface of a tfafm zoo model built for ``schema``."""
+        inputs = tuple(
+            InputSpec(f.name, "int32", (1,), f.vocabulary_size) if f in schema.sparse
+            else InputSpec(f.name, "float32", (1,))
+            for f in schema.features
+        )
+        return cls(inputs, (OUTPUT_NAME,))
+
+
+def _flat_outputs(model) -> list[str]:
+    from tfafm.compression.keras_graph import output_names
+
+    names = output_names(model)
+    return [OUTPUT_NAME] if len(names) == 1 and not isinstance(model.output, dict) else names
+
+
+def interface(model, schema=None, vocabularies: bool = True) -> Interface:
+    """The serving interface of ``model`` (vocabulary sizes from ``schema`` or read off the
+    model, unless ``vocabularies=False``).
 
     Raises:
-        ValueError: if an input is not a named ``(batch, 1)`` int32/float32 tensor.
+        UserError: for an input without a batch axis or of an unsupported dtype.
     """
-    inputs = []
-    for tensor in model.inputs:
-        name = tensor.name
-        dtype = str(tensor.dtype)
-        shape = tuple(tensor.shape)
-        if len(shape) != 2 or shape[1] != 1:
-            raise ValueError(
-                f"Model {model.name!r} input {name!r} has shape {shape}; exports expect one "
-                "(batch, 1) input per feature."
-            )
-        if dtype not in ("int32", "float32", "int64", "string"):
-            raise ValueError(f"Model {model.name!r} input {name!r} has unsupported dtype {dtype}.")
-        inputs.append((name, dtype))
-    return inputs
+    from tfafm.compression.keras_graph import input_names
+
+    vocabularies = _vocabularies(model) if vocabularies else {}
+    if schema is not None:
+        vocabularies.update({f.name: f.vocabulary_size for f in schema.sparse})
+    specs = []
+    for name, tensor in zip(input_names(model), model.inputs):
+        dtype, shape = str(tensor.dtype), tuple(tensor.shape)
+        if not shape:
+            raise UserError(f"Model {model.name!r} input {name!r} is a scalar; exports need a batch axis.")
+        if dtype not in _DTYPES:
+            raise UserError(f"Model {model.name!r} input {name!r} has dtype {dtype}; exports take {_DTYPES} "
+                            "(do other conversions before the model).")
+        if any(d is None for d in shape[1:]):
+            raise UserError(f"Model {model.name!r} input {name!r} has shape {shape}; exports need every axis "
+                            "but the batch one fixed.")
+        specs.append(InputSpec(name, dtype, tuple(int(d) for d in shape[1:]),
+                               vocabularies.get(name) if dtype.startswith("int") else None))
+    return Interface(tuple(specs), tuple(_flat_outputs(model)))
 
 
-def tensor_specs(model) -> list:
-    """One ``tf.TensorSpec((None, 1), dtype, name=feature)`` per model input, in order."""
+def _vocabularies(model) -> dict[str, int]:
+    """Vocabulary size of each integer input, read off the embedding layers its ids reach."""
+    import keras
+
+    from tfafm.compression.keras_graph import as_functional, input_names
+    from tfafm.layers.interactions import ClipToVocabulary
+    from tfafm.layers.low_rank import LowRankEmbedding
+
+    functional = as_functional(model)
+    sources: dict[int, str] = {}
+    found: dict[str, int] = {}
+    passthrough = (keras.layers.Reshape, keras.layers.Flatten)
+
+    def call(layer, *args, **kwargs):
+        outputs = layer(*args, **kwargs)
+        first = args[0] if args else None
+        if isinstance(layer, ClipToVocabulary):
+            for x, size in zip(first, layer.vocabulary_sizes):
+                if id(x) in sources:
+                    found.setdefault(sources[id(x)], size)
+        elif isinstance(layer, (keras.layers.Embedding, LowRankEmbedding)) and id(first) in sources:
+            found.setdefault(sources[id(first)], layer.input_dim)
+        elif isinstance(layer, passthrough) and id(first) in sources:
+            sources[id(outputs)] = sources[id(first)]
+        return outputs
+
+    inputs = keras.tree.map_structure(
+        lambda x: keras.Input(batch_shape=x.shape, dtype=x.dtype, name=x.name), functional.input)
+    for name, tensor in zip(input_names(functional), keras.tree.flatten(inputs)):
+        sources[id(tensor)] = name
+    keras.models.clone_model(functional, input_tensors=inputs, clone_function=lambda layer: layer,
+                             call_function=call)
+    return found
+
+
+def tensor_specs(model) -> dict[str, Any]:
+    """``{name: tf.TensorSpec((None, *shape), dtype, name=name)}`` per model input, in order."""
     import tensorflow as tf
 
-    return [tf.TensorSpec((None, 1), tf.as_dtype(dtype), name=name) for name, dtype in feature_inputs(model)]
+    return {spec.name: tf.TensorSpec((None, *spec.shape), tf.as_dtype(spec.dtype), name=spec.name)
+            for spec in interface(model, vocabularies=False).inputs}
+
+
+def _named_outputs(model, outputs) -> dict:
+    import keras
+
+    if isinstance(outputs, dict):
+        return dict(outputs)
+    names = _flat_outputs(model)
+    return dict(zip(names, keras.tree.flatten(outputs)))
 
 
 def serving_function(model):
-    """A ``tf.function`` taking a dict of feature tensors, returning ``{'prediction': probs}``."""
+    """A ``tf.function`` taking a dict of input tensors, returning a dict of named outputs."""
     import tensorflow as tf
 
-    specs = {spec.name: spec for spec in tensor_specs(model)}
+    from tfafm.compression.keras_graph import pack_inputs
 
-    @tf.function(input_signature=[specs])
+    specs = tensor_specs(model)
+
+    @tf.function(input_signature=[specs], autograph=False)
     def serve(inputs):
-        return {OUTPUT_NAME: model(inputs, training=False)}
+        flat = [inputs[name] for name in specs]
+        return _named_outputs(model, model(pack_inputs(model, flat), training=False))
 
     return serve
 
 
 def positional_function(model):
-    """Like :func:`serving_function` but with one positional argument per feature (for tf2onnx)."""
+    """Like :func:`serving_function` but with one positional argument per input (for tf2onnx)."""
     import tensorflow as tf
 
-    specs = tensor_specs(model)
-    names = [spec.name for spec in specs]
+    from tfafm.compression.keras_graph import pack_inputs
+
+    specs = list(tensor_specs(model).values())
 
     def serve(*args):
-        return {OUTPUT_NAME: model(dict(zip(names, args)), training=False)}
+        return _named_outputs(model, model(pack_inputs(model, list(args)), training=False))
 
-    return tf.function(serve, input_signature=specs), specs
+    return tf.function(serve, input_signature=specs, autograph=False), specs
 
 
-def as_batch(features: Mapping, inputs: list[tuple[str, str]]) -> dict[str, np.ndarray]:
-    """Casts a feature dict to the exported dtypes and shape ``(batch, 1)``; checks names."""
-    missing = [name for name, _ in inputs if name not in features]
+def as_batch(features: Mapping, inputs: tuple[InputSpec, ...]) -> dict[str, np.ndarray]:
+    """Casts a feature dict to the exported dtypes and shapes ``(batch, *shape)``; checks names."""
+    missing = [spec.name for spec in inputs if spec.name not in features]
     if missing:
-        raise ValueError(f"Features missing from the batch: {missing}.")
+        raise UserError(f"Features missing from the batch: {missing}.")
     batch = {}
-    for name, dtype in inputs:
-        array = np.asarray(features[name])
-        if array.ndim == 1:
-            array = array[:, None]
-        batch[name] = array.astype(dtype if dtype != "string" else object, copy=False)
+    for spec in inputs:
+        array = np.asarray(features[spec.name])
+        batch[spec.name] = array.reshape((len(array), *spec.shape)).astype(spec.dtype, copy=False)
     return batch

@@ -1,5 +1,6 @@
 """Keras layers: low-rank factors and the feature interactions of the model zoo."""
 
+from tfafm.layers.attention import LowRankMultiHeadAttention
 from tfafm.layers.interactions import (
     ClipToVocabulary,
     CompressedInteraction,
@@ -13,10 +14,12 @@ from tfafm.layers.interactions import (
     StackFields,
 )
 from tfafm.layers.lookup import InRangeEmbedding
-from tfafm.layers.low_rank import LowRankDense, LowRankEmbedding
+from tfafm.layers.low_rank import LowRankDense, LowRankEinsumDense, LowRankEmbedding
+from tfafm.layers.protocol import CompressibleLayer, Matrix
 
 __all__ = [
     "ClipToVocabulary",
+    "CompressibleLayer",
     "CompressedInteraction",
     "CrossLayerV1",
     "FactorizationMachine",
@@ -25,7 +28,10 @@ __all__ = [
     "InRangeEmbedding",
     "LinearTerms",
     "LowRankDense",
+    "LowRankEinsumDense",
     "LowRankEmbedding",
+    "LowRankMultiHeadAttention",
+    "Matrix",
     "MultiHeadSelfAttention",
     "PairwiseProduct",
     "StackFields",

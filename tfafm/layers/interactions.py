@@ -12,6 +12,7 @@ from typing import Any, Sequence
 import keras
 from keras import ops
 
+from tfafm.errors import UserError
 from tfafm.layers.lookup import gather_rows
 
 _PACKAGE = "tfafm"
@@ -34,7 +35,7 @@ class ClipToVocabulary(keras.layers.Layer):
         super().__init__(**kwargs)
         sizes = [int(v) for v in vocabulary_sizes]
         if not sizes or min(sizes) < 1:
-            raise ValueError(f"vocabulary_sizes must be positive integers, got {vocabulary_sizes}.")
+            raise UserError(f"vocabulary_sizes must be positive integers, got {vocabulary_sizes}.")
         self.vocabulary_sizes = sizes
 
     def call(self, ids):
@@ -145,39 +146,74 @@ class CompressedInteraction(keras.layers.Layer):
     For each layer ``k``: ``Z = X_k (outer, per embedding dim) X_0``, then
     ``X_{k+1} = act(Z W_k)``; the output is the concatenation of every
     ``X_k`` summed over the embedding dimension, ``(batch, sum(layer_sizes))``.
+
+    Compression: the layer implements :class:`~tfafm.layers.CompressibleLayer`
+    (its matrices are ``kernel_0``, ``kernel_1``, ...). A layer ``k`` with
+    ``ranks[k]`` set computes ``act((Z D_k + d_k) U_k + u_k)`` instead, with
+    ``D_k`` of shape ``(h_k * fields, rank)`` and ``U_k`` ``(rank, size)``.
+
+    Args:
+        layer_sizes: feature maps per CIN layer.
+        activation: activation of every layer.
+        ranks: per layer, None (full kernel) or the rank of its factors.
     """
 
-    def __init__(self, layer_sizes: Sequence[int] = (128, 128), activation: str = "relu", **kwargs):
+    def __init__(self, layer_sizes: Sequence[int] = (128, 128), activation: str = "relu",
+                 ranks: Sequence[int | None] | None = None, **kwargs):
         super().__init__(**kwargs)
         if not layer_sizes or any(int(s) < 1 for s in layer_sizes):
-            raise ValueError(f"layer_sizes must be positive integers, got {layer_sizes}.")
+            raise UserError(f"layer_sizes must be positive integers, got {layer_sizes}.")
         self.layer_sizes = [int(s) for s in layer_sizes]
         self.activation = keras.activations.get(activation)
+        ranks = [None] * len(self.layer_sizes) if ranks is None else list(ranks)
+        if len(ranks) != len(self.layer_sizes) or any(r is not None and int(r) < 1 for r in ranks):
+            raise UserError(f"Layer {self.name!r}: ranks must give None or a positive rank per CIN layer "
+                            f"({len(self.layer_sizes)}), got {ranks}.")
+        self.ranks = [None if r is None else int(r) for r in ranks]
 
     def build(self, input_shape):
         fields = input_shape[1]
+        self.num_fields = fields
         previous = fields
         self.kernels = []
-        for i, size in enumerate(self.layer_sizes):
-            self.kernels.append(
-                self.add_weight(name=f"kernel_{i}", shape=(previous * fields, size),
-                                initializer="glorot_uniform")
-            )
+        for i, (size, rank) in enumerate(zip(self.layer_sizes, self.ranks)):
+            rows = previous * fields
+            if rank is None:
+                self.kernels.append(self.add_weight(name=f"kernel_{i}", shape=(rows, size),
+                                                    initializer="glorot_uniform"))
+            else:
+                self.kernels.append((
+                    self.add_weight(name=f"down_kernel_{i}", shape=(rows, rank), initializer="glorot_uniform"),
+                    self.add_weight(name=f"down_bias_{i}", shape=(rank,), initializer="zeros"),
+                    self.add_weight(name=f"up_kernel_{i}", shape=(rank, size), initializer="glorot_uniform"),
+                    self.add_weight(name=f"up_bias_{i}", shape=(size,), initializer="zeros"),
+                ))
             previous = size
 
-    def call(self, fields):
+    def _product(self, outer, kernel):
+        if not isinstance(kernel, tuple):
+            return ops.matmul(outer, kernel)
+        down, down_bias, up, up_bias = kernel
+        return ops.matmul(ops.matmul(outer, down) + down_bias, up) + up_bias
+
+    def _forward(self, fields):
         batch_dim = ops.shape(fields)[0]
         num_fields, dim = fields.shape[1], fields.shape[2]
         x0 = ops.transpose(fields, (0, 2, 1))  # (batch, dim, fields)
         xk = x0
-        pooled = []
+        pooled, products = [], []
         for kernel in self.kernels:
             hk = xk.shape[-1]
             outer = ops.expand_dims(xk, -1) * ops.expand_dims(x0, -2)  # (batch, dim, hk, fields)
             outer = ops.reshape(outer, (batch_dim, dim, hk * num_fields))
-            xk = self.activation(ops.matmul(outer, kernel))  # (batch, dim, size)
+            product = self._product(outer, kernel)  # (batch, dim, size)
+            products.append(product)
+            xk = self.activation(product)
             pooled.append(ops.sum(xk, axis=1))
-        return ops.concatenate(pooled, axis=-1)
+        return ops.concatenate(pooled, axis=-1), products
+
+    def call(self, fields):
+        return self._forward(fields)[0]
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], sum(self.layer_sizes))
@@ -187,7 +223,38 @@ class CompressedInteraction(keras.layers.Layer):
             **super().get_config(),
             "layer_sizes": self.layer_sizes,
             "activation": keras.activations.serialize(self.activation),
+            "ranks": self.ranks,
         }
+
+    # ------------------------------------------------------- compression protocol
+
+    def tfafm_matrices(self) -> dict:
+        """The full (not yet factored) CIN kernels, ``kernel_i``: ``(h_i * fields, size_i)``."""
+        from tfafm.layers.protocol import Matrix
+
+        return {f"kernel_{i}": Matrix(kernel.numpy()) for i, kernel in enumerate(self.kernels)
+                if not isinstance(kernel, tuple)}
+
+    def tfafm_call(self, fields):
+        outputs, products = self._forward(fields)
+        return outputs, {f"kernel_{i}": p for i, p in enumerate(products) if not isinstance(self.kernels[i], tuple)}
+
+    def tfafm_factored(self, factors: dict):
+        """A built copy whose layers named in ``factors`` use them (the others keep their weights)."""
+        ranks = [factors[f"kernel_{i}"].rank if f"kernel_{i}" in factors else rank
+                 for i, rank in enumerate(self.ranks)]
+        new = CompressedInteraction(self.layer_sizes, self.activation, ranks, name=self.name,
+                                    dtype=self.dtype_policy)
+        new.build((None, self.num_fields, None))
+        for i, (old, fresh) in enumerate(zip(self.kernels, new.kernels)):
+            if f"kernel_{i}" in factors:
+                f = factors[f"kernel_{i}"]
+                for variable, value in zip(fresh, (f.down, f.down_bias, f.up, f.up_bias)):
+                    variable.assign(value)
+            else:
+                for variable, value in zip(keras.tree.flatten(fresh), keras.tree.flatten(old)):
+                    variable.assign(value)
+        return new
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -202,7 +269,7 @@ class MultiHeadSelfAttention(keras.layers.Layer):
     def __init__(self, num_heads: int = 2, **kwargs: Any):
         super().__init__(**kwargs)
         if int(num_heads) < 1:
-            raise ValueError(f"num_heads must be >= 1, got {num_heads}.")
+            raise UserError(f"num_heads must be >= 1, got {num_heads}.")
         self.num_heads = int(num_heads)
 
     def _split(self, x):
@@ -213,7 +280,7 @@ class MultiHeadSelfAttention(keras.layers.Layer):
     def call(self, query, key, value):
         width = query.shape[-1]
         if width % self.num_heads:
-            raise ValueError(f"Attention width {width} is not divisible by num_heads={self.num_heads}.")
+            raise UserError(f"Attention width {width} is not divisible by num_heads={self.num_heads}.")
         q, k, v = self._split(query), self._split(key), self._split(value)
         scores = ops.matmul(q, ops.transpose(k, (0, 1, 3, 2))) / float(width // self.num_heads) ** 0.5
         attended = ops.matmul(ops.softmax(scores, axis=-1), v)

@@ -1,34 +1,51 @@
-"""Low-rank replacements of ``Dense`` and ``Embedding`` layers.
+"""Low-rank replacements of ``Dense``, ``Embedding`` and ``EinsumDense`` layers.
 
-Both store two thin factors instead of one wide matrix. They are built from a
-trained layer with :meth:`LowRankDense.from_dense` /
-:meth:`LowRankEmbedding.from_embedding`, either from output-feature
+Each stores two thin factors instead of one wide matrix. They are built from a
+trained layer with :meth:`LowRankDense.from_dense`,
+:meth:`LowRankEmbedding.from_embedding` or
+:meth:`LowRankEinsumDense.from_einsum_dense`, either from output-feature
 statistics (Atomic Feature Mimicking, ``method="afm"``) or from a truncated
-SVD of the weights (``method="svd"``).
+SVD of the weights (``method="svd"``), or from ready
+:class:`~tfafm.linalg.Factors` with ``from_factors``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import keras
 import numpy as np
 from keras import ops
 
-from tfafm.compression.factorize import (
-    factor_dense,
-    factor_embedding,
-)
-from tfafm.compression.statistics import LayerStatistics
+from tfafm.errors import UserError
 from tfafm.layers.lookup import gather_rows
+from tfafm.linalg.factorize import Factors, factor
+from tfafm.linalg.statistics import LayerStatistics
 
 _PACKAGE = "tfafm"
 
 
 def _check_rank(layer_name: str, rank: int, limit: int) -> int:
     if not isinstance(rank, (int, np.integer)) or isinstance(rank, bool) or not 1 <= rank <= limit:
-        raise ValueError(f"Layer {layer_name!r}: rank must be an integer in [1, {limit}], got {rank!r}.")
+        raise UserError(f"Layer {layer_name!r}: rank must be an integer in [1, {limit}], got {rank!r}.")
     return int(rank)
+
+
+def _assign(layer: keras.layers.Layer, values: dict[str, np.ndarray]) -> None:
+    """Assigns float arrays to the layer's own weights by their short names."""
+    weights = {w.path.split("/")[-1]: w for w in layer.weights}
+    for name, value in values.items():
+        weights[name].assign(np.asarray(value, dtype=weights[name].dtype))
+
+
+def _base_kwargs(layer: keras.layers.Layer) -> dict[str, Any]:
+    """Name, dtype policy and activity regulariser carried over from a replaced layer."""
+    return {
+        "name": layer.name,
+        "dtype": layer.dtype_policy,
+        "activity_regularizer": keras.regularizers.get(getattr(layer, "activity_regularizer", None)),
+    }
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -76,6 +93,7 @@ class LowRankDense(keras.layers.Layer):
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
         self.bias_regularizer = keras.regularizers.get(bias_regularizer)
         self.input_spec = keras.layers.InputSpec(min_ndim=2)
+        self.supports_masking = True
 
     def build(self, input_shape):
         input_dim = input_shape[-1]
@@ -131,6 +149,26 @@ class LowRankDense(keras.layers.Layer):
         }
 
     @classmethod
+    def from_factors(
+        cls, layer: keras.layers.Dense, factors: Factors, inner_activation=None
+    ) -> "LowRankDense":
+        """A built ``LowRankDense`` standing in for ``layer`` with the given factors."""
+        new = cls(
+            units=layer.units,
+            rank=factors.rank,
+            activation=layer.activation,
+            inner_activation=inner_activation,
+            use_bias=True,
+            kernel_regularizer=layer.kernel_regularizer,
+            bias_regularizer=layer.bias_regularizer,
+            **_base_kwargs(layer),
+        )
+        new.build((None, factors.down.shape[0]))
+        _assign(new, {"down_kernel": factors.down, "up_kernel": factors.up,
+                      "down_bias": factors.down_bias, "up_bias": factors.up_bias})
+        return new
+
+    @classmethod
     def from_dense(
         cls,
         layer: keras.layers.Dense,
@@ -147,36 +185,33 @@ class LowRankDense(keras.layers.Layer):
         kernel. At full rank without ``inner_activation`` both are exact.
         """
         if not isinstance(layer, keras.layers.Dense) or not layer.built:
-            raise ValueError(f"from_dense needs a built keras.layers.Dense, got {layer!r}.")
-        kernel = np.asarray(layer.kernel.numpy(), dtype=np.float64)
-        bias = np.asarray(layer.bias.numpy(), dtype=np.float64) if layer.use_bias else None
+            raise UserError(f"from_dense needs a built keras.layers.Dense, got {layer!r}.")
+        if layer.quantization_mode is not None:
+            raise UserError(f"Layer {layer.name!r} is quantized ({layer.quantization_mode}): factor the "
+                            "float layer before quantizing it.")
+        kernel = layer.kernel.numpy()
+        bias = layer.bias.numpy() if layer.use_bias else None
         _check_rank(layer.name, rank, min(kernel.shape))
-        factors = factor_dense(layer.name, kernel, bias, int(rank), stats, method)
-        new = cls(
-            units=layer.units,
-            rank=rank,
-            activation=layer.activation,
-            inner_activation=inner_activation,
-            use_bias=True,
-            kernel_regularizer=layer.kernel_regularizer,
-            bias_regularizer=layer.bias_regularizer,
-            name=layer.name,
-            dtype=layer.dtype_policy,
-        )
-        new.build((None, kernel.shape[0]))
-        new.set_weights([f.astype(np.float32) for f in factors])
-        return new
+        return cls.from_factors(layer, factor(layer.name, kernel, bias, int(rank), stats, method),
+                                inner_activation)
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class LowRankEmbedding(keras.layers.Layer):
     """``table[ids] @ projection + bias``: a ``(V, rank)`` table standing in for ``(V, d)``.
 
+    Ids follow ``keras.layers.Embedding``: a negative id ``i`` reads row
+    ``V + i`` and an id ``>= V`` is an error on CPU; with ``ids_in_range=True``
+    (ids already guarded, e.g. by :class:`~tfafm.layers.ClipToVocabulary`) the
+    lookup is a plain gather without the wrap-around ops.
+
     Args:
         input_dim: vocabulary size ``V``.
         output_dim: embedding width ``d`` the rest of the model sees.
         rank: width ``k`` of the stored rows.
         embeddings_initializer, embeddings_regularizer: for the table.
+        mask_zero: as in ``Embedding``: id 0 is padding and masked downstream.
+        ids_in_range: skip the negative-id wrap-around (see above).
     """
 
     def __init__(
@@ -186,6 +221,8 @@ class LowRankEmbedding(keras.layers.Layer):
         rank: int,
         embeddings_initializer="uniform",
         embeddings_regularizer=None,
+        mask_zero: bool = False,
+        ids_in_range: bool = False,
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
@@ -194,6 +231,9 @@ class LowRankEmbedding(keras.layers.Layer):
         self.rank = _check_rank(self.name, rank, min(self.input_dim, self.output_dim))
         self.embeddings_initializer = keras.initializers.get(embeddings_initializer)
         self.embeddings_regularizer = keras.regularizers.get(embeddings_regularizer)
+        self.mask_zero = bool(mask_zero)
+        self.ids_in_range = bool(ids_in_range)
+        self.supports_masking = self.mask_zero
 
     def build(self, input_shape=None):
         self.embeddings = self.add_weight(
@@ -207,10 +247,18 @@ class LowRankEmbedding(keras.layers.Layer):
 
     def lookup(self, ids):
         """The stored ``rank``-wide rows for ``ids``."""
-        return gather_rows(self.embeddings, ids)
+        if self.ids_in_range:
+            return gather_rows(self.embeddings, ids)
+        if ops.dtype(ids) not in ("int32", "int64"):
+            ids = ops.cast(ids, "int32")
+        return ops.take(self.embeddings, ids, axis=0)
 
     def call(self, ids):
-        return ops.add(ops.matmul(self.lookup(ids), self.projection), self.bias)
+        vectors = ops.add(ops.matmul(self.lookup(ids), self.projection), self.bias)
+        return ops.cast(vectors, self.compute_dtype)
+
+    def compute_mask(self, inputs, mask=None):
+        return ops.not_equal(inputs, 0) if self.mask_zero else None
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape) + (self.output_dim,)
@@ -223,7 +271,24 @@ class LowRankEmbedding(keras.layers.Layer):
             "rank": self.rank,
             "embeddings_initializer": keras.initializers.serialize(self.embeddings_initializer),
             "embeddings_regularizer": keras.regularizers.serialize(self.embeddings_regularizer),
+            "mask_zero": self.mask_zero,
+            "ids_in_range": self.ids_in_range,
         }
+
+    @classmethod
+    def from_factors(
+        cls, layer: keras.layers.Embedding, factors: Factors, ids_in_range: bool = False
+    ) -> "LowRankEmbedding":
+        """A built ``LowRankEmbedding`` standing in for ``layer`` (``factors.down`` is the table)."""
+        new = cls(
+            layer.input_dim, layer.output_dim, factors.rank,
+            embeddings_regularizer=layer.embeddings_regularizer, mask_zero=layer.mask_zero,
+            ids_in_range=ids_in_range, **_base_kwargs(layer),
+        )
+        new.build()
+        _assign(new, {"embeddings": factors.down, "projection": factors.up,
+                      "bias": factors.up_bias + factors.down_bias @ factors.up})
+        return new
 
     @classmethod
     def from_embedding(
@@ -233,17 +298,181 @@ class LowRankEmbedding(keras.layers.Layer):
         stats: LayerStatistics | None = None,
         method: str = "afm",
     ) -> "LowRankEmbedding":
-        """Factors a built ``Embedding``: ``E ~ (E - mu) U_k U_k^T + mu`` (AFM) or truncated SVD."""
+        """Factors a built ``Embedding``: ``E ~ (E - mu) U_k U_k^T + mu`` (AFM) or a centred truncated SVD.
+
+        A :class:`~tfafm.layers.InRangeEmbedding` keeps its plain-gather lookup
+        (``ids_in_range=True``); any other ``Embedding`` keeps Keras' id semantics.
+        """
+        from tfafm.layers.lookup import InRangeEmbedding
+
         if not isinstance(layer, keras.layers.Embedding) or not layer.built:
-            raise ValueError(f"from_embedding needs a built keras.layers.Embedding, got {layer!r}.")
-        table = np.asarray(layer.embeddings.numpy(), dtype=np.float64)
+            raise UserError(f"from_embedding needs a built keras.layers.Embedding, got {layer!r}.")
+        table = layer.embeddings.numpy()
         _check_rank(layer.name, rank, min(table.shape))
-        factors = factor_embedding(layer.name, table, int(rank), stats, method)
+        factors = factor(layer.name, table, None, int(rank), stats, method, lookups=True)
+        return cls.from_factors(layer, factors, ids_in_range=isinstance(layer, InRangeEmbedding))
+
+
+@dataclasses.dataclass(frozen=True)
+class EinsumMatrix:
+    """How an ``EinsumDense`` equation ``x,kernel->out`` reads as a matrix product.
+
+    ``contracted`` kernel axes meet the input, ``free`` kernel axes form the
+    output's trailing axes (in order); the kernel is then the
+    ``(prod(contracted), prod(free))`` matrix of the transposed, reshaped kernel.
+    """
+
+    inputs: str
+    kernel: str
+    output: str
+    contracted: str
+    free: str
+    rank_letter: str
+
+    @classmethod
+    def parse(cls, equation: str) -> "EinsumMatrix":
+        """Parses ``equation``; raises ``UserError`` when it is not a plain matrix product."""
+        try:
+            operands, output = equation.replace(" ", "").split("->")
+            inputs, kernel = operands.split(",")
+        except ValueError:
+            raise UserError(f"einsum equation {equation!r} is not of the form 'x,kernel->out'.") from None
+        plain_output = output.replace("...", "")
+        contracted = "".join(c for c in kernel if c in inputs and c not in plain_output)
+        free = "".join(c for c in kernel if c in plain_output and c not in inputs)
+        if len(contracted) + len(free) != len(kernel) or not contracted or not free:
+            raise UserError(f"einsum equation {equation!r}: every kernel axis must be either contracted "
+                            "with the input or an output axis of its own.")
+        if not plain_output.endswith(free):
+            raise UserError(f"einsum equation {equation!r}: the kernel's output axes {free!r} must be the "
+                            "trailing axes of the output, in order.")
+        unused = sorted(set("abcdefghijklmnopqrstuvwxyz") - set(equation))
+        return cls(inputs, kernel, output, contracted, free, unused[0])
+
+    def sizes(self, kernel_shape) -> dict[str, int]:
+        return dict(zip(self.kernel, (int(d) for d in kernel_shape)))
+
+    def matrix_shape(self, kernel_shape) -> tuple[int, int]:
+        sizes = self.sizes(kernel_shape)
+        return (int(np.prod([sizes[c] for c in self.contracted])), int(np.prod([sizes[c] for c in self.free])))
+
+    def as_matrix(self, kernel: np.ndarray) -> np.ndarray:
+        """The kernel as ``(prod(contracted), prod(free))``."""
+        order = [self.kernel.index(c) for c in self.contracted + self.free]
+        return np.transpose(kernel, order).reshape(self.matrix_shape(kernel.shape))
+
+    @property
+    def down_equation(self) -> str:
+        kept = "".join(c for c in self.inputs.replace("...", "") if c not in self.contracted)
+        prefix = "..." if "..." in self.inputs else ""
+        return f"{self.inputs},{self.contracted}{self.rank_letter}->{prefix}{kept}{self.rank_letter}"
+
+    @property
+    def up_equation(self) -> str:
+        down_out = self.down_equation.split("->")[1]
+        return f"{down_out},{self.rank_letter}{self.free}->{self.output}"
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class LowRankEinsumDense(keras.layers.Layer):
+    """A rank-``rank`` stand-in for ``EinsumDense(equation)`` whose kernel had ``kernel_shape``.
+
+    Computes ``z = einsum(down_equation, x, down) + b_down`` (``z`` ends in a
+    ``rank``-wide axis) and ``y = activation(einsum(up_equation, z, up) + b_up)``,
+    with ``b_up`` over the kernel's output axes. See :class:`EinsumMatrix`.
+
+    Args:
+        equation: the replaced layer's einsum equation.
+        kernel_shape: the replaced layer's kernel shape.
+        rank: width of the inner factor.
+        activation, use_bias, kernel_initializer, bias_initializer,
+        kernel_regularizer, bias_regularizer: as in ``EinsumDense``.
+    """
+
+    def __init__(
+        self,
+        equation: str,
+        kernel_shape,
+        rank: int,
+        activation=None,
+        use_bias: bool = True,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        self.equation = equation
+        self.kernel_shape = [int(d) for d in kernel_shape]
+        self.layout = EinsumMatrix.parse(equation)
+        self.rank = _check_rank(self.name, rank, min(self.layout.matrix_shape(self.kernel_shape)))
+        self.activation = keras.activations.get(activation)
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
+        self.supports_masking = True
+
+    def build(self, input_shape=None):
+        sizes = self.layout.sizes(self.kernel_shape)
+        contracted = [sizes[c] for c in self.layout.contracted]
+        free = [sizes[c] for c in self.layout.free]
+        self.down_kernel = self.add_weight(
+            name="down_kernel", shape=(*contracted, self.rank),
+            initializer=self.kernel_initializer, regularizer=self.kernel_regularizer,
+        )
+        self.up_kernel = self.add_weight(
+            name="up_kernel", shape=(self.rank, *free),
+            initializer=self.kernel_initializer, regularizer=self.kernel_regularizer,
+        )
+        if self.use_bias:
+            self.down_bias = self.add_weight(
+                name="down_bias", shape=(self.rank,),
+                initializer=self.bias_initializer, regularizer=self.bias_regularizer,
+            )
+            self.up_bias = self.add_weight(
+                name="up_bias", shape=tuple(free),
+                initializer=self.bias_initializer, regularizer=self.bias_regularizer,
+            )
+
+    def call(self, inputs):
+        z = ops.einsum(self.layout.down_equation, inputs, self.down_kernel)
+        if self.use_bias:
+            z = ops.add(z, self.down_bias)
+        y = ops.einsum(self.layout.up_equation, z, self.up_kernel)
+        if self.use_bias:
+            y = ops.add(y, self.up_bias)
+        return self.activation(y) if self.activation is not None else y
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            **super().get_config(),
+            "equation": self.equation,
+            "kernel_shape": self.kernel_shape,
+            "rank": self.rank,
+            "activation": keras.activations.serialize(self.activation),
+            "use_bias": self.use_bias,
+            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+            "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+            "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
+            "bias_regularizer": keras.regularizers.serialize(self.bias_regularizer),
+        }
+
+    @classmethod
+    def from_factors(cls, layer: keras.layers.EinsumDense, factors: Factors) -> "LowRankEinsumDense":
+        """A built ``LowRankEinsumDense`` standing in for ``layer`` with the given matrix factors."""
         new = cls(
-            layer.input_dim, layer.output_dim, rank,
-            embeddings_regularizer=layer.embeddings_regularizer,
-            name=layer.name, dtype=layer.dtype_policy,
+            layer.equation, tuple(layer.kernel.shape), factors.rank, activation=layer.activation,
+            use_bias=True, kernel_regularizer=layer.kernel_regularizer,
+            bias_regularizer=layer.bias_regularizer, **_base_kwargs(layer),
         )
         new.build()
-        new.set_weights([f.astype(np.float32) for f in factors])
+        _assign(new, {
+            "down_kernel": factors.down.reshape(new.down_kernel.shape),
+            "up_kernel": factors.up.reshape(new.up_kernel.shape),
+            "down_bias": factors.down_bias,
+            "up_bias": factors.up_bias.reshape(new.up_bias.shape),
+        })
         return new

@@ -7,6 +7,8 @@ import os
 
 import numpy as np
 
+from tfafm.errors import MissingFileError, UserError
+
 
 @dataclasses.dataclass
 class LayerStatistics:
@@ -50,13 +52,28 @@ class LayerStatistics:
         order = np.argsort(values)[::-1]
         return np.clip(values[order], 0.0, None), vectors[:, order]
 
-    def check(self, name: str) -> None:
-        """Raises ``ValueError`` naming the layer if the statistics are empty or not finite."""
+    def check(self, name: str, min_rows: int = 1) -> None:
+        """Raises :class:`~tfafm.errors.UserError` naming the layer when these moments cannot
+        give a meaningful basis: fewer than ``min_rows`` rows, values that are not finite, or
+        no variance at all (constant outputs)."""
         if self.count <= 0:
-            raise ValueError(f"Layer {name!r}: no calibration rows were seen (empty calibration data?).")
+            raise UserError(f"Layer {name!r}: no calibration rows were seen (empty calibration data?).")
         if not (np.all(np.isfinite(self.total)) and np.all(np.isfinite(self.outer))):
-            raise ValueError(
-                f"Layer {name!r}: calibration statistics are not finite (NaN or Inf in the data or weights)."
+            raise UserError(
+                f"Layer {name!r}: calibration statistics are not finite (NaN, Inf or values too large "
+                "for float32 in the data or weights)."
+            )
+        if self.count < min_rows:
+            raise UserError(
+                f"Layer {name!r}: only {int(self.count)} calibration rows, fewer than the {min_rows} needed "
+                f"for a {self.dim}-wide output (2x its width); give more calibration data or lower min_rows."
+            )
+        variance = float(np.trace(self.covariance))
+        scale = float(np.dot(self.mean, self.mean)) + 1.0
+        if not variance > 1e-12 * scale:
+            raise UserError(
+                f"Layer {name!r}: its outputs do not vary over the calibration data (constant data?); "
+                "AFM cannot find principal directions. Calibrate on representative data or exclude the layer."
             )
 
 
@@ -81,16 +98,20 @@ class Statistics(dict):
 
     @classmethod
     def load(cls, path: str) -> "Statistics":
+        """Reads statistics written by :meth:`save`."""
         if not os.path.exists(path) and os.path.exists(path + ".npz"):
             path += ".npz"
         if not os.path.exists(path):
-            raise FileNotFoundError(f"Statistics file not found: {path}")
+            raise MissingFileError(f"Statistics file not found: {path}")
         stats = cls()
-        with np.load(path) as data:
-            names = sorted({key.rsplit("/", 1)[0] for key in data.files})
-            for name in names:
-                stats[name] = LayerStatistics(
-                    float(data[f"{name}/count"]), data[f"{name}/total"], data[f"{name}/outer"],
-                    data[f"{name}/shift"],
-                )
+        try:
+            with np.load(path) as data:
+                names = sorted({key.rsplit("/", 1)[0] for key in data.files})
+                for name in names:
+                    stats[name] = LayerStatistics(
+                        float(data[f"{name}/count"]), data[f"{name}/total"], data[f"{name}/outer"],
+                        data[f"{name}/shift"],
+                    )
+        except (OSError, ValueError, KeyError) as error:
+            raise UserError(f"{path}: not a tfafm statistics file ({error}).") from None
         return stats

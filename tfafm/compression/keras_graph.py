@@ -1,0 +1,194 @@
+"""What tfafm needs to know about a Keras model's graph, through Keras' public API.
+
+Rewriting uses ``keras.models.clone_model``; this module adds the pieces
+around it: which models have a graph (``Sequential`` and functional models,
+not subclassed ones), a walk over every layer with a unique qualified name
+(``tower/dense``), how often each layer is called, and how a feature batch
+maps onto a model's inputs.
+
+Keras version note: the one private name used is
+``keras.src.models.functional.Functional``, the class of functional models
+(the same check ``clone_model`` itself makes); Keras is pinned to 3.15 in
+``setup.py``.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import keras
+import numpy as np
+from keras.src.models.functional import Functional
+
+from tfafm.errors import UnsupportedLayerError, UserError
+
+SUBCLASSED_HINT = (
+    "its graph cannot be rewritten. Build it with the functional API or keras.Sequential, or "
+    "replace layers yourself with tfafm.LowRankDense.from_dense / LowRankEmbedding.from_embedding "
+    "(or implement tfafm.CompressibleLayer on your own layers)."
+)
+
+
+def is_graph_model(model) -> bool:
+    """True for ``keras.Sequential`` and functional models (their graph is known to Keras)."""
+    return isinstance(model, (keras.Sequential, Functional))
+
+
+def require_graph_model(model) -> None:
+    """Raises :class:`UnsupportedLayerError` for anything but a built Sequential or functional model."""
+    if not isinstance(model, keras.Model):
+        raise UnsupportedLayerError(f"Expected a keras.Model, got {type(model).__name__}.")
+    if not is_graph_model(model):
+        raise UnsupportedLayerError(f"Model {model.name!r} is a subclassed model: {SUBCLASSED_HINT}")
+    if not model.built or not model.inputs:
+        raise UserError(f"Model {model.name!r} is not built: call it on data or give it a keras.Input first.")
+
+
+def as_functional(model: keras.Model) -> keras.Model:
+    """``model`` itself, or for a ``Sequential`` a functional model calling the same layers."""
+    if not isinstance(model, keras.Sequential):
+        return model
+    source = model.inputs[0]
+    inputs = keras.Input(batch_shape=source.shape, dtype=source.dtype, name=source.name)
+    outputs = inputs
+    for layer in model.layers:
+        outputs = layer(outputs)
+    return keras.Model(inputs, outputs, name=model.name)
+
+
+def walk(model: keras.Model, prefix: str = "") -> Iterator[tuple[str, keras.layers.Layer]]:
+    """``(qualified_name, layer)`` for every layer, descending into nested Sequential/functional
+    models (``outer/inner``). A layer object reached twice is yielded once."""
+    seen: set[int] = set()
+
+    def visit(current, path):
+        for layer in current.layers:
+            if id(layer) in seen:
+                continue
+            seen.add(id(layer))
+            name = f"{path}{layer.name}"
+            if is_graph_model(layer):
+                yield from visit(layer, name + "/")
+            else:
+                yield name, layer
+
+    yield from visit(model, prefix)
+
+
+def iter_layers(model: keras.Model) -> Iterator[keras.layers.Layer]:
+    """Every layer of ``model`` (nested models descended into), each once."""
+    return (layer for _, layer in walk(model))
+
+
+def resolve_names(model: keras.Model, names, what: str) -> dict[str, keras.layers.Layer]:
+    """Maps user-given layer names to layers: a qualified name (``tower/dense``), or a plain
+    layer name that is unique in the model. Raises ``UserError`` naming ``what`` otherwise."""
+    layers = dict(walk(model))
+    by_short: dict[str, list[str]] = {}
+    for qualified, layer in layers.items():
+        by_short.setdefault(layer.name, []).append(qualified)
+    resolved = {}
+    for name in names:
+        if name in layers:
+            resolved[name] = layers[name]
+        elif len(by_short.get(name, [])) == 1:
+            resolved[name] = layers[by_short[name][0]]
+        elif name in by_short:
+            raise UserError(f"{what}: layer name {name!r} is ambiguous in model {model.name!r}; use one of "
+                            f"{by_short[name]}.")
+        else:
+            raise UserError(f"{what} names unknown layer {name!r} of model {model.name!r}.")
+    return resolved
+
+
+def call_counts(model: keras.Model) -> dict[int, int]:
+    """How many times each layer (by ``id``) is called in the graph of the model that holds it."""
+    counts: dict[int, int] = {}
+
+    def visit(current):
+        if isinstance(current, keras.Sequential):
+            for layer in current.layers:
+                counts[id(layer)] = counts.get(id(layer), 0) + 1
+                if is_graph_model(layer):
+                    visit(layer)
+            return
+        config_layers = {entry["name"]: entry for entry in current.get_config()["layers"]}
+        for layer in current.layers:
+            entry = config_layers.get(layer.name)
+            calls = len(entry.get("inbound_nodes", [])) if entry else 0
+            counts[id(layer)] = counts.get(id(layer), 0) + calls
+            if is_graph_model(layer):
+                visit(layer)
+
+    visit(model)
+    return counts
+
+
+def output_names(model: keras.Model) -> list[str]:
+    """One name per model output: the keys of a dict output, else the producing layers' names."""
+    outputs = model.output
+    if isinstance(outputs, dict):
+        return list(outputs)
+    names = list(getattr(model, "output_names", None) or [])
+    flat = keras.tree.flatten(outputs)
+    if len(names) != len(flat) or len(set(names)) != len(names):
+        names = [f"output_{i}" for i in range(len(flat))]
+    return names
+
+
+def input_names(model: keras.Model) -> list[str]:
+    """The name of each of ``model.inputs``: its key when the model takes a dict, else the
+    input tensor's name."""
+    structure = model.input
+    if isinstance(structure, dict):
+        return [str(path[0]) for path, _ in keras.tree.flatten_with_path(structure)]
+    return [tensor.name for tensor in model.inputs]
+
+
+def model_inputs(model: keras.Model, features) -> list:
+    """Orders and casts a batch to ``model``'s flat input list (``model.inputs`` order).
+
+    ``features`` is a dict keyed by input name (extra keys, such as labels,
+    are ignored), one array for a single-input model, or a list in input
+    order. Arrays missing the trailing ``1`` of a ``(batch, 1)`` input are
+    expanded.
+    """
+    from keras import ops
+
+    specs, names = model.inputs, input_names(model)
+    if isinstance(features, dict):
+        missing = [name for name in names if name not in features]
+        if missing:
+            raise UserError(f"Data has no feature(s) {missing} that model {model.name!r} expects "
+                            f"(it has {sorted(features)[:10]}).")
+        features = [features[name] for name in names]
+    elif not isinstance(features, (list, tuple)):
+        features = [features]
+    if len(features) != len(specs):
+        raise UserError(f"Model {model.name!r} takes {len(specs)} input(s), the data gives {len(features)}.")
+    flat = []
+    for spec, value in zip(specs, features):
+        value = ops.cast(value, spec.dtype)
+        if len(value.shape) == len(spec.shape) - 1 and spec.shape[-1] == 1:
+            value = ops.expand_dims(value, -1)
+        flat.append(value)
+    return flat
+
+
+def pack_inputs(model: keras.Model, flat: list):
+    """The flat input list in the structure ``model(...)`` takes (dict, list or one tensor)."""
+    structure = model.input
+    if isinstance(structure, dict):
+        return dict(zip(input_names(model), flat))
+    return list(flat) if isinstance(structure, (list, tuple)) else flat[0]
+
+
+def model_feed(model: keras.Model, features):
+    """A batch cast and packed the way ``model(...)`` / ``predict_on_batch`` take it."""
+    return pack_inputs(model, model_inputs(model, features))
+
+
+def batch_rows(features) -> int:
+    """Rows in a batch of features (a dict, list or single array)."""
+    first = keras.tree.flatten(features)[0]
+    return int(np.shape(first)[0])

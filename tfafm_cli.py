@@ -1,0 +1,363 @@
+"""The ``tfafm`` command: argument parsing and checks, kept apart from TensorFlow.
+
+Importing anything under ``tfafm`` imports TensorFlow (the package registers its
+Keras layers), which takes seconds. This module, outside the package, parses and
+checks the command line first, so ``--help`` and argument errors answer at once;
+only a valid command imports :mod:`tfafm.cli` to run it.
+
+Exit codes: 0 success, 2 a user error (one line on stderr), 1 a bug (traceback), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+from typing import Iterator, NoReturn, Optional, Sequence
+
+DESCRIPTION = """Compress Keras click-through-rate models with low-rank factorization (AFM or weight SVD)
+and export them to LiteRT, SavedModel or ONNX. A typical session: tfafm train, tfafm compress,
+tfafm export, tfafm bench. User errors print one line and exit with code 2.
+Outputs are never half-written, and tfafm replaces only what it wrote itself unless you pass --overwrite."""
+
+EPILOG = """TensorFlow's own start-up and converter notes are hidden unless you set TF_CPP_MIN_LOG_LEVEL.
+Run 'tfafm COMMAND --help' for the options of a command."""
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line: ``tfafm CMD: error: ... (see tfafm CMD --help)``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+# ----------------------------------------------------------------------------- argument types
+
+
+def _number(text: str, kind: type, what: str, accept) -> float:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if not accept(value) or value != value:  # NaN fails every comparison
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    return _number(text, int, "a positive integer", lambda v: v > 0)
+
+
+def non_negative_int(text: str) -> int:
+    return _number(text, int, "an integer >= 0", lambda v: v >= 0)
+
+
+def integer(text: str) -> int:
+    return _number(text, int, "an integer", lambda v: True)
+
+
+def positive_float(text: str) -> float:
+    return _number(text, float, "a positive number", lambda v: 0 < v < float("inf"))
+
+
+def ratio(text: str) -> float:
+    return _number(text, float, "a compression ratio greater than 1, e.g. 4", lambda v: 1 < v < float("inf"))
+
+
+def fraction(text: str) -> float:
+    return _number(text, float, "a fraction in (0, 1], e.g. 0.95", lambda v: 0 < v <= 1)
+
+
+# ----------------------------------------------------------------------------- the parser
+
+DATA_HELP = ("data spec: synthetic, synthetic:ROWS, criteo:PATH, avazu:PATH, parquet:PATH or cache:DIR (from "
+             "tfafm prepare); PATH is a file (may be gzipped), a directory of files or a comma-separated list")
+
+
+def _add_common(parser: argparse.ArgumentParser, writes: Optional[str] = None, out_default: str = "") -> None:
+    """``--quiet`` on every command; ``--out`` and ``--overwrite`` on those that write ``writes``."""
+    if writes is not None:
+        parser.add_argument("--out", metavar="PATH", help=f"the {writes} to write; {out_default}. An existing one "
+                            "is replaced only if tfafm wrote it (a marked directory of the same kind), or with "
+                            "--overwrite; the new one is swapped in only once complete")
+        parser.add_argument("--overwrite", action="store_true",
+                            help="replace whatever is at --out (never an input of the command, nor a folder "
+                                 "holding the current directory)")
+    parser.add_argument("--quiet", action="store_true",
+                        help="print only results and errors: no progress bars or progress lines")
+
+
+def _add_skip_bad_lines(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--skip-bad-lines", action="store_true",
+                        help="skip and count malformed data lines instead of stopping at the first one")
+
+
+def _add_report_format(parser: argparse.ArgumentParser, choices: Sequence[str], default_help: str) -> None:
+    parser.add_argument("--format", dest="report_format", choices=choices,
+                        help=f"results as {', '.join(choices)} (default: {default_help})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``tfafm`` argument parser (building it imports neither TensorFlow nor tfafm)."""
+    parser = Parser(prog="tfafm", description=DESCRIPTION, epilog=EPILOG)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser(
+        "train", help="train a model-zoo model and save a run directory",
+        description="Train a model-zoo model on a data spec and save a run directory (model.keras, "
+                    "schema.json, preprocessor.json for real data, run.json with config and exact "
+                    "validation metrics). Options given here override the --config file.")
+    train.add_argument("--model", help="model-zoo builder: autoint, dcn, dcnv2, deepfm, dlrm, fibinet, nfm, "
+                                       "widedeep or xdeepfm (default: the config's, else deepfm)")
+    train.add_argument("--data", default="synthetic", help=f"{DATA_HELP} (default: synthetic)")
+    train.add_argument("--config", metavar="YAML", help="experiment config, e.g. models/deepfm_criteo.yaml")
+    train.add_argument("--epochs", type=positive_int, help="maximum training epochs; training stops early when "
+                                                           "validation AUC stops improving (default 1)")
+    train.add_argument("--batch-size", type=positive_int, help="rows per batch (default 1024)")
+    train.add_argument("--embedding-dim", type=positive_int, help="embedding width of every sparse feature "
+                                                                  "(default 16)")
+    train.add_argument("--learning-rate", type=positive_float, help="Adam learning rate (default 0.001)")
+    train.add_argument("--min-count", type=positive_int,
+                       help="occurrences a categorical value needs to get its own id (default 1)")
+    train.add_argument("--rows", type=positive_int, help="training rows of synthetic data (default 200000)")
+    train.add_argument("--seed", type=integer, help="seed of weights, shuffling and synthetic data (default 0)")
+    _add_skip_bad_lines(train)
+    _add_common(train, "run directory", "default: run")
+
+    evaluate = commands.add_parser(
+        "eval", help="evaluate a saved run: exact AUC and LogLoss",
+        description="Evaluate a saved run with its saved preprocessing: exact AUC and LogLoss over every row.")
+    evaluate.add_argument("run", help="run directory written by tfafm train or tfafm compress")
+    evaluate.add_argument("--data", help=f"{DATA_HELP}; every row is evaluated (default: the validation split "
+                                         "of the run's own training data)")
+    _add_skip_bad_lines(evaluate)
+    _add_report_format(evaluate, ("table", "md", "json"), "a table on a terminal, md when redirected")
+    _add_common(evaluate)
+
+    compress = commands.add_parser(
+        "compress", help="compress a saved run with AFM or weight SVD",
+        description="Compress a saved run: calibrate on its training split, factor every embedding table "
+                    "and Dense layer, optionally fine-tune, evaluate and save a new run directory with "
+                    "report.md and report.json.")
+    compress.add_argument("run", help="run directory to compress (never modified)")
+    compress.add_argument("--data", help=f"{DATA_HELP} (default: the run's training data)")
+    budget = compress.add_mutually_exclusive_group()
+    budget.add_argument("--ratio", type=ratio, default=4.0,
+                        help="shrink the compressible parameters this many times (default 4)")
+    budget.add_argument("--energy", type=fraction,
+                        help="instead of --ratio, keep this fraction of each layer's output variance")
+    compress.add_argument("--method", choices=("afm", "svd"), default="afm",
+                          help="afm: factor each layer's output covariance (needs calibration data); "
+                               "svd: factor the weights (default afm)")
+    compress.add_argument("--inner-activation", metavar="NAME",
+                          help="Keras activation between the two factors of Dense layers, e.g. relu (default "
+                               "none: exact at full rank)")
+    compress.add_argument("--finetune-epochs", type=non_negative_int, default=0, metavar="N",
+                          help="fine-tuning epochs after compression; the starting weights are kept if no "
+                               "epoch improves validation AUC (default 0)")
+    compress.add_argument("--calibration-steps", type=positive_int, metavar="N",
+                          help="calibrate on at most N batches (default: the whole training split)")
+    _add_skip_bad_lines(compress)
+    _add_common(compress, "run directory", "default: the run's path with -small appended")
+
+    export = commands.add_parser(
+        "export", help="export a run to LiteRT, SavedModel or ONNX",
+        description="Export a run's model for serving: one named (batch, 1) input per feature, the click "
+                    "probability as output.")
+    export.add_argument("run", help="run directory to export")
+    export.add_argument("--format", choices=("litert", "saved_model", "onnx"), default="litert",
+                        help="litert: a .tflite file (builtin ops only); saved_model: a directory; onnx: an "
+                             ".onnx file (default litert)")
+    export.add_argument("--quantize", choices=("float16", "dynamic", "int8"),
+                        help="LiteRT only: float16 weights, dynamic-range int8 weights, or full int8 "
+                             "(calibrated on --data) (default: float32)")
+    export.add_argument("--data", help=f"LiteRT --quantize int8 only: representative data, {DATA_HELP} "
+                                       "(default: the run's training data)")
+    export.add_argument("--opset", type=positive_int, help="ONNX only: opset version (default: tf2onnx's)")
+    export.add_argument("--no-fuse", action="store_true",
+                        help="LiteRT only: keep low-rank embedding projections separate instead of folding "
+                             "them into the next Dense layer")
+    _add_common(export, "file (directory for saved_model)",
+                "default: the run's path with .tflite, -QUANTIZE.tflite, .onnx or .saved_model appended")
+
+    bench = commands.add_parser(
+        "bench", help="latency, throughput, size and memory of exported models, side by side",
+        description="Measure exported models side by side, each in its own process: p50/p99 latency, "
+                    "rows per second, file size and peak memory, with ratios to the first model.")
+    bench.add_argument("models", nargs="+", metavar="MODEL",
+                       help=".tflite or .onnx files, SavedModel directories or run directories")
+    bench.add_argument("--schema", metavar="JSON",
+                       help="schema.json describing the inputs (default: the one in or next to the first "
+                            "model's folder)")
+    bench.add_argument("--batch-sizes", type=positive_int, nargs="+", default=[1, 256], metavar="N",
+                       help="batch sizes to time (default 1 256)")
+    bench.add_argument("--threads", type=positive_int, nargs="+", default=[1, os.cpu_count() or 1], metavar="N",
+                       help="thread counts to time, one process each (default 1 and the CPU count)")
+    bench.add_argument("--iterations", type=positive_int, default=200,
+                       help="timed calls per batch size (default 200)")
+    bench.add_argument("--max-seconds", type=positive_float, default=10.0,
+                       help="stop timing a batch size after this long, once 10 calls are timed (default 10)")
+    _add_report_format(bench, ("md", "json"), "md, a markdown table")
+    _add_common(bench)
+
+    prepare = commands.add_parser(
+        "prepare", help="parse real data once into a binary cache (then use --data cache:DIR)",
+        description="Parse criteo, avazu or Parquet data once: fit the vocabularies on the training split "
+                    "and write the encoded rows as TFRecord shards that train, eval and compress read with "
+                    "--data cache:DIR. A cache whose source files change is rebuilt when it is next used.")
+    prepare.add_argument("--data", required=True, help="criteo:PATH, avazu:PATH or "
+                         "parquet:PATH[?label=COLUMN&categorical=A,B&dense=C] (see data/README.md)")
+    prepare.add_argument("--min-count", type=positive_int, default=1,
+                         help="occurrences a categorical value needs to get its own id (default 1)")
+    prepare.add_argument("--max-vocabulary", type=positive_int,
+                         help="keep at most this many ids per field, the most frequent (default: all)")
+    prepare.add_argument("--validation-fraction", type=fraction, default=0.1,
+                         help="every round(1/F)-th data line is validation (default 0.1)")
+    prepare.add_argument("--preprocessor", metavar="RUN_OR_JSON",
+                         help="encode with this run's preprocessor (or preprocessor.json) instead of fitting one")
+    prepare.add_argument("--shards", type=positive_int,
+                         help="files per split (default: 1 up to 1M rows, else a multiple of 48)")
+    _add_skip_bad_lines(prepare)
+    _add_common(prepare, "cache directory", "required")
+
+    demo = commands.add_parser(
+        "demo", help="train, compress (SVD vs AFM), export and benchmark on built-in data",
+        description="The whole story on built-in synthetic data: train a DeepFM, compress it with SVD and "
+                    "AFM, fine-tune, export LiteRT float32 and dynamic-int8 files, measure them and write "
+                    "report.md, report.json and tradeoff.png.")
+    demo.add_argument("--rows", type=positive_int, default=200_000, help="synthetic training rows "
+                                                                          "(default 200000)")
+    demo.add_argument("--ratio", type=ratio, default=4.0, help="compression ratio (default 4)")
+    demo.add_argument("--seed", type=integer, default=0, help="random seed (default 0)")
+    _add_common(demo, "report directory", "default: tfafm-demo")
+    return parser
+
+
+# ----------------------------------------------------------------------------- checks and defaults
+
+
+def _beside(path: str, suffix: str) -> str:
+    """``path`` with ``suffix`` appended to its last component (``run/`` -> ``run-small``)."""
+    normalized = os.path.normpath(path)
+    if os.path.basename(normalized) in (".", "..", ""):
+        normalized = os.path.abspath(normalized)
+    return normalized + suffix
+
+
+class UsageError(Exception):
+    """An option combination argparse cannot check; reported like argparse's own errors."""
+
+
+DATA_KINDS = ("synthetic", "criteo", "avazu", "parquet", "cache")
+
+
+def _check_data_spec(spec: Optional[str]) -> None:
+    """Checks a ``--data`` spec's form and that its files exist (their content is checked when read)."""
+    if spec is None:
+        return
+    kind, colon, rest = spec.partition(":")
+    if kind not in DATA_KINDS:
+        raise UsageError(f"--data: unknown data source {kind!r} in {spec!r}; expected synthetic[:ROWS], "
+                         "criteo:PATH, avazu:PATH, parquet:PATH or cache:DIR")
+    if kind == "synthetic":
+        if colon and not (rest.isdigit() and int(rest) > 0):
+            raise UsageError(f"--data: ROWS of synthetic:ROWS must be a positive integer, got {rest!r}")
+        return
+    if kind == "parquet":
+        rest = rest.partition("?")[0]
+    paths = [p for p in rest.split(",") if p]
+    if not paths:
+        raise UsageError(f"--data: {kind} data needs a path: {kind}:PATH")
+    for path in paths:
+        if not os.path.exists(path):
+            raise UsageError(f"--data: {path}: no such file or directory")
+
+
+def _check_and_fill(args: argparse.Namespace) -> None:
+    """Checks option combinations argparse cannot, and fills the derived ``--out`` defaults."""
+    _check_data_spec(getattr(args, "data", None))
+    if args.command == "export":
+        for option, value in (("--quantize", args.quantize), ("--no-fuse", args.no_fuse)):
+            if value and args.format != "litert":
+                raise UsageError(f"{option} applies to --format litert only, not {args.format}")
+        if args.opset is not None and args.format != "onnx":
+            raise UsageError(f"--opset applies to --format onnx only, not {args.format}")
+        if args.data is not None and args.quantize != "int8":
+            raise UsageError("--data applies to --quantize int8 only (its representative data)")
+        if args.out is None:
+            suffix = {"saved_model": ".saved_model", "onnx": ".onnx"}.get(args.format)
+            suffix = suffix or (f"-{args.quantize}.tflite" if args.quantize else ".tflite")
+            args.out = _beside(args.run, suffix)
+    elif args.command == "compress" and args.out is None:
+        args.out = _beside(args.run, "-small")
+    elif args.command == "train" and args.out is None:
+        args.out = "run"
+    elif args.command == "demo" and args.out is None:
+        args.out = "tfafm-demo"
+    elif args.command == "prepare":
+        if args.out is None:
+            raise UsageError("--out is required: the cache directory to write")
+        if args.data.partition(":")[0] not in ("criteo", "avazu", "parquet"):
+            raise UsageError(f"--data: prepare reads criteo:PATH, avazu:PATH or parquet:PATH, not {args.data!r}")
+
+
+# ----------------------------------------------------------------------------- the process
+
+
+@contextlib.contextmanager
+def native_stderr_silenced() -> Iterator[None]:
+    """Sends file descriptor 2 to /dev/null while Python's ``sys.stderr`` keeps writing to the real stderr.
+
+    TensorFlow's and LiteRT's C++ runtimes print notes (oneDNN, CUDA probing,
+    converter, XNNPACK) straight to the file descriptor, some before any log
+    level applies; Python's warnings, progress lines and errors are unaffected.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    python_stderr = sys.stderr
+    os.dup2(devnull, 2)
+    sys.stderr = open(saved, "w", buffering=1, encoding=python_stderr.encoding or "utf-8",
+                      errors="backslashreplace", closefd=False)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        sys.stderr = python_stderr
+        os.dup2(saved, 2)
+        os.close(devnull)
+        os.close(saved)
+
+
+def _quiets_tensorflow() -> bool:
+    """Whether the CLI chooses TensorFlow's logging: not when the user set it, or TensorFlow is loaded."""
+    return "TF_CPP_MIN_LOG_LEVEL" not in os.environ and "tensorflow" not in sys.modules
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the ``tfafm`` console script; returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help (0) or an argument error (2), already printed
+        return exit_.code if isinstance(exit_.code, int) else 2
+    try:
+        _check_and_fill(args)
+    except UsageError as error:
+        print(f"tfafm {args.command}: error: {error} (see tfafm {args.command} --help)", file=sys.stderr)
+        return 2
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    if not _quiets_tensorflow():
+        from tfafm import cli
+
+        return cli.run(args)
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "1"
+    with native_stderr_silenced():
+        from tfafm import cli
+
+        return cli.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
