@@ -43,6 +43,18 @@ def free_loopback_ports(count: int) -> list[int]:
             s.close()
 
 
+def write_table(path: Path, rows: int) -> None:
+    """A small click table (2 dense, 4 categorical columns): few variables, so tracing the
+    distributed step stays quick."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    generator = SyntheticCriteo(seed=0, num_dense=2, num_sparse=4, max_vocabulary=500)
+    features, labels = next(generator.batches(rows, batch_size=rows))
+    pq.write_table(pa.table({"click": labels[:, 0], **{name: values[:, 0] for name, values in features.items()}}),
+                   path)
+
+
 def train_like_the_cluster(cache_dir: str):
     """One process, the cluster's steps: each global batch joins the two workers' half
     batches (worker i reads shard i), so both runs do the same arithmetic."""
@@ -76,9 +88,10 @@ def cluster_run(tmp_path_factory):
     except OSError as error:
         pytest.skip(f"cannot bind loopback ports on this platform: {error}")
     tmp = tmp_path_factory.mktemp("multiworker")
-    text = tmp / "criteo.tsv"
-    SyntheticCriteo(seed=0, max_vocabulary=2000).write_criteo(str(text), 8_000)
-    prepare(file_source("criteo", str(text), f"criteo:{text}"), str(tmp / "cache"), shards=2, progress=False)
+    table = tmp / "clicks.parquet"
+    write_table(table, rows=8_000)
+    spec = f"{table}?dense=I1,I2"
+    prepare(file_source("parquet", spec, f"parquet:{spec}"), str(tmp / "cache"), shards=2, progress=False)
     single_model, single_auc = train_like_the_cluster(str(tmp / "cache"))
     single_model.save(str(tmp / "model.keras"))
 

@@ -214,7 +214,11 @@ def fit_distributed(
         optimizer.apply_gradients(zip(gradients, model.trainable_variables))
         return loss
 
-    @tf.function
+    with strategy.scope():
+        optimizer.build(model.trainable_variables)  # else the first trace creates variables: traced twice
+
+    # no tensor-dependent Python control flow: AutoGraph's slow source conversion is off
+    @tf.function(autograph=False)
     def train_step(iterator):
         features, labels = next(iterator)
         return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(replica_step, args=(features, labels)),
