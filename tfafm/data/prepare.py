@@ -158,6 +158,29 @@ def _unspill(path: str, data_format: DataFormat) -> tuple[Columns, np.ndarray]:
     return columns, table["validation"].to_numpy(zero_copy_only=False)
 
 
+def _parse_and_count(source: FileSource, spill_dir: str, every: int, counts: Optional[ValueCounts],
+                     skip_bad_lines: bool, block_bytes: int, progress: bool) -> tuple[list[str], dict[bool, int], int]:
+    """Pass 1: parses every block, counts its training rows' values (if ``counts``) and spills it.
+
+    Returns the spill files, the rows per split (keyed by "is validation") and the data lines read.
+    """
+    index, spilled, rows = 0, [], {True: 0, False: 0}
+    with progress_bar(f"prepare: parse + count ({source.format.name})", None, enabled=progress,
+                      unit="rows") as advance:
+        for columns in read_columns(source, skip_bad_lines, block_bytes):
+            validation = (index + columns.positions) % every == 0
+            if counts is not None:
+                counts.add(columns, ~validation)
+            if columns.rows:
+                spilled.append(_spill(spill_dir, len(spilled), columns, validation))
+            validation_rows = int(np.count_nonzero(validation))
+            rows[True] += validation_rows
+            rows[False] += columns.rows - validation_rows
+            index += columns.data_lines
+            advance(columns.rows)
+    return spilled, rows, index
+
+
 def prepare(
     source: FileSource,
     out: str,
@@ -189,19 +212,9 @@ def prepare(
     with atomic_path(out, CACHE_KIND, overwrite=overwrite) as tmp:
         spill_dir = os.path.join(tmp, "spill")
         os.makedirs(spill_dir)
-        start, index, spilled = time.perf_counter(), 0, []
-        rows = {True: 0, False: 0}
-        with progress_bar(f"prepare: parse + count ({data_format.name})", None, enabled=progress) as advance:
-            for columns in read_columns(source, skip_bad_lines, block_bytes):
-                validation = (index + columns.positions) % every == 0
-                if counts is not None:
-                    counts.add(columns, ~validation)
-                if columns.rows:
-                    spilled.append(_spill(spill_dir, len(spilled), columns, validation))
-                rows[True] += int(np.count_nonzero(validation))
-                rows[False] += columns.rows - int(np.count_nonzero(validation))
-                index += columns.data_lines
-                advance(columns.rows)
+        start = time.perf_counter()
+        spilled, rows, index = _parse_and_count(source, spill_dir, every, counts, skip_bad_lines, block_bytes,
+                                                progress)
         total = rows[True] + rows[False]
         timings.append(PassTiming("parse + count", total, time.perf_counter() - start))
         start = time.perf_counter()
@@ -212,7 +225,7 @@ def prepare(
         writers = {split: ShardWriter(tmp, split, rows[split == "validation"],
                                       shards or default_shards(rows[split == "validation"]))
                    for split in SPLITS}
-        with progress_bar("prepare: encode + write", total, enabled=progress) as advance:
+        with progress_bar("prepare: encode + write", total, enabled=progress, unit="rows") as advance:
             for path in spilled:
                 columns, validation = _unspill(path, data_format)
                 words = pack(preprocessor.encode_columns(columns))
