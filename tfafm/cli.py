@@ -152,6 +152,12 @@ def cmd_train(args, out: Output) -> int:
     config = _train_config(args)
     if config.model not in models.available():
         raise UserError(f"Unknown model {config.model!r}; available: {', '.join(models.available())}.")
+    from tfafm.distribute import is_chief
+
+    if not is_chief():  # a worker of a cluster (TF_CONFIG): trains with the others, writes nothing
+        train(config, args.data, verbose=0)
+        out.result(f"Worker done; the chief writes {args.out}")
+        return 0
     destination = Destination(args.out, "run", overwrite=args.overwrite,
                               sources=[*_data_paths(args.data), args.config or ""])
     out.note(f"Training {config.model} on {args.data} for up to {config.epochs} epoch(s)")
