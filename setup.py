@@ -21,6 +21,7 @@ setup(
         "scikit-learn>=1.4",
         "rich>=13",
         "pyyaml>=6",
+        "pyarrow>=16",
     ],
     extras_require={
         "export": ["ai-edge-litert>=2.0", "tf2onnx>=1.17", "onnxruntime>=1.20", "onnx>=1.17"],

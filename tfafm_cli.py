@@ -71,8 +71,8 @@ def fraction(text: str) -> float:
 
 # ----------------------------------------------------------------------------- the parser
 
-DATA_HELP = ("data spec: synthetic, synthetic:ROWS, criteo:PATH or avazu:PATH; PATH is a file (may be gzipped), "
-             "a directory of files or a comma-separated list")
+DATA_HELP = ("data spec: synthetic, synthetic:ROWS, criteo:PATH, avazu:PATH, parquet:PATH or cache:DIR (from "
+             "tfafm prepare); PATH is a file (may be gzipped), a directory of files or a comma-separated list")
 
 
 def _add_common(parser: argparse.ArgumentParser, writes: Optional[str] = None, out_default: str = "") -> None:
@@ -201,6 +201,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report_format(bench, ("md", "json"), "md, a markdown table")
     _add_common(bench)
 
+    prepare = commands.add_parser(
+        "prepare", help="parse real data once into a binary cache (then use --data cache:DIR)",
+        description="Parse criteo, avazu or Parquet data once: fit the vocabularies on the training split "
+                    "and write the encoded rows as TFRecord shards that train, eval and compress read with "
+                    "--data cache:DIR. A cache whose source files change is rebuilt when it is next used.")
+    prepare.add_argument("--data", required=True, help="criteo:PATH, avazu:PATH or "
+                         "parquet:PATH[?label=COLUMN&categorical=A,B&dense=C] (see data/README.md)")
+    prepare.add_argument("--min-count", type=positive_int, default=1,
+                         help="occurrences a categorical value needs to get its own id (default 1)")
+    prepare.add_argument("--max-vocabulary", type=positive_int,
+                         help="keep at most this many ids per field, the most frequent (default: all)")
+    prepare.add_argument("--validation-fraction", type=fraction, default=0.1,
+                         help="every round(1/F)-th data line is validation (default 0.1)")
+    prepare.add_argument("--preprocessor", metavar="RUN_OR_JSON",
+                         help="encode with this run's preprocessor (or preprocessor.json) instead of fitting one")
+    prepare.add_argument("--shards", type=positive_int,
+                         help="files per split (default: 1 up to 1M rows, else a multiple of 48)")
+    _add_skip_bad_lines(prepare)
+    _add_common(prepare, "cache directory", "required")
+
     demo = commands.add_parser(
         "demo", help="train, compress (SVD vs AFM), export and benchmark on built-in data",
         description="The whole story on built-in synthetic data: train a DeepFM, compress it with SVD and "
@@ -244,7 +264,7 @@ class UsageError(Exception):
     """An option combination argparse cannot check; reported like argparse's own errors."""
 
 
-DATA_KINDS = ("synthetic", "criteo", "avazu")
+DATA_KINDS = ("synthetic", "criteo", "avazu", "parquet", "cache")
 
 
 def _check_data_spec(spec: Optional[str]) -> None:
@@ -254,11 +274,13 @@ def _check_data_spec(spec: Optional[str]) -> None:
     kind, colon, rest = spec.partition(":")
     if kind not in DATA_KINDS:
         raise UsageError(f"--data: unknown data source {kind!r} in {spec!r}; expected synthetic[:ROWS], "
-                         "criteo:PATH or avazu:PATH")
+                         "criteo:PATH, avazu:PATH, parquet:PATH or cache:DIR")
     if kind == "synthetic":
         if colon and not (rest.isdigit() and int(rest) > 0):
             raise UsageError(f"--data: ROWS of synthetic:ROWS must be a positive integer, got {rest!r}")
         return
+    if kind == "parquet":
+        rest = rest.partition("?")[0]
     paths = [p for p in rest.split(",") if p]
     if not paths:
         raise UsageError(f"--data: {kind} data needs a path: {kind}:PATH")
@@ -290,6 +312,11 @@ def _check_and_fill(args: argparse.Namespace) -> None:
         args.out = "tfafm-demo"
     elif args.command == "import" and args.out is None:
         args.out = _beside(os.path.splitext(os.path.normpath(args.path))[0], "-run")
+    elif args.command == "prepare":
+        if args.out is None:
+            raise UsageError("--out is required: the cache directory to write")
+        if args.data.partition(":")[0] not in ("criteo", "avazu", "parquet"):
+            raise UsageError(f"--data: prepare reads criteo:PATH, avazu:PATH or parquet:PATH, not {args.data!r}")
 
 
 # ----------------------------------------------------------------------------- the process

@@ -31,7 +31,6 @@ AVAZU_HEADER = ("id,click,hour,C1,banner_pos,site_id,site_domain,site_category,a
                 "device_id,device_ip,device_model,device_type,device_conn_type,C14,C15,C16,C17,C18,C19,C20,C21")
 AVAZU_ROW = ("{i},{label},14102100,1005,0,1fbe01fe,f3845767,28905ebd,ecad2386,7801e8d9,07d7df22,a99f214a,"
              "ddd2926e,44956a24,1,2,15706,320,50,1722,0,35,-1,79")
-DATA_FIX = "fixed in tfafm/data on issue10-data"
 
 
 class Context(NamedTuple):
@@ -352,7 +351,7 @@ def _(c):
     return ["train", "--data", f"criteo:{data}", "--out", "new/folders/out", "--quiet"], r"bad\.txt:2: "
 
 
-@case("400-digit integer in a criteo column", xfail=DATA_FIX)
+@case("400-digit integer in a criteo column")
 def _(c):
     huge = CRITEO_ROW.replace("\t3\t", "\t" + "9" * 400 + "\t", 1)
     data = c.write("huge.txt", f"{CRITEO_ROW}\n{huge}\n")
@@ -365,12 +364,12 @@ def _truncated_gzip(c: Context) -> str:
     return c.write("cut.txt.gz", compressed[: len(compressed) // 2])
 
 
-@case("truncated gzip", xfail=DATA_FIX)
+@case("truncated gzip")
 def _(c):
     return ["train", "--data", f"criteo:{_truncated_gzip(c)}", "--out", "out", "--quiet"], r"cut\.txt\.gz"
 
 
-@case("truncated gzip with --skip-bad-lines", xfail=DATA_FIX)
+@case("truncated gzip with --skip-bad-lines")
 def _(c):
     return (["train", "--data", f"criteo:{_truncated_gzip(c)}", "--skip-bad-lines", "--out", "out", "--quiet"],
             r"cut\.txt\.gz")
@@ -420,7 +419,6 @@ def test_there_are_at_least_40_cases():
     assert sum(xfail is None for _, xfail in CASES.values()) >= 40
 
 
-@pytest.mark.xfail(strict=True, reason=DATA_FIX)
 @pytest.mark.parametrize("kind, text", [
     ("criteo", f"\ufeff{CRITEO_ROW}\n{CRITEO_ROW}\n"),
     ("avazu", "\ufeff" + AVAZU_HEADER + "\n" + "".join(AVAZU_ROW.format(i=i, label=i % 2) + "\n" for i in range(20))),

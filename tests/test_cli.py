@@ -186,4 +186,5 @@ def test_every_command_and_option_has_help_text():
         assert all(action.help for action in parser._actions), name
         text = parser.format_help()
         assert "``" not in text and "--quiet" in text, name
-        assert ("--overwrite" in text) == (name in ("train", "compress", "export", "demo", "import")), name
+        assert ("--overwrite" in text) == (name in ("train", "compress", "export", "demo", "import",
+                                                   "prepare")), name

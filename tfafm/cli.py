@@ -85,6 +85,8 @@ def _show_metrics(out: Output, title: str, rows: dict[str, dict[str, float]], fm
 def _data_paths(spec: Optional[str]) -> list[str]:
     """The files a data spec reads (none for synthetic data)."""
     prefix, _, rest = (spec or "").partition(":")
+    if prefix == "parquet":
+        rest = rest.partition("?")[0]
     return [p for p in rest.split(",") if p] if prefix != "synthetic" else []
 
 
@@ -150,6 +152,12 @@ def cmd_train(args, out: Output) -> int:
     config = _train_config(args)
     if config.model not in models.available():
         raise UserError(f"Unknown model {config.model!r}; available: {', '.join(models.available())}.")
+    from tfafm.distribute import is_chief
+
+    if not is_chief():  # a worker of a cluster (TF_CONFIG): trains with the others, writes nothing
+        train(config, args.data, verbose=0)
+        out.result(f"Worker done; the chief writes {args.out}")
+        return 0
     destination = Destination(args.out, "run", overwrite=args.overwrite,
                               sources=[*_data_paths(args.data), args.config or ""])
     out.note(f"Training {config.model} on {args.data} for up to {config.epochs} epoch(s)")
@@ -249,6 +257,30 @@ def cmd_bench(args, out: Output) -> int:
     return 0
 
 
+def cmd_prepare(args, out: Output) -> int:
+    from tfafm.data import Preprocessor
+    from tfafm.data.prepare import prepare_spec
+    from tfafm.runs import PREPROCESSOR_FILE, load_json_file
+
+    Destination(args.out, "data-cache", overwrite=args.overwrite,
+                sources=[*_data_paths(args.data), args.preprocessor or ""])
+    preprocessor = None
+    if args.preprocessor:
+        path = args.preprocessor
+        path = os.path.join(path, PREPROCESSOR_FILE) if os.path.isdir(path) else path
+        preprocessor = load_json_file(path, Preprocessor.load)
+    cache, timings = prepare_spec(
+        args.data, args.out, validation_fraction=args.validation_fraction, min_count=args.min_count,
+        max_vocabulary=args.max_vocabulary, preprocessor=preprocessor, skip_bad_lines=args.skip_bad_lines,
+        shards=args.shards, overwrite=args.overwrite, progress=not args.quiet)
+    for timing in timings:
+        out.note(str(timing))
+    skipped = f", {cache.bad_lines:,} bad lines skipped" if cache.bad_lines else ""
+    out.result(f"Wrote {args.out}: {cache.rows('train'):,} training / {cache.rows('validation'):,} validation "
+               f"rows in {len(cache.files('train'))} + {len(cache.files('validation'))} shards{skipped}")
+    return 0
+
+
 def cmd_demo(args, out: Output) -> int:
     from tfafm.demo import results_markdown, run_demo
 
@@ -268,6 +300,7 @@ def cmd_import(args, out: Output) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace, Output], int]] = {
     "train": cmd_train, "eval": cmd_eval, "compress": cmd_compress,
     "export": cmd_export, "bench": cmd_bench, "demo": cmd_demo, "import": cmd_import,
+    "prepare": cmd_prepare,
 }
 
 

@@ -49,7 +49,7 @@ except ImportError:  # pragma: no cover - Windows: temporaries are never reclaim
 ARTIFACT_MARKER = ".tfafm-artifact.json"
 TEMP_MARKER = ".tfafm-temp.json"
 TEMP_INFIX = ".tfafm-tmp-"
-DIRECTORY_KINDS = frozenset({"run", "demo", "saved_model", "directory"})
+DIRECTORY_KINDS = frozenset({"run", "demo", "saved_model", "directory", "data-cache"})
 _STAGED = "staged"
 _PREVIOUS = "previous"
 _EMPTY_TEMP_GRACE_S = 60.0

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import keras
 
 from tfafm import models
 from tfafm.config import TrainConfig
 from tfafm.data import DataBundle, load_data
+from tfafm.data.cache import read_dataset
+from tfafm.distribute import cluster_size, cluster_strategy, is_chief
+from tfafm.errors import UserError
 from tfafm.metrics import evaluate
+from tfafm.progress import progress_bar
 from tfafm.runs import save_run
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 
 @dataclasses.dataclass
@@ -69,26 +76,179 @@ def train(
     out: str | None = None,
     skip_bad_lines: bool = False,
     verbose: int = 1,
+    cache_dir: str | None = None,
+    strategy: "tf.distribute.Strategy | None" = None,
 ) -> TrainResult:
     """Trains ``config.model`` on ``data``, evaluates it exactly and optionally saves a run.
 
     Args:
         config: model, hyper-parameters and training budget.
-        data: a data spec (``synthetic``, ``criteo:PATH``, ``avazu:PATH``).
+        data: a data spec (``synthetic``, ``criteo:PATH``, ``avazu:PATH``,
+            ``parquet:PATH``, ``cache:DIR``).
         out: run directory to write (atomically), or None.
         skip_bad_lines: skip malformed input lines instead of failing.
-        verbose: Keras ``fit`` verbosity.
+        verbose: Keras ``fit`` verbosity (0: no progress).
+        cache_dir: where file specs are cached (see :func:`tfafm.data.load_data`).
+        strategy: a ``tf.distribute`` strategy to train under with
+            :func:`fit_distributed`; default: the cluster's when ``TF_CONFIG``
+            names one (:func:`tfafm.distribute.cluster_strategy`), else plain
+            ``model.fit``. Only the chief writes ``out``.
     """
-    bundle = load_data(data, skip_bad_lines=skip_bad_lines, **config.data_options())
+    strategy = strategy if strategy is not None else cluster_strategy()
+    if strategy is not None:
+        return _train_distributed(config, data, out, verbose, strategy)
+    bundle = load_data(data, skip_bad_lines=skip_bad_lines, cache_dir=cache_dir, progress=verbose > 0,
+                       **config.data_options())
     keras.utils.set_random_seed(config.seed)
     model = models.build(config.model, bundle.schema, **config.hyperparams)
     compile_for_ctr(model, config.learning_rate)
     epochs_run = fit(model, bundle, config.epochs, config.early_stopping_patience, verbose)
     metrics = evaluate(model, bundle.validation)
     if out is not None:
-        info: dict[str, Any] = {
-            "kind": "trained", "data": data, "config": config.to_dict(),
-            "metrics": metrics, "epochs_run": epochs_run,
-        }
-        save_run(out, model, bundle.schema, bundle.preprocessor, info)
+        _save(out, model, bundle, data, config, metrics, epochs_run)
     return TrainResult(model, bundle, metrics, epochs_run)
+
+
+def _save(out: str, model: keras.Model, bundle: DataBundle, data: str, config: TrainConfig,
+          metrics: dict[str, float], epochs_run: int) -> None:
+    info: dict[str, Any] = {
+        "kind": "trained", "data": data, "config": config.to_dict(),
+        "metrics": metrics, "epochs_run": epochs_run,
+    }
+    save_run(out, model, bundle.schema, bundle.preprocessor, info)
+
+
+def _train_distributed(config: TrainConfig, data: str, out: str | None, verbose: int,
+                       strategy: "tf.distribute.Strategy") -> TrainResult:
+    if not data.startswith("cache:"):
+        raise UserError(
+            f"Training on a cluster reads a prepared cache, not {data!r}: run tfafm prepare --data SPEC "
+            "--out DIR once (on shared storage), then give every worker --data cache:DIR."
+        )
+    bundle = load_data(data, rebuild_stale=False, **config.data_options())
+    keras.utils.set_random_seed(config.seed)
+    with strategy.scope():
+        model = models.build(config.model, bundle.schema, **config.hyperparams)
+        optimizer = keras.optimizers.Adam(config.learning_rate)
+    epochs_run = fit_distributed(model, optimizer, bundle, strategy, config.batch_size, config.epochs,
+                                 config.early_stopping_patience, verbose)
+    trained = _local_copy(model)
+    compile_for_ctr(trained, config.learning_rate)
+    metrics = evaluate(trained, bundle.validation)
+    if out is not None and is_chief():
+        _save(out, trained, bundle, data, config, metrics, epochs_run)
+    return TrainResult(trained, bundle, metrics, epochs_run)
+
+
+def _local_copy(model: keras.Model) -> keras.Model:
+    """A copy of ``model`` outside any strategy, with its weights. Every worker must call
+    this together: reading distributed variables may need all of them."""
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def worker_shards(bundle: DataBundle, workers: int) -> list[list[int]]:
+    """Training shard indices of each worker: shard ``i`` goes to worker ``i % workers``."""
+    shards = len(bundle.cache.shards("train"))
+    if shards < workers:
+        raise UserError(
+            f"The cache has {shards} training shard(s) for {workers} workers; prepare it with "
+            f"--shards N, N a multiple of {workers}."
+        )
+    return [list(range(worker, shards, workers)) for worker in range(workers)]
+
+
+def fit_distributed(
+    model: keras.Model, optimizer: keras.optimizers.Optimizer, bundle: DataBundle,
+    strategy: "tf.distribute.Strategy", batch_size: int, epochs: int, patience: int = 0, verbose: int = 1,
+) -> int:
+    """Trains ``model`` (built in ``strategy.scope()``) with a custom loop; returns the epochs run.
+
+    Keras 3.15's ``model.fit`` cannot run dict-input models under
+    ``MultiWorkerMirroredStrategy`` (it passes the whole batch dict to
+    ``strategy.reduce``), so each step is ``strategy.run`` of a gradient step
+    on the replica's batch, with the loss summed over the replica's rows and
+    divided by the global batch (the optimizer all-reduces the gradients by
+    sum), and one ``strategy.reduce`` of the scalar loss. Each worker reads its
+    own training shards (:func:`worker_shards`); every worker runs the same
+    number of steps, the smallest any worker's rows allow (the few rows beyond
+    are left out of that epoch). With ``patience > 0`` and more than one epoch,
+    training stops after ``patience`` epochs without a gain in exact validation
+    AUC (the workers' mean, so all decide alike) and the best epoch's weights
+    are restored.
+    """
+    import tensorflow as tf
+
+    cache = bundle.cache
+    if cache is None:
+        raise UserError(f"Distributed training needs cached data, not {bundle.spec!r}.")
+    pipelines = max(1, cluster_size())
+    replicas = strategy.num_replicas_in_sync
+    if batch_size % replicas:
+        raise UserError(f"batch_size {batch_size} must be a multiple of the {replicas} replicas.")
+    per_replica = batch_size // replicas
+    local_replicas = max(1, replicas // pipelines)
+    assignment = worker_shards(bundle, pipelines)
+    shards = cache.shards("train")
+    files = cache.files("train")
+    steps = min(sum(shards[i]["rows"] for i in mine) // per_replica // local_replicas for mine in assignment)
+    if steps < 1:
+        raise UserError(f"Too few training rows per worker for a global batch of {batch_size}.")
+
+    def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
+        mine = assignment[context.input_pipeline_id]
+        return read_dataset([files[i] for i in mine], cache.preprocessor.schema(),
+                            sum(shards[i]["rows"] for i in mine), per_replica, drop_remainder=True)
+
+    distributed = strategy.distribute_datasets_from_function(dataset_fn)
+
+    def replica_step(features, labels):
+        with tf.GradientTape() as tape:
+            predictions = model(features, training=True)
+            per_row = keras.losses.binary_crossentropy(labels, predictions)
+            loss = tf.nn.compute_average_loss(per_row, global_batch_size=batch_size)
+            if model.losses:
+                loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
+        gradients = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+        return loss
+
+    with strategy.scope():
+        optimizer.build(model.trainable_variables)  # else the first trace creates variables: traced twice
+
+    # no tensor-dependent Python control flow: AutoGraph's slow source conversion is off
+    @tf.function(autograph=False)
+    def train_step(iterator):
+        features, labels = next(iterator)
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(replica_step, args=(features, labels)),
+                               axis=None)
+
+    early_stopping = patience > 0 and epochs > 1
+    best_auc, best_weights, waited, epochs_run = -1.0, None, 0, 0
+    for epoch in range(epochs):
+        iterator = iter(distributed)
+        with progress_bar(f"epoch {epoch + 1}/{epochs}", steps, enabled=verbose > 0 and is_chief()) as advance:
+            for _ in range(steps):
+                train_step(iterator)
+                advance()
+        epochs_run += 1
+        if not early_stopping:
+            continue
+        auc = _mean_over_replicas(strategy, evaluate(_local_copy(model), bundle.validation)["auc"])
+        if auc > best_auc:
+            best_auc, best_weights, waited = auc, model.get_weights(), 0
+        else:
+            waited += 1
+            if waited >= patience:
+                break
+    if best_weights is not None:
+        model.set_weights(best_weights)
+    return epochs_run
+
+
+def _mean_over_replicas(strategy: "tf.distribute.Strategy", value: float) -> float:
+    import tensorflow as tf
+
+    per_replica = strategy.run(lambda: tf.constant(value, tf.float64))
+    return float(strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica, axis=None))

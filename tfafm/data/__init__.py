@@ -1,8 +1,10 @@
-"""Data sources: synthetic Criteo-like data and real Criteo / Avazu click logs."""
+"""Data sources: synthetic Criteo-like data, real Criteo / Avazu / Parquet click logs, and their caches."""
 
+from tfafm.data.cache import Cache
 from tfafm.data.errors import DataFormatError
 from tfafm.data.preprocessing import Preprocessor
 from tfafm.data.sources import DataBundle, load_data
 from tfafm.data.synthetic import SyntheticCriteo
+from tfafm.data.vocabulary import ValueCounts
 
-__all__ = ["DataBundle", "DataFormatError", "Preprocessor", "SyntheticCriteo", "load_data"]
+__all__ = ["Cache", "DataBundle", "DataFormatError", "Preprocessor", "SyntheticCriteo", "ValueCounts", "load_data"]

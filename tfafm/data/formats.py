@@ -12,9 +12,10 @@ import datetime
 import functools
 import math
 import re
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Sequence
 
 from tfafm.data.errors import DataFormatError
+from tfafm.schema import DenseFeature, SparseFeature
 
 
 class RawRow(NamedTuple):
@@ -49,6 +50,7 @@ class DataFormat:
         categorical: columns fed as categorical features, unchanged.
         time: an optional ``YYMMDDHH`` column, replaced by the categorical
             features ``hour_of_day`` (0-23) and ``weekday`` (0 = Monday).
+        integer_dense: dense values must be whole numbers (counts).
     """
 
     name: str
@@ -57,6 +59,17 @@ class DataFormat:
     dense: tuple[str, ...]
     categorical: tuple[str, ...]
     time: Optional[str] = None
+    integer_dense: bool = True
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The columns a row is made of: label, dense, time (if any), categorical."""
+        return (self.label,) + self.dense + ((self.time,) if self.time else ()) + self.categorical
+
+    def to_dict(self) -> dict:
+        """The column roles, enough for :func:`table_format` to rebuild a custom format."""
+        return {"name": self.name, "label": self.label, "dense": list(self.dense),
+                "categorical": list(self.categorical)}
 
     @property
     def sparse_names(self) -> tuple[str, ...]:
@@ -68,10 +81,10 @@ class DataFormat:
         lowered = [f.strip().lower() for f in first_fields]
         for columns in self.layouts:
             if lowered == [c.lower() for c in columns]:
-                return self._resolve(columns), True
-        return self._resolve(self.layouts[0]), False
+                return self.resolve(columns), True
+        return self.resolve(self.layouts[0]), False
 
-    def _resolve(self, columns: tuple[str, ...]) -> Layout:
+    def resolve(self, columns: tuple[str, ...]) -> Layout:
         position = {c: i for i, c in enumerate(columns)}
         return Layout(
             columns=columns,
@@ -90,11 +103,18 @@ class DataFormat:
             )
         cols = layout.columns
         label = _parse_label(fields[layout.label], cols[layout.label])
-        dense = tuple(_parse_count(fields[i], cols[i]) for i in layout.dense)
+        dense = tuple(_parse_count(fields[i], cols[i], self.integer_dense) for i in layout.dense)
         sparse = tuple(fields[i] for i in layout.categorical)
         if layout.time is not None:
             sparse = _parse_hour(fields[layout.time], cols[layout.time]) + sparse
         return RawRow(label, dense, sparse)
+
+
+def shown(value: str, limit: int = 24) -> str:
+    """``repr(value)``, shortened to about ``limit`` characters (with its length) when longer."""
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}... ({len(value)} characters)"
 
 
 def _parse_label(value: str, column: str) -> float:
@@ -105,24 +125,28 @@ def _parse_label(value: str, column: str) -> float:
     except ValueError:
         label = math.nan
     if label not in (0.0, 1.0):
-        raise DataFormatError(f"expected a 0/1 label, got {value!r}", column=column)
+        raise DataFormatError(f"expected a 0/1 label, got {shown(value)}", column=column)
     return label
 
 
-def _parse_count(value: str, column: str) -> float:
-    """An integer count (possibly written ``260.0``); ``nan`` when empty."""
+def _parse_count(value: str, column: str, integer: bool = True) -> float:
+    """An integer count (possibly written ``260.0``), or with ``integer=False`` any
+    finite number; ``nan`` when empty."""
     if not value:
         return math.nan
     try:
         return float(int(value))
     except ValueError:
         pass
+    except OverflowError:
+        raise DataFormatError(f"integer out of range, got {shown(value)}", column=column) from None
     try:
         number = float(value)
     except ValueError:
         number = math.nan
-    if not number.is_integer():
-        raise DataFormatError(f"expected an integer, got {value!r}", column=column)
+    if not (number.is_integer() if integer else math.isfinite(number)):
+        expected = "an integer" if integer else "a finite number"
+        raise DataFormatError(f"expected {expected}, got {shown(value)}", column=column)
     return number
 
 
@@ -130,7 +154,7 @@ def _parse_hour(value: str, column: str) -> tuple[str, str]:
     try:
         return _hour_fields(value)
     except ValueError:
-        raise DataFormatError(f"expected a YYMMDDHH hour, got {value!r}", column=column) from None
+        raise DataFormatError(f"expected a YYMMDDHH hour, got {shown(value)}", column=column) from None
 
 
 @functools.lru_cache(maxsize=4096)
@@ -191,3 +215,32 @@ AVAZU = DataFormat(
 )
 
 FORMATS: dict[str, DataFormat] = {f.name: f for f in (CRITEO, AVAZU)}
+
+TABLE = "parquet"
+
+
+def table_format(label: str, dense: Sequence[str], categorical: Sequence[str]) -> DataFormat:
+    """A format for Parquet tables with the given column roles (``parquet:`` data specs).
+
+    Dense values may be any finite numbers; categorical values of any type are
+    read as their text (integers in decimal).
+    """
+    names = [label, *dense, *categorical]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise DataFormatError(f"column(s) {repeated} given more than one role")
+    if not categorical and not dense:
+        raise DataFormatError("no feature columns: give categorical= and/or dense= columns")
+    for name in dense:
+        DenseFeature(name)
+    for name in categorical:
+        SparseFeature(name, 1)
+    return DataFormat(name=TABLE, layouts=(tuple(names),), label=label, dense=tuple(dense),
+                      categorical=tuple(categorical), integer_dense=False)
+
+
+def format_from_dict(config: dict) -> DataFormat:
+    """The format saved by :meth:`DataFormat.to_dict`: a built-in one by name, else a table format."""
+    if config["name"] in FORMATS:
+        return FORMATS[config["name"]]
+    return table_format(config["label"], config["dense"], config["categorical"])

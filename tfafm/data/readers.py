@@ -1,19 +1,22 @@
-"""Streaming readers for Criteo and Avazu text files (optionally gzipped).
+"""Resolving data paths, and the exact (line by line) reader of Criteo and Avazu text files.
 
-Files are read line by line and never loaded whole. The delimiter (tab or comma)
-and an optional header line are detected per file from its first line.
+:class:`RowReader` parses every line in Python; it is the reference the
+columnar reader (:mod:`tfafm.data.columnar`) falls back to for the part of a
+file where a line is malformed, so both report the same ``file:line: column``
+errors. Files are read in blocks (:mod:`tfafm.data.textfiles`), never whole.
 """
 
 from __future__ import annotations
 
-import gzip
 import os
-from typing import IO, Iterator, Sequence
+from typing import Iterator, Sequence
 
 from tfafm.data.errors import DataFormatError
 from tfafm.data.formats import DataFormat, RawRow
+from tfafm.data.textfiles import TextBlock, text_blocks
+from tfafm.errors import MissingFileError
 
-_DATA_SUFFIXES = {"", ".txt", ".csv", ".tsv", ".gz"}
+_DATA_SUFFIXES = {"", ".txt", ".csv", ".tsv", ".gz", ".parquet"}
 
 
 def resolve_paths(spec: str) -> list[str]:
@@ -34,23 +37,15 @@ def resolve_paths(spec: str) -> list[str]:
                 and os.path.splitext(name)[1].lower() in _DATA_SUFFIXES
             )
             if not found:
-                raise FileNotFoundError(f"No data files (.txt, .csv, .tsv, .gz) in directory: {part}")
+                raise MissingFileError(f"No data files (.txt, .csv, .tsv, .gz, .parquet) in directory: {part}")
             paths.extend(found)
         elif os.path.isfile(part):
             paths.append(part)
         else:
-            raise FileNotFoundError(f"Data file not found: {part}")
+            raise MissingFileError(f"Data file not found: {part}")
     if not paths:
-        raise FileNotFoundError(f"No data path given in {spec!r}.")
+        raise MissingFileError(f"No data path given in {spec!r}.")
     return paths
-
-
-def _open_text(path: str) -> IO[str]:
-    with open(path, "rb") as f:
-        gzipped = f.read(2) == b"\x1f\x8b"
-    if gzipped:
-        return gzip.open(path, "rt", encoding="utf-8", errors="replace")
-    return open(path, encoding="utf-8", errors="replace")
 
 
 class RowReader:
@@ -72,7 +67,7 @@ class RowReader:
             raise ValueError("RowReader needs at least one file.")
         missing = [p for p in paths if not os.path.isfile(p)]
         if missing:
-            raise FileNotFoundError(f"Data file not found: {missing[0]}")
+            raise MissingFileError(f"Data file not found: {missing[0]}")
         self.format = data_format
         self.paths = list(paths)
         self.skip_bad_lines = skip_bad_lines
@@ -98,28 +93,34 @@ class RowReader:
     def _read(self, path: str) -> Iterator[RawRow | None]:
         """Rows of one file; ``None`` for each skipped bad line."""
         good = bad = 0
-        with _open_text(path) as f:
-            delimiter = layout = None
-            for number, line in enumerate(f, start=1):
-                line = line.rstrip("\r\n")
-                if not line:
-                    continue
-                if layout is None:
-                    delimiter = "\t" if "\t" in line else ","
-                    layout, is_header = self.format.layout(line.split(delimiter))
-                    if is_header:
-                        continue
-                try:
-                    row = self.format.parse(line.split(delimiter), layout)
-                except DataFormatError as error:
-                    if not self.skip_bad_lines:
-                        raise error.at(path, number) from None
+        for block in text_blocks(path, self.format):
+            for row in exact_rows(block, self.format, self.skip_bad_lines):
+                if row is None:
                     bad += 1
                     self.bad_lines += 1
-                    yield None
-                    continue
-                good += 1
+                else:
+                    good += 1
                 yield row
         if not good:
-            skipped = f" ({bad} bad lines skipped)" if bad else ""
-            raise DataFormatError(f"file has no data rows{skipped}", path=path)
+            raise no_rows_error(path, bad)
+
+
+def no_rows_error(path: str, bad_lines: int) -> DataFormatError:
+    """The error for a file without a single good data row."""
+    skipped = f" ({bad_lines} bad lines skipped)" if bad_lines else ""
+    return DataFormatError(f"file has no data rows{skipped}", path=path)
+
+
+def exact_rows(block: TextBlock, data_format: DataFormat, skip_bad_lines: bool) -> Iterator[RawRow | None]:
+    """Parses ``block`` line by line: one :class:`RawRow` per data line, ``None`` for a
+    skipped bad line; blank lines are ignored. Raises :class:`DataFormatError` at the
+    first bad line unless ``skip_bad_lines``."""
+    for number, line in block.lines():
+        if not line:
+            continue
+        try:
+            yield data_format.parse(line.split(block.delimiter), block.layout)
+        except DataFormatError as error:
+            if not skip_bad_lines:
+                raise error.at(block.path, number) from None
+            yield None

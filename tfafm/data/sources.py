@@ -1,33 +1,48 @@
-"""``--data`` specs -> batched, streaming ``tf.data`` datasets.
+"""``--data`` specs -> batched ``tf.data`` datasets.
 
 Specs:
     * ``synthetic`` or ``synthetic:ROWS`` -- the built-in :class:`SyntheticCriteo`.
-    * ``criteo:PATH`` -- Criteo Kaggle DAC text (TSV, or CSV with a header).
-    * ``avazu:PATH`` -- Avazu CTR CSV.
+    * ``criteo:PATH`` -- Criteo Kaggle DAC text (TSV, or CSV with a header) or Parquet.
+    * ``avazu:PATH`` -- Avazu CTR CSV or Parquet.
+    * ``parquet:PATH[?label=..&categorical=..&dense=..]`` -- any Parquet table
+      (see :mod:`tfafm.data.specs`).
+    * ``cache:DIR`` -- a cache built by ``tfafm prepare`` (:mod:`tfafm.data.prepare`).
 
 ``PATH`` is a file, a directory (all its data files, sorted) or a
-comma-separated list of files; files may be gzipped. Real data is split by line:
-every ``round(1 / validation_fraction)``-th data line (starting with the first)
-goes to validation, the rest to training.
+comma-separated list of files; text files may be gzipped. Real data is split by
+line: every ``round(1 / validation_fraction)``-th data line (starting with the
+first) goes to validation, the rest to training.
+
+File specs are read through a cache: the first use parses the files once,
+fits the vocabularies on the training rows and writes the encoded rows to
+binary shards; later uses of the same files with the same settings reuse it
+(and rebuild it if a file changed). The cache lives under ``cache_dir``, else
+``$TFAFM_CACHE_DIR``, else in a temporary directory removed with the datasets.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
-from typing import TYPE_CHECKING, Callable, Iterator, Optional
+import os
+import shutil
+import tempfile
+import weakref
+from typing import TYPE_CHECKING, Optional
 
-from tfafm.data.formats import FORMATS, RawRow
+from tfafm.data.cache import Cache, stale_reason
 from tfafm.data.preprocessing import Preprocessor
-from tfafm.data.readers import RowReader, resolve_paths
+from tfafm.data.prepare import CacheRequest, ensure_cache, rebuild
+from tfafm.data.specs import FILE_PREFIXES, file_source
 from tfafm.data.synthetic import SyntheticCriteo
+from tfafm.errors import UserError
 from tfafm.schema import Schema
 
 if TYPE_CHECKING:
-    import numpy as np
     import tensorflow as tf
 
-PREFIXES = ("synthetic", *FORMATS)
+CACHE_PREFIX = "cache"
+PREFIXES = ("synthetic", *FILE_PREFIXES, CACHE_PREFIX)
+CACHE_DIR_VARIABLE = "TFAFM_CACHE_DIR"
 
 
 @dataclasses.dataclass
@@ -36,7 +51,7 @@ class DataBundle:
 
     Attributes:
         spec: the ``--data`` spec it was loaded from.
-        name: the source kind (``"synthetic"``, ``"criteo"`` or ``"avazu"``).
+        name: the source kind (``"synthetic"``, ``"criteo"``, ``"avazu"`` or ``"parquet"``).
         description: one line for logs, with row counts.
         schema: the features the datasets yield.
         train: training batches; ``None`` when loaded for evaluation with a
@@ -46,6 +61,7 @@ class DataBundle:
         train_rows: rows in ``train`` (0 when it is ``None``).
         validation_rows: rows in ``validation``.
         bad_lines: malformed lines skipped (``skip_bad_lines=True``).
+        cache: the cache real data is read from (``None`` for synthetic data).
     """
 
     spec: str
@@ -58,6 +74,7 @@ class DataBundle:
     train_rows: int
     validation_rows: int
     bad_lines: int = 0
+    cache: Optional[Cache] = None
 
 
 def load_data(
@@ -67,90 +84,132 @@ def load_data(
     embedding_dim: int = 16,
     validation_fraction: float = 0.1,
     min_count: int = 1,
+    max_vocabulary: Optional[int] = None,
     skip_bad_lines: bool = False,
     preprocessor: Optional[Preprocessor] = None,
     evaluation_only: Optional[bool] = None,
     synthetic_rows: int = 200_000,
     synthetic_max_vocabulary: int = 100_000,
     seed: int = 0,
+    cache_dir: Optional[str] = None,
+    rebuild_stale: bool = True,
+    progress: bool = False,
 ) -> DataBundle:
     """Loads the data named by ``spec`` (see the module docstring).
 
-    For real data, one Python pass reads every row before any dataset is built:
-    it fits the preprocessor on the training rows (unless ``preprocessor`` is
-    given) and validates the rest, so malformed files raise
+    For file specs the cache is built (or found) here, so malformed files raise
     :class:`~tfafm.data.errors.DataFormatError` here rather than inside
-    ``tf.data``. With ``preprocessor`` given, nothing is fitted and, unless
-    ``evaluation_only=False`` (keep the train/validation split, as when
-    compressing a trained run), every row is evaluation data (``train`` is ``None``).
+    ``tf.data``. The preprocessor is fitted on the training rows (keeping values
+    seen ``min_count`` times, at most ``max_vocabulary`` per field) unless
+    ``preprocessor`` is given; then, unless ``evaluation_only=False`` (keep the
+    train/validation split, as when compressing a trained run), every row is
+    evaluation data (``train`` is ``None``).
+
+    A ``cache:DIR`` spec uses the split and preprocessing the cache was built
+    with (``validation_fraction``, ``min_count`` and ``max_vocabulary`` do not
+    apply); if its source files changed it is rebuilt in place, or, with
+    ``rebuild_stale=False``, refused. ``progress`` draws a bar per pass.
     """
     prefix, _, rest = spec.partition(":")
     if prefix not in PREFIXES:
-        raise ValueError(
+        raise UserError(
             f"Unknown data source {prefix!r} in {spec!r}; expected one of "
-            f"{', '.join(p + ':PATH' if p in FORMATS else p + '[:ROWS]' for p in PREFIXES)}."
+            f"{', '.join(_usage(p) for p in PREFIXES)}."
         )
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+        raise UserError(f"batch_size must be >= 1, got {batch_size}.")
     if not 0.0 < validation_fraction <= 0.5:
-        raise ValueError(f"validation_fraction must be in (0, 0.5], got {validation_fraction}.")
+        raise UserError(f"validation_fraction must be in (0, 0.5], got {validation_fraction}.")
     if prefix == "synthetic":
         if preprocessor is not None:
-            raise ValueError("Synthetic data takes no preprocessor.")
+            raise UserError("Synthetic data takes no preprocessor.")
         return _synthetic(spec, rest, batch_size, embedding_dim, validation_fraction,
                           synthetic_rows, synthetic_max_vocabulary, seed)
-    if not rest:
-        raise ValueError(f"Data spec {spec!r} needs a path: {prefix}:PATH.")
-    reader = RowReader(FORMATS[prefix], resolve_paths(rest), skip_bad_lines=skip_bad_lines)
-    every = round(1.0 / validation_fraction)
     evaluation = preprocessor is not None if evaluation_only is None else evaluation_only
     if evaluation and preprocessor is None:
-        raise ValueError("evaluation_only=True needs a fitted preprocessor.")
-    if preprocessor is not None and preprocessor.format.name != prefix:
-        raise ValueError(
-            f"The preprocessor encodes {preprocessor.format.name} data, not {prefix} data ({spec!r})."
-        )
-
-    def in_validation(index: int) -> bool:
-        return evaluation or index % every == 0
-
-    counts = {True: 0, False: 0}
-
-    def counted_training_rows() -> Iterator[RawRow]:
-        for index, row in reader.indexed():
-            counts[in_validation(index)] += 1
-            if not in_validation(index):
-                yield row
-
-    if preprocessor is not None:
-        for _ in counted_training_rows():
-            pass
+        raise UserError("evaluation_only=True needs a fitted preprocessor.")
+    owner = None
+    if prefix == CACHE_PREFIX:
+        cache = open_cache(rest, rebuild_stale=rebuild_stale, progress=progress)
+        if preprocessor is not None and preprocessor.digest != cache.preprocessor.digest:
+            raise UserError(
+                f"Cache {rest} was encoded with another preprocessor than the one given; prepare it with "
+                "that one: tfafm prepare --data ... --preprocessor RUN/preprocessor.json --out DIR."
+            )
     else:
-        preprocessor = Preprocessor.fit(reader.format, counted_training_rows(), min_count)
-    if not evaluation and not counts[False]:
-        raise ValueError(f"{spec}: no training rows (only {counts[True]} rows in all).")
-    bad_lines = reader.bad_lines
+        source = file_source(prefix, rest, spec)
+        if preprocessor is not None and preprocessor.format != source.format:
+            raise UserError(
+                f"The preprocessor encodes {preprocessor.format.name} data, not {prefix} data ({spec!r})."
+            )
+        root = cache_dir or os.environ.get(CACHE_DIR_VARIABLE)
+        if not root:
+            root = owner = _TemporaryDirectory()
+        request = CacheRequest(source, validation_fraction, min_count, max_vocabulary, preprocessor,
+                               skip_bad_lines)
+        cache = ensure_cache(request, str(root), progress=progress)
+    return _bundle(spec, cache, batch_size, embedding_dim, evaluation, owner)
 
-    def stream(validation: bool) -> Callable[[], Iterator[RawRow]]:
-        return lambda: (row for index, row in reader.indexed() if in_validation(index) == validation)
 
-    schema = preprocessor.schema(embedding_dim)
-    files = len(reader.paths)
-    skipped = f", {bad_lines:,} bad lines skipped" if bad_lines else ""
+def _usage(prefix: str) -> str:
+    return {"synthetic": "synthetic[:ROWS]", CACHE_PREFIX: "cache:DIR"}.get(prefix, f"{prefix}:PATH")
+
+
+def open_cache(path: str, rebuild_stale: bool = True, progress: bool = False) -> Cache:
+    """Opens ``path``; rebuilds it if its source files changed (or refuses, without ``rebuild_stale``)."""
+    if not path:
+        raise UserError("Data spec 'cache:' needs a directory: cache:DIR.")
+    cache = Cache.open(path)
+    reason = stale_reason(cache.manifest)
+    if reason is None:
+        return cache
+    if not rebuild_stale:
+        raise UserError(f"Cache {path} is out of date ({reason}); run tfafm prepare again.")
+    return rebuild(cache, progress=progress)
+
+
+class _TemporaryDirectory:
+    """A private temporary directory, removed when the last dataset using it is gone."""
+
+    def __init__(self):
+        self.path = tempfile.mkdtemp(prefix="tfafm-cache-")
+        weakref.finalize(self, shutil.rmtree, self.path, True)
+
+    def __str__(self) -> str:
+        return self.path
+
+
+def _bundle(spec: str, cache: Cache, batch_size: int, embedding_dim: int, evaluation: bool,
+            owner: Optional[_TemporaryDirectory]) -> DataBundle:
+    train_rows, validation_rows = cache.rows("train"), cache.rows("validation")
+    if not evaluation and not train_rows:
+        raise UserError(f"{spec}: no training rows (only {validation_rows} rows in all).")
+    if evaluation:
+        train, validation = None, cache.dataset(("train", "validation"), batch_size)
+        train_rows, validation_rows = 0, train_rows + validation_rows
+    else:
+        train, validation = cache.dataset(("train",), batch_size), cache.dataset(("validation",), batch_size)
+    for dataset in (train, validation):
+        if dataset is not None:
+            dataset._tfafm_cache_owner = owner  # keeps a temporary cache alive while the dataset is
+    files = len(cache.manifest["source"]["files"])
+    skipped = f", {cache.bad_lines:,} bad lines skipped" if cache.bad_lines else ""
+    name = cache.manifest["format"]["name"]
     return DataBundle(
         spec=spec,
-        name=prefix,
+        name=name,
         description=(
-            f"{prefix}: {files} file{'s' if files > 1 else ''}, {counts[False]:,} training / "
-            f"{counts[True]:,} {'evaluation' if evaluation else 'validation'} rows{skipped}"
+            f"{name}: {files} file{'s' if files > 1 else ''}, {train_rows:,} training / "
+            f"{validation_rows:,} {'evaluation' if evaluation else 'validation'} rows{skipped}"
         ),
-        schema=schema,
-        train=None if evaluation else _dataset(stream(False), preprocessor, schema, batch_size, counts[False]),
-        validation=_dataset(stream(True), preprocessor, schema, batch_size, counts[True]),
-        preprocessor=preprocessor,
-        train_rows=counts[False],
-        validation_rows=counts[True],
-        bad_lines=bad_lines,
+        schema=cache.schema(embedding_dim),
+        train=train,
+        validation=validation,
+        preprocessor=cache.preprocessor,
+        train_rows=train_rows,
+        validation_rows=validation_rows,
+        bad_lines=cache.bad_lines,
+        cache=cache,
     )
 
 
@@ -159,7 +218,7 @@ def _synthetic(
     validation_fraction: float, default_rows: int, max_vocabulary: int, seed: int,
 ) -> DataBundle:
     if rows_text and not (rows_text.isdigit() and int(rows_text) > 0):
-        raise ValueError(f"In {spec!r}, ROWS of synthetic:ROWS must be a positive integer.")
+        raise UserError(f"In {spec!r}, ROWS of synthetic:ROWS must be a positive integer.")
     rows = int(rows_text) if rows_text else default_rows
     validation_rows = max(1, round(rows * validation_fraction))
     generator = SyntheticCriteo(seed=seed, max_vocabulary=max_vocabulary)
@@ -177,29 +236,3 @@ def _synthetic(
         train_rows=rows,
         validation_rows=validation_rows,
     )
-
-
-def _dataset(
-    rows: Callable[[], Iterator[RawRow]], preprocessor: Preprocessor, schema: Schema,
-    batch_size: int, num_rows: int,
-) -> "tf.data.Dataset":
-    """A dataset that re-reads ``rows()`` on every iteration and encodes it in batches.
-
-    Its cardinality (``ceil(num_rows / batch_size)``) is declared, so Keras
-    progress bars know the number of steps.
-    """
-    import tensorflow as tf
-
-    def batches() -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
-        iterator = rows()
-        while chunk := list(itertools.islice(iterator, batch_size)):
-            yield preprocessor.encode(chunk)
-
-    signature = (
-        {f.name: tf.TensorSpec((None, 1), tf.float32) for f in schema.dense}
-        | {f.name: tf.TensorSpec((None, 1), tf.int32) for f in schema.sparse},
-        tf.TensorSpec((None, 1), tf.float32),
-    )
-    dataset = tf.data.Dataset.from_generator(batches, output_signature=signature)
-    steps = -(-num_rows // batch_size)
-    return dataset.apply(tf.data.experimental.assert_cardinality(steps)).prefetch(2)

@@ -1,0 +1,77 @@
+"""Parsing ``--data`` specs that name files: ``criteo:PATH``, ``avazu:PATH``, ``parquet:PATH[?ROLES]``.
+
+``PATH`` is a file, a directory (its data files, sorted) or a comma-separated
+list of files. Criteo and Avazu files are text (optionally gzipped) or Parquet
+tables with the same column names. ``parquet:`` reads any Parquet table; its
+column roles follow a ``?``::
+
+    parquet:train.parquet?label=click&categorical=cat1,cat4,cat6,cat8,cat9&dense=price
+
+``label`` defaults to a column named ``label`` or ``click``; ``categorical``
+defaults to every column that is neither the label, a dense column, nor a
+pandas index (a name starting with ``__``); ``dense`` defaults to none.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import urllib.parse
+
+from tfafm.data.errors import DataFormatError
+from tfafm.data.formats import FORMATS, TABLE, DataFormat, table_format
+from tfafm.data.readers import resolve_paths
+from tfafm.errors import UserError
+
+FILE_PREFIXES = (*FORMATS, TABLE)
+_ROLES = ("label", "dense", "categorical")
+
+
+@dataclasses.dataclass(frozen=True)
+class FileSource:
+    """Data files of one format, named by a spec."""
+
+    spec: str
+    format: DataFormat
+    paths: tuple[str, ...]
+
+
+def is_parquet(path: str) -> bool:
+    """Whether ``path`` starts with Parquet's magic bytes."""
+    with open(path, "rb") as f:
+        return f.read(4) == b"PAR1"
+
+
+def file_source(prefix: str, rest: str, spec: str) -> FileSource:
+    """The files and format of ``prefix:rest`` (``prefix`` one of :data:`FILE_PREFIXES`)."""
+    if prefix != TABLE:
+        if not rest:
+            raise UserError(f"Data spec {spec!r} needs a path: {prefix}:PATH.")
+        return FileSource(spec, FORMATS[prefix], tuple(resolve_paths(rest)))
+    location, _, query = rest.partition("?")
+    if not location:
+        raise UserError(f"Data spec {spec!r} needs a path: parquet:PATH[?label=...&categorical=...].")
+    roles = urllib.parse.parse_qs(query, keep_blank_values=True, separator="&")
+    unknown = sorted(set(roles) - set(_ROLES))
+    if unknown:
+        raise UserError(f"Unknown column role(s) {unknown} in {spec!r}; known: {', '.join(_ROLES)}.")
+    listed = {role: [c for value in roles.get(role, []) for c in value.split(",") if c] for role in _ROLES}
+    paths = tuple(resolve_paths(location))
+    not_parquet = [p for p in paths if not is_parquet(p)]
+    if not_parquet:
+        raise DataFormatError("not a Parquet file", path=not_parquet[0])
+    return FileSource(spec, _table_format(paths[0], listed), paths)
+
+
+def _table_format(path: str, listed: dict[str, list[str]]) -> DataFormat:
+    import pyarrow.parquet as pq
+
+    columns = pq.ParquetFile(path).schema_arrow.names
+    label = listed["label"][0] if listed["label"] else next(
+        (c for c in columns if c.lower() in ("label", "click")), None)
+    if label is None:
+        raise DataFormatError(f"no label column (label or click); give one with ?label=NAME "
+                              f"(columns: {', '.join(columns)})", path=path)
+    dense = listed["dense"]
+    categorical = listed["categorical"] or [
+        c for c in columns if c != label and c not in dense and not c.startswith("__")]
+    return table_format(label, dense, categorical)
