@@ -239,3 +239,27 @@ def test_failed_export_keeps_existing_file(tmp_path):
         export.litert(string_model(), str(target))
     assert target.read_bytes() == b"previous"
     assert sorted(os.listdir(tmp_path)) == ["bad.tflite"]
+
+
+@pytest.mark.parametrize("quantize, tolerance", [(None, 1e-5), ("float16", 2e-3), ("dynamic", 2e-2)])
+def test_big_tables_are_written_outside_the_converter(quantize, tolerance, tmp_path):
+    """Tables above the patch threshold are converted as placeholders and written in afterwards."""
+    from tfafm.export.litert import _TablePatch
+    from tfafm.schema import Schema, SparseFeature
+
+    big = _TablePatch.MIN_ELEMENTS // 8 + 7  # rows of an 8-wide table just above the threshold
+    schema = Schema([SparseFeature("big", big, 8), SparseFeature("small", 50, 8)])
+    keras.utils.set_random_seed(3)
+    model = tfafm.models.build("deepfm", schema, hidden_units=(16,))
+    table = model.get_layer("big_embedding")
+    table.embeddings.assign(np.random.default_rng(0).normal(0, 0.5, table.embeddings.shape).astype("float32"))
+    assert _TablePatch(model).layers == [table]
+    path = export.litert(model, str(tmp_path / "big.tflite"), quantize=quantize)
+    rng = np.random.default_rng(1)
+    features = {"big": rng.integers(0, big, (500, 1)).astype("int32"),
+                "small": rng.integers(0, 50, (500, 1)).astype("int32")}
+    features["big"][:3, 0] = [0, big - 1, big // 2]  # first, last and middle rows
+    expected = model.predict(features, verbose=0)
+    np.testing.assert_allclose(export.LiteRTRunner(path)(features), expected, atol=tolerance)
+    sizes = {t.shape for t in export.litert_tensor_types(path)}
+    assert (big, 8) in sizes

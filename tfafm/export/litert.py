@@ -14,7 +14,7 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from tfafm.errors import UnsupportedLayerError, UserError
-from tfafm.export.litert_file import with_signature_and_metadata
+from tfafm.export.litert_file import write_with_signature
 
 FLATBUFFER_LIMIT = 2 * 1024**3  # bytes; LiteRT files are flatbuffers, addressed with 32-bit offsets
 _BYTES_PER_WEIGHT = {None: 4, "float16": 2, "dynamic": 1, "int8": 1}
@@ -98,6 +98,9 @@ def litert(
     model = _maybe_fuse(model, fuse)
     _check_size(model, quantize)
     description = interface(model, schema)
+    tables = _TablePatch(model) if quantize != "int8" else None
+    if tables is not None and tables.layers:
+        model = tables.light_model()
     frozen = _frozen_function(model)
     converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen])
     _configure(converter, quantize)
@@ -112,11 +115,97 @@ def litert(
             flatbuffer = converter.convert()
     except Exception as error:  # ConverterError and friends
         raise _unsupported_error(error, model, frozen) from error
-    flatbuffer = with_signature_and_metadata(flatbuffer, description.to_dict())
+    edit = tables.patcher(quantize) if tables is not None and tables.layers else None
     with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(flatbuffer)
+        write_with_signature(flatbuffer, description.to_dict(), tmp, edit=edit)
     return path
+
+
+class _TablePatch:
+    """Converts big embedding tables outside the converter.
+
+    TensorFlow's converter holds several copies of every weight (freezing
+    alone takes about 7x the weight bytes): for a model with tables of tens of
+    millions of rows that means tens of GB. So each :class:`InRangeEmbedding`
+    table of at least ``MIN_ELEMENTS`` is replaced, for conversion only, by a
+    placeholder with a unique row count (``1031 + i``: enough elements to be
+    quantized like the real table); the real rows are written into the
+    flatbuffer afterwards (cast to float16, or int8 with the converter's
+    per-tensor symmetric scale, as the placeholder was). A plain gather is
+    indifferent to the row count; Keras' ``Embedding`` is not (its negative-id
+    wrap reads the table's length), so only in-range tables are patched.
+    """
+
+    MIN_ELEMENTS = 1 << 18
+
+    def __init__(self, model):
+        from tfafm.compression.keras_graph import iter_layers
+        from tfafm.layers.lookup import InRangeEmbedding
+
+        self.model = model
+        self.layers = [layer for layer in iter_layers(model)
+                       if type(layer) is InRangeEmbedding and int(np.prod(layer.embeddings.shape)) >= self.MIN_ELEMENTS]
+        self.shapes = {(1031 + i, layer.output_dim): layer for i, layer in enumerate(self.layers)}
+
+    def light_model(self):
+        """A copy of the model with placeholder tables."""
+        from tfafm.compression.rewrite import rebuild
+        from tfafm.layers.lookup import InRangeEmbedding
+
+        rng = np.random.default_rng(0)
+        replacements = {}
+        for (rows, dim), layer in self.shapes.items():
+            small = InRangeEmbedding(rows, dim, name=layer.name, dtype=layer.dtype_policy)
+            small.build()
+            scale = float(np.max(np.abs(np.asarray(layer.embeddings[:rows])))) or 1.0
+            small.embeddings.assign(rng.uniform(-scale, scale, (rows, dim)).astype(np.float32))
+            replacements[id(layer)] = small
+        return rebuild(self.model, replacements)[0]
+
+    def patcher(self, quantize: str | None):
+        """An ``edit(model)`` for :func:`write_with_signature` that writes the real tables in."""
+
+        def edit(flat) -> None:
+            graph = flat.subgraphs[0]
+            for (rows, dim), layer in self.shapes.items():
+                found = [i for i, t in enumerate(graph.tensors) if t.shape is not None
+                         and [int(d) for d in t.shape] == [rows, dim]]
+                constants = [i for i in found if flat.buffers[graph.tensors[i].buffer].data is not None]
+                if len(constants) != 1:
+                    raise RuntimeError(f"Table {layer.name!r}: its placeholder was not found once in the converted "
+                                       f"graph ({len(constants)} matches).")
+                table = np.ascontiguousarray(layer.embeddings.numpy(), dtype=np.float32)
+                tensor = graph.tensors[constants[0]]
+                if quantize == "float16":
+                    data = table.astype(np.float16)
+                elif quantize == "dynamic":
+                    scale, data = _int8_symmetric(table)
+                    for i, other in enumerate(graph.tensors):  # the table and its gathers' int8 outputs
+                        if other.quantization is not None and other.quantization.scale is not None and (
+                                i == constants[0] or _reads(graph, constants[0], i)):
+                            other.quantization.scale = np.array([scale], dtype=np.float32)
+                else:
+                    data = table
+                flat.buffers[tensor.buffer].data = data.view(np.uint8).reshape(-1)
+                for i in found:
+                    graph.tensors[i].shape = np.array([table.shape[0], dim], dtype=np.int32)
+
+        return edit
+
+
+def _int8_symmetric(table: np.ndarray, chunk: int = 1 << 16) -> tuple[float, np.ndarray]:
+    """Per-tensor symmetric int8 quantization (LiteRT's dynamic-range scheme), chunk by chunk."""
+    peak = max((float(np.max(np.abs(table[i:i + chunk]))) for i in range(0, len(table), chunk)), default=0.0)
+    scale = max(peak, 1e-30) / 127.0
+    data = np.empty(table.shape, dtype=np.int8)
+    for i in range(0, len(table), chunk):
+        data[i:i + chunk] = np.clip(np.round(table[i:i + chunk] / scale), -127, 127)
+    return scale, data
+
+
+def _reads(graph, source: int, target: int) -> bool:
+    """Whether an operator turns tensor ``source`` into tensor ``target``."""
+    return any(source in list(op.inputs) and target in list(op.outputs) for op in graph.operators)
 
 
 def _check_size(model, quantize: str | None) -> None:

@@ -32,18 +32,24 @@ def _schema():
     return schema_py_generated
 
 
-def with_signature_and_metadata(flatbuffer: bytes, interface: Mapping) -> bytes:
-    """Adds the ``serving_default`` SignatureDef and the ``tfafm_interface`` metadata.
+def write_with_signature(flatbuffer: bytes, interface: Mapping, path: str, edit=None) -> None:
+    """Writes ``flatbuffer`` to ``path`` with the ``serving_default`` SignatureDef and the
+    ``tfafm_interface`` metadata added.
 
     ``interface`` is an interface dict (``inputs``: ``[{"name", ...}]``,
     ``outputs``: names). Subgraph inputs are matched by tensor name, else by
     the converter's order (sorted names); outputs follow the sorted output
     names, the order in which the converter flattens a dict of outputs.
+    ``edit(model)``, if given, may change the unpacked model (the schema's
+    object API) first. The file is written straight from the builder's
+    buffer, without another copy.
     """
     import flatbuffers
 
     schema = _schema()
     model = schema.ModelT.InitFromPackedBuf(bytearray(flatbuffer), 0)
+    if edit is not None:
+        edit(model)
     graph = model.subgraphs[0]
     names = [spec["name"] for spec in interface["inputs"]]
     tensor_names = {graph.tensors[i].name.decode(): i for i in graph.inputs}
@@ -72,9 +78,11 @@ def with_signature_and_metadata(flatbuffer: bytes, interface: Mapping) -> bytes:
     entry.name, entry.buffer = METADATA_NAME, len(model.buffers) - 1
     model.metadata = [m for m in (model.metadata or []) if m.name != METADATA_NAME.encode()] + [entry]
 
-    builder = flatbuffers.Builder(len(flatbuffer) + 4096)
+    size = sum(0 if b.data is None else np.asarray(b.data).nbytes for b in model.buffers)
+    builder = flatbuffers.Builder(size + len(flatbuffer) + (1 << 16))
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
+    with open(path, "wb") as f:
+        f.write(memoryview(builder.Bytes)[builder.Head():])
 
 
 def read_interface(path: str) -> dict | None:

@@ -281,10 +281,10 @@ class LowRankEmbedding(keras.layers.Layer):
     ) -> "LowRankEmbedding":
         """A built ``LowRankEmbedding`` standing in for ``layer`` (``factors.down`` is the table)."""
         new = cls(
-            layer.input_dim, layer.output_dim, factors.rank,
+            layer.input_dim, layer.output_dim, factors.rank, embeddings_initializer="zeros",
             embeddings_regularizer=layer.embeddings_regularizer, mask_zero=layer.mask_zero,
             ids_in_range=ids_in_range, **_base_kwargs(layer),
-        )
+        )  # zeros: a cheap start for a table that is overwritten at once
         new.build()
         _assign(new, {"embeddings": factors.down, "projection": factors.up,
                       "bias": factors.up_bias + factors.down_bias @ factors.up})
