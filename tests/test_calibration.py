@@ -85,11 +85,11 @@ def test_feature_cross_and_3d_dense_statistics(schema, calib_features):
         _assert_moments(stats[name], x.astype(np.float64) @ kernel + bias, name)
 
     attention = tfafm.models.build("autoint", schema, hidden_units=HIDDEN)
-    stats = tfafm.calibrate(attention, calib_features, layers=["attention_0_query"], progress=False)
-    layer = attention.get_layer("attention_0_query")
-    rows = _pre_activation_rows(attention, layer, calib_features)  # (batch * fields, 32)
+    stats = tfafm.calibrate(attention, calib_features, layers=["attention_0_projection"], progress=False)
+    layer = attention.get_layer("attention_0_projection")
+    rows = _pre_activation_rows(attention, layer, calib_features)  # (batch * fields, 4 * 32)
     assert rows.shape[0] == 600 * 6
-    _assert_moments(stats["attention_0_query"], rows, "attention_0_query")
+    _assert_moments(stats["attention_0_projection"], rows, "attention_0_projection")
 
 
 def test_shared_layer_statistics_cover_every_call():

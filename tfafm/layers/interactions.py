@@ -246,7 +246,6 @@ class CompressedInteraction(keras.layers.Layer):
         return ops.matmul(ops.matmul(outer, down) + down_bias, up) + up_bias
 
     def _forward(self, fields):
-        batch_dim = ops.shape(fields)[0]
         num_fields, dim = fields.shape[1], fields.shape[2]
         x0 = ops.transpose(fields, (0, 2, 1))  # (batch, dim, fields)
         xk = x0
@@ -254,10 +253,10 @@ class CompressedInteraction(keras.layers.Layer):
         for kernel in self.kernels:
             hk = xk.shape[-1]
             outer = ops.expand_dims(xk, -1) * ops.expand_dims(x0, -2)  # (batch, dim, hk, fields)
-            outer = ops.reshape(outer, (batch_dim, dim, hk * num_fields))
-            product = self._product(outer, kernel)  # (batch, dim, size)
+            # One row per (sample, embedding dim): the products are plain matrix products.
+            product = self._product(ops.reshape(outer, (-1, hk * num_fields)), kernel)  # (batch * dim, size)
             products.append(product)
-            xk = self.activation(product)
+            xk = ops.reshape(self.activation(product), (-1, dim, product.shape[-1]))
             pooled.append(ops.sum(xk, axis=1))
         return ops.concatenate(pooled, axis=-1), products
 

@@ -125,6 +125,12 @@ class LowRankDense(keras.layers.Layer):
         return self.inner_activation(z) if self.inner_activation is not None else z
 
     def call(self, inputs):
+        inner = tuple(inputs.shape[1:-1])
+        if inner and all(d is not None for d in inner):
+            # (batch, ..., d_in): one reshape to rows and one back, so each factor is a plain
+            # matrix product with its bias (a single FULLY_CONNECTED op on LiteRT).
+            outputs = self.call(ops.reshape(inputs, (-1, inputs.shape[-1])))
+            return ops.reshape(outputs, (-1, *inner, self.units))
         y = ops.matmul(self.factor(inputs), self.up_kernel)
         if self.use_bias:
             y = ops.add(y, self.up_bias)

@@ -138,12 +138,10 @@ def autoint(
     embeddings = factory.embed()
     x = field_matrix(embeddings)
     for i in range(num_attention_layers):
-        q, k, v = (
-            keras.layers.Dense(attention_dim, use_bias=False, name=f"attention_{i}_{part}")(x)
-            for part in ("query", "key", "value")
-        )
+        # Query, key, value and residual projections as one Dense (fewer, larger ops), then split.
+        projected = keras.layers.Dense(4 * attention_dim, use_bias=False, name=f"attention_{i}_projection")(x)
+        q, k, v, residual = keras.ops.split(projected, 4, axis=-1)
         attended = MultiHeadSelfAttention(num_heads, name=f"attention_{i}")(q, k, v)
-        residual = keras.layers.Dense(attention_dim, use_bias=False, name=f"attention_{i}_residual")(x)
         x = keras.layers.Activation("relu", name=f"attention_{i}_out")(
             keras.layers.Add(name=f"attention_{i}_add")([attended, residual])
         )
