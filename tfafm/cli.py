@@ -221,14 +221,22 @@ def cmd_export(args, out: Output) -> int:
     out.note(f"Exporting {args.run} to {args.format}")
     with destination.staged() as staged:
         if args.format == "litert":
-            export.litert(run.model, staged, quantize=args.quantize, representative_data=representative,
-                          fuse=not args.no_fuse, schema=run.schema)
+            model = run.model
+            if not args.no_fuse:
+                from tfafm.compression.fusion import fuse
+
+                model, fusion = fuse(model, return_report=True)
+                for note in fusion.notes:
+                    out.note(f"fusion: {note}")
+            export.litert(model, staged, quantize=args.quantize, representative_data=representative,
+                          fuse=False, schema=run.schema)
         elif args.format == "saved_model":
             export.saved_model(run.model, staged)
         else:
             export.onnx(run.model, staged, opset=args.opset)
     if args.format == "litert":
-        out.result(f"LiteRT ops: {', '.join(sorted(export.litert_ops(args.out)))}")
+        ops = export.litert_ops(args.out)
+        out.result(f"LiteRT ops ({len(ops)}): {', '.join(sorted(set(ops)))}")
     out.result(f"Wrote {args.out}")
     return 0
 
