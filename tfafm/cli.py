@@ -100,17 +100,6 @@ def _run_data(run, spec: Optional[str]) -> str:
     return trained_on
 
 
-def _check_activation(name: Optional[str]) -> None:
-    if name is None:
-        return
-    import keras
-
-    try:
-        keras.activations.get(name)
-    except (ValueError, TypeError):
-        raise UserError(f"--inner-activation: {name!r} is not a Keras activation (e.g. relu, gelu, tanh).") from None
-
-
 def _load_schema(path: str):
     from tfafm.runs import load_json_file
     from tfafm.schema import Schema
@@ -188,10 +177,11 @@ def cmd_eval(args, out: Output) -> int:
 
 
 def cmd_compress(args, out: Output) -> int:
+    from tfafm.compression.api import check_inner_activation
     from tfafm.compression.pipeline import compress_run
     from tfafm.runs import load_run
 
-    _check_activation(args.inner_activation)
+    check_inner_activation(args.inner_activation, "--inner-activation")
     run = load_run(args.run)
     data = _run_data(run, args.data)
     destination = Destination(args.out, "run", overwrite=args.overwrite, sources=[args.run, *_data_paths(data)])

@@ -84,13 +84,14 @@ def _spectrum(target: Target, method: str, statistics) -> np.ndarray:
     return weight_spectrum(kernel, lookups=target.lookups)
 
 
-def _check_inner_activation(inner_activation) -> None:
+def check_inner_activation(inner_activation, option: str = "inner_activation") -> None:
+    """Raises ``UserError`` (naming ``option``) unless ``inner_activation`` is None or a Keras activation."""
     if inner_activation is None:
         return
     try:
         keras.activations.get(inner_activation)
     except (ValueError, TypeError):
-        raise UserError(f"inner_activation {inner_activation!r} is not a Keras activation.") from None
+        raise UserError(f"{option}: {inner_activation!r} is not a Keras activation (e.g. relu, gelu, tanh).") from None
 
 
 def compress(
@@ -153,7 +154,7 @@ def compress(
                       if value is not None]
     if len(chosen_options) != 1:
         raise UserError(f"Give exactly one of ranks, energy or target_ratio (got {chosen_options or 'none'}).")
-    _check_inner_activation(inner_activation)
+    check_inner_activation(inner_activation)
     all_targets, skipped = find_targets(model)
     targets = _select(model, all_targets, include, exclude)
     if ranks is not None:

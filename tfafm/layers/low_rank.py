@@ -48,8 +48,75 @@ def _base_kwargs(layer: keras.layers.Layer) -> dict[str, Any]:
     }
 
 
+class _TwoFactors(keras.layers.Layer):
+    """Shared options, weights and config of a layer computing ``(x D + b_D) U + b_U``.
+
+    Subclasses give the factors' shapes (``build``) and the products (``call``).
+    """
+
+    def __init__(
+        self,
+        rank: int,
+        activation=None,
+        use_bias: bool = True,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        self.rank = rank
+        self.activation = keras.activations.get(activation)
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
+        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
+        self.supports_masking = True
+
+    def _add_factors(self, down_shape: tuple, up_shape: tuple, up_bias_shape: tuple) -> None:
+        self.down_kernel = self.add_weight(
+            name="down_kernel", shape=down_shape,
+            initializer=self.kernel_initializer, regularizer=self.kernel_regularizer,
+        )
+        self.up_kernel = self.add_weight(
+            name="up_kernel", shape=up_shape,
+            initializer=self.kernel_initializer, regularizer=self.kernel_regularizer,
+        )
+        if self.use_bias:
+            self.down_bias = self.add_weight(
+                name="down_bias", shape=(self.rank,),
+                initializer=self.bias_initializer, regularizer=self.bias_regularizer,
+            )
+            self.up_bias = self.add_weight(
+                name="up_bias", shape=up_bias_shape,
+                initializer=self.bias_initializer, regularizer=self.bias_regularizer,
+            )
+
+    def _assign_factors(self, factors: Factors) -> None:
+        _assign(self, {
+            "down_kernel": factors.down.reshape(self.down_kernel.shape),
+            "up_kernel": factors.up.reshape(self.up_kernel.shape),
+            "down_bias": factors.down_bias,
+            "up_bias": factors.up_bias.reshape(self.up_bias.shape),
+        })
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            **super().get_config(),
+            "rank": self.rank,
+            "activation": keras.activations.serialize(self.activation),
+            "use_bias": self.use_bias,
+            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+            "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+            "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
+            "bias_regularizer": keras.regularizers.serialize(self.bias_regularizer),
+        }
+
+
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class LowRankDense(keras.layers.Layer):
+class LowRankDense(_TwoFactors):
     """``activation(inner_activation(x @ down + b_down) @ up + b_up)``.
 
     A rank-``rank`` stand-in for ``Dense(units)``: ``d_in * units`` weights
@@ -67,54 +134,19 @@ class LowRankDense(keras.layers.Layer):
         bias_regularizer: as in ``Dense``, for both factors.
     """
 
-    def __init__(
-        self,
-        units: int,
-        rank: int,
-        activation=None,
-        inner_activation=None,
-        use_bias: bool = True,
-        kernel_initializer="glorot_uniform",
-        bias_initializer="zeros",
-        kernel_regularizer=None,
-        bias_regularizer=None,
-        **kwargs: Any,
-    ):
-        super().__init__(**kwargs)
+    def __init__(self, units: int, rank: int, activation=None, inner_activation=None, **kwargs: Any):
+        super().__init__(rank, activation, **kwargs)
         self.units = int(units)
         self.rank = _check_rank(self.name, rank, self.units)
-        self.activation = keras.activations.get(activation)
         self.inner_activation = (
             None if inner_activation is None else keras.activations.get(inner_activation)
         )
-        self.use_bias = bool(use_bias)
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.bias_initializer = keras.initializers.get(bias_initializer)
-        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
-        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
         self.input_spec = keras.layers.InputSpec(min_ndim=2)
-        self.supports_masking = True
 
     def build(self, input_shape):
         input_dim = input_shape[-1]
         _check_rank(self.name, self.rank, min(input_dim, self.units))
-        self.down_kernel = self.add_weight(
-            name="down_kernel", shape=(input_dim, self.rank),
-            initializer=self.kernel_initializer, regularizer=self.kernel_regularizer,
-        )
-        self.up_kernel = self.add_weight(
-            name="up_kernel", shape=(self.rank, self.units),
-            initializer=self.kernel_initializer, regularizer=self.kernel_regularizer,
-        )
-        if self.use_bias:
-            self.down_bias = self.add_weight(
-                name="down_bias", shape=(self.rank,),
-                initializer=self.bias_initializer, regularizer=self.bias_regularizer,
-            )
-            self.up_bias = self.add_weight(
-                name="up_bias", shape=(self.units,),
-                initializer=self.bias_initializer, regularizer=self.bias_regularizer,
-            )
+        self._add_factors((input_dim, self.rank), (self.rank, self.units), (self.units,))
         self.input_spec = keras.layers.InputSpec(min_ndim=2, axes={-1: input_dim})
 
     def factor(self, inputs):
@@ -143,15 +175,8 @@ class LowRankDense(keras.layers.Layer):
         return {
             **super().get_config(),
             "units": self.units,
-            "rank": self.rank,
-            "activation": keras.activations.serialize(self.activation),
             "inner_activation": keras.activations.serialize(self.inner_activation)
             if self.inner_activation is not None else None,
-            "use_bias": self.use_bias,
-            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
-            "bias_initializer": keras.initializers.serialize(self.bias_initializer),
-            "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
-            "bias_regularizer": keras.regularizers.serialize(self.bias_regularizer),
         }
 
     @classmethod
@@ -170,8 +195,7 @@ class LowRankDense(keras.layers.Layer):
             **_base_kwargs(layer),
         )
         new.build((None, factors.down.shape[0]))
-        _assign(new, {"down_kernel": factors.down, "up_kernel": factors.up,
-                      "down_bias": factors.down_bias, "up_bias": factors.up_bias})
+        new._assign_factors(factors)
         return new
 
     @classmethod
@@ -380,7 +404,7 @@ class EinsumMatrix:
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class LowRankEinsumDense(keras.layers.Layer):
+class LowRankEinsumDense(_TwoFactors):
     """A rank-``rank`` stand-in for ``EinsumDense(equation)`` whose kernel had ``kernel_shape``.
 
     Computes ``z = einsum(down_equation, x, down) + b_down`` (``z`` ends in a
@@ -395,53 +419,18 @@ class LowRankEinsumDense(keras.layers.Layer):
         kernel_regularizer, bias_regularizer: as in ``EinsumDense``.
     """
 
-    def __init__(
-        self,
-        equation: str,
-        kernel_shape,
-        rank: int,
-        activation=None,
-        use_bias: bool = True,
-        kernel_initializer="glorot_uniform",
-        bias_initializer="zeros",
-        kernel_regularizer=None,
-        bias_regularizer=None,
-        **kwargs: Any,
-    ):
-        super().__init__(**kwargs)
+    def __init__(self, equation: str, kernel_shape, rank: int, activation=None, **kwargs: Any):
+        super().__init__(rank, activation, **kwargs)
         self.equation = equation
         self.kernel_shape = [int(d) for d in kernel_shape]
         self.layout = EinsumMatrix.parse(equation)
         self.rank = _check_rank(self.name, rank, min(self.layout.matrix_shape(self.kernel_shape)))
-        self.activation = keras.activations.get(activation)
-        self.use_bias = bool(use_bias)
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.bias_initializer = keras.initializers.get(bias_initializer)
-        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
-        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
-        self.supports_masking = True
 
     def build(self, input_shape=None):
         sizes = self.layout.sizes(self.kernel_shape)
-        contracted = [sizes[c] for c in self.layout.contracted]
-        free = [sizes[c] for c in self.layout.free]
-        self.down_kernel = self.add_weight(
-            name="down_kernel", shape=(*contracted, self.rank),
-            initializer=self.kernel_initializer, regularizer=self.kernel_regularizer,
-        )
-        self.up_kernel = self.add_weight(
-            name="up_kernel", shape=(self.rank, *free),
-            initializer=self.kernel_initializer, regularizer=self.kernel_regularizer,
-        )
-        if self.use_bias:
-            self.down_bias = self.add_weight(
-                name="down_bias", shape=(self.rank,),
-                initializer=self.bias_initializer, regularizer=self.bias_regularizer,
-            )
-            self.up_bias = self.add_weight(
-                name="up_bias", shape=tuple(free),
-                initializer=self.bias_initializer, regularizer=self.bias_regularizer,
-            )
+        contracted = tuple(sizes[c] for c in self.layout.contracted)
+        free = tuple(sizes[c] for c in self.layout.free)
+        self._add_factors((*contracted, self.rank), (self.rank, *free), free)
 
     def call(self, inputs):
         z = ops.einsum(self.layout.down_equation, inputs, self.down_kernel)
@@ -453,18 +442,7 @@ class LowRankEinsumDense(keras.layers.Layer):
         return self.activation(y) if self.activation is not None else y
 
     def get_config(self) -> dict[str, Any]:
-        return {
-            **super().get_config(),
-            "equation": self.equation,
-            "kernel_shape": self.kernel_shape,
-            "rank": self.rank,
-            "activation": keras.activations.serialize(self.activation),
-            "use_bias": self.use_bias,
-            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
-            "bias_initializer": keras.initializers.serialize(self.bias_initializer),
-            "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
-            "bias_regularizer": keras.regularizers.serialize(self.bias_regularizer),
-        }
+        return {**super().get_config(), "equation": self.equation, "kernel_shape": self.kernel_shape}
 
     @classmethod
     def from_factors(cls, layer: keras.layers.EinsumDense, factors: Factors) -> "LowRankEinsumDense":
@@ -475,10 +453,5 @@ class LowRankEinsumDense(keras.layers.Layer):
             bias_regularizer=layer.bias_regularizer, **_base_kwargs(layer),
         )
         new.build()
-        _assign(new, {
-            "down_kernel": factors.down.reshape(new.down_kernel.shape),
-            "up_kernel": factors.up.reshape(new.up_kernel.shape),
-            "down_bias": factors.down_bias,
-            "up_bias": factors.up_bias.reshape(new.up_bias.shape),
-        })
+        new._assign_factors(factors)
         return new
