@@ -83,7 +83,7 @@ def test_interaction_inputs_come_from_one_block_diagonal_matmul(data):
     joint = fused.get_layer("fields_projections")  # the CIN's field matrix
     ranks = [layer.rank for layer in compressed.layers if isinstance(layer, LowRankEmbedding)]
     assert joint.kernel.shape == (sum(ranks), 6 * len(ranks))
-    assert any("one matmul" in note for note in report.notes)
+    assert any("computed at once" in note for note in report.notes)
     np.testing.assert_allclose(fused.predict(features, verbose=0), compressed.predict(features, verbose=0), atol=1e-5)
 
 

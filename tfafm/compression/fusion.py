@@ -33,7 +33,7 @@ import numpy as np
 
 from tfafm.compression.keras_graph import as_functional, call_counts, require_graph_model
 from tfafm.compression.rewrite import copy_weights
-from tfafm.layers.interactions import CodeFactorizationMachine, FactorizationMachine, StackFields
+from tfafm.layers.interactions import CodeFactorizationMachine, CodeProjections, FactorizationMachine, StackFields
 from tfafm.layers.lookup import InRangeEmbedding
 from tfafm.layers.low_rank import LowRankDense, LowRankEmbedding
 
@@ -89,6 +89,8 @@ def _weights(layer) -> dict[str, np.ndarray]:
 
 
 class _Fuser:
+    SPARSE_LIMIT = 64 * 1024  # bytes of zeros a block-diagonal projection matrix may hold
+
     def __init__(self, model: keras.Model):
         self.calls = call_counts(model)
         self.originals: dict[int, Any] = {}
@@ -162,16 +164,32 @@ class _Fuser:
         return None
 
     def _joint_projection(self, segments: list[_Segment], name: str):
-        """The full vector of ``segments`` from ONE matmul: their concatenated tensors times a
-        block-diagonal matrix (each code's projection, an identity block for raw tensors)."""
-        kernel = np.zeros((sum(s.tensor.shape[-1] for s in segments), sum(s.width for s in segments)))
+        """The full vector of ``segments`` from one matmul of their concatenated tensors.
+
+        The matrix is block-diagonal (each code's projection, an identity
+        block for raw tensors) when its zeros are few (at most
+        ``SPARSE_LIMIT`` bytes); otherwise the codes' fields come from a
+        :class:`CodeProjections` (one batched matmul storing only the
+        projections) and are concatenated with the raw tensors.
+        """
+        rows = [s.tensor.shape[-1] for s in segments]
+        widths = [s.width for s in segments]
+        zero_bytes = 4 * (sum(rows) * sum(widths) - sum(r * w for r, w in zip(rows, widths)))
+        is_code = [s.projection is not None for s in segments]
+        first, count = is_code.index(True), sum(is_code)
+        codes = segments[first:first + count]
+        if (zero_bytes > self.SPARSE_LIMIT and all(is_code[first:first + count])
+                and len({s.width for s in codes}) == 1):
+            fields = keras.ops.reshape(self._fields(codes, name), (-1, count * codes[0].width))
+            parts = [s.tensor for s in segments[:first]] + [fields] + [s.tensor for s in segments[first + count:]]
+            return parts[0] if len(parts) == 1 else keras.layers.Concatenate(name=f"{name}_vectors")(parts)
+        kernel = np.zeros((sum(rows), sum(widths)))
         bias, row, column = [], 0, 0
-        for segment in segments:
-            rows, width = segment.tensor.shape[-1], segment.width
-            block = np.eye(rows) if segment.projection is None else segment.projection
-            kernel[row:row + rows, column:column + width] = block
+        for segment, rows_, width in zip(segments, rows, widths):
+            block = np.eye(rows_) if segment.projection is None else segment.projection
+            kernel[row:row + rows_, column:column + width] = block
             bias.append(np.zeros(width) if segment.bias is None else segment.bias)
-            row, column = row + rows, column + width
+            row, column = row + rows_, column + width
         tensors = [s.tensor for s in segments]
         x = tensors[0] if len(tensors) == 1 else keras.layers.Concatenate(name=f"{name}_codes")(tensors)
         joint = keras.layers.Dense(kernel.shape[1], name=f"{name}_projections")
@@ -179,20 +197,39 @@ class _Fuser:
         joint.set_weights([kernel.astype(np.float32), np.concatenate(bias).astype(np.float32)])
         return outputs
 
+    def _fields(self, codes: list[_Segment], name: str):
+        """``(batch, fields, d)`` of projected codes of one width, via :class:`CodeProjections`."""
+        ranks = [s.projection.shape[0] for s in codes]
+        width, dim = max(ranks), codes[0].width
+        starts = np.cumsum([0] + ranks[:-1])
+        index = [int(start + j) if j < rank else 0 for start, rank in zip(starts, ranks) for j in range(width)]
+        projections = np.zeros((len(codes), width, dim))
+        for f, segment in enumerate(codes):
+            projections[f, :ranks[f]] = segment.projection
+        layer = CodeProjections(index, len(codes), dim, name=f"{name}_fields")
+        x = keras.layers.Concatenate(name=f"{name}_codes")([s.tensor for s in codes])
+        outputs = layer(x)
+        layer.set_weights([projections.astype(np.float32), np.stack([s.bias for s in codes]).astype(np.float32)])
+        return outputs
+
     def _vector_list(self, op, layer, vectors: list):
         """Computes the d-wide vectors of a list consumer (``StackFields``, ``DotInteraction``) that are
-        projected codes with ONE matmul (see :meth:`_joint_projection`)."""
+        projected codes all at once (see :meth:`_joint_projection` and :meth:`_fields`)."""
         codes = [(i, self._projected_code(v)) for i, v in enumerate(vectors)]
         codes = [(i, s) for i, s in codes if s is not None]
         widths = {s.projection.shape[1] for _, s in codes}
         if len(codes) < 2 or len(widths) != 1:
             return op(vectors)
         width = widths.pop()
-        joint = self._joint_projection([s for _, s in codes], layer.name)
-        fields = keras.ops.reshape(joint, (-1, len(codes), width))
-        self.report.notes.append(f"{layer.name}: {len(codes)} embedding projections computed as one matmul")
+        segments = [s for _, s in codes]
+        rank_sum = sum(s.projection.shape[0] for s in segments)
+        if 4 * rank_sum * width * (len(segments) - 1) > self.SPARSE_LIMIT:  # block-diagonal zeros
+            fields = self._fields(segments, layer.name)
+        else:
+            fields = keras.ops.reshape(self._joint_projection(segments, layer.name), (-1, len(codes), width))
+        self.report.notes.append(f"{layer.name}: {len(codes)} embedding projections computed at once")
         if isinstance(layer, StackFields) and len(codes) == len(vectors):
-            self.fields[id(fields)] = [s for _, s in codes]
+            self.fields[id(fields)] = segments
             return fields
         pieces = dict(zip((i for i, _ in codes), keras.ops.unstack(fields, axis=1)))
         return op([pieces.get(i, v) for i, v in enumerate(vectors)])

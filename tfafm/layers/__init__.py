@@ -4,6 +4,7 @@ from tfafm.layers.attention import LowRankMultiHeadAttention
 from tfafm.layers.interactions import (
     ClipToVocabulary,
     CodeFactorizationMachine,
+    CodeProjections,
     CompressedInteraction,
     CrossLayerV1,
     FactorizationMachine,
@@ -21,6 +22,7 @@ from tfafm.layers.protocol import CompressibleLayer, Matrix
 __all__ = [
     "ClipToVocabulary",
     "CodeFactorizationMachine",
+    "CodeProjections",
     "CompressibleLayer",
     "CompressedInteraction",
     "CrossLayerV1",

@@ -173,6 +173,51 @@ class CodeFactorizationMachine(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
+class CodeProjections(keras.layers.Layer):
+    """Fields ``v_f = c_f P_f + b_f`` of ``fields`` fields from their concatenated codes, at once.
+
+    Input ``(batch, K)``: the fields' codes side by side (field ``f`` is
+    ``k_f`` wide). The codes are gathered into ``(batch, fields, max k_f)``
+    (``code_index`` lists, per field, its columns, padded with column 0 whose
+    projection rows are zero) and multiplied by the stacked, zero-padded
+    projections ``(fields, max k_f, d)`` in one batched matmul. Output
+    ``(batch, fields, d)``. Unlike one dense block-diagonal matrix it stores no
+    zeros beyond the padding. :func:`tfafm.fuse` builds it.
+
+    Args:
+        code_index: ``fields * max k_f`` column indices into the codes.
+        fields: number of fields.
+        dim: field width ``d``.
+    """
+
+    def __init__(self, code_index: Sequence[int], fields: int, dim: int, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.code_index = [int(i) for i in code_index]
+        self.fields = int(fields)
+        self.dim = int(dim)
+        if len(self.code_index) % self.fields:
+            raise UserError(f"Layer {self.name!r}: code_index length {len(self.code_index)} is not a multiple "
+                            f"of fields={self.fields}.")
+
+    def build(self, input_shape=None):
+        width = len(self.code_index) // self.fields
+        self.projections = self.add_weight(name="projections", shape=(self.fields, width, self.dim))
+        self.bias = self.add_weight(name="bias", shape=(self.fields, self.dim), initializer="zeros")
+
+    def call(self, codes):
+        width = len(self.code_index) // self.fields
+        gathered = ops.take(codes, ops.convert_to_tensor(self.code_index, "int32"), axis=1)
+        per_field = ops.reshape(gathered, (-1, self.fields, width))
+        return ops.einsum("bfk,fkd->bfd", per_field, self.projections) + self.bias
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.fields, self.dim)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "code_index": self.code_index, "fields": self.fields, "dim": self.dim}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
 class CrossLayerV1(keras.layers.Layer):
     """One layer of the DCN (v1) cross network: ``x0 * (x . w) + b + x``."""
 
