@@ -2,21 +2,31 @@
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import tensorflow as tf
 from sklearn.metrics import log_loss, roc_auc_score
 
-from tfafm.compression.keras_graph import model_feed
+from tfafm.compression.keras_graph import model_inputs, pack_inputs
+from tfafm.errors import UserError
 
 
 def predict_with_labels(model, dataset: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
-    """Runs ``model`` over ``(features, labels)`` batches; returns flat probabilities and labels."""
+    """Runs ``model`` over ``(features, labels)`` batches; returns flat probabilities and labels.
+
+    The model runs in one ``tf.function`` traced for any batch size (a short
+    last batch does not trace it again).
+    """
+    specs = [tf.TensorSpec((None, *x.shape[1:]), x.dtype) for x in model.inputs]
+    run = tf.function(lambda *flat: model(pack_inputs(model, list(flat)), training=False),
+                      input_signature=specs, autograph=False)
     predictions, labels = [], []
     for features, batch_labels in dataset:
-        predictions.append(np.asarray(model.predict_on_batch(model_feed(model, features))).reshape(-1))
+        outputs = run(*model_inputs(model, features))
+        predictions.append(np.asarray(keras.tree.flatten(outputs)[0]).reshape(-1))
         labels.append(np.asarray(batch_labels).reshape(-1))
     if not predictions:
-        raise ValueError("Evaluation data is empty: no batch to evaluate.")
+        raise UserError("Evaluation data is empty: no batch to evaluate.")
     return np.concatenate(predictions), np.concatenate(labels)
 
 
@@ -25,7 +35,7 @@ def scores(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
     labels = np.asarray(labels, dtype=np.float64).reshape(-1)
     probabilities = np.clip(np.asarray(probabilities, dtype=np.float64).reshape(-1), 1e-7, 1 - 1e-7)
     if len(np.unique(labels)) < 2:
-        raise ValueError("AUC needs both positive and negative labels in the evaluation data.")
+        raise UserError("AUC needs both positive and negative labels in the evaluation data.")
     return {
         "auc": float(roc_auc_score(labels, probabilities)),
         "logloss": float(log_loss(labels, probabilities, labels=[0.0, 1.0])),

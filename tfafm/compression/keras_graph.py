@@ -193,14 +193,3 @@ def pack_inputs(model: keras.Model, flat: list):
     if isinstance(structure, dict):
         return dict(zip(input_names(model), flat))
     return list(flat) if isinstance(structure, (list, tuple)) else flat[0]
-
-
-def model_feed(model: keras.Model, features):
-    """A batch cast and packed the way ``model(...)`` / ``predict_on_batch`` take it."""
-    return pack_inputs(model, model_inputs(model, features))
-
-
-def batch_rows(features) -> int:
-    """Rows in a batch of features (a dict, list or single array)."""
-    first = keras.tree.flatten(features)[0]
-    return int(np.shape(first)[0])
