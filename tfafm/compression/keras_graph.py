@@ -17,7 +17,6 @@ from __future__ import annotations
 from typing import Iterator
 
 import keras
-import numpy as np
 from keras.src.models.functional import Functional
 
 from tfafm.errors import UnsupportedLayerError, UserError
