@@ -76,6 +76,18 @@ def test_compress_writes_model_and_reports(trained_run, tmp_path, capsys):
     assert "original" in printed and "finetuned" in printed and "deep_dense_0" in printed
 
 
+def test_compress_objective_and_quantization_reach_the_allocator(trained_run, tmp_path):
+    out = tmp_path / "int8"
+    code = main(["compress", str(trained_run), "--quantization", "dynamic", "--ratio", "1.5", "--out", str(out),
+                 "--quiet"])
+    assert code == 0
+    info = json.loads((out / "run.json").read_text())
+    assert (info["objective"], info["quantization"]) == ("params", "dynamic")
+    # The run's MLP is too small for a factored layer to read fewer bytes per request than a whole one.
+    code = main(["compress", str(trained_run), "--objective", "latency", "--out", str(tmp_path / "fast"), "--quiet"])
+    assert code == 2 and not (tmp_path / "fast").exists()
+
+
 @pytest.mark.parametrize("argv, message", [
     (["train", "--model", "nope"], "Unknown model 'nope'"),
     (["train", "--data", "foo:bar"], "unknown data source 'foo'"),

@@ -189,6 +189,7 @@ def cmd_compress(args, out: Output) -> int:
     with destination.staged() as staged:
         result = compress_run(
             run, data, out=staged, method=args.method, target_ratio=args.ratio, energy=args.energy,
+            objective=args.objective, quantization=None if args.quantization == "float32" else args.quantization,
             inner_activation=args.inner_activation, finetune_epochs=args.finetune_epochs,
             calibration_steps=args.calibration_steps, skip_bad_lines=args.skip_bad_lines,
             verbose=out.keras_verbose,

@@ -9,7 +9,7 @@ import numpy as np
 
 from tfafm.compression.calibration import calibrate
 from tfafm.compression.keras_graph import require_graph_model, resolve_names
-from tfafm.compression.ranks import energy_kept, ranks_for_energy, ranks_for_ratio
+from tfafm.compression.ranks import CostModel, check_objective, energy_kept, ranks_for_energy, ranks_for_ratio
 from tfafm.compression.report import CompressionReport, LayerReport, SkippedLayer
 from tfafm.compression.rewrite import rebuild
 from tfafm.compression.targets import Target, adapter_for, find_targets
@@ -108,6 +108,8 @@ def compress(
     calibration_steps: int | None = None,
     progress: bool = True,
     min_calibration_rows: int | None = None,
+    objective: str = "params",
+    quantization: str | None = None,
 ) -> tuple[keras.Model, CompressionReport]:
     """Replaces a model's compressible matrices by low-rank factors.
 
@@ -131,8 +133,11 @@ def compress(
             Names are layer names (qualified ``outer/inner`` when not unique)
             or, for layers with several matrices, ``layer/matrix``.
         energy: keep this fraction of each matrix's output variance.
-        target_ratio: shrink the compressible parameters by this factor, with
-            ranks allocated globally by variance bought per parameter.
+        target_ratio: shrink the compressible matrices' cost (see
+            ``objective``) by this factor, with ranks allocated globally by
+            variance bought per byte; a matrix is factored only well below
+            break-even (``tfafm.compression.ranks.BREAK_EVEN``), otherwise it
+            stays whole and the budget goes elsewhere.
         inner_activation: activation between the factors of ``Dense`` layers
             (needs fine-tuning).
         include: kinds to target: ``"embeddings"`` and/or ``"dense"`` (every
@@ -142,6 +147,14 @@ def compress(
         calibration_steps: calibrate on at most this many batches.
         progress: show calibration progress.
         min_calibration_rows: see ``min_rows`` of :func:`tfafm.calibrate`.
+        objective: what ``target_ratio`` shrinks: ``"params"`` (bytes stored,
+            the file size) or ``"latency"`` (bytes read per batch-1 request plus
+            a fixed cost per op: MLP matrices are read whole, a table one row
+            per lookup, so tables mostly stay whole).
+        quantization: the LiteRT quantization the model will be exported with
+            (``None``, ``"float16"``, ``"dynamic"``, ``"int8"``), so costs are
+            counted in its bytes (under ``"dynamic"``, factors of fewer than
+            1024 elements stay float32).
 
     Returns:
         ``(compressed_model, report)``. Automatic rank choices never factor a
@@ -155,6 +168,7 @@ def compress(
     if len(chosen_options) != 1:
         raise UserError(f"Give exactly one of ranks, energy or target_ratio (got {chosen_options or 'none'}).")
     check_inner_activation(inner_activation)
+    check_objective(objective, quantization)
     all_targets, skipped = find_targets(model)
     targets = _select(model, all_targets, include, exclude)
     if ranks is not None:
@@ -177,7 +191,7 @@ def compress(
     if energy is not None:
         ranks = ranks_for_energy(by_name, spectra, energy)
     elif target_ratio is not None:
-        ranks = ranks_for_ratio(by_name, spectra, target_ratio)
+        ranks = ranks_for_ratio(by_name, spectra, target_ratio, CostModel(objective, quantization))
 
     replacements = {}
     for layer_targets in _by_layer([t for t in targets if t.name in ranks]):

@@ -28,6 +28,8 @@ def compress_run(
     method: str = "afm",
     target_ratio: Optional[float] = 4.0,
     energy: Optional[float] = None,
+    objective: str = "params",
+    quantization: Optional[str] = None,
     inner_activation: Optional[str] = None,
     finetune_epochs: int = 0,
     finetune_learning_rate: Optional[float] = None,
@@ -41,7 +43,8 @@ def compress_run(
     most); fine-tuning, if any, runs ``finetune_epochs`` epochs of ``model.fit``
     at ``finetune_learning_rate`` (default: half the run's learning rate) and
     keeps the starting weights if no epoch improves validation AUC
-    (:func:`tfafm.training.fine_tune`).
+    (:func:`tfafm.training.fine_tune`). ``objective`` and ``quantization``
+    are those of :func:`tfafm.compress`.
     The result is saved as a run directory with ``report.md`` and
     ``report.json`` when ``out`` is given.
     """
@@ -51,6 +54,7 @@ def compress_run(
     metrics = {"original": evaluate(run.model, bundle.validation)}
     model, report = compress(
         run.model, bundle.train, method=method, target_ratio=target_ratio, energy=energy,
+        objective=objective, quantization=quantization,
         inner_activation=inner_activation, calibration_steps=calibration_steps, progress=verbose > 0,
     )
     metrics["compressed"] = evaluate(model, bundle.validation)
@@ -62,6 +66,7 @@ def compress_run(
     if out is not None:
         info: dict[str, Any] = {
             **run.info, "kind": "compressed", "source_run": run.path, "method": method,
+            "objective": objective, "quantization": quantization,
             "inner_activation": inner_activation, "finetune_epochs": finetune_epochs,
             "metrics": metrics.get("finetuned", metrics["compressed"]), "stages": metrics,
             "compression": report.to_dict()["totals"],

@@ -1,12 +1,28 @@
-"""Rank selection: explicit ranks, an energy threshold, or a global parameter budget.
+"""Rank selection: explicit ranks, an energy threshold, or a global budget of cost.
 
-Each layer comes with its ``spectrum``: the variance each principal direction
-keeps (covariance eigenvalues for AFM, squared singular values for SVD),
-sorted in descending order.
+Each matrix comes with its ``spectrum``: the variance each principal direction
+keeps (covariance eigenvalues for AFM, squared singular values of the weights
+for SVD, of a table minus its mean row), sorted in descending order. AFM and
+SVD go through the same allocator, so the comparison between them is fair.
+
+A factorisation is only worth it well below break-even: a matrix is factored
+at rank ``k`` only when ``k <= BREAK_EVEN * d_in * d_out / (d_in + d_out)``;
+above that it stays whole (a factored layer also costs a second matmul).
+
+Costs (:class:`CostModel`) are counted in bytes, for the quantization the model
+will be exported with, under one of two objectives:
+
+``"params"``
+    bytes stored: the file size.
+``"latency"``
+    bytes read per batch-1 request (a table lookup reads one row, a matmul
+    reads its whole matrix) plus :data:`OP_BYTES` per op, since at batch 1
+    an op's fixed cost is worth reading that many bytes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 from typing import Mapping
 
@@ -15,6 +31,73 @@ import numpy as np
 from tfafm.compression.targets import Target
 from tfafm.errors import UserError
 
+OBJECTIVES = ("params", "latency")
+QUANTIZATIONS = (None, "float16", "dynamic", "int8")
+BREAK_EVEN = 0.8
+# One op at batch 1 costs about 0.3 us on a phone-class CPU core, the time to
+# read ~16 KiB from cache at ~56 GB/s (measured on this project's CI machine).
+OP_BYTES = 16_384
+# LiteRT's dynamic-range quantizer leaves constants under this many elements in float32.
+DYNAMIC_MIN_ELEMENTS = 1024
+# Floors tried in order: every matrix keeps at least this fraction of its
+# variance when the budget allows it (so no layer is starved to rank 1).
+_ENERGY_FLOORS = (0.5, 0.25, 0.1, 0.0)
+
+
+def check_objective(objective: str, quantization: str | None) -> None:
+    """Raises ``UserError`` for an unknown objective or quantization."""
+    if objective not in OBJECTIVES:
+        raise UserError(f"objective must be one of {OBJECTIVES}, got {objective!r}.")
+    if quantization not in QUANTIZATIONS:
+        raise UserError(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class CostModel:
+    """What a matrix costs, whole or factored, in bytes (see the module docstring)."""
+
+    objective: str = "params"
+    quantization: str | None = None
+
+    def __post_init__(self):
+        check_objective(self.objective, self.quantization)
+
+    def _weight_bytes(self, elements: int) -> int:
+        if self.quantization is None:
+            return 4 * elements
+        if self.quantization == "float16":
+            return 2 * elements
+        if self.quantization == "dynamic" and elements < DYNAMIC_MIN_ELEMENTS:
+            return 4 * elements
+        return elements
+
+    def whole(self, target: Target) -> int:
+        """Cost of the matrix as it is (bias in float32)."""
+        n, d = target.input_dim, target.output_dim
+        bias = 4 * d if target.bias else 0
+        if self.objective == "params":
+            return self._weight_bytes(n * d) + bias
+        if target.lookups:
+            return self._weight_bytes(n * d) // n
+        return self._weight_bytes(n * d) + bias + OP_BYTES
+
+    def factored(self, target: Target, rank: int) -> int:
+        """Cost of the factors at ``rank``."""
+        n, d = target.input_dim, target.output_dim
+        biases = 4 * (d + (rank if target.rank_bias else 0))
+        up = self._weight_bytes(rank * d)
+        if self.objective == "params":
+            return self._weight_bytes(n * rank) + up + biases
+        if target.lookups:
+            return self._weight_bytes(n * rank) // n + up + biases + OP_BYTES
+        return self._weight_bytes(n * rank) + up + biases + 2 * OP_BYTES
+
+
+def break_even_rank(target: Target, fraction: float = BREAK_EVEN) -> int:
+    """Largest rank worth factoring at: ``fraction`` of the parameter break-even, and saving parameters."""
+    n, d = target.input_dim, target.output_dim
+    return min(int(fraction * n * d / (n + d)), target.max_rank())
+
 
 def energy_kept(spectrum: np.ndarray, rank: int) -> float:
     """Fraction of the total variance the top ``rank`` directions keep."""
@@ -22,62 +105,130 @@ def energy_kept(spectrum: np.ndarray, rank: int) -> float:
     return 1.0 if total <= 0 else float(np.sum(spectrum[:rank]) / total)
 
 
+def _residuals(spectrum: np.ndarray, total: float | None = None) -> np.ndarray:
+    """``residual[k]``: the variance lost at rank ``k`` as a fraction of ``total`` (default: the
+    spectrum's own sum, so ``residual[0] = 1``)."""
+    spectrum = np.asarray(spectrum, dtype=np.float64)
+    total = float(np.sum(spectrum)) if total is None else total
+    if total <= 0:
+        return np.zeros(len(spectrum) + 1)
+    return np.clip((float(np.sum(spectrum)) - np.concatenate([[0.0], np.cumsum(spectrum)])) / total, 0.0, 1.0)
+
+
 def ranks_for_energy(
     candidates: Mapping[str, Target], spectra: Mapping[str, np.ndarray], energy: float
 ) -> dict[str, int]:
-    """Per layer, the smallest rank keeping ``energy`` of its variance (layers
-    where that rank saves no parameters are left out)."""
+    """Per matrix, the smallest rank keeping ``energy`` of its variance (matrices
+    where that rank is above break-even are left out)."""
     if not 0.0 < energy <= 1.0:
         raise UserError(f"energy must be in (0, 1], got {energy}.")
     ranks = {}
     for name, candidate in candidates.items():
-        cumulative = np.cumsum(spectra[name]) / max(float(np.sum(spectra[name])), 1e-300)
-        rank = int(np.searchsorted(cumulative, energy - 1e-12) + 1)
-        if rank <= candidate.max_rank():
+        rank = int(np.argmax(_residuals(spectra[name]) <= 1.0 - energy + 1e-12))
+        if 1 <= rank <= break_even_rank(candidate):
             ranks[name] = rank
     return ranks
 
 
-def ranks_for_ratio(
-    candidates: Mapping[str, Target], spectra: Mapping[str, np.ndarray], target_ratio: float
-) -> dict[str, int]:
-    """Ranks whose total parameter count is at most ``1 / target_ratio`` of the candidates'.
+class _Choices:
+    """One matrix's options, cheapest first: ranks 1..limit that cost less than
+    the whole matrix, then the whole matrix (``rank None``, nothing lost)."""
 
-    Greedy allocation: every layer starts at rank 1; the budget left is spent
-    one rank at a time on the layer whose next direction buys the most
-    variance (as a fraction of that layer's total) per parameter it costs.
+    def __init__(self, target: Target, spectrum: np.ndarray, costs: CostModel, total: float):
+        whole = costs.whole(target)
+        residuals = _residuals(spectrum, total)
+        self.own_total = float(np.sum(spectrum)) / total if total > 0 else 0.0
+        self.options = [(rank, costs.factored(target, rank), float(residuals[rank]))
+                        for rank in range(1, break_even_rank(target) + 1)
+                        if costs.factored(target, rank) < whole]
+        self.options.append((None, whole, 0.0))
+        self.position = 0
+
+    def start_at(self, floor: float) -> None:
+        """Starts at the cheapest option keeping at least ``floor`` of the variance."""
+        self.position = next(i for i, (_, _, lost) in enumerate(self.options)
+                             if lost <= (1.0 - floor) * self.own_total + 1e-12)
+
+    @property
+    def cost(self) -> int:
+        return self.options[self.position][1]
+
+    @property
+    def rank(self) -> int | None:
+        return self.options[self.position][0]
+
+    def next_step(self) -> tuple[float, int] | None:
+        """``(variance bought per byte, bytes)`` of the next option, or None at the whole matrix."""
+        if self.position + 1 >= len(self.options):
+            return None
+        _, cost, lost = self.options[self.position]
+        _, next_cost, next_lost = self.options[self.position + 1]
+        extra = max(next_cost - cost, 1)
+        return (lost - next_lost) / extra, extra
+
+
+def ranks_for_ratio(
+    candidates: Mapping[str, Target],
+    spectra: Mapping[str, np.ndarray],
+    target_ratio: float,
+    costs: CostModel | None = None,
+) -> dict[str, int]:
+    """Ranks whose total cost is at most ``1 / target_ratio`` of the candidates' whole cost.
+
+    Candidates that cost no less factored (at any rank up to break-even) than
+    whole stay whole and are not part of the budget.
+
+    Each matrix starts at the cheapest rank keeping a floor of its variance
+    (50%, lowered to 25%, 10%, 0% until every matrix fits the budget); the rest
+    of the budget is spent greedily on the step (one more rank, or the whole
+    matrix once past break-even) that buys the most variance per byte of cost.
+    Variance counts as a fraction of the matrix's total, except that all
+    embedding tables count as one: together they are the one wide input of
+    the layers they feed, so a field's share of it is what a rank of that
+    field buys. Matrices the allocator leaves whole are absent from the result.
 
     Raises:
-        ValueError: if even rank 1 everywhere exceeds the budget.
+        UserError: if even the cheapest option of every matrix exceeds the budget.
     """
     if target_ratio <= 1.0:
         raise UserError(f"target_ratio must be > 1, got {target_ratio}.")
-    budget = sum(c.params() for c in candidates.values()) / target_ratio
-    ranks = {name: 1 for name in candidates}
-    spent = sum(c.params(1) for c in candidates.values())
-    if spent > budget:
+    costs = costs or CostModel()
+    tables_total = sum(float(np.sum(spectra[name])) for name, c in candidates.items() if c.lookups)
+    choices = {name: _Choices(c, spectra[name], costs, tables_total if c.lookups else float(np.sum(spectra[name])))
+               for name, c in candidates.items()}
+    choices = {name: choice for name, choice in choices.items() if len(choice.options) > 1}
+    if not choices:
+        raise UserError(f"No matrix costs less factored than whole under objective {costs.objective!r} "
+                        f"(quantization {costs.quantization}): nothing to compress.")
+    budget = sum(choice.options[-1][1] for choice in choices.values()) / target_ratio
+    for floor in _ENERGY_FLOORS:
+        for choice in choices.values():
+            choice.start_at(floor)
+        spent = sum(choice.cost for choice in choices.values())
+        if spent <= budget:
+            break
+    else:
         raise UserError(
-            f"target_ratio={target_ratio} is out of reach: rank 1 in every layer already needs "
-            f"{spent} parameters, the budget is {int(budget)}."
+            f"target_ratio={target_ratio} is out of reach: the cheapest choice for every matrix already costs "
+            f"{spent:,} bytes ({costs.objective}), the budget is {int(budget):,}."
         )
 
-    def gain(name: str) -> float:
-        candidate, rank = candidates[name], ranks[name]
-        spectrum = spectra[name]
-        total = max(float(np.sum(spectrum)), 1e-300)
-        step_cost = candidate.params(rank + 1) - candidate.params(rank)
-        return float(spectrum[rank]) / total / step_cost
+    heap = []
 
-    heap = [(-gain(n), n) for n, c in candidates.items() if c.max_rank() > 1]
-    heapq.heapify(heap)
+    def push(name: str) -> None:
+        step = choices[name].next_step()
+        if step is not None:
+            heapq.heappush(heap, (-step[0], name))
+
+    for name in choices:
+        push(name)
     while heap:
         _, name = heapq.heappop(heap)
-        candidate = candidates[name]
-        cost = candidate.params(ranks[name] + 1) - candidate.params(ranks[name])
-        if spent + cost > budget:
+        choice = choices[name]
+        _, extra = choice.next_step()
+        if spent + extra > budget:
             continue
-        ranks[name] += 1
-        spent += cost
-        if ranks[name] < candidate.max_rank():
-            heapq.heappush(heap, (-gain(name), name))
-    return ranks
+        choice.position += 1
+        spent += extra
+        push(name)
+    return {name: choice.rank for name, choice in choices.items() if choice.rank is not None}

@@ -1,0 +1,116 @@
+"""Rank allocation on hand-made spectra: break-even, costs per objective and quantization, budgets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tfafm.compression.ranks import (BREAK_EVEN, DYNAMIC_MIN_ELEMENTS, OP_BYTES, CostModel, break_even_rank,
+                                     ranks_for_energy, ranks_for_ratio)
+from tfafm.compression.targets import Target
+from tfafm.errors import UserError
+
+
+def dense(name, n, d):
+    return Target(name, name, None, "kernel", "dense", n, d)
+
+
+def table(name, rows, d):
+    return Target(name, name, None, "embeddings", "embedding", rows, d, bias=False, lookups=True, rank_bias=False)
+
+
+def test_break_even_rank_is_the_fraction_of_the_parameter_break_even():
+    assert break_even_rank(dense("a", 400, 400)) == int(BREAK_EVEN * 200)  # 160
+    assert break_even_rank(table("t", 100_000, 16)) == int(BREAK_EVEN * 100_000 * 16 / 100_016)  # 12
+    assert break_even_rank(dense("tiny", 3, 3)) == 1
+
+
+def test_costs_per_objective_and_quantization_by_hand():
+    layer, emb = dense("a", 400, 300), table("t", 10_000, 16)
+    params = CostModel()
+    assert params.whole(layer) == 4 * (400 * 300 + 300)
+    assert params.factored(layer, 10) == 4 * (400 * 10 + 10 * 300 + 10 + 300)
+    assert params.whole(emb) == 4 * 10_000 * 16
+    assert params.factored(emb, 4) == 4 * (10_000 * 4 + 4 * 16 + 16)
+    dynamic = CostModel(quantization="dynamic")
+    # 10 x 300 = 3000 elements >= 1024: int8; a 4 x 16 table projection (64 elements) stays float32.
+    assert dynamic.factored(layer, 10) == 400 * 10 + 10 * 300 + 4 * (10 + 300)
+    assert dynamic.factored(emb, 4) == 10_000 * 4 + 4 * 4 * 16 + 4 * 16
+    assert 4 * 16 < DYNAMIC_MIN_ELEMENTS
+    assert CostModel(quantization="float16").whole(layer) == 2 * 400 * 300 + 4 * 300
+    latency = CostModel("latency")
+    assert latency.whole(layer) == 4 * (400 * 300 + 300) + OP_BYTES
+    assert latency.factored(layer, 10) == 4 * (400 * 10 + 10 * 300 + 10 + 300) + 2 * OP_BYTES
+    # A lookup reads one row: whole, 16 floats; factored, 4 floats plus the whole projection and one more op.
+    assert latency.whole(emb) == 4 * 16
+    assert latency.factored(emb, 4) == 4 * 4 + 4 * (4 * 16 + 16) + OP_BYTES
+
+
+@pytest.mark.parametrize("options", [{"objective": "speed"}, {"quantization": "int4"}])
+def test_unknown_objective_or_quantization_is_a_user_error(options):
+    with pytest.raises(UserError, match=next(iter(options))):
+        CostModel(**options)
+
+
+def test_no_rank_above_break_even_and_the_budget_holds():
+    rng = np.random.default_rng(0)
+    candidates = {"flat": dense("flat", 400, 400), "steep": dense("steep", 400, 400),
+                  "emb": table("emb", 50_000, 16)}
+    spectra = {"flat": np.ones(400), "steep": 0.5 ** np.arange(400), "emb": np.sort(rng.random(16))[::-1]}
+    for ratio in (2, 4, 8):
+        costs = CostModel()
+        ranks = ranks_for_ratio(candidates, spectra, ratio, costs)
+        spent = sum(costs.factored(c, ranks[n]) if n in ranks else costs.whole(c) for n, c in candidates.items())
+        assert spent <= sum(costs.whole(c) for c in candidates.values()) / ratio
+        for name, rank in ranks.items():
+            assert 1 <= rank <= break_even_rank(candidates[name]), (name, rank)
+    # A steep spectrum needs few ranks: its variance is bought before the flat layer's.
+    ranks = ranks_for_ratio(candidates, spectra, 4)
+    assert ranks["steep"] < 20 and ranks.get("flat", 400) > ranks["steep"]
+
+
+def test_flat_layer_is_not_starved_when_the_floor_fits():
+    candidates = {"flat": dense("flat", 400, 400), "emb": table("emb", 4082, 16)}
+    spectra = {"flat": np.ones(400), "emb": 2.0 ** -np.arange(16)}
+    ranks = ranks_for_ratio(candidates, spectra, 4)
+    assert ranks["flat"] >= 200 * 0.5 * BREAK_EVEN // 2  # keeps at least ~half its variance, not rank 1
+
+
+def test_a_matrix_past_break_even_stays_whole_and_the_budget_goes_elsewhere():
+    # "mlp" needs nearly full rank (flat spectrum) and is cheap next to the table: with a loose budget the
+    # allocator keeps it whole instead of factoring it near break-even.
+    candidates = {"mlp": dense("mlp", 64, 64), "emb": table("emb", 100_000, 16)}
+    spectra = {"mlp": np.ones(64), "emb": 2.0 ** -np.arange(16)}
+    ranks = ranks_for_ratio(candidates, spectra, 2)
+    assert "mlp" not in ranks and 1 <= ranks["emb"] <= break_even_rank(candidates["emb"])
+
+
+def test_latency_objective_leaves_tables_whole_and_cuts_the_mlp():
+    candidates = {"mlp": dense("mlp", 400, 400), "emb": table("emb", 100_000, 16)}
+    spectra = {"mlp": 0.9 ** np.arange(400), "emb": 2.0 ** -np.arange(16)}
+    ranks = ranks_for_ratio(candidates, spectra, 4, CostModel("latency"))
+    assert "emb" not in ranks and ranks["mlp"] <= break_even_rank(candidates["mlp"])
+
+
+def test_quantization_changes_what_the_budget_buys():
+    # 40x40: whole, 6,560 bytes in float32 and 1,760 under dynamic (1,600 elements: int8, bias float32).
+    # Its factors at rank k have 40k < 1024 elements each, so they stay float32 under dynamic:
+    # 4 * (80k + k + 40) bytes either way. At ratio 2 the budget is 3,280 bytes (k <= 9) in float32
+    # and 880 bytes (k <= 2) under dynamic.
+    candidates = {"small": dense("small", 40, 40)}
+    spectra = {"small": 0.5 ** np.arange(40)}
+    assert ranks_for_ratio(candidates, spectra, 2, CostModel()) == {"small": 9}
+    assert ranks_for_ratio(candidates, spectra, 2, CostModel(quantization="dynamic")) == {"small": 2}
+
+
+def test_unreachable_ratio_names_the_budget():
+    candidates = {"a": dense("a", 8, 8)}
+    with pytest.raises(UserError, match="out of reach"):
+        ranks_for_ratio(candidates, {"a": np.ones(8)}, 1000)
+
+
+def test_energy_picks_the_smallest_rank_and_respects_break_even():
+    candidates = {"a": dense("a", 100, 100), "b": dense("b", 100, 100)}
+    spectra = {"a": np.array([6.0, 3.0, 1.0] + [0.0] * 97), "b": np.ones(100)}
+    ranks = ranks_for_energy(candidates, spectra, 0.9)
+    assert ranks == {"a": 2}  # b would need rank 90, past break-even (40)
