@@ -88,8 +88,22 @@ def test_interaction_inputs_come_from_one_block_diagonal_matmul(data):
     fused, report = tfafm.fuse(compressed, return_report=True)
     joint = fused.get_layer("fields_projections")  # the CIN's field matrix
     ranks = [layer.rank for layer in compressed.layers if isinstance(layer, LowRankEmbedding)]
-    assert joint.kernel.shape == (sum(ranks), 6 * len(ranks))
+    fields = len(data[0].sparse)  # fields left whole join with an identity block
+    assert ranks and joint.kernel.shape == (sum(ranks) + 6 * (fields - len(ranks)), 6 * fields)
     assert any("computed at once" in note for note in report.notes)
+    np.testing.assert_allclose(fused.predict(features, verbose=0), compressed.predict(features, verbose=0), atol=1e-5)
+
+
+def test_fields_left_whole_join_the_codes(data):
+    schema, features, _ = data
+    chosen = _every_field(schema)
+    whole = chosen.popitem()[0]
+    compressed = _compressed("deepfm", data, ranks=chosen, target_ratio=None)
+    assert type(compressed.get_layer(whole)) is not LowRankEmbedding
+    fused = tfafm.fuse(compressed)
+    fm = fused.get_layer("fm")
+    assert isinstance(fm, tfafm.layers.CodeFactorizationMachine)
+    assert fm.projections.shape == (sum(chosen.values()) + 6, 6)  # the whole field's 6-wide vector as its code
     np.testing.assert_allclose(fused.predict(features, verbose=0), compressed.predict(features, verbose=0), atol=1e-5)
 
 

@@ -216,8 +216,13 @@ class _Fuser:
         """Computes the d-wide vectors of a list consumer (``StackFields``, ``DotInteraction``) that are
         projected codes all at once (see :meth:`_joint_projection` and :meth:`_fields`)."""
         codes = [(i, self._projected_code(v)) for i, v in enumerate(vectors)]
+        widths = {s.projection.shape[1] for _, s in codes if s is not None}
+        if len(widths) == 1 and all(len(v.shape) == 2 and v.shape[-1] in widths for v in vectors):
+            # Fields left whole join as identity "codes", so that every field comes from the one op
+            # (and an FM can run on codes).
+            width = next(iter(widths))
+            codes = [(i, s or _Segment(v, np.eye(width), np.zeros(width))) for (i, s), v in zip(codes, vectors)]
         codes = [(i, s) for i, s in codes if s is not None]
-        widths = {s.projection.shape[1] for _, s in codes}
         if len(codes) < 2 or len(widths) != 1:
             return op(vectors)
         width = widths.pop()
