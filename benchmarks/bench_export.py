@@ -1,4 +1,4 @@
-"""LiteRT size and speed of original vs AFM-compressed DeepFM and DCN-V2.
+"""LiteRT size and speed of original vs AFM-compressed DeepFM, DCN-V2, AutoInt and xDeepFM.
 
 For each model: train briefly on synthetic Criteo-like data (embedding dim 16,
 MLP 400-400-400), compress with ``tfafm.compress(method="afm",
@@ -8,26 +8,46 @@ batch-1 single-thread p50 latency and batch-256 single-thread throughput (each
 file in a fresh process) and validation AUC. Prints what it measured; asserts
 nothing.
 
+Each file's batch-1 latency is also set against this machine's floor: the
+weight bytes and FLOPs one request needs at least
+(:func:`tfafm.export.request_cost.request_cost`) at the machine's
+single-thread cache-resident read bandwidth and float32 matmul peak, both
+measured here with numpy (BLAS and OpenMP held to one thread, OpenBLAS free
+to pick its own kernel). ``x above floor`` is batch-1 p50 / floor.
+
     python benchmarks/bench_export.py [--quick] [--out DIR]
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import tempfile
-import time
 
-import numpy as np
-from sklearn.metrics import roc_auc_score
+# Before numpy loads OpenBLAS: the peak and bandwidth below are single-thread figures, and an
+# OPENBLAS_CORETYPE pinned in the environment (e.g. Haswell, for old OpenBLAS builds) would hide
+# AVX-512 from the matmul peak that LiteRT's kernels do use.
+for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_variable] = "1"
+for _variable in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
+    os.environ.pop(_variable, None)
 
-import tfafm
-from tfafm.data.synthetic import SyntheticCriteo
-from tfafm.export import LiteRTRunner, litert
-from tfafm.export.bench import benchmark, results_table
+import argparse  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
 
-BUILDERS = ("deepfm", "dcnv2")
+import numpy as np  # noqa: E402
+from sklearn.metrics import roc_auc_score  # noqa: E402
+from threadpoolctl import threadpool_info  # noqa: E402
+
+import tfafm  # noqa: E402
+from tfafm.data.synthetic import SyntheticCriteo  # noqa: E402
+from tfafm.export import LiteRTRunner, litert  # noqa: E402
+from tfafm.export.bench import benchmark, results_table  # noqa: E402
+from tfafm.export.request_cost import RequestCost, request_cost  # noqa: E402
+
+BUILDERS = ("deepfm", "dcnv2", "autoint", "xdeepfm")
 QUANTIZATIONS = (None, "dynamic")
+BANDWIDTH_MIB = 2  # fits the L2 or L3 cache of current CPUs: the read bandwidth is a cache one
+MATMUL_N = 256
 
 
 def parse_args():
@@ -63,10 +83,55 @@ def validation_auc(path, features, labels):
     return roc_auc_score(labels.ravel(), LiteRTRunner(path)(features).ravel())
 
 
-def summary(rows, aucs):
+def best_seconds(function, repeats: int, rounds: int = 7) -> float:
+    """Seconds per call of ``function()``: the best of ``rounds`` rounds of ``repeats`` calls."""
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(repeats):
+            function()
+        best = min(best, (time.perf_counter() - start) / repeats)
+    return best
+
+
+def read_bandwidth(mib: int = BANDWIDTH_MIB) -> float:
+    """Single-thread read bandwidth in bytes/s over a cache-resident float32 array (``max`` over it:
+    numpy's ``sum`` is pairwise and bound by its additions at a third of this rate)."""
+    array = np.random.default_rng(0).random(mib << 18, dtype=np.float32)
+    return array.nbytes / best_seconds(array.max, repeats=50)
+
+
+def matmul_peak(n: int = MATMUL_N) -> float:
+    """Single-thread float32 matmul rate in FLOP/s (``n x n @ n x n``)."""
+    a = np.random.default_rng(0).random((n, n), dtype=np.float32)
+    out = np.empty_like(a)
+    return 2 * n**3 / best_seconds(lambda: np.matmul(a, a, out=out), repeats=50)
+
+
+def blas_kernel() -> str:
+    """The BLAS numpy uses and its kernel, e.g. ``openblas SkylakeX``."""
+    kernels = dict.fromkeys(f"{info['internal_api']} {info.get('architecture', '?')}" for info in threadpool_info()
+                            if info.get("user_api") == "blas")
+    return ", ".join(kernels) or "unknown"
+
+
+def floor_table(rows, costs: dict[str, RequestCost], floors_us: dict[str, float]) -> str:
+    """Per file: ops, weight bytes and FLOPs of a batch-1 request, its floor and batch-1 p50 / floor."""
+    header = "| file | ops | weights touched KiB | kFLOP | floor us | batch-1 p50 us | x above floor |"
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for r in rows:
+        if r["batch_size"] != 1:
+            continue
+        cost, floor, p50 = costs[r["name"]], floors_us[r["name"]], r["p50_ms"] * 1e3
+        lines.append(f"| {r['name']} | {cost.ops} | {cost.bytes_touched / 1024:.1f} | {cost.flops / 1e3:.1f} "
+                     f"| {floor:.2f} | {p50:.1f} | {p50 / floor:.1f} |")
+    return "\n".join(lines)
+
+
+def summary(rows, aucs, costs: dict[str, RequestCost], floors_us: dict[str, float]):
     by = {(r["name"], r["batch_size"]): r for r in rows}
-    header = ("| model | quantization | size MiB orig -> comp (ratio) | batch-1 p50 ms orig -> comp (ratio) "
-              "| batch-256 rows/s orig -> comp (ratio) | AUC orig / comp |")
+    header = ("| model | quantization | size MiB orig -> comp (ratio) | ops orig -> comp | floor us orig -> comp "
+              "| batch-1 p50 ms orig -> comp (ratio) | batch-256 rows/s orig -> comp (ratio) | AUC orig / comp |")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for name in BUILDERS:
         for quantize in QUANTIZATIONS:
@@ -76,7 +141,8 @@ def summary(rows, aucs):
             lo, lc = by[(o, 1)]["p50_ms"], by[(c, 1)]["p50_ms"]
             to, tc = by[(o, 256)]["throughput_rps"], by[(c, 256)]["throughput_rps"]
             lines.append(
-                f"| {name} | {q} | {so:.2f} -> {sc:.2f} ({sc / so:.2f}) | {lo:.3f} -> {lc:.3f} ({lc / lo:.2f}) "
+                f"| {name} | {q} | {so:.2f} -> {sc:.2f} ({sc / so:.2f}) | {costs[o].ops} -> {costs[c].ops} "
+                f"| {floors_us[o]:.2f} -> {floors_us[c]:.2f} | {lo:.3f} -> {lc:.3f} ({lc / lo:.2f}) "
                 f"| {to:,.0f} -> {tc:,.0f} ({tc / to:.2f}) | {aucs[o]:.4f} / {aucs[c]:.4f} |"
             )
     return "\n".join(lines)
@@ -100,14 +166,23 @@ def run(args, out):
     for name in BUILDERS:
         model, compressed = train_and_compress(name, gen, schema, train_rows, calibration_rows)
         files.update(export_all(name, model, compressed, out))
-    for label, path in files.items():
+    costs = {}
+    for path in files.values():
         aucs[os.path.basename(path)] = validation_auc(path, features, labels)
+        costs[os.path.basename(path)] = request_cost(path)
+    bandwidth, peak = read_bandwidth(), matmul_peak()
+    print(f"\nthis machine, 1 thread: read bandwidth {bandwidth / 1e9:.1f} GB/s ({BANDWIDTH_MIB} MiB float32), "
+          f"float32 matmul peak {peak / 1e9:.1f} GFLOP/s ({MATMUL_N}x{MATMUL_N} @ {MATMUL_N}x{MATMUL_N}; "
+          f"BLAS {blas_kernel()})")
+    floors_us = {name: cost.floor_seconds(bandwidth, peak) * 1e6 for name, cost in costs.items()}
     rows = benchmark(list(files.values()), schema, batch_sizes=(1, 256), threads=(1,),
                      warmup=20, iterations=iterations, max_seconds=5.0)
     print("\nAll measurements (ratios to the first file):\n")
     print(results_table(rows))
+    print("\nBatch-1 latency against this machine's floor (weight bytes / bandwidth + FLOPs / peak):\n")
+    print(floor_table(rows, costs, floors_us))
     print("\nCompressed vs original under the same quantization (1 thread):\n")
-    print(summary(rows, aucs))
+    print(summary(rows, aucs, costs, floors_us))
 
 
 if __name__ == "__main__":

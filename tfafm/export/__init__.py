@@ -18,6 +18,7 @@ from tfafm.export.litert_file import (
     read_interface,
 )
 from tfafm.export.onnx import OnnxRunner, onnx
+from tfafm.export.request_cost import RequestCost, request_cost
 from tfafm.export.saved_model import SavedModelRunner, saved_model
 from tfafm.export.signature import Interface, interface
 
@@ -25,6 +26,7 @@ __all__ = [
     "Interface",
     "LiteRTRunner",
     "OnnxRunner",
+    "RequestCost",
     "SavedModelRunner",
     "TensorInfo",
     "builtin_op_names",
@@ -34,5 +36,6 @@ __all__ = [
     "litert_tensor_types",
     "onnx",
     "read_interface",
+    "request_cost",
     "saved_model",
 ]

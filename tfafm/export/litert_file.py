@@ -98,12 +98,15 @@ def read_interface(path: str) -> dict | None:
     return None
 
 
-def _interpreter(path: str, num_threads: int = 1):
+def _interpreter(path: str, num_threads: int = 1, delegates: bool = True):
+    """A LiteRT interpreter for ``path``; ``delegates=False`` keeps XNNPACK from taking over
+    nodes, so that the node list (after ``allocate_tensors()`` too) is the file's op list."""
     try:
-        from ai_edge_litert.interpreter import Interpreter
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
     except ImportError:  # pragma: no cover - TF's deprecated copy
-        from tensorflow.lite.python.interpreter import Interpreter
-    return Interpreter(model_path=path, num_threads=num_threads)
+        from tensorflow.lite.python.interpreter import Interpreter, OpResolverType
+    resolver = OpResolverType.AUTO if delegates else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    return Interpreter(model_path=path, num_threads=num_threads, experimental_op_resolver_type=resolver)
 
 
 def litert_ops(path: str) -> list[str]:
