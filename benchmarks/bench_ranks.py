@@ -32,7 +32,7 @@ from tfafm.metrics import evaluate
 from tfafm.training import compile_for_ctr, fine_tune, fit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import environment  # noqa: E402
+from common import environment, write_section  # noqa: E402
 from reproduce import DEFAULT_DATA, HIDDEN  # noqa: E402
 
 
@@ -108,15 +108,23 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--finetune-epochs", type=int, default=2)
     parser.add_argument("--synthetic-rows", type=int, default=50_000)
+    parser.add_argument("--out", help="also write the tables as a section of this Markdown file (e.g. BENCHMARKS.md)")
     args = parser.parse_args()
     bundle, test, description = _data(args)
-    print(f"Command: `python {' '.join(shlex.quote(a) for a in sys.argv)}`\n\n{environment()}\n\n{description}. "
-          f"Objective {args.objective}; AUC/LogLoss mean ± std over {args.seeds} seed(s); ft = after "
-          f"{args.finetune_epochs} fine-tuning epoch(s) (starting weights kept when no epoch improves "
-          "validation AUC).", flush=True)
+    lines = ["## AFM vs SVD under the same rank allocator", "",
+             f"Command: `python {' '.join(shlex.quote(a) for a in sys.argv)}`", "", environment(), "",
+             f"{description}. Objective {args.objective}; AUC/LogLoss mean ± std over {args.seeds} seed(s); ft = "
+             f"after {args.finetune_epochs} fine-tuning epoch(s) (starting weights kept when no epoch improves "
+             "validation AUC). Ranks: tables min/median/max (and how many stayed whole), then the other "
+             "matrices in model order."]
+    print("\n".join(lines), flush=True)
     for model_name in args.models:
         per_seed = [run_seed(model_name, bundle, test, seed, args) for seed in range(args.seeds)]
-        print("\n".join(["", f"### {model_name}", "", *_table(per_seed, args.finetune_epochs > 0)]), flush=True)
+        table = ["", f"### {model_name}", "", *_table(per_seed, args.finetune_epochs > 0)]
+        print("\n".join(table), flush=True)
+        lines += table
+    if args.out:
+        write_section(args.out, "bench_ranks", "\n".join(lines))
 
 
 if __name__ == "__main__":

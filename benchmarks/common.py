@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 import platform
+import re
 import time
 from contextlib import contextmanager
+
+from tfafm.io_utils import atomic_write_text
 
 
 def environment() -> str:
@@ -31,3 +34,13 @@ def stopwatch():
     start = time.perf_counter()
     yield result
     result["seconds"] = time.perf_counter() - start
+
+
+def write_section(path: str, name: str, text: str) -> None:
+    """Puts ``text`` into ``path`` between ``<!-- begin name -->`` and ``<!-- end name -->``,
+    replacing that section if the file has it (other sections are kept), else appending it."""
+    section = f"<!-- begin {name} -->\n{text.rstrip()}\n<!-- end {name} -->\n"
+    old = open(path).read() if os.path.exists(path) else ""
+    pattern = re.compile(rf"<!-- begin {re.escape(name)} -->\n.*?<!-- end {re.escape(name)} -->\n", re.S)
+    new = pattern.sub(lambda _: section, old, count=1) if pattern.search(old) else old + ("\n" if old else "") + section
+    atomic_write_text(path, new)

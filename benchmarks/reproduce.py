@@ -15,7 +15,8 @@ most ``--epochs`` epochs (``--finetune-epochs`` for fine-tuning), early
 stopping on validation AUC with patience 1, best weights restored; a
 fine-tuning run that never beats its starting point's validation AUC keeps the
 starting weights. It writes
-``BENCHMARKS.md`` (or ``--out``) with the command, library versions and machine.
+its section of ``BENCHMARKS.md`` (or ``--out``; other sections are kept) with the command,
+library versions and machine.
 
     python benchmarks/reproduce.py                     # shared samples, 3 seeds
     python benchmarks/reproduce.py --datasets criteo --models deepfm --seeds 1   # quick look
@@ -41,12 +42,11 @@ from tfafm.data import load_data
 from tfafm.export import litert
 from tfafm.export.bench import benchmark
 from tfafm.export.litert_file import LiteRTRunner
-from tfafm.io_utils import atomic_write_text
 from tfafm.metrics import evaluate, scores
 from tfafm.training import compile_for_ctr, fine_tune, fit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import environment  # noqa: E402
+from common import environment, write_section  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 DEFAULT_DATA = {
@@ -172,7 +172,7 @@ def main() -> None:
                          "| arm | params | LiteRT KiB | AUC | LogLoss | batch-1 speed-up |",
                          "| --- | ---: | ---: | ---: | ---: | ---: |", *_summary(per_seed, latency)]
             print("\n".join(sections[-len(ARMS) - 2:]), flush=True)
-    atomic_write_text(args.out, "\n".join(sections) + "\n")
+    write_section(args.out, "reproduce", "\n".join(sections))
     print(f"wrote {args.out}")
 
 
