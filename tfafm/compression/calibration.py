@@ -11,7 +11,10 @@ layer's own compute precision (it is the costly part; centring on the batch
 mean keeps its rounding relative to the covariance itself); every sum across
 batches is float64. Memory is O(d^2) per matrix, whatever the number of
 rows; batches may have any sizes, in any order; nothing leaves the graph
-until the end.
+until the end. The probe, accumulators and traced step are kept (per model,
+while it lives) for later calls with the same targets, strategy and batch
+structure, so a repeated calibration costs what its batches cost, as a
+repeated ``model.predict`` does.
 
 Under a ``tf.distribute`` strategy the batches are split across replicas and
 each local replica's moments are merged the same way; with several workers
@@ -22,9 +25,12 @@ on a common shift.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import threading
 import warnings
-from typing import Iterable
+import weakref
+from typing import Iterable, Iterator
 
 import keras
 import numpy as np
@@ -108,6 +114,10 @@ class _Moments:
         self.mean.assign_add(delta * weight)
         self.count.assign(total)
 
+    def reset(self) -> None:
+        for variable in (self.count, self.mean, self.outer):
+            variable.assign(tf.zeros_like(variable))
+
     def statistics(self) -> LayerStatistics:
         dim = int(self.mean.shape[0])
         return LayerStatistics(float(self.count.numpy()), np.zeros(dim), self.outer.numpy(), self.mean.numpy())
@@ -126,6 +136,73 @@ def _batch_moments(rows, weights):
         centred = (rows - mean) * weights[:, None]
     outer = tf.matmul(centred, centred, transpose_a=True)
     return tf.cast(count, tf.float64), tf.cast(mean, tf.float64), tf.cast(outer, tf.float64)
+
+
+class _Calibrator:
+    """A model's probe, float64 accumulators and traced update step for one list of targets,
+    one strategy and one batch structure (kept between calls by :func:`_calibrator`, so that
+    only the first call builds the probe and traces)."""
+
+    def __init__(self, model: keras.Model, targets: list[Target], strategy, element_spec):
+        taps: dict[int, tuple] = {}
+        for target in targets:
+            adapter, keys = taps.setdefault(id(target.layer), (adapter_for(target.layer), []))
+            keys.append(target.matrix)
+        probe = build_probe(model, taps)
+        names = {(id(t.layer), t.matrix): t.name for t in targets}
+        self.strategy = strategy  # held: its id is part of the cache key
+        self.lock = threading.Lock()
+        self.accumulators = {t.name: _Moments(t.output_dim) for t in targets}
+        moments = [self.accumulators[names[key]] for key in probe.recorded]  # a shared layer: one per call
+        model_ref = weakref.ref(model)  # only traced while calibrate holds the model: the cache must not
+
+        def replica_moments(features):
+            inputs = pack_inputs(model_ref(), model_inputs(model_ref(), features))
+            results = keras.tree.flatten(probe.model(inputs, training=False))[probe.num_outputs:]
+            return [_batch_moments(results[i], results[i + 1]) for i in range(0, len(results), 2)]
+
+        # One trace for all batch sizes; nothing branches on tensor values, so AutoGraph is off.
+        @tf.function(autograph=False, input_signature=[element_spec])
+        def step(features):
+            per_replica = strategy.run(replica_moments, args=(features,))
+            for accumulator, replicated in zip(moments, per_replica):
+                local = [strategy.experimental_local_results(value) for value in replicated]
+                for count, mean, outer in zip(*local):
+                    accumulator.merge(count, mean, outer)
+
+        self.step = step
+
+    def reset(self) -> None:
+        for accumulator in self.accumulators.values():
+            accumulator.reset()
+
+    def statistics(self) -> dict[str, LayerStatistics]:
+        return {name: accumulator.statistics() for name, accumulator in self.accumulators.items()}
+
+
+_KEPT_PER_MODEL = 4
+_calibrators: "weakref.WeakKeyDictionary[keras.Model, dict]" = weakref.WeakKeyDictionary()
+
+
+@contextlib.contextmanager
+def _calibrator(model: keras.Model, targets: list[Target], strategy, element_spec) -> Iterator[_Calibrator]:
+    """A :class:`_Calibrator` with zeroed accumulators: the one kept from an earlier call with
+    the same model, targets, strategy and batch structure, or a new one (also when the kept
+    one is in use by another thread). The last few are kept per model, while it lives."""
+    key = (tuple(t.name for t in targets), id(strategy), tuple(keras.tree.flatten_with_path(element_spec)))
+    kept = _calibrators.setdefault(model, {})
+    calibrator = kept.pop(key, None)
+    if calibrator is None or not calibrator.lock.acquire(blocking=False):
+        calibrator = _Calibrator(model, targets, strategy, element_spec)
+        calibrator.lock.acquire()
+    kept[key] = calibrator  # most recently used last
+    while len(kept) > _KEPT_PER_MODEL:
+        kept.pop(next(iter(kept)))
+    try:
+        calibrator.reset()
+        yield calibrator
+    finally:
+        calibrator.lock.release()
 
 
 def _sum_across_workers(strategy, array: np.ndarray, local_replicas: int) -> np.ndarray:
@@ -193,53 +270,27 @@ def calibrate(
     if not targets:
         raise UserError(f"Model {model.name!r} has no compressible layers to calibrate.")
     strategy = strategy or tf.distribute.get_strategy()
-    taps: dict[int, tuple] = {}
-    for target in targets:
-        adapter, keys = taps.setdefault(id(target.layer), (adapter_for(target.layer), []))
-        keys.append(target.matrix)
-    probe = build_probe(model, taps)
-    names = {(id(t.layer), t.matrix): t.name for t in targets}
-
-    def recorded(features):
-        results = probe.model(pack_inputs(model, model_inputs(model, features)), training=False)
-        results = keras.tree.flatten(results)[probe.num_outputs:]
-        return [(results[2 * i], results[2 * i + 1]) for i in range(len(probe.recorded))]
-
     dataset = _as_dataset(data, batch_size)
     if steps is not None:
         dataset = dataset.take(steps)
-    accumulators = {t.name: _Moments(t.output_dim) for t in targets}
-    moments = [accumulators[names[key]] for key in probe.recorded]  # a shared layer: one per call, merged
-
-    def replica_moments(features):
-        return [_batch_moments(rows, weights) for rows, weights in recorded(features)]
-
     distributed = strategy.experimental_distribute_dataset(dataset)
-
-    # One trace for all batch sizes; nothing branches on tensor values, so AutoGraph is off.
-    @tf.function(autograph=False, input_signature=[distributed.element_spec])
-    def step(features):
-        per_replica = strategy.run(replica_moments, args=(features,))
-        for accumulator, replicated in zip(moments, per_replica):
-            local = [strategy.experimental_local_results(value) for value in replicated]
-            for count, mean, outer in zip(*local):
-                accumulator.merge(count, mean, outer)
-
     cardinality = int(dataset.cardinality())
     total = steps if cardinality < 0 else cardinality
     batches = 0
-    with progress_bar("calibrating", total if total and total > 0 else None, enabled=progress) as advance:
+    with _calibrator(model, targets, strategy, distributed.element_spec) as calibrator, \
+            progress_bar("calibrating", total if total and total > 0 else None, enabled=progress) as advance:
         for features in distributed:
-            step(features)
+            calibrator.step(features)
             batches += 1
             advance()
+        moments = calibrator.statistics()
     if not batches:
         raise UserError("Calibration data is empty: no batch to calibrate on.")
     local_replicas = len(strategy.experimental_local_results(strategy.run(lambda: tf.constant(0.0))))
     workers = strategy.num_replicas_in_sync // local_replicas
     stats = Statistics()
     for target in targets:
-        layer_stats = accumulators[target.name].statistics()
+        layer_stats = moments[target.name]
         if workers > 1:
             layer_stats = _merged_across_workers(strategy, layer_stats, local_replicas, workers)
         limit = 2 * layer_stats.dim if min_rows is None else int(min_rows)
