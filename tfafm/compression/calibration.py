@@ -47,6 +47,10 @@ _NOISY_BELOW = 10  # warn when a matrix sees fewer rows than this many times its
 
 
 def _features_of(element):
+    """The features of a dataset element: the item of a 1-tuple, the first of ``(features,
+    labels[, weights])``, else the element itself."""
+    if isinstance(element, (tuple, list)) and len(element) == 1:
+        element = element[0]
     return element[0] if isinstance(element, (tuple, list)) and len(element) in (2, 3) else element
 
 
@@ -58,13 +62,15 @@ def _is_array_data(data) -> bool:
     return hasattr(data, "shape") and not isinstance(data, tf.data.Dataset)
 
 
-def _as_dataset(data, batch_size: int) -> tf.data.Dataset:
+def _as_dataset(data, batch_size: int) -> tuple[tf.data.Dataset, bool]:
+    """``data`` as a dataset of batches, and whether its elements may hold labels too (a user's
+    dataset: the step picks the features with :func:`_features_of`, no ``map`` to trace)."""
     if isinstance(data, tf.data.Dataset):
-        return data.map(lambda *element: _features_of(element[0] if len(element) == 1 else element))
+        return data, True
     if _is_array_data(data):
         if isinstance(data, list):
             data = tuple(data)
-        return tf.data.Dataset.from_tensor_slices(data).batch(batch_size)
+        return tf.data.Dataset.from_tensor_slices(data).batch(batch_size), False
     raise UserError(
         "Calibration data must be a tf.data.Dataset of feature batches (or (features, labels) batches), "
         f"a dict of arrays, an array or a list of arrays; got {type(data).__name__}."
@@ -141,9 +147,10 @@ def _batch_moments(rows, weights):
 class _Calibrator:
     """A model's probe, float64 accumulators and traced update step for one list of targets,
     one strategy and one batch structure (kept between calls by :func:`_calibrator`, so that
-    only the first call builds the probe and traces)."""
+    only the first call builds the probe and traces). ``labelled``: batches may be ``(features,
+    labels)`` (see :func:`_features_of`)."""
 
-    def __init__(self, model: keras.Model, targets: list[Target], strategy, element_spec):
+    def __init__(self, model: keras.Model, targets: list[Target], strategy, element_spec, labelled: bool):
         taps: dict[int, tuple] = {}
         for target in targets:
             adapter, keys = taps.setdefault(id(target.layer), (adapter_for(target.layer), []))
@@ -156,25 +163,28 @@ class _Calibrator:
         moments = [self.accumulators[names[key]] for key in probe.recorded]  # a shared layer: one per call
         model_ref = weakref.ref(model)  # only traced while calibrate holds the model: the cache must not
 
-        def replica_moments(features):
+        def replica_moments(element):
+            features = _features_of(element) if labelled else element
             inputs = pack_inputs(model_ref(), model_inputs(model_ref(), features))
             results = keras.tree.flatten(probe.model(inputs, training=False))[probe.num_outputs:]
             return [_batch_moments(results[i], results[i + 1]) for i in range(0, len(results), 2)]
 
         # One trace for all batch sizes; nothing branches on tensor values, so AutoGraph is off.
         @tf.function(autograph=False, input_signature=[element_spec])
-        def step(features):
-            per_replica = strategy.run(replica_moments, args=(features,))
+        def step(element):
+            per_replica = strategy.run(replica_moments, args=(element,))
             for accumulator, replicated in zip(moments, per_replica):
                 local = [strategy.experimental_local_results(value) for value in replicated]
                 for count, mean, outer in zip(*local):
                     accumulator.merge(count, mean, outer)
 
-        self.step = step
+        @tf.function(autograph=False)
+        def reset():
+            for accumulator in self.accumulators.values():
+                accumulator.reset()
 
-    def reset(self) -> None:
-        for accumulator in self.accumulators.values():
-            accumulator.reset()
+        self.step = step
+        self.reset = reset
 
     def statistics(self) -> dict[str, LayerStatistics]:
         return {name: accumulator.statistics() for name, accumulator in self.accumulators.items()}
@@ -185,15 +195,17 @@ _calibrators: "weakref.WeakKeyDictionary[keras.Model, dict]" = weakref.WeakKeyDi
 
 
 @contextlib.contextmanager
-def _calibrator(model: keras.Model, targets: list[Target], strategy, element_spec) -> Iterator[_Calibrator]:
+def _calibrator(model: keras.Model, targets: list[Target], strategy, element_spec,
+                labelled: bool) -> Iterator[_Calibrator]:
     """A :class:`_Calibrator` with zeroed accumulators: the one kept from an earlier call with
     the same model, targets, strategy and batch structure, or a new one (also when the kept
     one is in use by another thread). The last few are kept per model, while it lives."""
-    key = (tuple(t.name for t in targets), id(strategy), tuple(keras.tree.flatten_with_path(element_spec)))
+    key = (tuple(t.name for t in targets), id(strategy), tuple(keras.tree.flatten_with_path(element_spec)),
+           labelled)
     kept = _calibrators.setdefault(model, {})
     calibrator = kept.pop(key, None)
     if calibrator is None or not calibrator.lock.acquire(blocking=False):
-        calibrator = _Calibrator(model, targets, strategy, element_spec)
+        calibrator = _Calibrator(model, targets, strategy, element_spec, labelled)
         calibrator.lock.acquire()
     kept[key] = calibrator  # most recently used last
     while len(kept) > _KEPT_PER_MODEL:
@@ -270,14 +282,14 @@ def calibrate(
     if not targets:
         raise UserError(f"Model {model.name!r} has no compressible layers to calibrate.")
     strategy = strategy or tf.distribute.get_strategy()
-    dataset = _as_dataset(data, batch_size)
+    dataset, labelled = _as_dataset(data, batch_size)
     if steps is not None:
         dataset = dataset.take(steps)
     distributed = strategy.experimental_distribute_dataset(dataset)
     cardinality = int(dataset.cardinality())
     total = steps if cardinality < 0 else cardinality
     batches = 0
-    with _calibrator(model, targets, strategy, distributed.element_spec) as calibrator, \
+    with _calibrator(model, targets, strategy, distributed.element_spec, labelled) as calibrator, \
             progress_bar("calibrating", total if total and total > 0 else None, enabled=progress) as advance:
         for features in distributed:
             calibrator.step(features)
