@@ -190,26 +190,23 @@ class _Calibrator:
         return {name: accumulator.statistics() for name, accumulator in self.accumulators.items()}
 
 
-_KEPT_PER_MODEL = 4
-_calibrators: "weakref.WeakKeyDictionary[keras.Model, dict]" = weakref.WeakKeyDictionary()
+_calibrators: "weakref.WeakKeyDictionary[keras.Model, tuple]" = weakref.WeakKeyDictionary()
 
 
 @contextlib.contextmanager
 def _calibrator(model: keras.Model, targets: list[Target], strategy, element_spec,
                 labelled: bool) -> Iterator[_Calibrator]:
-    """A :class:`_Calibrator` with zeroed accumulators: the one kept from an earlier call with
-    the same model, targets, strategy and batch structure, or a new one (also when the kept
-    one is in use by another thread). The last few are kept per model, while it lives."""
+    """A :class:`_Calibrator` with zeroed accumulators: the one kept from the model's last call
+    when that had the same targets, strategy and batch structure, else a new one (also when
+    the kept one is in use by another thread). One is kept per model, while the model lives:
+    its float64 accumulators (``8 d^2`` bytes per target) stay allocated until then."""
     key = (tuple(t.name for t in targets), id(strategy), tuple(keras.tree.flatten_with_path(element_spec)),
            labelled)
-    kept = _calibrators.setdefault(model, {})
-    calibrator = kept.pop(key, None)
-    if calibrator is None or not calibrator.lock.acquire(blocking=False):
+    kept_key, calibrator = _calibrators.get(model, (None, None))
+    if kept_key != key or not calibrator.lock.acquire(blocking=False):
         calibrator = _Calibrator(model, targets, strategy, element_spec, labelled)
         calibrator.lock.acquire()
-    kept[key] = calibrator  # most recently used last
-    while len(kept) > _KEPT_PER_MODEL:
-        kept.pop(next(iter(kept)))
+        _calibrators[model] = key, calibrator
     try:
         calibrator.reset()
         yield calibrator
