@@ -159,9 +159,10 @@ class _Calibrator:
         names = {(id(t.layer), t.matrix): t.name for t in targets}
         self.strategy = strategy  # held: its id is part of the cache key
         self.lock = threading.Lock()
-        self.accumulators = {t.name: _Moments(t.output_dim) for t in targets}
-        moments = [self.accumulators[names[key]] for key in probe.recorded]  # a shared layer: one per call
-        model_ref = weakref.ref(model)  # only traced while calibrate holds the model: the cache must not
+        self.accumulators = accumulators = {t.name: _Moments(t.output_dim) for t in targets}
+        moments = [accumulators[names[key]] for key in probe.recorded]  # a shared layer: one per call
+        # Weak: the cache must not keep the model alive (tracing only happens inside calibrate(model, ...)).
+        model_ref = weakref.ref(model)
 
         def replica_moments(element):
             features = _features_of(element) if labelled else element
@@ -180,7 +181,7 @@ class _Calibrator:
 
         @tf.function(autograph=False)
         def reset():
-            for accumulator in self.accumulators.values():
+            for accumulator in accumulators.values():
                 accumulator.reset()
 
         self.step = step
