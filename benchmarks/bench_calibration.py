@@ -67,9 +67,9 @@ def main() -> None:
         half_rows = rows // BATCH // 2 * BATCH
         timings = {"predict": [], "calibrate": [], "predict_half": [], "calibrate_half": []}
         for _ in range(rounds):
-            for name, subset in (("", data), ("_half", half)):
-                timings["predict" + name].append(_timed(lambda: model.predict(subset, verbose=0)))
-                timings["calibrate" + name].append(_timed(lambda: tfafm.calibrate(model, subset, progress=False)))
+            for suffix, subset in (("", data), ("_half", half)):
+                timings["predict" + suffix].append(_timed(lambda: model.predict(subset, verbose=0)))
+                timings["calibrate" + suffix].append(_timed(lambda: tfafm.calibrate(model, subset, progress=False)))
         rate = {k: stats.median(rows / wall for wall, _ in timings[k]) for k in ("predict", "calibrate")}
         cpu_rate = {k: stats.median(rows / cpu for _, cpu in timings[k]) for k in ("predict", "calibrate")}
         marginal = {k: (rows - half_rows) / (stats.median(w for w, _ in timings[k])

@@ -150,6 +150,29 @@ def test_statistics_npz_round_trip(trained_deepfm, calib_features, tmp_path):
         Statistics.load(str(tmp_path / "missing.npz"))
 
 
+def test_repeated_calls_reuse_the_traced_step_and_keep_no_model_alive():
+    import gc
+    import weakref
+
+    from tfafm.compression import calibration
+
+    inputs = keras.Input((10,), name="x")
+    model = keras.Model(inputs, keras.layers.Dense(1, name="out")(keras.layers.Dense(8, name="d")(inputs)))
+    kernel, bias = (w.astype(np.float64) for w in model.get_layer("d").get_weights())
+    rng = np.random.default_rng(4)
+    first, second = (rng.normal(loc, size=(rows, 10)).astype("float32") for loc, rows in ((0.0, 300), (2.0, 200)))
+    tfafm.calibrate(model, first, layers=["d"], batch_size=128, progress=False)
+    _, kept = calibration._calibrators[model]
+    stats = tfafm.calibrate(model, second, layers=["d"], batch_size=128, progress=False)
+    assert calibration._calibrators[model][1] is kept
+    assert kept.step.experimental_get_tracing_count() == 1
+    _assert_moments(stats["d"], second @ kernel + bias, "d")  # the accumulators start from zero
+    alive = weakref.ref(model)
+    del model, kept
+    gc.collect()
+    assert alive() is None
+
+
 _DISTRIBUTED_SCRIPT = textwrap.dedent(
     """
     import sys

@@ -11,7 +11,10 @@ layer's own compute precision (it is the costly part; centring on the batch
 mean keeps its rounding relative to the covariance itself); every sum across
 batches is float64. Memory is O(d^2) per matrix, whatever the number of
 rows; batches may have any sizes, in any order; nothing leaves the graph
-until the end.
+until the end. The probe, accumulators and traced step are kept (per model,
+while it lives) for later calls with the same targets, strategy and batch
+structure, so a repeated calibration costs what its batches cost, as a
+repeated ``model.predict`` does.
 
 Under a ``tf.distribute`` strategy the batches are split across replicas and
 each local replica's moments are merged the same way; with several workers
@@ -22,9 +25,12 @@ on a common shift.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import threading
 import warnings
-from typing import Iterable
+import weakref
+from typing import Iterable, Iterator
 
 import keras
 import numpy as np
@@ -41,6 +47,10 @@ _NOISY_BELOW = 10  # warn when a matrix sees fewer rows than this many times its
 
 
 def _features_of(element):
+    """The features of a dataset element: the item of a 1-tuple, the first of ``(features,
+    labels[, weights])``, else the element itself."""
+    if isinstance(element, (tuple, list)) and len(element) == 1:
+        element = element[0]
     return element[0] if isinstance(element, (tuple, list)) and len(element) in (2, 3) else element
 
 
@@ -52,13 +62,15 @@ def _is_array_data(data) -> bool:
     return hasattr(data, "shape") and not isinstance(data, tf.data.Dataset)
 
 
-def _as_dataset(data, batch_size: int) -> tf.data.Dataset:
+def _as_dataset(data, batch_size: int) -> tuple[tf.data.Dataset, bool]:
+    """``data`` as a dataset of batches, and whether its elements may hold labels too (a user's
+    dataset: the step picks the features with :func:`_features_of`, no ``map`` to trace)."""
     if isinstance(data, tf.data.Dataset):
-        return data.map(lambda *element: _features_of(element[0] if len(element) == 1 else element))
+        return data, True
     if _is_array_data(data):
         if isinstance(data, list):
             data = tuple(data)
-        return tf.data.Dataset.from_tensor_slices(data).batch(batch_size)
+        return tf.data.Dataset.from_tensor_slices(data).batch(batch_size), False
     raise UserError(
         "Calibration data must be a tf.data.Dataset of feature batches (or (features, labels) batches), "
         f"a dict of arrays, an array or a list of arrays; got {type(data).__name__}."
@@ -108,6 +120,10 @@ class _Moments:
         self.mean.assign_add(delta * weight)
         self.count.assign(total)
 
+    def reset(self) -> None:
+        for variable in (self.count, self.mean, self.outer):
+            variable.assign(tf.zeros_like(variable))
+
     def statistics(self) -> LayerStatistics:
         dim = int(self.mean.shape[0])
         return LayerStatistics(float(self.count.numpy()), np.zeros(dim), self.outer.numpy(), self.mean.numpy())
@@ -126,6 +142,77 @@ def _batch_moments(rows, weights):
         centred = (rows - mean) * weights[:, None]
     outer = tf.matmul(centred, centred, transpose_a=True)
     return tf.cast(count, tf.float64), tf.cast(mean, tf.float64), tf.cast(outer, tf.float64)
+
+
+class _Calibrator:
+    """A model's probe, float64 accumulators and traced update step for one list of targets,
+    one strategy and one batch structure (kept between calls by :func:`_calibrator`, so that
+    only the first call builds the probe and traces). ``labelled``: batches may be ``(features,
+    labels)`` (see :func:`_features_of`)."""
+
+    def __init__(self, model: keras.Model, targets: list[Target], strategy, element_spec, labelled: bool):
+        taps: dict[int, tuple] = {}
+        for target in targets:
+            adapter, keys = taps.setdefault(id(target.layer), (adapter_for(target.layer), []))
+            keys.append(target.matrix)
+        probe = build_probe(model, taps)
+        names = {(id(t.layer), t.matrix): t.name for t in targets}
+        self.strategy = strategy  # held: its id is part of the cache key
+        self.lock = threading.Lock()
+        self.accumulators = accumulators = {t.name: _Moments(t.output_dim) for t in targets}
+        moments = [accumulators[names[key]] for key in probe.recorded]  # a shared layer: one per call
+        # Weak: the cache must not keep the model alive (tracing only happens inside calibrate(model, ...)).
+        model_ref = weakref.ref(model)
+
+        def replica_moments(element):
+            features = _features_of(element) if labelled else element
+            inputs = pack_inputs(model_ref(), model_inputs(model_ref(), features))
+            results = keras.tree.flatten(probe.model(inputs, training=False))[probe.num_outputs:]
+            return [_batch_moments(results[i], results[i + 1]) for i in range(0, len(results), 2)]
+
+        # One trace for all batch sizes; nothing branches on tensor values, so AutoGraph is off.
+        @tf.function(autograph=False, input_signature=[element_spec])
+        def step(element):
+            per_replica = strategy.run(replica_moments, args=(element,))
+            for accumulator, replicated in zip(moments, per_replica):
+                local = [strategy.experimental_local_results(value) for value in replicated]
+                for count, mean, outer in zip(*local):
+                    accumulator.merge(count, mean, outer)
+
+        @tf.function(autograph=False)
+        def reset():
+            for accumulator in accumulators.values():
+                accumulator.reset()
+
+        self.step = step
+        self.reset = reset
+
+    def statistics(self) -> dict[str, LayerStatistics]:
+        return {name: accumulator.statistics() for name, accumulator in self.accumulators.items()}
+
+
+_calibrators: "weakref.WeakKeyDictionary[keras.Model, tuple]" = weakref.WeakKeyDictionary()
+
+
+@contextlib.contextmanager
+def _calibrator(model: keras.Model, targets: list[Target], strategy, element_spec,
+                labelled: bool) -> Iterator[_Calibrator]:
+    """A :class:`_Calibrator` with zeroed accumulators: the one kept from the model's last call
+    when that had the same targets, strategy and batch structure, else a new one (also when
+    the kept one is in use by another thread). One is kept per model, while the model lives:
+    its float64 accumulators (``8 d^2`` bytes per target) stay allocated until then."""
+    key = (tuple(t.name for t in targets), id(strategy), tuple(keras.tree.flatten_with_path(element_spec)),
+           labelled)
+    kept_key, calibrator = _calibrators.get(model, (None, None))
+    if kept_key != key or not calibrator.lock.acquire(blocking=False):
+        calibrator = _Calibrator(model, targets, strategy, element_spec, labelled)
+        calibrator.lock.acquire()
+        _calibrators[model] = key, calibrator
+    try:
+        calibrator.reset()
+        yield calibrator
+    finally:
+        calibrator.lock.release()
 
 
 def _sum_across_workers(strategy, array: np.ndarray, local_replicas: int) -> np.ndarray:
@@ -193,53 +280,27 @@ def calibrate(
     if not targets:
         raise UserError(f"Model {model.name!r} has no compressible layers to calibrate.")
     strategy = strategy or tf.distribute.get_strategy()
-    taps: dict[int, tuple] = {}
-    for target in targets:
-        adapter, keys = taps.setdefault(id(target.layer), (adapter_for(target.layer), []))
-        keys.append(target.matrix)
-    probe = build_probe(model, taps)
-    names = {(id(t.layer), t.matrix): t.name for t in targets}
-
-    def recorded(features):
-        results = probe.model(pack_inputs(model, model_inputs(model, features)), training=False)
-        results = keras.tree.flatten(results)[probe.num_outputs:]
-        return [(results[2 * i], results[2 * i + 1]) for i in range(len(probe.recorded))]
-
-    dataset = _as_dataset(data, batch_size)
+    dataset, labelled = _as_dataset(data, batch_size)
     if steps is not None:
         dataset = dataset.take(steps)
-    accumulators = {t.name: _Moments(t.output_dim) for t in targets}
-    moments = [accumulators[names[key]] for key in probe.recorded]  # a shared layer: one per call, merged
-
-    def replica_moments(features):
-        return [_batch_moments(rows, weights) for rows, weights in recorded(features)]
-
     distributed = strategy.experimental_distribute_dataset(dataset)
-
-    # One trace for all batch sizes; nothing branches on tensor values, so AutoGraph is off.
-    @tf.function(autograph=False, input_signature=[distributed.element_spec])
-    def step(features):
-        per_replica = strategy.run(replica_moments, args=(features,))
-        for accumulator, replicated in zip(moments, per_replica):
-            local = [strategy.experimental_local_results(value) for value in replicated]
-            for count, mean, outer in zip(*local):
-                accumulator.merge(count, mean, outer)
-
     cardinality = int(dataset.cardinality())
     total = steps if cardinality < 0 else cardinality
     batches = 0
-    with progress_bar("calibrating", total if total and total > 0 else None, enabled=progress) as advance:
+    with _calibrator(model, targets, strategy, distributed.element_spec, labelled) as calibrator, \
+            progress_bar("calibrating", total if total and total > 0 else None, enabled=progress) as advance:
         for features in distributed:
-            step(features)
+            calibrator.step(features)
             batches += 1
             advance()
+        moments = calibrator.statistics()
     if not batches:
         raise UserError("Calibration data is empty: no batch to calibrate on.")
     local_replicas = len(strategy.experimental_local_results(strategy.run(lambda: tf.constant(0.0))))
     workers = strategy.num_replicas_in_sync // local_replicas
     stats = Statistics()
     for target in targets:
-        layer_stats = accumulators[target.name].statistics()
+        layer_stats = moments[target.name]
         if workers > 1:
             layer_stats = _merged_across_workers(strategy, layer_stats, local_replicas, workers)
         limit = 2 * layer_stats.dim if min_rows is None else int(min_rows)
