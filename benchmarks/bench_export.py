@@ -2,8 +2,9 @@
 
 For each model: train briefly on synthetic Criteo-like data (embedding dim 16,
 MLP 400-400-400), compress with ``tfafm.compress(method="afm",
-target_ratio=4)`` on calibration data, export LiteRT float32 and dynamic-range
-int8 for the original and the compressed model, then measure file size,
+target_ratio=4, objective=--objective)`` on calibration data, once per
+quantization (ranks counted in that quantization's bytes), export LiteRT
+float32 and dynamic-range int8 for the original and the compressed model, then measure file size,
 batch-1 single-thread p50 latency and batch-256 single-thread throughput (each
 file in a fresh process) and validation AUC. Prints what it measured; asserts
 nothing.
@@ -15,7 +16,7 @@ single-thread cache-resident read bandwidth and float32 matmul peak, both
 measured here with numpy (BLAS and OpenMP held to one thread, OpenBLAS free
 to pick its own kernel). ``x above floor`` is batch-1 p50 / floor.
 
-    python benchmarks/bench_export.py [--quick] [--out DIR]
+    python benchmarks/bench_export.py [--quick] [--objective params|latency] [--out DIR]
 """
 
 from __future__ import annotations
@@ -53,27 +54,35 @@ MATMUL_N = 256
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer training rows and timing iterations")
+    parser.add_argument("--objective", choices=("params", "latency"), default="params",
+                        help="the rank allocator's objective (tfafm.compress(objective=...))")
     parser.add_argument("--out", help="directory for the .tflite files (default: a temporary one)")
     return parser.parse_args()
 
 
-def train_and_compress(name, gen, schema, train_rows, calibration_rows):
+def train_and_compress(name, gen, schema, train_rows, calibration_rows, objective):
+    """The trained original and ``{quantization: compressed model}``."""
     start = time.time()
     model = tfafm.models.build(name, schema, hidden_units=(400, 400, 400))
     model.compile("adam", "binary_crossentropy")
     model.fit(gen.dataset(train_rows, 256), epochs=1, verbose=0)
-    calibration = gen.dataset(calibration_rows, 1024, split="calibration")
-    compressed, report = tfafm.compress(model, calibration, method="afm", target_ratio=4, progress=False)
-    print(f"{name}: trained on {train_rows} rows, compressed {model.count_params():,} -> "
-          f"{compressed.count_params():,} parameters ({model.count_params() / compressed.count_params():.2f}x) "
-          f"in {time.time() - start:.0f}s")
+    statistics = tfafm.calibrate(model, gen.dataset(calibration_rows, 1024, split="calibration"), progress=False)
+    compressed = {}
+    for quantize in QUANTIZATIONS:
+        compressed[quantize], report = tfafm.compress(model, statistics=statistics, method="afm", target_ratio=4,
+                                                      objective=objective, quantization=quantize, progress=False)
+        ranks = [row.rank for row in report.layers if row.kind != "embedding"]
+        print(f"{name} ({quantize or 'float32'}): {model.count_params():,} -> {compressed[quantize].count_params():,} "
+              f"parameters ({model.count_params() / compressed[quantize].count_params():.2f}x); ranks of the "
+              f"non-embedding matrices {ranks}")
+    print(f"{name}: trained on {train_rows} rows, calibrated and compressed in {time.time() - start:.0f}s")
     return model, compressed
 
 
 def export_all(name, model, compressed, out):
     files = {}
-    for variant, m in (("original", model), ("compressed", compressed)):
-        for quantize in QUANTIZATIONS:
+    for quantize in QUANTIZATIONS:
+        for variant, m in (("original", model), ("compressed", compressed[quantize])):
             label = f"{name}-{variant}-{quantize or 'float32'}"
             files[label] = litert(m, os.path.join(out, f"{label}.tflite"), quantize=quantize)
     return files
@@ -131,7 +140,8 @@ def floor_table(rows, costs: dict[str, RequestCost], floors_us: dict[str, float]
 def summary(rows, aucs, costs: dict[str, RequestCost], floors_us: dict[str, float]):
     by = {(r["name"], r["batch_size"]): r for r in rows}
     header = ("| model | quantization | size MiB orig -> comp (ratio) | ops orig -> comp | floor us orig -> comp "
-              "| batch-1 p50 ms orig -> comp (ratio) | batch-256 rows/s orig -> comp (ratio) | AUC orig / comp |")
+              "| batch-1 p50 ms orig -> comp (ratio) | comp p50 / orig float32 p50 "
+              "| batch-256 rows/s orig -> comp (ratio) | AUC orig / comp |")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for name in BUILDERS:
         for quantize in QUANTIZATIONS:
@@ -139,10 +149,11 @@ def summary(rows, aucs, costs: dict[str, RequestCost], floors_us: dict[str, floa
             o, c = f"{name}-original-{q}.tflite", f"{name}-compressed-{q}.tflite"
             so, sc = by[(o, 1)]["size_bytes"] / 2**20, by[(c, 1)]["size_bytes"] / 2**20
             lo, lc = by[(o, 1)]["p50_ms"], by[(c, 1)]["p50_ms"]
+            lf = by[(f"{name}-original-float32.tflite", 1)]["p50_ms"]
             to, tc = by[(o, 256)]["throughput_rps"], by[(c, 256)]["throughput_rps"]
             lines.append(
                 f"| {name} | {q} | {so:.2f} -> {sc:.2f} ({sc / so:.2f}) | {costs[o].ops} -> {costs[c].ops} "
-                f"| {floors_us[o]:.2f} -> {floors_us[c]:.2f} | {lo:.3f} -> {lc:.3f} ({lc / lo:.2f}) "
+                f"| {floors_us[o]:.2f} -> {floors_us[c]:.2f} | {lo:.3f} -> {lc:.3f} ({lc / lo:.2f}) | {lc / lf:.2f} "
                 f"| {to:,.0f} -> {tc:,.0f} ({tc / to:.2f}) | {aucs[o]:.4f} / {aucs[c]:.4f} |"
             )
     return "\n".join(lines)
@@ -164,7 +175,7 @@ def run(args, out):
     features, labels = next(gen.batches(10_000, 10_000, split="validation"))
     files, aucs = {}, {}
     for name in BUILDERS:
-        model, compressed = train_and_compress(name, gen, schema, train_rows, calibration_rows)
+        model, compressed = train_and_compress(name, gen, schema, train_rows, calibration_rows, args.objective)
         files.update(export_all(name, model, compressed, out))
     costs = {}
     for path in files.values():
