@@ -150,10 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
     compress.add_argument("--method", choices=("afm", "svd"), default="afm",
                           help="afm: factor each layer's output covariance (needs calibration data); "
                                "svd: factor the weights (default afm)")
-    compress.add_argument("--objective", choices=("params", "latency"), default="params",
-                          help="what --ratio shrinks: params (bytes stored, the file size) or latency (bytes "
-                               "read per batch-1 request plus a cost per op; tables mostly stay whole) "
-                               "(default params)")
+    compress.add_argument("--objective", choices=("both", "params", "latency"), default="both",
+                          help="what --ratio shrinks: both (the file and the bytes read per batch-1 request), "
+                               "params (the file only) or latency (the bytes read per request plus a cost per "
+                               "op only; tables mostly stay whole) (default both)")
     compress.add_argument("--quantization", choices=("float32", "float16", "dynamic", "int8"), default="float32",
                           help="count costs in the bytes of the LiteRT quantization you will export with "
                                "(tfafm export --quantize) (default float32)")
@@ -312,7 +312,7 @@ def _check_and_fill(args: argparse.Namespace) -> None:
             suffix = suffix or (f"-{args.quantize}.tflite" if args.quantize else ".tflite")
             args.out = _beside(args.run, suffix)
     elif args.command == "compress":
-        if args.energy is not None and (args.objective != "params" or args.quantization != "float32"):
+        if args.energy is not None and (args.objective != "both" or args.quantization != "float32"):
             raise UsageError("--objective and --quantization apply to --ratio only, not --energy")
         if args.out is None:
             args.out = _beside(args.run, "-small")

@@ -16,7 +16,7 @@ single-thread cache-resident read bandwidth and float32 matmul peak, both
 measured here with numpy (BLAS and OpenMP held to one thread, OpenBLAS free
 to pick its own kernel). ``x above floor`` is batch-1 p50 / floor.
 
-    python benchmarks/bench_export.py [--quick] [--objective params|latency] [--out DIR]
+    python benchmarks/bench_export.py [--quick] [--objective both|params|latency] [--out DIR]
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ MATMUL_N = 256
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer training rows and timing iterations")
-    parser.add_argument("--objective", choices=("params", "latency"), default="params",
+    parser.add_argument("--objective", choices=("both", "params", "latency"), default="both",
                         help="the rank allocator's objective (tfafm.compress(objective=...))")
     parser.add_argument("--out", help="directory for the .tflite files (default: a temporary one)")
     return parser.parse_args()

@@ -68,7 +68,7 @@ def run_seed(model_name, bundle, test, seed, args) -> dict:
     compile_for_ctr(original, 1e-3)
     fit(original, bundle, args.epochs, patience=1, verbose=0)
     statistics = tfafm.calibrate(original, bundle.train, progress=False)
-    results = {"original": {**evaluate(original, test), "params": original.count_params(), "ranks": ""}}
+    results = {"original": {**evaluate(original, test), "params": original.count_params(), "ranks": "-"}}
     for ratio in args.ratios:
         for method in ("svd", "afm"):
             model, report = tfafm.compress(original, method=method, target_ratio=ratio, objective=args.objective,
@@ -90,7 +90,9 @@ def _table(per_seed: list[dict], finetuned: bool) -> list[str]:
         cells = [cell[arm] for cell in per_seed]
 
         def stat(key):
-            values = np.array([c[key] if key in c else c[key.removesuffix("_ft")] for c in cells])
+            if key not in cells[0]:  # the original is not fine-tuned
+                return "-"
+            values = np.array([c[key] for c in cells])
             return f"{values.mean():.4f} ± {values.std():.4f}"
 
         metrics = [stat("auc"), stat("logloss")] + ([stat("auc_ft"), stat("logloss_ft")] if finetuned else [])
@@ -103,7 +105,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["deepfm", "dcnv2"])
     parser.add_argument("--ratios", nargs="+", type=float, default=[4.0, 8.0])
-    parser.add_argument("--objective", choices=("params", "latency"), default="params")
+    parser.add_argument("--objective", choices=("both", "params", "latency"), default="both")
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--finetune-epochs", type=int, default=2)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tfafm.compression.ranks import (BREAK_EVEN, DYNAMIC_MIN_ELEMENTS, OP_BYTES, CostModel, break_even_rank,
+from tfafm.compression.ranks import (BREAK_EVEN, DYNAMIC_MIN_ELEMENTS, OP_BYTES, CostModel, break_even_rank, cost_models,
                                      ranks_for_energy, ranks_for_ratio)
 from tfafm.compression.targets import Target
 from tfafm.errors import UserError
@@ -41,15 +41,29 @@ def test_costs_per_objective_and_quantization_by_hand():
     latency = CostModel("latency")
     assert latency.whole(layer) == 4 * (400 * 300 + 300) + OP_BYTES
     assert latency.factored(layer, 10) == 4 * (400 * 10 + 10 * 300 + 10 + 300) + 2 * OP_BYTES
-    # A lookup reads one row: whole, 16 floats; factored, 4 floats plus the whole projection and one more op.
+    # A lookup reads one row: whole, 16 floats; factored, 4 floats (fusion folds the projection into the
+    # layer reading the vectors).
     assert latency.whole(emb) == 4 * 16
-    assert latency.factored(emb, 4) == 4 * 4 + 4 * (4 * 16 + 16) + OP_BYTES
+    assert latency.factored(emb, 4) == 4 * 4
 
 
 @pytest.mark.parametrize("options", [{"objective": "speed"}, {"quantization": "int4"}])
 def test_unknown_objective_or_quantization_is_a_user_error(options):
     with pytest.raises(UserError, match=next(iter(options))):
-        CostModel(**options)
+        cost_models(**{"objective": "params", **options})
+
+
+def test_both_keeps_the_file_and_the_reads_within_budget():
+    candidates = {"mlp": dense("mlp", 400, 400), "mlp2": dense("mlp2", 400, 400), "emb": table("emb", 100_000, 16)}
+    spectra = {"mlp": 0.99 ** np.arange(400), "mlp2": 0.98 ** np.arange(400), "emb": 1.2 ** -np.arange(16)}
+    models = cost_models("both")
+    ranks = ranks_for_ratio(candidates, spectra, 4, models)
+    for costs in models:
+        spent = sum(costs.factored(c, ranks[n]) if n in ranks else costs.whole(c) for n, c in candidates.items())
+        assert spent <= sum(costs.whole(c) for c in candidates.values()) / 4, costs.objective
+    # Under params alone the budget is mostly the table's, and the MLP keeps more rank.
+    params_only = ranks_for_ratio(candidates, spectra, 4, models[0])
+    assert params_only.get("mlp", 400) + params_only.get("mlp2", 400) > ranks["mlp"] + ranks["mlp2"]
 
 
 def test_no_rank_above_break_even_and_the_budget_holds():

@@ -9,7 +9,7 @@ import numpy as np
 
 from tfafm.compression.calibration import calibrate
 from tfafm.compression.keras_graph import require_graph_model, resolve_names
-from tfafm.compression.ranks import CostModel, check_objective, energy_kept, ranks_for_energy, ranks_for_ratio
+from tfafm.compression.ranks import cost_models, energy_kept, ranks_for_energy, ranks_for_ratio
 from tfafm.compression.report import CompressionReport, LayerReport, SkippedLayer
 from tfafm.compression.rewrite import rebuild
 from tfafm.compression.targets import Target, adapter_for, find_targets
@@ -108,7 +108,7 @@ def compress(
     calibration_steps: int | None = None,
     progress: bool = True,
     min_calibration_rows: int | None = None,
-    objective: str = "params",
+    objective: str = "both",
     quantization: str | None = None,
 ) -> tuple[keras.Model, CompressionReport]:
     """Replaces a model's compressible matrices by low-rank factors.
@@ -147,10 +147,12 @@ def compress(
         calibration_steps: calibrate on at most this many batches.
         progress: show calibration progress.
         min_calibration_rows: see ``min_rows`` of :func:`tfafm.calibrate`.
-        objective: what ``target_ratio`` shrinks: ``"params"`` (bytes stored,
-            the file size) or ``"latency"`` (bytes read per batch-1 request plus
-            a fixed cost per op: MLP matrices are read whole, a table one row
-            per lookup, so tables mostly stay whole).
+        objective: what ``target_ratio`` shrinks: ``"both"`` (default: the
+            file and the bytes read per batch-1 request each shrink by
+            ``target_ratio``), ``"params"`` (bytes stored, the file size
+            only) or ``"latency"`` (bytes read per batch-1 request plus a
+            fixed cost per op only: MLP matrices are read whole, a table one
+            row per lookup, so tables mostly stay whole).
         quantization: the LiteRT quantization the model will be exported with
             (``None``, ``"float16"``, ``"dynamic"``, ``"int8"``), so costs are
             counted in its bytes (under ``"dynamic"``, factors of fewer than
@@ -168,7 +170,7 @@ def compress(
     if len(chosen_options) != 1:
         raise UserError(f"Give exactly one of ranks, energy or target_ratio (got {chosen_options or 'none'}).")
     check_inner_activation(inner_activation)
-    check_objective(objective, quantization)
+    costs = cost_models(objective, quantization)
     all_targets, skipped = find_targets(model)
     targets = _select(model, all_targets, include, exclude)
     if ranks is not None:
@@ -191,7 +193,7 @@ def compress(
     if energy is not None:
         ranks = ranks_for_energy(by_name, spectra, energy)
     elif target_ratio is not None:
-        ranks = ranks_for_ratio(by_name, spectra, target_ratio, CostModel(objective, quantization))
+        ranks = ranks_for_ratio(by_name, spectra, target_ratio, costs)
 
     replacements = {}
     for layer_targets in _by_layer([t for t in targets if t.name in ranks]):

@@ -28,7 +28,7 @@ def compress_run(
     method: str = "afm",
     target_ratio: Optional[float] = 4.0,
     energy: Optional[float] = None,
-    objective: str = "params",
+    objective: str = "both",
     quantization: Optional[str] = None,
     inner_activation: Optional[str] = None,
     finetune_epochs: int = 0,

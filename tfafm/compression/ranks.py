@@ -17,21 +17,26 @@ will be exported with, under one of two objectives:
 ``"latency"``
     bytes read per batch-1 request (a table lookup reads one row, a matmul
     reads its whole matrix) plus :data:`OP_BYTES` per op, since at batch 1
-    an op's fixed cost is worth reading that many bytes.
+    an op's fixed cost is worth reading that many bytes. A factored table
+    reads a k-wide row and nothing else: :func:`tfafm.fuse` folds its
+    projection into the layer that reads the vectors.
+``"both"``
+    both budgets hold: the file and the bytes read per request shrink by the
+    target ratio (the latency budget is dropped where it cannot be reached).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import heapq
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 
 from tfafm.compression.targets import Target
 from tfafm.errors import UserError
 
-OBJECTIVES = ("params", "latency")
+OBJECTIVES = ("params", "latency", "both")
 QUANTIZATIONS = (None, "float16", "dynamic", "int8")
 BREAK_EVEN = 0.8
 # One op at batch 1 costs about 0.3 us on a phone-class CPU core, the time to
@@ -44,12 +49,15 @@ DYNAMIC_MIN_ELEMENTS = 1024
 _ENERGY_FLOORS = (0.5, 0.25, 0.1, 0.0)
 
 
-def check_objective(objective: str, quantization: str | None) -> None:
-    """Raises ``UserError`` for an unknown objective or quantization."""
+def cost_models(objective: str, quantization: str | None = None) -> list["CostModel"]:
+    """The cost models of ``objective`` (``"both"``: params and latency, each budget holding).
+
+    Raises:
+        UserError: for an unknown objective or quantization.
+    """
     if objective not in OBJECTIVES:
         raise UserError(f"objective must be one of {OBJECTIVES}, got {objective!r}.")
-    if quantization not in QUANTIZATIONS:
-        raise UserError(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}.")
+    return [CostModel(o, quantization) for o in (("params", "latency") if objective == "both" else (objective,))]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,7 +68,10 @@ class CostModel:
     quantization: str | None = None
 
     def __post_init__(self):
-        check_objective(self.objective, self.quantization)
+        if self.objective not in ("params", "latency"):
+            raise UserError(f"a cost model's objective is 'params' or 'latency', got {self.objective!r}.")
+        if self.quantization not in QUANTIZATIONS:
+            raise UserError(f"quantization must be one of {QUANTIZATIONS}, got {self.quantization!r}.")
 
     def _weight_bytes(self, elements: int) -> int:
         if self.quantization is None:
@@ -88,8 +99,8 @@ class CostModel:
         up = self._weight_bytes(rank * d)
         if self.objective == "params":
             return self._weight_bytes(n * rank) + up + biases
-        if target.lookups:
-            return self._weight_bytes(n * rank) // n + up + biases + OP_BYTES
+        if target.lookups:  # a k-wide row; fusion folds the projection into the layer reading the vectors
+            return self._weight_bytes(n * rank) // n
         return self._weight_bytes(n * rank) + up + biases + 2 * OP_BYTES
 
 
@@ -132,17 +143,30 @@ def ranks_for_energy(
 
 class _Choices:
     """One matrix's options, cheapest first: ranks 1..limit that cost less than
-    the whole matrix, then the whole matrix (``rank None``, nothing lost)."""
+    the whole matrix, then the whole matrix (``rank None``, nothing lost).
 
-    def __init__(self, target: Target, spectrum: np.ndarray, costs: CostModel, total: float):
-        whole = costs.whole(target)
+    Costs are vectors, one entry per :class:`CostModel`; options are ordered
+    and compared by their scalar cost, each entry over its budget.
+    """
+
+    def __init__(self, target: Target, spectrum: np.ndarray, costs: Sequence[CostModel], total: float):
         residuals = _residuals(spectrum, total)
         self.own_total = float(np.sum(spectrum)) / total if total > 0 else 0.0
-        self.options = [(rank, costs.factored(target, rank), float(residuals[rank]))
-                        for rank in range(1, break_even_rank(target) + 1)
-                        if costs.factored(target, rank) < whole]
+        whole = np.array([c.whole(target) for c in costs], dtype=np.float64)
+        self.options = [(rank, np.array([c.factored(target, rank) for c in costs], dtype=np.float64),
+                         float(residuals[rank])) for rank in range(1, break_even_rank(target) + 1)]
+        self.options = [option for option in self.options if np.any(option[1] < whole)]
         self.options.append((None, whole, 0.0))
         self.position = 0
+
+    def keep_cheaper_than_whole(self, budgets: np.ndarray) -> None:
+        """Drops the factored options whose scalar cost is not below the whole matrix's."""
+        whole = self.scalar(self.options[-1][1], budgets)
+        self.options = [o for o in self.options[:-1] if self.scalar(o[1], budgets) < whole] + self.options[-1:]
+
+    @staticmethod
+    def scalar(cost: np.ndarray, budgets: np.ndarray) -> float:
+        return float(np.sum(cost / budgets))
 
     def start_at(self, floor: float) -> None:
         """Starts at the cheapest option keeping at least ``floor`` of the variance."""
@@ -150,30 +174,34 @@ class _Choices:
                              if lost <= (1.0 - floor) * self.own_total + 1e-12)
 
     @property
-    def cost(self) -> int:
+    def cost(self) -> np.ndarray:
         return self.options[self.position][1]
 
     @property
     def rank(self) -> int | None:
         return self.options[self.position][0]
 
-    def next_step(self) -> tuple[float, int] | None:
-        """``(variance bought per byte, bytes)`` of the next option, or None at the whole matrix."""
+    def next_step(self, budgets: np.ndarray) -> tuple[float, np.ndarray] | None:
+        """``(variance bought per unit of scalar cost, cost vector added)`` of the next option,
+        or None at the whole matrix."""
         if self.position + 1 >= len(self.options):
             return None
         _, cost, lost = self.options[self.position]
         _, next_cost, next_lost = self.options[self.position + 1]
-        extra = max(next_cost - cost, 1)
-        return (lost - next_lost) / extra, extra
+        extra = next_cost - cost
+        return (lost - next_lost) / max(self.scalar(extra, budgets), 1e-12), extra
 
 
 def ranks_for_ratio(
     candidates: Mapping[str, Target],
     spectra: Mapping[str, np.ndarray],
     target_ratio: float,
-    costs: CostModel | None = None,
+    costs: CostModel | Sequence[CostModel] | None = None,
 ) -> dict[str, int]:
-    """Ranks whose total cost is at most ``1 / target_ratio`` of the candidates' whole cost.
+    """Ranks whose total cost is at most ``1 / target_ratio`` of the candidates' whole cost,
+    under each of ``costs`` (default: parameter bytes; give a params and a latency
+    :class:`CostModel` to shrink both). When the budgets cannot all hold (a small
+    model, whose fixed cost per op dominates its reads), only the first one is kept.
 
     Candidates that cost no less factored (at any rank up to break-even) than
     whole stay whole and are not part of the budget.
@@ -181,7 +209,8 @@ def ranks_for_ratio(
     Each matrix starts at the cheapest rank keeping a floor of its variance
     (50%, lowered to 25%, 10%, 0% until every matrix fits the budget); the rest
     of the budget is spent greedily on the step (one more rank, or the whole
-    matrix once past break-even) that buys the most variance per byte of cost.
+    matrix once past break-even) that buys the most variance per unit of cost
+    (each cost over its budget, summed), while every budget holds.
     Variance counts as a fraction of the matrix's total, except that all
     embedding tables count as one: together they are the one wide input of
     the layers they feed, so a field's share of it is what a rank of that
@@ -192,31 +221,37 @@ def ranks_for_ratio(
     """
     if target_ratio <= 1.0:
         raise UserError(f"target_ratio must be > 1, got {target_ratio}.")
-    costs = costs or CostModel()
+    costs = [CostModel()] if costs is None else [costs] if isinstance(costs, CostModel) else list(costs)
+    objectives = "+".join(c.objective for c in costs)
     tables_total = sum(float(np.sum(spectra[name])) for name, c in candidates.items() if c.lookups)
     choices = {name: _Choices(c, spectra[name], costs, tables_total if c.lookups else float(np.sum(spectra[name])))
                for name, c in candidates.items()}
     choices = {name: choice for name, choice in choices.items() if len(choice.options) > 1}
     if not choices:
-        raise UserError(f"No matrix costs less factored than whole under objective {costs.objective!r} "
-                        f"(quantization {costs.quantization}): nothing to compress.")
-    budget = sum(choice.options[-1][1] for choice in choices.values()) / target_ratio
+        raise UserError(f"No matrix costs less factored than whole ({objectives}, quantization "
+                        f"{costs[0].quantization}): nothing to compress.")
+    budgets = sum(choice.options[-1][1] for choice in choices.values()) / target_ratio
+    for choice in choices.values():  # a matrix left with its whole option only stays whole, within the budget
+        choice.keep_cheaper_than_whole(budgets)
     for floor in _ENERGY_FLOORS:
         for choice in choices.values():
             choice.start_at(floor)
         spent = sum(choice.cost for choice in choices.values())
-        if spent <= budget:
+        if np.all(spent <= budgets):
             break
     else:
+        if len(costs) > 1:  # the later budgets (latency) hold where reachable; the first (params) always
+            return ranks_for_ratio(candidates, spectra, target_ratio, costs[:1])
         raise UserError(
             f"target_ratio={target_ratio} is out of reach: the cheapest choice for every matrix already costs "
-            f"{spent:,} bytes ({costs.objective}), the budget is {int(budget):,}."
+            f"{', '.join(f'{int(x):,}' for x in spent)} bytes ({objectives}), the budget is "
+            f"{', '.join(f'{int(x):,}' for x in budgets)}."
         )
 
     heap = []
 
     def push(name: str) -> None:
-        step = choices[name].next_step()
+        step = choices[name].next_step(budgets)
         if step is not None:
             heapq.heappush(heap, (-step[0], name))
 
@@ -225,10 +260,10 @@ def ranks_for_ratio(
     while heap:
         _, name = heapq.heappop(heap)
         choice = choices[name]
-        _, extra = choice.next_step()
-        if spent + extra > budget:
+        _, extra = choice.next_step(budgets)
+        if np.any(spent + extra > budgets):
             continue
         choice.position += 1
-        spent += extra
+        spent = spent + extra
         push(name)
     return {name: choice.rank for name, choice in choices.items() if choice.rank is not None}
