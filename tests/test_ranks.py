@@ -55,7 +55,7 @@ def test_unknown_objective_or_quantization_is_a_user_error(options):
 
 def test_both_keeps_the_file_and_the_reads_within_budget():
     candidates = {"mlp": dense("mlp", 400, 400), "mlp2": dense("mlp2", 400, 400), "emb": table("emb", 100_000, 16)}
-    spectra = {"mlp": 0.99 ** np.arange(400), "mlp2": 0.98 ** np.arange(400), "emb": 1.2 ** -np.arange(16)}
+    spectra = {"mlp": 0.95 ** np.arange(400), "mlp2": 0.9 ** np.arange(400), "emb": 1.2 ** -np.arange(16)}
     models = cost_models("both")
     ranks = ranks_for_ratio(candidates, spectra, 4, models)
     for costs in models:
@@ -128,3 +128,13 @@ def test_energy_picks_the_smallest_rank_and_respects_break_even():
     spectra = {"a": np.array([6.0, 3.0, 1.0] + [0.0] * 97), "b": np.ones(100)}
     ranks = ranks_for_energy(candidates, spectra, 0.9)
     assert ranks == {"a": 2}  # b would need rank 90, past break-even (40)
+
+
+def test_both_falls_back_to_params_rather_than_starve_a_layer():
+    # A flat 400x400 layer needs rank ~200 for half its variance, past its break-even limit (160):
+    # whole, it alone reads more than a quarter of the bytes, so the latency budget cannot hold
+    # without starving it; the parameter budget alone decides.
+    candidates = {"flat": dense("flat", 400, 400), "emb": table("emb", 100_000, 16)}
+    spectra = {"flat": np.ones(400), "emb": 1.2 ** -np.arange(16)}
+    both = ranks_for_ratio(candidates, spectra, 4, cost_models("both"))
+    assert both == ranks_for_ratio(candidates, spectra, 4, cost_models("params"))

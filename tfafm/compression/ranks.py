@@ -22,7 +22,8 @@ will be exported with, under one of two objectives:
     projection into the layer that reads the vectors.
 ``"both"``
     both budgets hold: the file and the bytes read per request shrink by the
-    target ratio (the latency budget is dropped where it cannot be reached).
+    target ratio (the latency budget is dropped where it cannot be reached
+    with every matrix keeping half its variance).
 """
 
 from __future__ import annotations
@@ -200,8 +201,10 @@ def ranks_for_ratio(
 ) -> dict[str, int]:
     """Ranks whose total cost is at most ``1 / target_ratio`` of the candidates' whole cost,
     under each of ``costs`` (default: parameter bytes; give a params and a latency
-    :class:`CostModel` to shrink both). When the budgets cannot all hold (a small
-    model, whose fixed cost per op dominates its reads), only the first one is kept.
+    :class:`CostModel` to shrink both). When the budgets cannot all hold with every
+    matrix keeping half its variance (a small model, whose fixed cost per op
+    dominates its reads; a model whose reads are mostly one big matrix), only the
+    first one is kept.
 
     Candidates that cost no less factored (at any rank up to break-even) than
     whole stay whole and are not part of the budget.
@@ -233,14 +236,16 @@ def ranks_for_ratio(
     budgets = sum(choice.options[-1][1] for choice in choices.values()) / target_ratio
     for choice in choices.values():  # a matrix left with its whole option only stays whole, within the budget
         choice.keep_cheaper_than_whole(budgets)
-    for floor in _ENERGY_FLOORS:
+    # With several budgets, the later ones (latency) hold only where every matrix can keep the first
+    # floor of its variance; otherwise the first budget (params) alone decides.
+    for floor in _ENERGY_FLOORS[:1] if len(costs) > 1 else _ENERGY_FLOORS:
         for choice in choices.values():
             choice.start_at(floor)
         spent = sum(choice.cost for choice in choices.values())
         if np.all(spent <= budgets):
             break
     else:
-        if len(costs) > 1:  # the later budgets (latency) hold where reachable; the first (params) always
+        if len(costs) > 1:
             return ranks_for_ratio(candidates, spectra, target_ratio, costs[:1])
         raise UserError(
             f"target_ratio={target_ratio} is out of reach: the cheapest choice for every matrix already costs "
