@@ -40,8 +40,9 @@ from tfafm.errors import UserError
 OBJECTIVES = ("params", "latency", "both")
 QUANTIZATIONS = (None, "float16", "dynamic", "int8")
 BREAK_EVEN = 0.8
-# One op at batch 1 costs about 0.3 us on a phone-class CPU core, the time to
-# read ~16 KiB from cache at ~56 GB/s (measured on this project's CI machine).
+# What one op's fixed cost at batch 1 is worth in bytes read: ~0.3 us at ~56 GB/s
+# (issue 11's figures); bench_export.py measures ~0.1 us per op and ~115 GB/s
+# on the project's 2-core machine (~11 KiB). An order of magnitude is what matters.
 OP_BYTES = 16_384
 # LiteRT's dynamic-range quantizer leaves constants under this many elements in float32.
 DYNAMIC_MIN_ELEMENTS = 1024
