@@ -1,4 +1,5 @@
-"""Exact AUC and LogLoss over a whole data set (not Keras' bucketed streaming AUC)."""
+"""Exact AUC and LogLoss over a whole data set (not Keras' bucketed streaming AUC), and how
+closely two models' predictions agree."""
 
 from __future__ import annotations
 
@@ -7,27 +8,69 @@ import numpy as np
 import tensorflow as tf
 from sklearn.metrics import log_loss, roc_auc_score
 
-from tfafm.compression.keras_graph import model_inputs, pack_inputs
+from tfafm.compression.keras_graph import model_inputs, output_names, pack_inputs
 from tfafm.errors import UserError
 
 
-def predict_with_labels(model, dataset: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
-    """Runs ``model`` over ``(features, labels)`` batches; returns flat probabilities and labels.
+def _split(element):
+    """``(features, labels or None)`` of a dataset element or of a ``(features, labels)`` pair."""
+    if isinstance(element, (tuple, list)) and len(element) == 1:
+        return element[0], None
+    if isinstance(element, (tuple, list)) and len(element) in (2, 3):
+        return element[0], element[1]
+    return element, None
 
-    The model runs in one ``tf.function`` traced for any batch size (a short
-    last batch does not trace it again).
+
+def _named(model, values, what: str) -> dict[str, np.ndarray]:
+    """Model outputs (or labels laid out like them) as ``{output name: flat array}``."""
+    names = output_names(model)
+    if isinstance(values, dict):
+        missing = [name for name in names if name not in values]
+        if missing:
+            raise UserError(f"The {what} have no entry for output(s) {missing} of model {model.name!r} "
+                            f"(they have {sorted(values)}).")
+        return {name: np.asarray(values[name]).reshape(-1) for name in names}
+    flat = keras.tree.flatten(values)
+    if len(flat) != len(names):
+        raise UserError(f"Model {model.name!r} has {len(names)} output(s) {names}; the {what} give {len(flat)}.")
+    return {name: np.asarray(value).reshape(-1) for name, value in zip(names, flat)}
+
+
+def predict_outputs(model, data) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
+    """Runs ``model`` over every batch of ``data``; returns its outputs and the labels, each as
+    ``{output name: flat array}`` (labels ``None`` when ``data`` has none).
+
+    ``data`` is a ``tf.data.Dataset`` of feature batches or ``(features,
+    labels)`` batches (labels: one array, or a dict / list per output), or a
+    ``(features, labels)`` pair of arrays. The model runs in one
+    ``tf.function`` traced for any batch size.
     """
     specs = [tf.TensorSpec((None, *x.shape[1:]), x.dtype) for x in model.inputs]
     run = tf.function(lambda *flat: model(pack_inputs(model, list(flat)), training=False),
                       input_signature=specs, autograph=False)
-    predictions, labels = [], []
-    for features, batch_labels in dataset:
-        outputs = run(*model_inputs(model, features))
-        predictions.append(np.asarray(keras.tree.flatten(outputs)[0]).reshape(-1))
-        labels.append(np.asarray(batch_labels).reshape(-1))
-    if not predictions:
+    batches = data if isinstance(data, tf.data.Dataset) else [data]
+    outputs: list[dict[str, np.ndarray]] = []
+    labels: list[dict[str, np.ndarray]] = []
+    for element in batches:
+        features, batch_labels = _split(element)
+        outputs.append(_named(model, run(*model_inputs(model, features)), "outputs"))
+        if batch_labels is not None:
+            labels.append(_named(model, batch_labels, "labels"))
+    if not outputs:
         raise UserError("Evaluation data is empty: no batch to evaluate.")
-    return np.concatenate(predictions), np.concatenate(labels)
+    if labels and len(labels) != len(outputs):
+        raise UserError("Evaluation data has labels in some batches only.")
+    joined = {name: np.concatenate([o[name] for o in outputs]) for name in outputs[0]}
+    return joined, ({name: np.concatenate([b[name] for b in labels]) for name in labels[0]} if labels else None)
+
+
+def predict_with_labels(model, dataset: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """Flat probabilities and labels of a single-output model over ``(features, labels)`` batches."""
+    outputs, labels = predict_outputs(model, dataset)
+    if labels is None:
+        raise UserError("Evaluation data has no labels: expected (features, labels) batches.")
+    name = next(iter(outputs))
+    return outputs[name], labels[name]
 
 
 def scores(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
@@ -45,6 +88,37 @@ def scores(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
 
 
 def evaluate(model, dataset: tf.data.Dataset) -> dict[str, float]:
-    """Exact AUC and LogLoss of ``model`` on every row of ``dataset``."""
+    """Exact AUC and LogLoss of ``model``'s (first) output on every row of ``dataset``."""
     probabilities, labels = predict_with_labels(model, dataset)
     return scores(labels, probabilities)
+
+
+def ranks(values: np.ndarray) -> np.ndarray:
+    """Average ranks (ties share the mean of their positions), as used by Spearman's rho."""
+    values = np.asarray(values, dtype=np.float64).reshape(-1)
+    order = np.argsort(values, kind="mergesort")
+    sorted_values = values[order]
+    starts = np.flatnonzero(np.r_[True, sorted_values[1:] != sorted_values[:-1]])
+    ends = np.r_[starts[1:], len(values)]
+    result = np.empty(len(values))
+    result[order] = np.repeat((starts + ends - 1) / 2.0, ends - starts)
+    return result
+
+
+def agreement(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
+    """How closely ``candidate`` predictions follow ``reference`` ones on the same rows: mean and
+    max absolute difference, and Spearman's rank correlation (1.0 when both are constant)."""
+    reference = np.asarray(reference, dtype=np.float64).reshape(-1)
+    candidate = np.asarray(candidate, dtype=np.float64).reshape(-1)
+    if reference.shape != candidate.shape:
+        raise ValueError(f"agreement(): {reference.shape} vs {candidate.shape} predictions.")
+    difference = np.abs(reference - candidate)
+    a, b = ranks(reference), ranks(candidate)
+    a, b = a - a.mean(), b - b.mean()
+    scale = np.sqrt((a * a).sum() * (b * b).sum())
+    if scale > 0:
+        correlation = float((a * b).sum() / scale)
+    else:
+        correlation = 1.0 if np.array_equal(a, b) else 0.0
+    return {"mean_abs_diff": float(difference.mean()), "max_abs_diff": float(difference.max()),
+            "rank_correlation": correlation, "rows": int(reference.size)}

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Iterable, Mapping
 
 import keras
 import numpy as np
 
+from tfafm.compression.budget import check_auc_budget, compare_on, sample_agreement, smallest_within_budget
 from tfafm.compression.calibration import calibrate
+from tfafm.compression.check import run_checked
 from tfafm.compression.keras_graph import require_graph_model, resolve_names
 from tfafm.compression.ranks import cost_models, energy_kept, ranks_for_energy, ranks_for_ratio
 from tfafm.compression.report import CompressionReport, LayerReport, SkippedLayer
 from tfafm.compression.rewrite import rebuild
+from tfafm.compression.samples import generated_rows, sample_rows
 from tfafm.compression.targets import Target, adapter_for, find_targets
 from tfafm.errors import UserError
 from tfafm.linalg.factorize import check_method, factor, weight_spectrum
@@ -101,6 +105,8 @@ def compress(
     ranks: Mapping[str, int] | None = None,
     energy: float | None = None,
     target_ratio: float | None = None,
+    max_auc_drop: float | None = None,
+    validation_data=None,
     inner_activation=None,
     include: Iterable[str] | str = ("embeddings", "dense"),
     exclude: Iterable[str] | str = (),
@@ -120,9 +126,19 @@ def compress(
     ``MultiHeadAttention``, keras_rs ``FeatureCross``, and any layer
     implementing :class:`~tfafm.layers.CompressibleLayer`. Quantized layers,
     layers with weight constraints or LoRA are left as they are; the report
-    lists every layer left alone with the reason. Subclassed models cannot be
-    rewritten (build the low-rank layers yourself with ``from_dense`` /
-    ``from_embedding``).
+    lists every layer left alone with the reason. Every other layer keeps its
+    whole state (weights, an adapted lookup's vocabulary, assets), as a
+    ``.keras`` round trip would. Subclassed models cannot be rewritten (build
+    the low-rank layers yourself with ``from_dense`` / ``from_embedding``).
+
+    Before it is returned, the compressed model is run on sample rows (the
+    first rows of ``calibration_data``, else rows generated inside each
+    input's valid range): a model that fails to run is never handed back (a
+    :class:`~tfafm.errors.UserError` names the layer), and the report records
+    how closely its predictions follow the original's on those rows.
+
+    The compressed model is not compiled, like a freshly built model (so it
+    holds and saves no optimizer state): ``compile`` it to fine-tune.
 
     Args:
         model: a trained, built model; it is not modified.
@@ -138,6 +154,18 @@ def compress(
             variance bought per byte; a matrix is factored only well below
             break-even (``tfafm.compression.ranks.BREAK_EVEN``), otherwise it
             stays whole and the budget goes elsewhere.
+        max_auc_drop: instead of a ratio, the largest AUC loss allowed on
+            ``validation_data`` (labels needed): returns the smallest model,
+            in the bytes of ``quantization``, whose AUC (every output with
+            labels) stays within ``max_auc_drop`` of the original's, found by
+            a search over ``target_ratio`` that reuses one calibration (at
+            most :data:`tfafm.compression.budget.MAX_EVALUATIONS`
+            evaluations); the report lists the ratios tried.
+        validation_data: held-out rows on which the original and the
+            compressed model are both evaluated (AUC and LogLoss per output
+            with labels, and how closely the predictions agree); the result
+            is in ``report.accuracy``. A ``tf.data.Dataset`` of ``(features,
+            labels)`` or feature batches, or a ``(features, labels)`` pair.
         inner_activation: activation between the factors of ``Dense`` layers
             (needs fine-tuning).
         include: kinds to target: ``"embeddings"`` and/or ``"dense"`` (every
@@ -162,13 +190,29 @@ def compress(
         ``(compressed_model, report)``. Automatic rank choices never factor a
         matrix where the factors would not save parameters (such as a final
         ``Dense(1)``); explicit ``ranks`` are used as given.
+
+    Example:
+
+    >>> import numpy as np, keras, tfafm
+    >>> x = np.random.default_rng(0).normal(size=(512, 32)).astype("float32")
+    >>> inputs = keras.Input((32,), name="x")
+    >>> hidden = keras.layers.Dense(64, activation="relu", name="hidden")(inputs)
+    >>> model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(hidden))
+    >>> small, report = tfafm.compress(model, x, target_ratio=4, progress=False)
+    >>> small.count_params() < model.count_params()
+    True
+    >>> [row.name for row in report.layers]
+    ['hidden']
     """
     require_graph_model(model)
     check_method(method)
-    chosen_options = [name for name, value in (("ranks", ranks), ("energy", energy), ("target_ratio", target_ratio))
-                      if value is not None]
+    chosen_options = [name for name, value in (("ranks", ranks), ("energy", energy), ("target_ratio", target_ratio),
+                                               ("max_auc_drop", max_auc_drop)) if value is not None]
     if len(chosen_options) != 1:
-        raise UserError(f"Give exactly one of ranks, energy or target_ratio (got {chosen_options or 'none'}).")
+        raise UserError("Give exactly one of ranks, energy, target_ratio or max_auc_drop (got "
+                        f"{chosen_options or 'none'}).")
+    if max_auc_drop is not None:
+        check_auc_budget(max_auc_drop, validation_data)
     check_inner_activation(inner_activation)
     costs = cost_models(objective, quantization)
     all_targets, skipped = find_targets(model)
@@ -188,40 +232,72 @@ def compress(
             raise UserError(f"statistics have no entry for layer(s) {missing}.")
         for target in targets:
             statistics[target.name].check(target.name)
-    spectra = {t.name: _spectrum(t, method, statistics) for t in targets}
-    by_name = {t.name: t for t in targets}
+    rows = sample_rows(model, calibration_data) if calibration_data is not None else generated_rows(model)
+    reference = run_checked(model, rows, f"Model {model.name!r}")
+    plan = _Plan(model, targets, skipped, method, statistics, inner_activation, costs)
+    search = None
     if energy is not None:
-        ranks = ranks_for_energy(by_name, spectra, energy)
+        ranks = ranks_for_energy(plan.by_name, plan.spectra, energy)
     elif target_ratio is not None:
-        ranks = ranks_for_ratio(by_name, spectra, target_ratio, costs)
+        ranks = ranks_for_ratio(plan.by_name, plan.spectra, target_ratio, costs)
+    elif max_auc_drop is not None:
+        search = smallest_within_budget(plan, validation_data, max_auc_drop, quantization)
+        ranks = search.chosen.ranks
 
-    replacements = {}
-    for layer_targets in _by_layer([t for t in targets if t.name in ranks]):
-        layer = layer_targets[0].layer
-        adapter = adapter_for(layer)
-        factors = {}
-        for target in layer_targets:
-            kernel, bias = adapter.weights(layer, target.matrix)
-            stats = statistics.get(target.name) if statistics is not None else None
-            factors[target.matrix] = factor(target.name, kernel, bias, ranks[target.name], stats, method,
-                                            lookups=target.lookups)
-            del kernel
-        replacements[id(layer)] = adapter.factored(layer, factors, inner_activation=inner_activation)
-    compressed, shared = rebuild(model, replacements)
+    compressed, report = plan.build(ranks)
+    checked = run_checked(compressed, rows, "The compressed model")
+    accuracy = {"check": sample_agreement(reference, checked, len(next(iter(rows.values()))),
+                                          "calibration data" if calibration_data is not None else "generated inputs")}
+    if search is not None:
+        accuracy["validation"] = search.chosen.validation
+        accuracy["budget"] = search.summary()
+    elif validation_data is not None:
+        accuracy["validation"] = compare_on(model, compressed, validation_data)
+    return compressed, dataclasses.replace(report, accuracy=accuracy, quantization=quantization)
 
-    rows = []
-    for target in targets:
-        rank = ranks.get(target.name)
-        rows.append(LayerReport(
-            name=target.name, kind=target.kind, input_dim=target.input_dim, output_dim=target.output_dim,
-            rank=rank, params_before=target.params(), params_after=target.params(rank) if rank else target.params(),
-            variance_kept=energy_kept(spectra[target.name], rank) if rank else None,
-        ))
-    notes = tuple(f"layer {name!r} could not be re-created from its config and is shared with the original "
-                  "model (give it a get_config)" for name in shared)
-    report = CompressionReport(method, tuple(rows), model.count_params(), compressed.count_params(),
-                               skipped=tuple(skipped), notes=notes)
-    return compressed, report
+
+class _Plan:
+    """One calibration's worth of compression: the targets, their spectra and how to build
+    the compressed model and its report at any ranks (the budget search builds several)."""
+
+    def __init__(self, model, targets: list[Target], skipped, method: str, statistics, inner_activation, costs):
+        self.model, self.targets, self.skipped = model, targets, skipped
+        self.method, self.statistics, self.inner_activation, self.costs = method, statistics, inner_activation, costs
+        self.spectra = {t.name: _spectrum(t, method, statistics) for t in targets}
+        self.by_name = {t.name: t for t in targets}
+
+    def ranks_for_ratio(self, target_ratio: float) -> dict[str, int]:
+        return ranks_for_ratio(self.by_name, self.spectra, target_ratio, self.costs)
+
+    def build(self, ranks: Mapping[str, int]) -> tuple[keras.Model, CompressionReport]:
+        """The compressed model at ``ranks`` and its report."""
+        replacements = {}
+        for layer_targets in _by_layer([t for t in self.targets if t.name in ranks]):
+            layer = layer_targets[0].layer
+            adapter = adapter_for(layer)
+            factors = {}
+            for target in layer_targets:
+                kernel, bias = adapter.weights(layer, target.matrix)
+                stats = self.statistics.get(target.name) if self.statistics is not None else None
+                factors[target.matrix] = factor(target.name, kernel, bias, ranks[target.name], stats, self.method,
+                                                lookups=target.lookups)
+                del kernel
+            replacements[id(layer)] = adapter.factored(layer, factors, inner_activation=self.inner_activation)
+        compressed, shared = rebuild(self.model, replacements)
+        rows = []
+        for target in self.targets:
+            rank = ranks.get(target.name)
+            rows.append(LayerReport(
+                name=target.name, kind=target.kind, input_dim=target.input_dim, output_dim=target.output_dim,
+                rank=rank, params_before=target.params(),
+                params_after=target.params(rank) if rank else target.params(),
+                variance_kept=energy_kept(self.spectra[target.name], rank) if rank else None,
+            ))
+        notes = tuple(f"layer {name!r} could not be re-created from its config and is shared with the original "
+                      "model (give it a get_config)" for name in shared)
+        report = CompressionReport(self.method, tuple(rows), self.model.count_params(), compressed.count_params(),
+                                   skipped=tuple(self.skipped), notes=notes)
+        return compressed, report
 
 
 def _by_layer(targets: list[Target]) -> list[list[Target]]:

@@ -46,7 +46,7 @@ from tfafm.progress import progress_bar
 _NOISY_BELOW = 10  # warn when a matrix sees fewer rows than this many times its width
 
 
-def _features_of(element):
+def features_of(element):
     """The features of a dataset element: the item of a 1-tuple, the first of ``(features,
     labels[, weights])``, else the element itself."""
     if isinstance(element, (tuple, list)) and len(element) == 1:
@@ -64,7 +64,7 @@ def _is_array_data(data) -> bool:
 
 def _as_dataset(data, batch_size: int) -> tuple[tf.data.Dataset, bool]:
     """``data`` as a dataset of batches, and whether its elements may hold labels too (a user's
-    dataset: the step picks the features with :func:`_features_of`, no ``map`` to trace)."""
+    dataset: the step picks the features with :func:`features_of`, no ``map`` to trace)."""
     if isinstance(data, tf.data.Dataset):
         return data, True
     if _is_array_data(data):
@@ -148,7 +148,7 @@ class _Calibrator:
     """A model's probe, float64 accumulators and traced update step for one list of targets,
     one strategy and one batch structure (kept between calls by :func:`_calibrator`, so that
     only the first call builds the probe and traces). ``labelled``: batches may be ``(features,
-    labels)`` (see :func:`_features_of`)."""
+    labels)`` (see :func:`features_of`)."""
 
     def __init__(self, model: keras.Model, targets: list[Target], strategy, element_spec, labelled: bool):
         taps: dict[int, tuple] = {}
@@ -165,7 +165,7 @@ class _Calibrator:
         model_ref = weakref.ref(model)
 
         def replica_moments(element):
-            features = _features_of(element) if labelled else element
+            features = features_of(element) if labelled else element
             inputs = pack_inputs(model_ref(), model_inputs(model_ref(), features))
             results = keras.tree.flatten(probe.model(inputs, training=False))[probe.num_outputs:]
             return [_batch_moments(results[i], results[i + 1]) for i in range(0, len(results), 2)]

@@ -32,7 +32,7 @@ import keras_rs
 import numpy as np
 
 from tfafm.compression.keras_graph import as_functional, call_counts, require_graph_model
-from tfafm.compression.rewrite import copy_weights
+from tfafm.compression.rewrite import clone, copy_state
 from tfafm.layers.interactions import CodeFactorizationMachine, CodeProjections, FactorizationMachine, StackFields
 from tfafm.layers.lookup import InRangeEmbedding
 from tfafm.layers.low_rank import LowRankDense, LowRankEmbedding
@@ -319,6 +319,7 @@ def fuse(model: keras.Model, return_report: bool = False):
     require_graph_model(model)
     model = as_functional(model)
     fuser = _Fuser(model)
-    fused = keras.models.clone_model(model, clone_function=fuser.clone, call_function=fuser.call, recursive=True)
-    copy_weights(fuser.copies)
+    fused = clone(model, clone_function=fuser.clone, call_function=fuser.call, recursive=True)
+    for original, copy in fuser.copies:
+        copy_state(original, copy)
     return (fused, fuser.report) if return_report else fused

@@ -1,9 +1,35 @@
-"""What compression did, per layer and in total, as Markdown or JSON."""
+"""What compression did, per layer and in total, and what it cost in accuracy, as Markdown or JSON."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+from typing import Any
+
+import numpy as np
+
+_DYNAMIC_MIN_ELEMENTS = 1024  # LiteRT's dynamic-range quantizer leaves smaller constants in float32
+
+
+def estimated_file_bytes(model, quantization: str | None = None) -> int:
+    """The bytes ``model``'s weights take in a LiteRT file under ``quantization`` (``None``,
+    ``"float16"``, ``"dynamic"``, ``"int8"``): float32 is 4 bytes a weight, float16 2;
+    dynamic int8 stores matrices of at least 1024 elements in 1 byte and the rest in
+    float32; full int8 stores every matrix in 1 byte and vectors (biases) in 4. An
+    estimate: the file adds its graph and scales (a few KiB)."""
+    total = 0
+    for weight in model.weights:
+        elements = int(np.prod(weight.shape))
+        matrix = len(weight.shape) >= 2
+        if quantization == "float16":
+            total += 2 * elements
+        elif quantization == "dynamic" and matrix and elements >= _DYNAMIC_MIN_ELEMENTS:
+            total += elements
+        elif quantization == "int8" and matrix:
+            total += elements
+        else:
+            total += 4 * elements
+    return total
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +71,8 @@ class CompressionReport:
     skipped: tuple[SkippedLayer, ...] = ()
     notes: tuple[str, ...] = ()
     bytes_per_param: int = 4
+    accuracy: dict[str, Any] | None = None
+    quantization: str | None = None
 
     @property
     def compressible_before(self) -> int:
@@ -78,6 +106,8 @@ class CompressionReport:
             "layers": [dataclasses.asdict(layer) for layer in self.layers],
             "skipped": [dataclasses.asdict(layer) for layer in self.skipped],
             "notes": list(self.notes),
+            "accuracy": self.accuracy,
+            "quantization": self.quantization or "float32",
             "totals": {
                 "params_before": self.params_before,
                 "params_after": self.params_after,
@@ -118,4 +148,79 @@ class CompressionReport:
             f"({self.ratio:.2f}x), {self.bytes_before / 2**20:.2f} MiB -> "
             f"{self.bytes_after / 2**20:.2f} MiB as float32",
         ]
+        lines += _accuracy_markdown(self.accuracy or {})
         return "\n".join(lines) + "\n"
+
+
+def _number(value, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _accuracy_markdown(accuracy: dict[str, Any]) -> list[str]:
+    """The accuracy sections of the report: validation metrics, the budget search, the check."""
+    lines: list[str] = []
+    validation = accuracy.get("validation")
+    if validation:
+        lines += ["", f"## Accuracy on {validation['rows']:,} validation rows", "",
+                  "| output | AUC original | AUC compressed | AUC drop | LogLoss original | LogLoss compressed | "
+                  "mean abs diff | max abs diff | rank correlation |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for name, row in validation["outputs"].items():
+            before, after, agree = row["original"] or {}, row["compressed"] or {}, row["agreement"]
+            lines.append(f"| {name} | {_number(before.get('auc'))} | {_number(after.get('auc'))} | "
+                         f"{_number(row['auc_drop'])} | {_number(before.get('logloss'))} | "
+                         f"{_number(after.get('logloss'))} | {agree['mean_abs_diff']:.2e} | "
+                         f"{agree['max_abs_diff']:.2e} | {agree['rank_correlation']:.4f} |")
+    budget = accuracy.get("budget")
+    if budget:
+        lines += ["", f"## Smallest model within max_auc_drop={budget['max_auc_drop']:g} "
+                  f"({budget['quantization']} bytes)", "",
+                  f"{budget['evaluations']} evaluations from one calibration; chosen: "
+                  f"{budget['chosen_ratio']:.3g}x (estimated file {budget['original_file_bytes']:,} bytes "
+                  "before).", "",
+                  "| ratio asked | params | estimated file bytes | AUC | LogLoss | AUC drop | within budget |",
+                  "| ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+        for row in budget["frontier"]:
+            if not row["reachable"]:
+                lines.append(f"| {row['ratio']:.3g} | - | - | - | - | - | out of reach |")
+                continue
+            lines.append(f"| {row['ratio']:.3g} | {row['params']:,} | {row['file_bytes']:,} | {_number(row['auc'])} | "
+                         f"{_number(row['logloss'])} | {_number(row['auc_drop'])} | "
+                         f"{'yes' if row['within_budget'] else 'no'} |")
+    check = accuracy.get("check")
+    if check:
+        worst = min(check["outputs"].values(), key=lambda a: a["rank_correlation"])
+        lines += ["", f"Checked on {check['rows']} rows of {check['source']}: the compressed model runs; its "
+                  f"predictions follow the original's with mean abs diff {worst['mean_abs_diff']:.2e}, rank "
+                  f"correlation {worst['rank_correlation']:.4f} (worst output)."]
+    return lines
+
+
+def plot_budget(budget: dict[str, Any], path: str) -> bool:
+    """Draws the budget search (AUC against estimated file bytes, the chosen point marked) to
+    a PNG at ``path``; False when matplotlib is not installed. Changes no global state of
+    matplotlib (no pyplot)."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        return False
+    rows = sorted((r for r in budget["frontier"] if r["reachable"] and r["auc"] is not None),
+                  key=lambda r: r["file_bytes"])
+    original = next(iter(budget["original"].values()))
+    figure = Figure(figsize=(6, 4))
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot(1, 1, 1)
+    axes.plot([r["file_bytes"] / 2**20 for r in rows], [r["auc"] for r in rows], "o-", label="compressed")
+    axes.plot([budget["original_file_bytes"] / 2**20], [original["auc"]], "ks", label="original")
+    axes.axhline(original["auc"] - budget["max_auc_drop"], color="grey", linestyle="--", label="AUC budget")
+    chosen = next(r for r in rows if r["ratio"] == budget["chosen_ratio"])
+    axes.plot([chosen["file_bytes"] / 2**20], [chosen["auc"]], "r*", markersize=14,
+              label=f"chosen ({chosen['ratio']:.3g}x)")
+    axes.set_xscale("log")
+    axes.set_xlabel(f"estimated file MiB ({budget['quantization']})")
+    axes.set_ylabel("validation AUC")
+    axes.legend(loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    return True

@@ -1,6 +1,20 @@
-"""Rebuilding a model with some layers replaced, on ``keras.models.clone_model``."""
+"""Rebuilding a model with some layers replaced, on ``keras.models.clone_model``.
+
+A re-created layer gets its original's whole state the way Keras' own
+``.keras`` saving captures it: for the layer and each of its sub-layers, the
+variables written by ``save_own_variables`` and the files written by
+``save_assets`` (an adapted ``StringLookup``'s vocabulary, a
+``TextVectorization``'s lookup table, a user layer's assets), not only its
+weights. So every layer that survives a ``.keras`` round trip also survives
+a rewrite.
+
+Keras version note: the sub-layers are listed with ``Layer._flatten_layers``
+(private; Keras is pinned to 3.15 in ``setup.py``).
+"""
 
 from __future__ import annotations
+
+import tempfile
 
 import keras
 
@@ -10,17 +24,18 @@ def rebuild(model: keras.Model, replacements: dict[int, keras.layers.Layer]) -> 
     for its replacement (already built, with its weights).
 
     Every other layer is re-created from its config and given the original's
-    weights, once per layer (shared layers stay shared; nested Sequential and
-    functional models are rebuilt recursively); stateless operations (``x *
-    2.0``, ``keras.ops.sum``, ...) are reused as they are. A layer that
-    cannot be re-created from its config (a custom layer without
-    ``get_config``) is reused too, so it shares its weights with ``model``;
-    its name is returned in the second element.
+    state (:func:`copy_state`), once per layer (shared layers stay shared;
+    nested Sequential and functional models are rebuilt recursively);
+    stateless operations (``x * 2.0``, ``keras.ops.sum``, ...) are reused as
+    they are. A layer that cannot be re-created from its config (a custom
+    layer without ``get_config``) is reused too, so it shares its weights with
+    ``model``; its name is returned in the second element. The copy is not
+    compiled (see :func:`clone`).
     """
     copies: list[tuple[keras.layers.Layer, keras.layers.Layer]] = []
     shared: list[str] = []
 
-    def clone(layer):
+    def clone_layer(layer):
         if not isinstance(layer, keras.layers.Layer):
             return layer
         if id(layer) in replacements:
@@ -33,17 +48,53 @@ def rebuild(model: keras.Model, replacements: dict[int, keras.layers.Layer]) -> 
         copies.append((layer, copy))
         return copy
 
-    new_model = keras.models.clone_model(model, clone_function=clone, recursive=True)
-    copy_weights(copies)
+    new_model = clone(model, clone_function=clone_layer, recursive=True)
+    for original, copy in copies:
+        copy_state(original, copy)
     return new_model, shared
 
 
-def copy_weights(pairs) -> None:
-    """Gives each re-created layer its original's weights (and lets it finalize derived state,
-    as an adapted ``Normalization`` does)."""
-    for original, copy in pairs:
-        if original.weights and copy.built:
+def clone(model: keras.Model, **clone_kwargs) -> keras.Model:
+    """``keras.models.clone_model(model, **clone_kwargs)``, never compiled.
+
+    ``clone_model`` compiles the copy of a compiled model and builds its
+    optimizer, allocating the optimizer's slots (two per weight for Adam),
+    which a ``.keras`` file then stores: a compressed model would weigh three
+    times its weights, on disk and in memory. The copy is left uncompiled
+    instead, like a freshly built model: ``compile`` it to fine-tune.
+    """
+    if not model.compiled:
+        return keras.models.clone_model(model, **clone_kwargs)
+    model.compiled = False  # read by clone_model only; restored before anything else sees the model
+    try:
+        return keras.models.clone_model(model, **clone_kwargs)
+    finally:
+        model.compiled = True
+
+
+def copy_state(original: keras.layers.Layer, copy: keras.layers.Layer) -> None:
+    """Gives ``copy`` (re-created from ``original``'s config) ``original``'s state, layer by
+    sub-layer, through Keras' saving hooks: ``save_own_variables`` / ``load_own_variables``
+    and ``save_assets`` / ``load_assets``, as ``model.save`` and ``keras.models.load_model``
+    do (an adapted ``Normalization`` derives its mean and variance in ``load_own_variables``).
+
+    A copy whose sub-layers do not mirror the original's (a layer that builds
+    differently from its config) falls back to ``set_weights``.
+    """
+    if not copy.built:
+        return
+    sources = original._flatten_layers(include_self=True)
+    targets = copy._flatten_layers(include_self=True)
+    if len(sources) != len(targets) or any(type(a) is not type(b) for a, b in zip(sources, targets)):
+        if original.weights:
             copy.set_weights(original.get_weights())
-            finalize = getattr(copy, "finalize_state", None)  # preprocessing layers derive state from weights
-            if finalize is not None:
-                finalize()
+        return
+    for source, target in zip(sources, targets):
+        store: dict = {}
+        source.save_own_variables(store)
+        if store:
+            target.load_own_variables(store)
+        if hasattr(source, "save_assets"):
+            with tempfile.TemporaryDirectory(prefix="tfafm-assets-") as folder:
+                source.save_assets(folder)
+                target.load_assets(folder)

@@ -32,6 +32,7 @@ def litert(
     fuse: bool = True,
     representative_steps: int = 100,
     schema=None,
+    verification_data=None,
 ) -> str:
     """Converts ``model`` to a LiteRT flatbuffer at ``path`` (written atomically).
 
@@ -63,6 +64,17 @@ def litert(
             ``representative_data`` are used for int8 calibration.
         schema: the :class:`~tfafm.Schema` of the model's features, recorded in
             the metadata (vocabulary sizes are otherwise read off the model).
+        verification_data: rows the written file is checked on before it is
+            swapped in (anything :func:`tfafm.calibrate` takes; default: rows
+            generated inside each input's valid range); see
+            :mod:`tfafm.export.verify`.
+
+    Before conversion the model takes its servable form
+    (:func:`tfafm.export.portable.servable`): recurrent layers unrolled over
+    their fixed sequence length, mixed-precision layers computing in float32.
+    The written file is loaded with LiteRT's interpreter, run through its
+    signature and compared with ``model`` (:func:`tfafm.export.verify.verify_export`)
+    before it replaces anything at ``path``.
 
     Quantization threshold: the LiteRT weight quantizer leaves any constant
     with fewer than 1024 elements in float32 in ``"dynamic"`` mode (the MLIR
@@ -81,13 +93,16 @@ def litert(
     Raises:
         tfafm.errors.UserError: for an unknown ``quantize``, missing
             representative data, a model whose weights cannot fit a 2 GB
-            flatbuffer, or a model needing an op outside the LiteRT builtins
-            (the message names the op and the Keras layer(s) it comes from).
+            flatbuffer, a model needing an op outside the LiteRT builtins
+            (the message names the op and the Keras layer(s) it comes from),
+            or a written file that does not load or agree with ``model``.
     """
     import tensorflow as tf
 
     from tfafm.compression.keras_graph import require_graph_model
+    from tfafm.export.portable import servable
     from tfafm.export.signature import interface
+    from tfafm.export.verify import verification_rows, verify_export
     from tfafm.io_utils import atomic_path
 
     if quantize not in QUANTIZATIONS:
@@ -95,6 +110,9 @@ def litert(
     if quantize == "int8" and representative_data is None:
         raise UserError("quantize='int8' needs representative_data (e.g. the calibration data).")
     require_graph_model(model)
+    keras_model = model
+    rows = verification_rows(keras_model, verification_data)
+    model, _ = servable(model, "litert")
     model = _maybe_fuse(model, fuse)
     _check_size(model, quantize)
     description = interface(model, schema)
@@ -118,6 +136,7 @@ def litert(
     edit = tables.patcher(quantize) if tables is not None and tables.layers else None
     with atomic_path(path) as tmp:
         write_with_signature(flatbuffer, description.to_dict(), tmp, edit=edit)
+        verify_export(tmp, "litert", keras_model, rows, quantize)
     return path
 
 

@@ -11,7 +11,7 @@ from typing import Mapping
 import numpy as np
 
 
-def onnx(model, path: str, opset: int | None = None) -> str:
+def onnx(model, path: str, opset: int | None = None, verification_data=None) -> str:
     """Converts ``model`` to an ONNX file at ``path`` (written atomically).
 
     The serving function (one named input per model input, dynamic batch; see
@@ -19,17 +19,33 @@ def onnx(model, path: str, opset: int | None = None) -> str:
     tensors frozen into constants, and the graph converted with
     ``tf2onnx.convert.from_graph_def``. The ONNX inputs carry the model's
     input names, the outputs ``prediction`` (single-output models) or the
-    model's output names. ``opset=None`` uses tf2onnx's default.
+    model's output names. ``opset=None`` uses tf2onnx's default. Recurrent
+    layers are unrolled first (:func:`tfafm.export.portable.servable`).
+
+    The written file is loaded in onnxruntime and compared with ``model`` on
+    ``verification_data`` (default: rows generated inside each input's valid
+    range) before it replaces anything at ``path``
+    (:func:`tfafm.export.verify.verify_export`).
 
     Returns:
         ``path``.
+
+    Raises:
+        tfafm.errors.UserError: tf2onnx cannot convert the model, or
+            onnxruntime cannot load or run the file, or its outputs disagree
+            with ``model`` (naming the op and layer where known).
     """
     import tf2onnx
     from tensorflow.python.framework import convert_to_constants
 
+    from tfafm.export.portable import servable
     from tfafm.export.signature import positional_function
+    from tfafm.export.verify import converter_error, verification_rows, verify_export
     from tfafm.io_utils import atomic_path
 
+    keras_model = model
+    rows = verification_rows(keras_model, verification_data)
+    model, _ = servable(model, "onnx")
     function, _ = positional_function(model)
     concrete = function.get_concrete_function()
     frozen = convert_to_constants.convert_variables_to_constants_v2(concrete)
@@ -37,9 +53,13 @@ def onnx(model, path: str, opset: int | None = None) -> str:
     # outputs come flattened in sorted-key order of the serving function's dict
     outputs = dict(zip(sorted(concrete.structured_outputs), (t.name for t in frozen.outputs)))
     with atomic_path(path) as tmp:
-        tf2onnx.convert.from_graph_def(frozen.graph.as_graph_def(), input_names=inputs,
-                                       output_names=list(outputs.values()), opset=opset, output_path=tmp)
+        try:
+            tf2onnx.convert.from_graph_def(frozen.graph.as_graph_def(), input_names=inputs,
+                                           output_names=list(outputs.values()), opset=opset, output_path=tmp)
+        except Exception as error:  # tf2onnx's ValueError / RuntimeError on ops it cannot map
+            raise converter_error("tf2onnx", error, keras_model) from error
         _rename_outputs(tmp, {tensor: name for name, tensor in outputs.items()})
+        verify_export(tmp, "onnx", keras_model, rows)
     return path
 
 

@@ -8,7 +8,7 @@ from typing import Mapping
 import numpy as np
 
 
-def saved_model(model, directory: str) -> str:
+def saved_model(model, directory: str, verification_data=None) -> str:
     """Writes ``model`` as a SavedModel directory (atomically) and returns ``directory``.
 
     The ``serving_default`` signature takes one named input per model input
@@ -17,17 +17,26 @@ def saved_model(model, directory: str) -> str:
     (``{"prediction": probabilities (None, 1)}`` for a single-output model).
     Load it with ``tf.saved_model.load(directory).signatures["serving_default"]``
     (no tfafm or Keras needed) or :class:`SavedModelRunner`.
+
+    The written directory is loaded back and compared with ``model`` on
+    ``verification_data`` (default: rows generated inside each input's valid
+    range) before it replaces anything at ``directory``
+    (:func:`tfafm.export.verify.verify_export`).
     """
     import tensorflow as tf
 
     from tfafm.export.signature import serving_function
+    from tfafm.export.verify import verification_rows, verify_export
     from tfafm.io_utils import atomic_path
+
+    rows = verification_rows(model, verification_data)
 
     module = tf.Module()
     module.model = model
     module.serve = serving_function(model)
     with atomic_path(directory, kind="saved_model") as tmp:
         tf.saved_model.save(module, tmp, signatures={"serving_default": module.serve})
+        verify_export(tmp, "saved_model", model, rows)
     return directory
 
 

@@ -1,0 +1,199 @@
+"""What compression costs in accuracy, and the smallest model within an accuracy budget.
+
+:func:`compare_on` evaluates the original and the compressed model on the same
+held-out rows (AUC and LogLoss per output with labels, and how closely their
+predictions agree). :func:`smallest_within_budget` searches the compression
+ratio for the smallest model, in the bytes of the quantization it will be
+exported with, whose validation AUC stays within ``max_auc_drop`` of the
+original's: it doubles the ratio from 2 until the budget breaks (or the
+allocator cannot go further), then bisects between the last ratio that held
+and the first that did not, all from one calibration, in at most
+:data:`MAX_EVALUATIONS` evaluations.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable
+
+import numpy as np
+
+from tfafm.compression.report import estimated_file_bytes
+from tfafm.errors import UserError
+from tfafm.metrics import agreement, predict_outputs, scores
+
+MAX_EVALUATIONS = 10
+FIRST_RATIOS = (2.0, 4.0, 8.0, 16.0, 32.0, 64.0)  # doubled until the budget breaks
+BELOW_TWO = (1.5, 1.25)  # tried when even 2x breaks it
+RESOLUTION = 1.15  # bisection stops when the ratios bracketing the answer are this close
+
+
+def check_auc_budget(max_auc_drop, validation_data) -> None:
+    """Raises ``UserError`` unless ``max_auc_drop`` is a finite number in [0, 1) and there is
+    ``validation_data`` to measure it on."""
+    if isinstance(max_auc_drop, bool) or not isinstance(max_auc_drop, (int, float)) or not (
+            math.isfinite(max_auc_drop) and 0 <= max_auc_drop < 1):
+        raise UserError(f"max_auc_drop must be a number in [0, 1), e.g. 0.001, got {max_auc_drop!r}.")
+    if validation_data is None:
+        raise UserError("max_auc_drop needs validation_data with labels (held-out rows to measure the AUC on).")
+
+
+def _binary(labels: np.ndarray) -> bool:
+    values = np.unique(labels)
+    return len(values) == 2 and set(values.tolist()) <= {0.0, 1.0}
+
+
+def _scored(outputs: dict[str, np.ndarray], labels: dict[str, np.ndarray] | None) -> dict[str, dict]:
+    """AUC and LogLoss of every output whose labels are 0/1 with both classes present."""
+    if labels is None:
+        return {}
+    return {name: scores(labels[name], outputs[name]) for name in outputs if _binary(labels[name])}
+
+
+def compare_on(model, compressed, data) -> dict[str, Any]:
+    """The original ``model`` and ``compressed`` evaluated on the same rows of ``data``.
+
+    Returns ``{"rows": n, "outputs": {name: {"original": {auc, logloss, ...} or None,
+    "compressed": ..., "auc_drop": float or None, "agreement": {mean_abs_diff,
+    max_abs_diff, rank_correlation, rows}}}}``; AUC and LogLoss where the output
+    has 0/1 labels.
+    """
+    reference, labels = predict_outputs(model, data)
+    return _comparison(reference, labels, predict_outputs(compressed, data)[0])
+
+
+def _comparison(reference, labels, candidate) -> dict[str, Any]:
+    before, after = _scored(reference, labels), _scored(candidate, labels)
+    outputs = {}
+    for name in reference:
+        original, new = before.get(name), after.get(name)
+        outputs[name] = {
+            "original": original, "compressed": new,
+            "auc_drop": None if original is None else original["auc"] - new["auc"],
+            "agreement": agreement(reference[name], candidate[name]),
+        }
+    return {"rows": int(len(next(iter(reference.values())))), "outputs": outputs}
+
+
+def sample_agreement(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], rows: int,
+                     source: str) -> dict[str, Any]:
+    """How closely the compressed model follows the original on the rows it was checked on."""
+    return {"rows": rows, "source": source,
+            "outputs": {name: agreement(reference[name], candidate[name]) for name in reference}}
+
+
+@dataclasses.dataclass
+class Candidate:
+    """One ratio the search tried."""
+
+    ratio: float
+    ranks: dict[str, int] | None
+    params: int | None
+    file_bytes: int | None
+    validation: dict[str, Any] | None
+    auc_drop: float | None  # the largest over the outputs with labels
+
+    @property
+    def reachable(self) -> bool:
+        return self.ranks is not None
+
+    def within(self, max_auc_drop: float) -> bool:
+        return self.reachable and self.auc_drop <= max_auc_drop + 1e-12
+
+    def row(self, max_auc_drop: float) -> dict[str, Any]:
+        first = next(iter(self.validation["outputs"].values()), {}) if self.validation else {}
+        compressed = first.get("compressed") or {}
+        return {"ratio": self.ratio, "params": self.params, "file_bytes": self.file_bytes,
+                "auc": compressed.get("auc"), "logloss": compressed.get("logloss"), "auc_drop": self.auc_drop,
+                "within_budget": self.within(max_auc_drop), "reachable": self.reachable}
+
+
+@dataclasses.dataclass
+class BudgetSearch:
+    """The ratios tried, in order, and the one chosen."""
+
+    max_auc_drop: float
+    quantization: str | None
+    original: dict[str, dict]
+    original_bytes: int
+    candidates: list[Candidate]
+    chosen: Candidate
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "max_auc_drop": self.max_auc_drop, "quantization": self.quantization or "float32",
+            "evaluations": sum(c.reachable for c in self.candidates), "chosen_ratio": self.chosen.ratio,
+            "original_file_bytes": self.original_bytes, "original": self.original,
+            "frontier": [c.row(self.max_auc_drop) for c in self.candidates],
+        }
+
+
+def smallest_within_budget(plan, validation_data, max_auc_drop: float, quantization: str | None) -> BudgetSearch:
+    """Searches ``plan`` (a calibrated compression, see :mod:`tfafm.compression.api`) for the
+    smallest model whose AUC drop on ``validation_data`` is at most ``max_auc_drop``.
+
+    Raises:
+        UserError: the validation data has no 0/1 labels, or not even a 1.25x
+            compression stays within the budget.
+    """
+    reference, labels = predict_outputs(plan.model, validation_data)
+    original = _scored(reference, labels)
+    if not original:
+        raise UserError("max_auc_drop needs validation_data whose labels are 0/1 clicks with both classes present.")
+    tried: list[Candidate] = []
+
+    def evaluate(ratio: float) -> Candidate:
+        try:
+            ranks = plan.ranks_for_ratio(ratio)
+        except UserError:  # out of the allocator's reach
+            candidate = Candidate(ratio, None, None, None, None, None)
+        else:
+            compressed, _ = plan.build(ranks)
+            comparison = _comparison(reference, labels, predict_outputs(compressed, validation_data)[0])
+            drops = [o["auc_drop"] for o in comparison["outputs"].values() if o["auc_drop"] is not None]
+            candidate = Candidate(ratio, ranks, compressed.count_params(),
+                                  estimated_file_bytes(compressed, quantization), comparison, max(drops))
+            del compressed
+        tried.append(candidate)
+        return candidate
+
+    best, failed = _bracket(evaluate, max_auc_drop)
+    while best is not None and failed is not None and len(tried) < MAX_EVALUATIONS \
+            and failed / best.ratio > RESOLUTION:
+        middle = evaluate(math.sqrt(best.ratio * failed))
+        if middle.within(max_auc_drop):
+            best = middle
+        else:
+            failed = middle.ratio
+    if best is None:
+        drops = ", ".join(f"{c.ratio:g}x: {c.auc_drop:.4f}" for c in tried if c.reachable)
+        if not drops:
+            raise UserError(f"Model {plan.model.name!r} cannot be compressed 2x: its compressible matrices are too "
+                            "small for low-rank factors to save bytes.")
+        raise UserError(f"No compression keeps the validation AUC within max_auc_drop={max_auc_drop:g} (AUC drop "
+                        f"{drops}). Allow a larger drop, or compress and fine-tune (tfafm compress "
+                        "--finetune-epochs).")
+    passing = [c for c in tried if c.within(max_auc_drop)]
+    chosen = min(passing, key=lambda c: (c.file_bytes, -c.ratio))
+    return BudgetSearch(max_auc_drop, quantization, original, estimated_file_bytes(plan.model, quantization),
+                        tried, chosen)
+
+
+def _bracket(evaluate: Callable[[float], Candidate], max_auc_drop: float) -> tuple[Candidate | None, float | None]:
+    """The largest doubling ratio within the budget and the first ratio past it (None when
+    every doubling held)."""
+    best = None
+    for ratio in FIRST_RATIOS:
+        candidate = evaluate(ratio)
+        if not candidate.within(max_auc_drop):
+            failed = ratio
+            if best is None and candidate.reachable:
+                for smaller in BELOW_TWO:
+                    lower = evaluate(smaller)
+                    if lower.within(max_auc_drop):
+                        return lower, failed
+                    failed = smaller
+            return best, failed
+        best = candidate
+    return best, None
