@@ -10,7 +10,7 @@ import numpy as np
 
 from tfafm.compression.budget import check_auc_budget, compare_on, sample_agreement, smallest_within_budget
 from tfafm.compression.calibration import calibrate
-from tfafm.compression.check import run_checked
+from tfafm.compression.check import check_input_layers, failures_named, run_checked
 from tfafm.compression.keras_graph import require_graph_model, resolve_names
 from tfafm.compression.ranks import cost_models, energy_kept, ranks_for_energy, ranks_for_ratio
 from tfafm.compression.report import CompressionReport, LayerReport, SkippedLayer
@@ -245,6 +245,7 @@ def compress(
         ranks = search.chosen.ranks
 
     compressed, report = plan.build(ranks)
+    check_input_layers(model, plan.copies, rows)
     checked = run_checked(compressed, rows, "The compressed model")
     accuracy = {"check": sample_agreement(reference, checked, len(next(iter(rows.values()))),
                                           "calibration data" if calibration_data is not None else "generated inputs")}
@@ -265,6 +266,7 @@ class _Plan:
         self.method, self.statistics, self.inner_activation, self.costs = method, statistics, inner_activation, costs
         self.spectra = {t.name: _spectrum(t, method, statistics) for t in targets}
         self.by_name = {t.name: t for t in targets}
+        self.copies: list = []  # (original, copy) layers re-created by the last build()
 
     def ranks_for_ratio(self, target_ratio: float) -> dict[str, int]:
         return ranks_for_ratio(self.by_name, self.spectra, target_ratio, self.costs)
@@ -283,7 +285,8 @@ class _Plan:
                                                 lookups=target.lookups)
                 del kernel
             replacements[id(layer)] = adapter.factored(layer, factors, inner_activation=self.inner_activation)
-        compressed, shared = rebuild(self.model, replacements)
+        with failures_named(f"Rebuilding model {self.model.name!r} with its layers re-created from their configs fails"):
+            compressed, shared, self.copies = rebuild(self.model, replacements)
         rows = []
         for target in self.targets:
             rank = ranks.get(target.name)

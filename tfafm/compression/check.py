@@ -8,13 +8,16 @@ becomes a :class:`~tfafm.errors.UserError` naming the layer at fault.
 
 from __future__ import annotations
 
+import contextlib
+import re
 import sys
 import types
+from typing import Iterator
 
 import keras
 import numpy as np
 
-from tfafm.compression.keras_graph import is_graph_model, model_inputs, output_names, pack_inputs
+from tfafm.compression.keras_graph import input_names, is_graph_model, model_inputs, output_names, pack_inputs
 from tfafm.errors import UserError
 
 
@@ -33,8 +36,23 @@ def failing_layer(traceback: types.TracebackType | None) -> keras.layers.Layer |
 
 def _summary(error: BaseException) -> str:
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    text = lines[0] if lines else type(error).__name__
+    lines = [line for line in lines if not line.startswith("Exception encountered when calling")] or lines
+    text = re.sub(r"\x1b\[[0-9;]*m", "", lines[0]) if lines else type(error).__name__
     return text if len(text) <= 300 else text[:300] + "..."
+
+
+@contextlib.contextmanager
+def failures_named(what: str) -> Iterator[None]:
+    """Turns any exception inside the block into a one-line :class:`UserError` that says
+    ``what`` failed and names the layer where it did (``UserError`` passes through)."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as error:  # any failure inside TensorFlow or a layer
+        layer = failing_layer(sys.exc_info()[2])
+        where = f" in layer {layer.name!r} ({type(layer).__name__})" if layer is not None else ""
+        raise UserError(f"{what}{where}: {type(error).__name__}: {_summary(error)}") from error
 
 
 def run_checked(model: keras.Model, rows: dict[str, np.ndarray], what: str) -> dict[str, np.ndarray]:
@@ -45,14 +63,8 @@ def run_checked(model: keras.Model, rows: dict[str, np.ndarray], what: str) -> d
             failed) or gives a non-finite output (naming the output). ``what``
             says which model it is, e.g. ``"The compressed model"``.
     """
-    try:
+    with failures_named(f"{what} fails to run"):
         outputs = model(pack_inputs(model, model_inputs(model, rows)), training=False)
-    except UserError:
-        raise
-    except Exception as error:  # any failure inside TensorFlow or a layer: a model that cannot run
-        layer = failing_layer(sys.exc_info()[2])
-        where = f" in layer {layer.name!r} ({type(layer).__name__})" if layer is not None else ""
-        raise UserError(f"{what} fails to run{where}: {type(error).__name__}: {_summary(error)}") from error
     names = output_names(model)
     flat = [np.asarray(keras.ops.convert_to_numpy(x)) for x in
             (list(outputs.values()) if isinstance(outputs, dict) else keras.tree.flatten(outputs))]
@@ -64,3 +76,38 @@ def run_checked(model: keras.Model, rows: dict[str, np.ndarray], what: str) -> d
             raise UserError(f"{what} gives non-finite values (NaN or inf) in output {name!r} on "
                             f"{len(next(iter(rows.values())))} sample rows.")
     return result
+
+
+def check_input_layers(model: keras.Model, pairs, rows: dict[str, np.ndarray]) -> None:
+    """Each re-created layer that reads model inputs directly (lookups, hashing, normalization,
+    a user's preprocessing) must compute on ``rows`` exactly what its original computes.
+
+    ``pairs`` are ``(original, copy)`` layers of ``model`` and of its rewrite.
+    This catches state that Keras' own saving does not capture either (not a
+    weight, not in the config, not an asset), which a copy would silently lose.
+
+    Raises:
+        UserError: naming the layer whose copy computes differently.
+    """
+    values = dict(zip((id(t) for t in model.inputs), model_inputs(model, rows)))
+    for original, copy in pairs:
+        try:
+            inputs = original.input
+        except (AttributeError, ValueError):  # not called, or called several times
+            continue
+        flat = keras.tree.flatten(inputs)
+        if not flat or any(id(tensor) not in values for tensor in flat):
+            continue
+        arguments = keras.tree.pack_sequence_as(inputs, [values[id(tensor)] for tensor in flat])
+        try:
+            expected = keras.tree.flatten(original(arguments))
+        except Exception:  # the original fails on these rows too: the run check reports it
+            continue
+        got = keras.tree.flatten(copy(arguments))
+        if any(not np.allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-6, equal_nan=True)
+               for a, b in zip(expected, got)):
+            raise UserError(
+                f"Layer {original.name!r} ({type(original).__name__}) computes differently once re-created from "
+                "its config: it holds state that is not a weight, not in get_config() and not saved by "
+                "save_assets(), so Keras' own .keras saving loses it too. Save that state in save_assets / "
+                "load_assets (or as a weight) and compress again.")

@@ -19,7 +19,7 @@ import tempfile
 import keras
 
 
-def rebuild(model: keras.Model, replacements: dict[int, keras.layers.Layer]) -> tuple[keras.Model, list[str]]:
+def rebuild(model: keras.Model, replacements: dict[int, keras.layers.Layer]) -> tuple[keras.Model, list[str], list]:
     """A copy of ``model`` in which each layer whose ``id`` is in ``replacements`` is swapped
     for its replacement (already built, with its weights).
 
@@ -29,7 +29,8 @@ def rebuild(model: keras.Model, replacements: dict[int, keras.layers.Layer]) -> 
     stateless operations (``x * 2.0``, ``keras.ops.sum``, ...) are reused as
     they are. A layer that cannot be re-created from its config (a custom
     layer without ``get_config``) is reused too, so it shares its weights with
-    ``model``; its name is returned in the second element. The copy is not
+    ``model``; its name is returned in the second element. The third lists
+    the ``(original, copy)`` pairs of re-created layers. The copy is not
     compiled (see :func:`clone`).
     """
     copies: list[tuple[keras.layers.Layer, keras.layers.Layer]] = []
@@ -51,7 +52,7 @@ def rebuild(model: keras.Model, replacements: dict[int, keras.layers.Layer]) -> 
     new_model = clone(model, clone_function=clone_layer, recursive=True)
     for original, copy in copies:
         copy_state(original, copy)
-    return new_model, shared
+    return new_model, shared, copies
 
 
 def clone(model: keras.Model, **clone_kwargs) -> keras.Model:

@@ -1,0 +1,249 @@
+"""Nothing silently broken leaves tfafm: rewritten models are run before they are returned,
+exported files are loaded and compared with Keras before they are swapped in, and the budget
+search finds the smallest model within an AUC budget."""
+
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras
+from keras import ops
+
+import tfafm
+from tfafm.compression.budget import MAX_EVALUATIONS
+from tfafm.errors import UserError
+from tfafm.export import verify
+from tfafm.metrics import agreement, ranks
+
+ROWS = 512
+
+
+@pytest.fixture(scope="module")
+def mlp():
+    """A small trained click model on 16 dense inputs, its data and a validation dataset."""
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(4 * ROWS, 16)).astype("float32")
+    y = (x @ rng.normal(size=16) + 0.5 * rng.normal(size=len(x)) > 0).astype("float32")[:, None]
+    inputs = keras.Input((16,), name="x")
+    hidden = keras.layers.Dense(48, activation="relu", name="hidden")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid", name="click")(hidden), name="mlp")
+    model.compile(keras.optimizers.Adam(0.01), "binary_crossentropy")
+    model.fit(x[:3 * ROWS], y[:3 * ROWS], epochs=5, batch_size=64, verbose=0)
+    validation = tf.data.Dataset.from_tensor_slices((x[3 * ROWS:], y[3 * ROWS:])).batch(128)
+    return model, x[:3 * ROWS], validation
+
+
+# ---------------------------------------------------------------- agreement and tolerances
+
+
+def test_ranks_average_ties_and_agreement_is_spearman():
+    np.testing.assert_array_equal(ranks(np.array([0.3, 0.1, 0.3, 0.2])), [2.5, 0.0, 2.5, 1.0])
+    a = np.array([0.1, 0.4, 0.2, 0.9])
+    result = agreement(a, np.array([0.2, 0.3, 0.25, 1.0]))
+    assert result["rank_correlation"] == pytest.approx(1.0)
+    assert result["mean_abs_diff"] == pytest.approx((0.1 + 0.1 + 0.05 + 0.1) / 4)
+    assert result["max_abs_diff"] == pytest.approx(0.1)
+    # ranks (0, 2, 1, 3) vs (2, 0, 3, 1): d = (-2, 2, -2, 2), rho = 1 - 6 * 16 / (4 * 15)
+    assert agreement(a, np.array([0.4, 0.1, 0.9, 0.2]))["rank_correlation"] == pytest.approx(-0.6)
+
+
+def test_tolerances_accept_rounding_and_refuse_broken_outputs():
+    reference = np.linspace(0.05, 0.95, 200)
+    exact = verify.TOLERANCES[None]
+    assert exact.violation(reference, reference + 5e-5) is None
+    assert "max abs diff" in exact.violation(reference, reference + 1e-3)
+    int8 = verify.TOLERANCES["dynamic"]
+    noisy = reference + np.random.default_rng(0).normal(scale=0.01, size=200)
+    assert int8.violation(reference, noisy) is None
+    narrow = np.linspace(0.2, 0.3, 200)  # reversed: small differences, opposite order
+    assert "rank correlation" in int8.violation(narrow, narrow[::-1].copy())
+    assert "mean abs diff" in int8.violation(reference, reference + 0.2)
+    assert "non-finite" in int8.violation(reference, np.full(200, np.nan))
+
+
+# ---------------------------------------------------------------- exports that go wrong are refused
+
+
+def _assert_nothing_written(folder):
+    assert sorted(p.name for p in folder.iterdir()) == []
+
+
+def test_litert_file_that_does_not_load_is_refused(mlp, tmp_path, monkeypatch):
+    litert_module = importlib.import_module("tfafm.export.litert")
+
+    write = litert_module.write_with_signature
+
+    def truncated(flatbuffer, interface, path, edit=None):
+        write(flatbuffer, interface, path, edit=edit)
+        with open(path, "r+b") as f:
+            f.truncate(64)
+
+    monkeypatch.setattr(litert_module, "write_with_signature", truncated)
+    with pytest.raises(UserError, match="LiteRT cannot load"):
+        tfafm.export.litert(mlp[0], str(tmp_path / "m.tflite"))
+    _assert_nothing_written(tmp_path)
+
+
+def test_litert_file_with_wrong_weights_is_refused(mlp, tmp_path, monkeypatch):
+    litert_module = importlib.import_module("tfafm.export.litert")
+
+    write = litert_module.write_with_signature
+
+    def scaled(flatbuffer, interface, path, edit=None):
+        def double_the_largest_weight(flat):
+            data = max((b for b in flat.buffers if b.data is not None), key=lambda b: len(b.data))
+            values = np.frombuffer(np.asarray(data.data, dtype=np.uint8).tobytes(), np.float32) * 2
+            data.data = np.frombuffer(values.tobytes(), dtype=np.uint8)
+
+        write(flatbuffer, interface, path, edit=double_the_largest_weight)
+
+    monkeypatch.setattr(litert_module, "write_with_signature", scaled)
+    with pytest.raises(UserError, match="LiteRT file .*disagrees with the Keras model 'mlp'.*max abs diff"):
+        tfafm.export.litert(mlp[0], str(tmp_path / "m.tflite"))
+    _assert_nothing_written(tmp_path)
+
+
+def test_onnx_file_with_wrong_weights_is_refused(mlp, tmp_path, monkeypatch):
+    import onnx
+    import onnx.numpy_helper
+
+    onnx_module = importlib.import_module("tfafm.export.onnx")
+
+    rename = onnx_module._rename_outputs
+
+    def tampered(path, names):
+        rename(path, names)
+        graph = onnx.load(path)
+        initializer = max(graph.graph.initializer, key=lambda t: len(t.raw_data))
+        initializer.CopyFrom(onnx.numpy_helper.from_array(-onnx.numpy_helper.to_array(initializer), initializer.name))
+        onnx.save(graph, path)
+
+    monkeypatch.setattr(onnx_module, "_rename_outputs", tampered)
+    with pytest.raises(UserError, match="ONNX file .*disagrees"):
+        tfafm.export.onnx(mlp[0], str(tmp_path / "m.onnx"))
+    _assert_nothing_written(tmp_path)
+
+
+def test_saved_model_that_computes_something_else_is_refused(mlp, tmp_path, monkeypatch):
+    model = mlp[0]
+    save = tf.saved_model.save
+
+    def shifted(module, path, signatures):
+        serve = tf.function(lambda inputs: {k: v + 0.5 for k, v in signatures["serving_default"](inputs).items()},
+                            input_signature=signatures["serving_default"].input_signature)
+        save(module, path, signatures={"serving_default": serve})
+
+    monkeypatch.setattr(tf.saved_model, "save", shifted)
+    with pytest.raises(UserError, match="SavedModel file .*disagrees"):
+        tfafm.export.saved_model(model, str(tmp_path / "sm"))
+    _assert_nothing_written(tmp_path)
+
+
+def test_exports_are_checked_on_the_given_rows(mlp, tmp_path):
+    model, x, _ = mlp
+    path = tfafm.export.litert(model, str(tmp_path / "m.tflite"), quantize="dynamic", verification_data=x)
+    got = tfafm.export.LiteRTRunner(path)({"x": x[:64]})
+    assert agreement(np.asarray(model(x[:64])), got)["rank_correlation"] > 0.99
+
+
+# ---------------------------------------------------------------- compress checks what it returns
+
+
+@keras.saving.register_keras_serializable(package="tfafm_tests")
+class Rescale(keras.layers.Layer):
+    """A user layer whose factor is a plain attribute set after construction: not a weight,
+    not in its config, not an asset (so Keras' own saving loses it too)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.factor = None
+
+    def call(self, x):
+        return x * self.factor
+
+
+def _rescaled_model(factor):
+    inputs = keras.Input((16,), name="x")
+    rescale = Rescale(name="rescale")
+    rescale.factor = factor
+    hidden = keras.layers.Dense(32, activation="relu", name="hidden")(rescale(inputs))
+    return keras.Model(inputs, keras.layers.Dense(1, name="out")(hidden))
+
+
+def test_a_layer_that_cannot_run_once_rewritten_is_named():
+    model = _rescaled_model(ops.ones((16,)))  # a tensor: the re-created layer has None and fails
+    data = np.random.default_rng(0).normal(size=(256, 16)).astype("float32")
+    with pytest.raises(UserError, match="Rebuilding model .* fails in layer 'rescale' \\(Rescale\\)"):
+        tfafm.compress(model, data, target_ratio=2, progress=False)
+
+
+def test_a_layer_that_computes_differently_once_rewritten_is_named():
+    class Offset(Rescale):
+        def call(self, x):
+            return x + (0.0 if self.factor is None else self.factor)
+
+    inputs = keras.Input((16,), name="x")
+    offset = Offset(name="offset")
+    offset.factor = 3.0
+    hidden = keras.layers.Dense(32, activation="relu", name="hidden")(offset(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(1, name="out")(hidden))
+    data = np.random.default_rng(0).normal(size=(256, 16)).astype("float32")
+    with pytest.raises(UserError, match="'offset' .*computes differently.*save_assets"):
+        tfafm.compress(model, data, target_ratio=2, progress=False)
+
+
+def test_validation_data_measures_the_accuracy_cost(mlp):
+    model, x, validation = mlp
+    small, report = tfafm.compress(model, x, target_ratio=2, validation_data=validation, progress=False)
+    row = report.accuracy["validation"]["outputs"]["click"]
+    expected_before = tfafm.evaluate(model, validation)["auc"]
+    expected_after = tfafm.evaluate(small, validation)["auc"]
+    assert row["original"]["auc"] == pytest.approx(expected_before, abs=1e-12)
+    assert row["compressed"]["auc"] == pytest.approx(expected_after, abs=1e-12)
+    assert row["auc_drop"] == pytest.approx(expected_before - expected_after, abs=1e-12)
+    assert report.accuracy["validation"]["rows"] == ROWS
+    assert "## Accuracy on 512 validation rows" in report.to_markdown()
+    assert report.to_dict()["accuracy"]["validation"]["outputs"]["click"]["agreement"]["rows"] == ROWS
+
+
+# ---------------------------------------------------------------- the smallest model within a budget
+
+
+def test_budget_search_finds_the_exact_low_rank_model():
+    """A 64-64-64 MLP whose middle matrices have rank 4: AFM at rank >= 4 reproduces it exactly,
+    so with a zero AUC budget the search must reach the ratio at which every rank is 4."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(2048, 64)).astype("float32")
+    inputs = keras.Input((64,), name="x")
+    a = keras.layers.Dense(64, name="a")
+    b = keras.layers.Dense(64, name="b")
+    hidden = b(a(inputs))
+    out = keras.layers.Dense(1, activation="sigmoid", name="click")(hidden)
+    model = keras.Model(inputs, out)
+    for layer in (a, b):
+        low = rng.normal(size=(64, 4)) @ rng.normal(size=(4, 64)) / 8
+        layer.set_weights([low.astype("float32"), np.zeros(64, "float32")])
+    logits = np.asarray(model(x)).reshape(-1)
+    y = (rng.uniform(size=len(x)) < logits).astype("float32")[:, None]
+    validation = (x[1024:], y[1024:])
+    small, report = tfafm.compress(model, x[:1024], max_auc_drop=0.0, validation_data=validation, progress=False,
+                                   objective="params")
+    budget = report.accuracy["budget"]
+    assert 1 <= budget["evaluations"] <= MAX_EVALUATIONS
+    assert report.accuracy["validation"]["outputs"]["click"]["auc_drop"] <= 1e-9
+    assert {row.name: row.rank for row in report.layers} == {"a": 4, "b": 4}
+    assert report.ratio > 6
+    assert all(not r["within_budget"] for r in budget["frontier"] if r["reachable"] and r["ratio"] > budget["chosen_ratio"])
+
+
+def test_budget_search_needs_labelled_validation_data(mlp):
+    model, x, _ = mlp
+    with pytest.raises(UserError, match="validation_data"):
+        tfafm.compress(model, x, max_auc_drop=0.001, progress=False)
+    with pytest.raises(UserError, match="max_auc_drop must be a number"):
+        tfafm.compress(model, x, max_auc_drop=float("nan"), validation_data=(x, x[:, :1] > 0), progress=False)
