@@ -65,14 +65,21 @@ def ratio(text: str) -> float:
     return _number(text, float, "a compression ratio greater than 1, e.g. 4", lambda v: 1 < v < float("inf"))
 
 
+def auc_drop(text: str) -> float:
+    return _number(text, float, "an AUC drop in [0, 1), e.g. 0.001", lambda v: 0 <= v < 1)
+
+
 def fraction(text: str) -> float:
     return _number(text, float, "a fraction in (0, 1], e.g. 0.95", lambda v: 0 < v <= 1)
 
 
 # ----------------------------------------------------------------------------- the parser
 
-DATA_HELP = ("data spec: synthetic, synthetic:ROWS, criteo:PATH, avazu:PATH, parquet:PATH or cache:DIR (from "
-             "tfafm prepare); PATH is a file (may be gzipped), a directory of files or a comma-separated list")
+DATA_HELP = ("data spec: synthetic, synthetic:ROWS, criteo:PATH, avazu:PATH, parquet:PATH, csv:PATH, tfrecord:PATH "
+             "or cache:DIR (from tfafm prepare); PATH is a file (may be gzipped), a directory, a glob or a "
+             "comma-separated list. A model tfafm did not train (a .keras file) reads parquet/csv/tfrecord "
+             "columns named like its inputs, as they are: add ?label=COLUMN (one per output, comma-separated)")
+MODEL_HELP = "a run directory (tfafm train / compress) or a Keras model file (.keras)"
 
 
 def _add_common(parser: argparse.ArgumentParser, writes: Optional[str] = None, out_default: str = "") -> None:
@@ -126,27 +133,38 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(train, "run directory", "default: run")
 
     evaluate = commands.add_parser(
-        "eval", help="evaluate a saved run: exact AUC and LogLoss",
-        description="Evaluate a saved run with its saved preprocessing: exact AUC and LogLoss over every row.")
-    evaluate.add_argument("run", help="run directory written by tfafm train or tfafm compress")
-    evaluate.add_argument("--data", help=f"{DATA_HELP}; every row is evaluated (default: the validation split "
-                                         "of the run's own training data)")
+        "eval", help="evaluate a run or a .keras model: exact AUC and LogLoss",
+        description="Evaluate a run with its saved preprocessing, or a .keras model on its own data (columns "
+                    "named like its inputs): exact AUC and LogLoss over every row, per output.")
+    evaluate.add_argument("run", metavar="MODEL", help=MODEL_HELP)
+    evaluate.add_argument("--data", help=f"{DATA_HELP}; every row is evaluated (default for a run: the validation "
+                                         "split of its own training data; required for a .keras file)")
     _add_skip_bad_lines(evaluate)
     _add_report_format(evaluate, ("table", "md", "json"), "a table on a terminal, md when redirected")
     _add_common(evaluate)
 
     compress = commands.add_parser(
-        "compress", help="compress a saved run with AFM or weight SVD",
-        description="Compress a saved run: calibrate on its training split, factor every embedding table "
-                    "and Dense layer, optionally fine-tune, evaluate and save a new run directory with "
-                    "report.md and report.json.")
-    compress.add_argument("run", help="run directory to compress (never modified)")
-    compress.add_argument("--data", help=f"{DATA_HELP} (default: the run's training data)")
+        "compress", help="compress a run or a .keras model with AFM or weight SVD",
+        description="Compress a run or a .keras model: calibrate on its data, factor every embedding table "
+                    "and Dense layer, check that the result runs, measure it on held-out rows, optionally "
+                    "fine-tune, and save a new run directory (model.keras, report.md, report.json; "
+                    "frontier.png with --max-auc-drop).")
+    compress.add_argument("run", metavar="MODEL", help=f"{MODEL_HELP} to compress (never modified)")
+    compress.add_argument("--data", help=f"{DATA_HELP} (default for a run: its training data; required for a "
+                                         ".keras file, of which every 10th row is held out for validation "
+                                         "unless --validation is given)")
+    compress.add_argument("--validation", metavar="SPEC",
+                          help="held-out data to measure the compressed model on, same forms as --data "
+                               "(default: the run's validation split, or every 10th row of --data)")
     budget = compress.add_mutually_exclusive_group()
-    budget.add_argument("--ratio", type=ratio, default=4.0,
+    budget.add_argument("--ratio", type=ratio,
                         help="shrink the compressible parameters this many times (default 4)")
     budget.add_argument("--energy", type=fraction,
                         help="instead of --ratio, keep this fraction of each layer's output variance")
+    budget.add_argument("--max-auc-drop", type=auc_drop, metavar="DROP",
+                        help="instead of --ratio, the smallest model (in the bytes of --quantization) whose "
+                             "validation AUC is at most DROP below the original's, e.g. 0.001; searched over "
+                             "the ratio from one calibration (at most 10 evaluations)")
     compress.add_argument("--method", choices=("afm", "svd"), default="afm",
                           help="afm: factor each layer's output covariance (needs calibration data); "
                                "svd: factor the weights (default afm)")
@@ -170,17 +188,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser(
         "export", help="export a run to LiteRT, SavedModel or ONNX",
-        description="Export a run's model for serving: one named (batch, 1) input per feature, the click "
-                    "probability as output.")
-    export.add_argument("run", help="run directory to export")
+        description="Export a run's model or a .keras model for serving: one named input per model input, "
+                    "named outputs. The written file is loaded in its runtime and checked against the Keras "
+                    "model before it replaces anything.")
+    export.add_argument("run", metavar="MODEL", help=f"{MODEL_HELP} to export")
     export.add_argument("--format", choices=("litert", "saved_model", "onnx"), default="litert",
                         help="litert: a .tflite file (builtin ops only); saved_model: a directory; onnx: an "
                              ".onnx file (default litert)")
     export.add_argument("--quantize", choices=("float16", "dynamic", "int8"),
                         help="LiteRT only: float16 weights, dynamic-range int8 weights, or full int8 "
                              "(calibrated on --data) (default: float32)")
-    export.add_argument("--data", help=f"LiteRT --quantize int8 only: representative data, {DATA_HELP} "
-                                       "(default: the run's training data)")
+    export.add_argument("--data", help=f"rows the written file is checked on against Keras (and, for --quantize "
+                                       f"int8, its representative data): {DATA_HELP} (default: rows generated "
+                                       "inside each input's valid range; for int8, the run's training data)")
     export.add_argument("--opset", type=positive_int, help="ONNX only: opset version (default: tf2onnx's)")
     export.add_argument("--no-fuse", action="store_true",
                         help="LiteRT only: keep low-rank embedding projections separate instead of folding "
@@ -193,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Measure exported models side by side, each in its own process: p50/p99 latency, "
                     "rows per second, file size and peak memory, with ratios to the first model.")
     bench.add_argument("models", nargs="+", metavar="MODEL",
-                       help=".tflite or .onnx files, SavedModel directories or run directories")
+                       help=".tflite, .onnx or .keras files, SavedModel directories or run directories")
     bench.add_argument("--schema", metavar="JSON",
                        help="schema.json describing the inputs (default: the one in or next to the first "
                             "model's folder)")
@@ -207,6 +227,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="stop timing a batch size after this long, once 10 calls are timed (default 10)")
     _add_report_format(bench, ("md", "json"), "md, a markdown table")
     _add_common(bench)
+
+    inspect = commands.add_parser(
+        "inspect", help="what compress would do to a model, and the file sizes to expect",
+        description="List a model's layers and parameters, which matrices compress would factor and which "
+                    "layers it would leave alone (with the reason), and the LiteRT file size to expect per "
+                    "quantization at ratios 2x to 64x. Needs no data.")
+    inspect.add_argument("run", metavar="MODEL", help=MODEL_HELP)
+    _add_report_format(inspect, ("md", "json"), "md")
+    _add_common(inspect)
 
     prepare = commands.add_parser(
         "prepare", help="parse real data once into a binary cache (then use --data cache:DIR)",
@@ -271,51 +300,59 @@ class UsageError(Exception):
     """An option combination argparse cannot check; reported like argparse's own errors."""
 
 
-DATA_KINDS = ("synthetic", "criteo", "avazu", "parquet", "cache")
+DATA_KINDS = ("synthetic", "criteo", "avazu", "parquet", "csv", "tfrecord", "cache")
+_WITH_OPTIONS = ("parquet", "csv", "tfrecord")  # PATH?option=value&...
 
 
-def _check_data_spec(spec: Optional[str]) -> None:
+def _check_data_spec(spec: Optional[str], option: str = "--data") -> None:
     """Checks a ``--data`` spec's form and that its files exist (their content is checked when read)."""
     if spec is None:
         return
     kind, colon, rest = spec.partition(":")
     if kind not in DATA_KINDS:
-        raise UsageError(f"--data: unknown data source {kind!r} in {spec!r}; expected synthetic[:ROWS], "
-                         "criteo:PATH, avazu:PATH, parquet:PATH or cache:DIR")
+        raise UsageError(f"{option}: unknown data source {kind!r} in {spec!r}; expected synthetic[:ROWS], "
+                         "criteo:PATH, avazu:PATH, parquet:PATH, csv:PATH, tfrecord:PATH or cache:DIR")
     if kind == "synthetic":
         if colon and not (rest.isdigit() and int(rest) > 0):
-            raise UsageError(f"--data: ROWS of synthetic:ROWS must be a positive integer, got {rest!r}")
+            raise UsageError(f"{option}: ROWS of synthetic:ROWS must be a positive integer, got {rest!r}")
         return
-    if kind == "parquet":
+    if kind in _WITH_OPTIONS:
         rest = rest.partition("?")[0]
     paths = [p for p in rest.split(",") if p]
     if not paths:
-        raise UsageError(f"--data: {kind} data needs a path: {kind}:PATH")
+        raise UsageError(f"{option}: {kind} data needs a path: {kind}:PATH")
     for path in paths:
-        if not os.path.exists(path):
-            raise UsageError(f"--data: {path}: no such file or directory")
+        if not os.path.exists(path) and not any(c in path for c in "*?["):
+            raise UsageError(f"{option}: {path}: no such file or directory")
+
+
+def _model_stem(path: str) -> str:
+    """A model path without its ``.keras`` extension (a run directory as it is)."""
+    normalized = os.path.normpath(path)
+    return normalized[:-len(".keras")] if normalized.endswith(".keras") and not os.path.isdir(path) else path
 
 
 def _check_and_fill(args: argparse.Namespace) -> None:
     """Checks option combinations argparse cannot, and fills the derived ``--out`` defaults."""
     _check_data_spec(getattr(args, "data", None))
+    _check_data_spec(getattr(args, "validation", None), "--validation")
     if args.command == "export":
         for option, value in (("--quantize", args.quantize), ("--no-fuse", args.no_fuse)):
             if value and args.format != "litert":
                 raise UsageError(f"{option} applies to --format litert only, not {args.format}")
         if args.opset is not None and args.format != "onnx":
             raise UsageError(f"--opset applies to --format onnx only, not {args.format}")
-        if args.data is not None and args.quantize != "int8":
-            raise UsageError("--data applies to --quantize int8 only (its representative data)")
         if args.out is None:
             suffix = {"saved_model": ".saved_model", "onnx": ".onnx"}.get(args.format)
             suffix = suffix or (f"-{args.quantize}.tflite" if args.quantize else ".tflite")
-            args.out = _beside(args.run, suffix)
+            args.out = _beside(_model_stem(args.run), suffix)
     elif args.command == "compress":
         if args.energy is not None and (args.objective != "both" or args.quantization != "float32"):
-            raise UsageError("--objective and --quantization apply to --ratio only, not --energy")
+            raise UsageError("--objective and --quantization apply to --ratio and --max-auc-drop, not --energy")
+        if args.ratio is None and args.energy is None and args.max_auc_drop is None:
+            args.ratio = 4.0
         if args.out is None:
-            args.out = _beside(args.run, "-small")
+            args.out = _beside(_model_stem(args.run), "-small")
     elif args.command == "train" and args.out is None:
         args.out = "run"
     elif args.command == "demo" and args.out is None:

@@ -57,11 +57,13 @@ class Output:
 
 
 def _metrics_rows(rows: dict[str, dict[str, float]]) -> list[list[str]]:
+    """One row of cells per model (or output)."""
     return [[name, f"{m['auc']:.4f}", f"{m['logloss']:.4f}", f"{m['rows']:,}"] for name, m in rows.items()]
 
 
-def _show_metrics(out: Output, title: str, rows: dict[str, dict[str, float]], fmt: str = "table") -> None:
-    """Metrics per model as a rich table, a markdown table or JSON."""
+def _show_metrics(out: Output, title: str, rows: dict[str, dict[str, float]], fmt: Optional[str] = None) -> None:
+    """Metrics per model as a rich table (on a terminal), a markdown table (in files and pipes) or JSON."""
+    fmt = fmt or out.report_format(None)
     header = ["model", "AUC", "LogLoss", "rows"]
     if fmt == "json":
         out.result(json.dumps({"title": title, "models": rows}, indent=2))
@@ -107,14 +109,22 @@ def _load_schema(path: str):
     return load_json_file(path, Schema.load)
 
 
-def _schema_near(path: str):
-    """The schema.json of a run directory, or of the folder holding an exported file (or its parent)."""
+def _schema_near(path: str, models: Sequence[str] = ()):
+    """The schema.json of a run directory, or of the folder holding an exported file (or its parent);
+    else the interface of the first Keras model among ``models`` (read off the model itself)."""
     from tfafm.runs import SCHEMA_FILE
 
     folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
     for candidate in (os.path.join(folder, SCHEMA_FILE), os.path.join(os.path.dirname(folder), SCHEMA_FILE)):
         if os.path.isfile(candidate):
             return _load_schema(candidate)
+    keras_model = next((m for m in models if m.endswith(".keras") or os.path.isfile(os.path.join(m, "model.keras"))),
+                       None)
+    if keras_model is not None:
+        from tfafm.export.signature import interface
+        from tfafm.runs import load_source
+
+        return interface(load_source(keras_model).model)
     raise MissingFileError(f"No schema.json next to {path}; pass --schema run/schema.json.")
 
 
@@ -159,56 +169,100 @@ def cmd_train(args, out: Output) -> int:
     return 0
 
 
-def cmd_eval(args, out: Output) -> int:
-    from tfafm.metrics import evaluate
-    from tfafm.runs import load_run
+def _require_data(run, args) -> str:
+    """``--data``, or the data a run was trained on; a .keras file has none of its own."""
+    if args.data:
+        return args.data
+    if run.reads_keyed_data:
+        raise UserError(f"{args.run} is a model tfafm did not train: pass --data with its data, e.g. "
+                        "--data parquet:events.parquet?label=click (columns named like the model's inputs)")
+    return _run_data(run, None)
 
-    run = load_run(args.run)
-    spec = _run_data(run, args.data)
-    bundle = run.load_data(spec, skip_bad_lines=args.skip_bad_lines, evaluation_only=args.data is not None)
-    where = spec if args.data else f"the validation split of {spec}"
-    out.note(f"Evaluating {args.run} on {where}")
-    metrics = evaluate(run.model, bundle.validation)
+
+def cmd_eval(args, out: Output) -> int:
+    from tfafm.runs import load_source
+
+    run = load_source(args.run)
+    spec = _require_data(run, args)
     fmt = out.report_format(args.report_format)
+    if run.reads_keyed_data:
+        from tfafm.metrics import predict_outputs, scores
+        from tfafm.model_data import keyed_for
+
+        data = keyed_for(run.model, spec, run.config.batch_size, labels_required=True)
+        out.note(f"Evaluating {args.run} on {spec}")
+        with data.errors_raised():
+            outputs, labels = predict_outputs(run.model, data.dataset())
+        rows = {name: scores(labels[name], outputs[name]) for name in outputs}
+        description, where = data.description, spec
+    else:
+        from tfafm.metrics import evaluate
+
+        bundle = run.load_data(spec, skip_bad_lines=args.skip_bad_lines, evaluation_only=args.data is not None)
+        where = spec if args.data else f"the validation split of {spec}"
+        out.note(f"Evaluating {args.run} on {where}")
+        rows, description = {run.model.name: evaluate(run.model, bundle.validation)}, bundle.description
     if fmt != "json":
-        out.result(bundle.description)
-    _show_metrics(out, f"{args.run} on {where}", {run.model.name: metrics}, fmt)
+        out.result(description)
+    _show_metrics(out, f"{args.run} on {where}", rows, fmt)
     return 0
 
 
 def cmd_compress(args, out: Output) -> int:
     from tfafm.compression.api import check_inner_activation
-    from tfafm.compression.pipeline import compress_run
-    from tfafm.runs import load_run
+    from tfafm.compression.pipeline import compress_run, load_run_data
+    from tfafm.runs import load_source
 
     check_inner_activation(args.inner_activation, "--inner-activation")
-    run = load_run(args.run)
-    data = _run_data(run, args.data)
-    destination = Destination(args.out, "run", overwrite=args.overwrite, sources=[args.run, *_data_paths(data)])
-    out.note(f"Compressing {args.run} with {args.method.upper()} on {data}")
+    run = load_source(args.run)
+    data = _require_data(run, args)
+    destination = Destination(args.out, "run", overwrite=args.overwrite,
+                              sources=[args.run, *_data_paths(data), *_data_paths(args.validation)])
+    needs_labels = args.max_auc_drop is not None or args.finetune_epochs > 0
+    run_data = load_run_data(run, data, args.validation, skip_bad_lines=args.skip_bad_lines,
+                             labels_required=needs_labels)
+    if needs_labels and run_data.validation is None:
+        raise UserError("--max-auc-drop and --finetune-epochs need labels: name the label column(s) with "
+                        "?label=COLUMN in --data")
+    out.note(f"Compressing {args.run} with {args.method.upper()} on {run_data.description}")
     with destination.staged() as staged:
         result = compress_run(
-            run, data, out=staged, method=args.method, target_ratio=args.ratio, energy=args.energy,
-            objective=args.objective, quantization=None if args.quantization == "float32" else args.quantization,
+            run, run_data, out=staged, method=args.method, target_ratio=args.ratio, energy=args.energy,
+            max_auc_drop=args.max_auc_drop, objective=args.objective,
+            quantization=None if args.quantization == "float32" else args.quantization,
             inner_activation=args.inner_activation, finetune_epochs=args.finetune_epochs,
-            calibration_steps=args.calibration_steps, skip_bad_lines=args.skip_bad_lines,
-            verbose=out.keras_verbose,
+            calibration_steps=args.calibration_steps, verbose=out.keras_verbose,
         )
     out.result(result.report.to_markdown())
-    _show_metrics(out, "validation", result.metrics)
+    if result.metrics:
+        _show_metrics(out, "validation", result.metrics)
     out.result(f"Saved compressed run to {args.out}")
     return 0
 
 
+def _export_data(run, args):
+    """Rows to verify the export on and, for full int8, its representative data (None, None without)."""
+    spec = args.data or (_run_data(run, None) if args.quantize == "int8" and not run.reads_keyed_data else None)
+    if spec is None:
+        if args.quantize == "int8":
+            raise UserError(f"--quantize int8 needs representative data: pass --data for {args.run}")
+        return None, None
+    if run.reads_keyed_data:
+        from tfafm.model_data import keyed_for
+
+        return keyed_for(run.model, spec, 256).dataset(), spec
+    bundle = run.load_data(spec, evaluation_only=False) if not args.data else run.load_data(spec)
+    return (bundle.train if bundle.train is not None else bundle.validation), spec
+
+
 def cmd_export(args, out: Output) -> int:
     from tfafm import export
-    from tfafm.runs import load_run
+    from tfafm.runs import load_source
 
-    run = load_run(args.run)
-    data = _run_data(run, args.data) if args.quantize == "int8" else None
+    run = load_source(args.run)
+    rows, spec = _export_data(run, args)
     destination = Destination(args.out, EXPORT_KINDS[args.format], overwrite=args.overwrite,
-                              sources=[args.run, *_data_paths(data)])
-    representative = run.load_data(data, evaluation_only=False).train if data else None
+                              sources=[args.run, *_data_paths(spec)])
     out.note(f"Exporting {args.run} to {args.format}")
     with destination.staged() as staged:
         if args.format == "litert":
@@ -219,16 +273,17 @@ def cmd_export(args, out: Output) -> int:
                 model, fusion = fuse(model, return_report=True)
                 for note in fusion.notes:
                     out.note(f"fusion: {note}")
-            export.litert(model, staged, quantize=args.quantize, representative_data=representative,
-                          fuse=False, schema=run.schema)
+            export.litert(model, staged, quantize=args.quantize, representative_data=rows, fuse=False,
+                          schema=run.schema, verification_data=rows)
         elif args.format == "saved_model":
-            export.saved_model(run.model, staged)
+            export.saved_model(run.model, staged, verification_data=rows)
         else:
-            export.onnx(run.model, staged, opset=args.opset)
+            export.onnx(run.model, staged, opset=args.opset, verification_data=rows)
     if args.format == "litert":
         ops = export.litert_ops(args.out)
         out.result(f"LiteRT ops ({len(ops)}): {', '.join(sorted(set(ops)))}")
-    out.result(f"Wrote {args.out}")
+    checked = f"{spec}" if spec else "generated rows inside each input's range"
+    out.result(f"Wrote {args.out} (loaded and checked against the Keras model on {checked})")
     return 0
 
 
@@ -242,7 +297,7 @@ def cmd_bench(args, out: Output) -> int:
     elif any(path.endswith(".tflite") for path in args.models):
         schema = described_interface(args.models)  # tfafm's .tflite files describe their inputs
     else:
-        schema = _schema_near(args.models[0])
+        schema = _schema_near(args.models[0], args.models)
     rows = []
     for path in args.models:
         out.note(f"Measuring {path} (threads {', '.join(map(str, args.threads))}; "
@@ -253,6 +308,15 @@ def cmd_bench(args, out: Output) -> int:
         out.result(json.dumps(add_ratios(rows), indent=2))
     else:
         out.result(results_table(rows))
+    return 0
+
+
+def cmd_inspect(args, out: Output) -> int:
+    from tfafm.compression.inspect import inspect_model, inspection_markdown
+    from tfafm.runs import load_source
+
+    inspection = inspect_model(load_source(args.run).model)
+    out.result(json.dumps(inspection, indent=2) if args.report_format == "json" else inspection_markdown(inspection))
     return 0
 
 
@@ -299,7 +363,7 @@ def cmd_import(args, out: Output) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace, Output], int]] = {
     "train": cmd_train, "eval": cmd_eval, "compress": cmd_compress,
     "export": cmd_export, "bench": cmd_bench, "demo": cmd_demo, "import": cmd_import,
-    "prepare": cmd_prepare,
+    "prepare": cmd_prepare, "inspect": cmd_inspect,
 }
 
 

@@ -15,7 +15,7 @@ import json
 import os
 import zipfile
 import zlib
-from typing import Any, Callable, Optional, TypeVar
+from typing import Any, Callable, Optional, Sequence, TypeVar
 
 import keras
 
@@ -39,13 +39,24 @@ class Run:
 
     path: str
     model: keras.Model
-    schema: Schema
+    schema: Optional[Schema]
     preprocessor: Optional[Preprocessor]
     info: dict[str, Any]
 
     @property
     def config(self) -> TrainConfig:
-        return TrainConfig.from_dict(self.info["config"], source=os.path.join(self.path, INFO_FILE))
+        """The training config of a run tfafm trained (default settings for any other model)."""
+        return TrainConfig.from_dict(self.info.get("config", {}), source=os.path.join(self.path, INFO_FILE))
+
+    @property
+    def reads_keyed_data(self) -> bool:
+        """Whether the model takes its data as it is, keyed by input names
+        (:mod:`tfafm.data.keyed`): a plain ``.keras`` file, or a run without a tfafm
+        preprocessor that was not trained on synthetic data. Runs trained by tfafm on
+        real data read it through their saved preprocessor instead."""
+        if self.preprocessor is not None:
+            return False
+        return not str(self.info.get("data", "")).startswith("synthetic")
 
     def load_data(self, spec: str, skip_bad_lines: bool = False, evaluation_only: bool = True) -> DataBundle:
         """Loads ``spec`` encoded as this run's training data was.
@@ -74,12 +85,14 @@ class Run:
                          skip_bad_lines=skip_bad_lines, **options)
 
 
-def save_run(path: str, model: keras.Model, schema: Schema,
+def save_run(path: str, model: keras.Model, schema: Optional[Schema],
              preprocessor: Optional[Preprocessor], info: dict[str, Any],
-             extra_files: Optional[dict[str, str]] = None, overwrite: bool = False) -> None:
+             extra_files: Optional[dict[str, str]] = None, overwrite: bool = False,
+             extra_writers: Sequence[Callable[[str], None]] = ()) -> None:
     """Writes a run directory atomically (a crash leaves any previous run intact).
 
-    ``extra_files`` maps file names to text written beside the model (reports).
+    ``extra_files`` maps file names to text written beside the model (reports);
+    each of ``extra_writers`` is called with the folder being written (plots).
     An existing directory at ``path`` is replaced only if it is empty or a
     tfafm run, unless ``overwrite`` (see :mod:`tfafm.io_utils`).
     """
@@ -89,11 +102,14 @@ def save_run(path: str, model: keras.Model, schema: Schema,
             with open(os.path.join(tmp, name), "w") as f:
                 f.write(text)
         model.save(os.path.join(tmp, MODEL_FILE))
-        schema.save(os.path.join(tmp, SCHEMA_FILE))
+        if schema is not None:
+            schema.save(os.path.join(tmp, SCHEMA_FILE))
         if preprocessor is not None:
             preprocessor.save(os.path.join(tmp, PREPROCESSOR_FILE))
         with open(os.path.join(tmp, INFO_FILE), "w") as f:
             json.dump(info, f, indent=2)
+        for write in extra_writers:
+            write(tmp)
 
 
 def load_json_file(path: str, load: Callable[[str], T]) -> T:
@@ -128,8 +144,28 @@ def load_model_file(path: str) -> keras.Model:
         raise UserError(f"{path}: corrupt Keras model file ({error})") from None
 
 
+def load_source(path: str) -> Run:
+    """A run directory (:func:`load_run`) or a plain Keras model file (``.keras``) as a :class:`Run`
+    (no schema, no preprocessor; ``info["kind"] == "keras"``).
+
+    Raises:
+        MissingFileError: nothing at ``path``.
+        UserError: ``path`` is neither, or is damaged (the message names the file).
+    """
+    if os.path.isdir(path):
+        return load_run(path)
+    if not os.path.exists(path):
+        raise MissingFileError(f"{path}: no such file or directory (expected a run directory or a .keras file)")
+    if not path.endswith(".keras"):
+        raise UserError(f"{path}: expected a run directory or a Keras model file (.keras)")
+    return Run(path=path, model=load_model_file(path), schema=None, preprocessor=None,
+               info={"kind": "keras", "source": os.path.abspath(path)})
+
+
 def load_run(path: str) -> Run:
-    """Loads a run directory written by :func:`save_run`.
+    """Loads a run directory written by :func:`save_run` (or by hand: ``model.keras`` is the one
+    file a run needs; without ``preprocessor.json`` its model reads data keyed by its input
+    names, see :attr:`Run.reads_keyed_data`).
 
     Raises:
         MissingFileError: ``path`` is not a run directory.
@@ -139,19 +175,21 @@ def load_run(path: str) -> Run:
     if not os.path.isfile(model_path):
         raise MissingFileError(f"No tfafm run at {path!r} (expected {model_path}).")
     info_path = os.path.join(path, INFO_FILE)
-    info = load_json_file(info_path, _read_json)
-    if not isinstance(info, dict) or not isinstance(info.get("config"), dict):
-        raise UserError(f"{info_path}: expected an object with a \"config\" object (the training config).")
+    info = load_json_file(info_path, _read_json) if os.path.exists(info_path) else {}
+    if not isinstance(info, dict) or not isinstance(info.get("config", {}), dict):
+        raise UserError(f"{info_path}: expected an object whose \"config\" is an object (the training config).")
     preprocessor_path = os.path.join(path, PREPROCESSOR_FILE)
     preprocessor = None
     if os.path.exists(preprocessor_path):
         preprocessor = load_json_file(preprocessor_path, Preprocessor.load)
+    schema_path = os.path.join(path, SCHEMA_FILE)
     run = Run(
         path=path,
         model=load_model_file(model_path),
-        schema=load_json_file(os.path.join(path, SCHEMA_FILE), Schema.load),
+        schema=load_json_file(schema_path, Schema.load) if os.path.exists(schema_path) else None,
         preprocessor=preprocessor,
         info=info,
     )
-    run.config  # noqa: B018  (checks the saved config now, before any work)
+    if "config" in info:
+        run.config  # noqa: B018  (checks the saved config now, before any work)
     return run

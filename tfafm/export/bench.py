@@ -77,6 +77,8 @@ def sample_features(description, rows: int, seed: int = 0, zipf_exponent: float 
         if spec["dtype"].startswith("int"):
             ids = _zipf_ids(rng, int(spec.get("vocabulary_size") or 2), shape, zipf_exponent)
             features[spec["name"]] = ids.astype(spec["dtype"])
+        elif spec["dtype"] == "string":  # tokens a lookup layer inside the model maps
+            features[spec["name"]] = np.char.add("v", _zipf_ids(rng, 1000, shape, zipf_exponent).astype(str)).astype(object)
         else:
             counts = 1.0 + np.floor(rng.lognormal(1.0, 1.5, size=shape))
             features[spec["name"]] = np.log1p(counts).astype(np.float32)

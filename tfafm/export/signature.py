@@ -205,5 +205,6 @@ def as_batch(features: Mapping, inputs: tuple[InputSpec, ...]) -> dict[str, np.n
     batch = {}
     for spec in inputs:
         array = np.asarray(features[spec.name])
-        batch[spec.name] = array.reshape((len(array), *spec.shape)).astype(spec.dtype, copy=False)
+        dtype = object if spec.dtype == "string" else spec.dtype
+        batch[spec.name] = array.reshape((len(array), *spec.shape)).astype(dtype, copy=False)
     return batch

@@ -103,7 +103,9 @@ def run_import_command(args: argparse.Namespace, out) -> int:
         command = [sys.executable, "-m", "tfafm_cli", "import", args.source_format, args.path, "--out", args.out,
                    "--parity-rows", str(args.parity_rows)]
         command += ["--overwrite"] * args.overwrite + ["--quiet"] * args.quiet
-        return subprocess.run(command, env={**os.environ, "TF_USE_LEGACY_KERAS": "1"}, check=False).returncode
+        # stderr: the real one (the CLI points file descriptor 2 at /dev/null to hide TensorFlow's notes)
+        return subprocess.run(command, env={**os.environ, "TF_USE_LEGACY_KERAS": "1"}, stderr=sys.stderr,
+                              check=False).returncode
     destination = Destination(args.out, "run", overwrite=args.overwrite, sources=[args.path])
     out.note(f"Converting {args.path}")
     with destination.staged() as staged:

@@ -1,0 +1,193 @@
+"""The command line on the user's own model (a .keras file) and their own data (Parquet, CSV,
+TFRecord keyed by the model's input names): eval, compress, export, bench, inspect; bad data is
+one line and exit 2 before any work."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+import tensorflow as tf
+from sklearn.metrics import roc_auc_score
+
+import keras
+from tfafm_cli import main
+
+ROWS = 3000
+ITEMS = [f"item{i}" for i in range(30)]
+
+
+def _user_model():
+    """Named inputs: int ids, a string through its own StringLookup, a float, a sequence; two outputs."""
+    keras.utils.set_random_seed(0)
+    user = keras.Input((1,), dtype="int32", name="user")
+    item = keras.Input((1,), dtype="string", name="item")
+    price = keras.Input((1,), name="price")
+    history = keras.Input((5,), dtype="int32", name="history")
+    lookup = keras.layers.StringLookup(vocabulary=ITEMS, name="item_lookup")
+    vectors = [
+        keras.layers.Flatten()(keras.layers.Embedding(200, 8, name="user_table")(user)),
+        keras.layers.Flatten()(keras.layers.Embedding(len(ITEMS) + 1, 8, name="item_table")(lookup(item))),
+        keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(60, 8, name="history_table")(history)),
+        price,
+    ]
+    hidden = keras.layers.Dense(32, activation="relu", name="hidden")(keras.layers.Concatenate()(vectors))
+    hidden = keras.layers.Dense(16, activation="relu", name="hidden2")(hidden)
+    click = keras.layers.Dense(1, activation="sigmoid", name="click")(hidden)
+    buy = keras.layers.Dense(1, activation="sigmoid", name="buy")(hidden)
+    return keras.Model({"user": user, "item": item, "price": price, "history": history}, [click, buy],
+                       name="user_model")
+
+
+def _table(rng, rows=ROWS):
+    user = rng.integers(0, 200, rows)
+    item = rng.integers(0, len(ITEMS), rows)
+    price = rng.normal(size=rows)
+    history = [list(rng.integers(1, 60, rng.integers(0, 8))) for _ in range(rows)]
+    signal = np.sin(user) + 0.5 * (item % 3) + price
+    click = (signal + rng.normal(size=rows) > 0.5).astype("int64")
+    buy = (signal + rng.normal(size=rows) > 1.5).astype("int64")
+    return pa.table({"user": user, "item": pa.array([ITEMS[i] for i in item]), "price": price,
+                     "history": pa.array(history, pa.list_(pa.int64())), "click": click, "buy": buy, "extra": price})
+
+
+def _features(table):
+    history = np.zeros((table.num_rows, 5), "int32")
+    for row, items in enumerate(table["history"].to_pylist()):
+        history[row, :min(5, len(items))] = items[:5]
+    return {"user": table["user"].to_numpy().astype("int32")[:, None],
+            "item": np.array(table["item"].to_pylist(), dtype=object)[:, None],
+            "price": table["price"].to_numpy().astype("float32")[:, None], "history": history}
+
+
+@pytest.fixture(scope="module")
+def user(tmp_path_factory):
+    """A trained user model saved as a .keras file and its data as Parquet, CSV and TFRecord."""
+    root = tmp_path_factory.mktemp("user")
+    rng = np.random.default_rng(0)
+    table = _table(rng)
+    model = _user_model()
+    model.compile(keras.optimizers.Adam(0.01), ["binary_crossentropy", "binary_crossentropy"])
+    features = _features(table)
+    labels = (table["click"].to_numpy()[:, None].astype("float32"), table["buy"].to_numpy()[:, None].astype("float32"))
+    model.fit(tf.data.Dataset.from_tensor_slices((features, labels)).batch(256), epochs=3, verbose=0)
+    model.save(root / "my.keras")
+    pq.write_table(table, root / "events.parquet", row_group_size=1000)
+    flat = table.drop(["history"]).append_column(
+        "history", pa.array(["|".join(map(str, h)) for h in table["history"].to_pylist()]))
+    pacsv.write_csv(flat, root / "events.csv")
+    with tf.io.TFRecordWriter(str(root / "events.tfrecord")) as writer:
+        for row in table.to_pylist():
+            feature = {
+                "user": tf.train.Feature(int64_list=tf.train.Int64List(value=[row["user"]])),
+                "item": tf.train.Feature(bytes_list=tf.train.BytesList(value=[row["item"].encode()])),
+                "price": tf.train.Feature(float_list=tf.train.FloatList(value=[row["price"]])),
+                "history": tf.train.Feature(int64_list=tf.train.Int64List(value=row["history"])),
+                "click": tf.train.Feature(int64_list=tf.train.Int64List(value=[row["click"]])),
+                "buy": tf.train.Feature(int64_list=tf.train.Int64List(value=[row["buy"]])),
+            }
+            writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+    predictions = model.predict(tf.data.Dataset.from_tensor_slices(features).batch(512), verbose=0)
+    expected = {"click": roc_auc_score(labels[0].ravel(), predictions[0].ravel()),
+                "buy": roc_auc_score(labels[1].ravel(), predictions[1].ravel())}
+    return root, expected
+
+
+@pytest.mark.parametrize("source", ["parquet:{root}/events.parquet", "csv:{root}/events.csv",
+                                    "tfrecord:{root}/events.tfrecord"])
+def test_eval_of_a_keras_file_equals_sklearns_auc(user, source, capsys):
+    root, expected = user
+    data = source.format(root=root) + "?label=click,buy"
+    assert main(["eval", str(root / "my.keras"), "--data", data, "--format", "json", "--quiet"]) == 0
+    models = json.loads(capsys.readouterr().out)["models"]
+    assert set(models) == {"click", "buy"}
+    for name in ("click", "buy"):
+        assert models[name]["auc"] == pytest.approx(expected[name], abs=1e-6)
+        assert models[name]["rows"] == ROWS
+
+
+def test_compress_a_keras_file_then_export_and_bench_it(user, tmp_path, capsys):
+    root, _ = user
+    out = tmp_path / "small"
+    data = f"parquet:{root}/events.parquet?label=click,buy"
+    assert main(["compress", str(root / "my.keras"), "--data", data, "--ratio", "2", "--out", str(out),
+                 "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "## Accuracy on" in printed and "| click |" in printed and "| buy |" in printed
+    assert "┃" not in printed and "━" not in printed  # markdown, not box drawing, when piped
+    report = json.loads((out / "report.json").read_text())
+    validation = report["accuracy"]["validation"]
+    assert validation["rows"] == ROWS // 10  # every 10th row held out
+    assert set(validation["outputs"]) == {"click", "buy"}
+    assert (out / "model.keras").is_file() and not (out / "schema.json").exists()
+    model = keras.models.load_model(out / "model.keras")
+    assert model.count_params() < keras.models.load_model(root / "my.keras").count_params()
+
+    saved = tmp_path / "small.saved_model"
+    assert main(["export", str(out), "--format", "saved_model", "--data", data, "--out", str(saved), "--quiet"]) == 0
+    assert "checked against the Keras model on parquet:" in capsys.readouterr().out
+    assert (saved / "saved_model.pb").is_file()
+    # The StringLookup has no LiteRT builtin form and no ONNX form onnxruntime loads: refused in one
+    # line naming it, nothing written.
+    for export_format, name in (("litert", "small.tflite"), ("onnx", "small.onnx")):
+        target = tmp_path / name
+        assert main(["export", str(out), "--format", export_format, "--out", str(target), "--quiet"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "item_lookup" in err and len(err.splitlines()) == 1 and not target.exists()
+    assert main(["bench", str(root / "my.keras"), str(out), "--batch-sizes", "1", "--threads", "1",
+                 "--iterations", "5", "--format", "json", "--quiet"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 2 and all(r["p50_ms"] > 0 for r in rows)
+
+
+def test_inspect_lists_layers_targets_and_sizes(user, capsys):
+    root, _ = user
+    assert main(["inspect", str(root / "my.keras"), "--format", "json"]) == 0
+    inspection = json.loads(capsys.readouterr().out)
+    assert {t["name"] for t in inspection["compressible"]} >= {"user_table", "hidden"}
+    assert "click" in {s["name"] for s in inspection["left_alone"]}
+    sizes = {row["quantization"]: row for row in inspection["expected_bytes"]}
+    assert sizes["dynamic"]["original_bytes"] < sizes["float32"]["original_bytes"]
+    assert sizes["float32"]["ratios"]["2"] < sizes["float32"]["original_bytes"]
+    assert main(["inspect", str(root / "my.keras")]) == 0
+    assert "## What compress would factor" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("data, message", [
+    ("parquet:{root}/events.parquet?label=nope,buy", r"no label column\(s\) \[.nope.\]"),
+    ("parquet:{root}/events.parquet?label=click", r"1 label column\(s\) \['click'\] for a model with 2 output"),
+    ("parquet:{root}/events.parquet?label=extra,buy", r"column extra: labels must be 0 or 1"),
+    ("parquet:{root}/users_out_of_range.parquet?label=click,buy",
+     r"column user: id 250 is outside the table it indexes \(ids 0..199; largest id 250"),
+    ("parquet:{root}/no_user.parquet?label=click,buy", r"no column for model input\(s\) \['user'\]"),
+    ("csv:{root}/string_user.csv?label=click,buy", r"column user: holds strings, but model input 'user' takes int32"),
+    ("csv:{root}/events.parquet?label=click,buy", r"not a readable CSV file"),
+])
+def test_bad_user_data_is_one_line_and_exit_2(user, data, message, tmp_path, capsys):
+    root, _ = user
+    table = pq.read_table(root / "events.parquet")
+    users = table["user"].to_numpy().copy()
+    users[7] = 250
+    pq.write_table(table.set_column(0, "user", pa.array(users)), root / "users_out_of_range.parquet")
+    pq.write_table(table.drop(["user"]), root / "no_user.parquet")
+    text = pacsv.read_csv(root / "events.csv", convert_options=pacsv.ConvertOptions(column_types={"history": pa.string()}))
+    pacsv.write_csv(text.set_column(0, "user", pa.array([f"u{u}" for u in text["user"].to_pylist()])),
+                    root / "string_user.csv")
+    out = tmp_path / "small"
+    code = main(["compress", str(root / "my.keras"), "--data", data.format(root=root), "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    import re
+
+    assert re.search(message, err), err
+    assert not out.exists()
+
+
+def test_a_keras_file_without_data_is_told_to_pass_data(user, capsys):
+    root, _ = user
+    assert main(["eval", str(root / "my.keras"), "--quiet"]) == 2
+    assert "pass --data" in capsys.readouterr().err

@@ -1,0 +1,620 @@
+"""Data keyed by a model's input names: the user's Parquet, CSV and TFRecord files, read as they are.
+
+A model that tfafm did not train (a ``.keras`` file, a run without a tfafm
+preprocessor) takes its data as it is: each model input reads the column (or
+``tf.train.Example`` feature) of the same name, ids are fed unchanged (no
+vocabulary is fitted), string columns feed the model's own string inputs
+(its ``StringLookup`` / ``Hashing`` / ``TextVectorization``), and labels come
+from the columns named in the spec::
+
+    parquet:events/*.parquet?label=click
+    csv:events.csv?label=click&delimiter=;
+    tfrecord:shards/?label=click,purchase         (one label column per model output, in order)
+
+``PATH`` is a file, a directory (its files, sorted), a glob or a
+comma-separated list of those. Without ``label=``, a column named ``label``
+or ``click`` is the label of a single-output model, if there is one.
+
+Files are read streaming, one batch at a time (bounded memory whatever their
+size). Shapes: a scalar column feeds a ``(batch, 1)`` or ``(batch,)`` input;
+a list column (Parquet lists, CSV text split on ``list_delimiter``,
+TFRecord features of several values) feeds a ``(batch, L)`` input, **padded
+with 0 at the end or truncated to its first L values** (L the input's fixed
+length, else the longest list of the batch).
+
+Checked before any work (from the files' schemas, Parquet column statistics
+and the first batch): every model input has a column of a fitting type, and
+the label columns exist. Checked on every batch as it is read: ids within the
+table or encoding they index (``[0, size)``), labels 0 or 1, no missing
+values. Each failure is one :class:`~tfafm.data.errors.DataFormatError`
+naming the file and column.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import glob
+import os
+import urllib.parse
+from typing import TYPE_CHECKING, Iterator, Optional, Sequence
+
+import numpy as np
+
+from tfafm.data.errors import DataFormatError
+from tfafm.errors import MissingFileError, UserError
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+
+KINDS = ("parquet", "csv", "tfrecord")
+_OPTIONS = ("label", "delimiter", "list_delimiter")
+_LABEL_NAMES = ("label", "click")
+
+
+@dataclasses.dataclass(frozen=True)
+class InputColumn:
+    """What one model input needs from the data.
+
+    Attributes:
+        name: the input's name: the column or feature it reads.
+        dtype: the input's dtype (``int32``, ``int64``, ``float32``, ``string``, ...).
+        shape: its shape without the batch axis (``None`` for a free length).
+        high: ids must lie in ``[0, high)`` (the table or encoding they index), if known.
+    """
+
+    name: str
+    dtype: str
+    shape: tuple
+    high: Optional[int] = None
+
+    @property
+    def is_string(self) -> bool:
+        return self.dtype == "string"
+
+    @property
+    def is_integer(self) -> bool:
+        return self.dtype.startswith(("int", "uint"))
+
+    @property
+    def length(self) -> Optional[int]:
+        """Values per row: 1 for ``()`` or ``(1,)``, L for ``(L,)``, None for a free length."""
+        if len(self.shape) == 0:
+            return 1
+        return self.shape[0] if len(self.shape) == 1 else int(np.prod(self.shape))
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyedSpec:
+    """A parsed ``parquet:`` / ``csv:`` / ``tfrecord:`` spec."""
+
+    spec: str
+    kind: str
+    paths: tuple[str, ...]
+    labels: Optional[tuple[str, ...]]
+    delimiter: str = ","
+    list_delimiter: str = "|"
+
+
+def is_keyed_spec(spec: str) -> bool:
+    return spec.partition(":")[0] in KINDS
+
+
+def parse_spec(spec: str) -> KeyedSpec:
+    """Parses ``KIND:PATH[?label=..&delimiter=..&list_delimiter=..]``; the files must exist."""
+    kind, _, rest = spec.partition(":")
+    if kind not in KINDS:
+        raise UserError(f"Unknown data source {kind!r} in {spec!r}; expected {', '.join(k + ':PATH' for k in KINDS)}.")
+    location, _, query = rest.partition("?")
+    if not location:
+        raise UserError(f"Data spec {spec!r} needs a path: {kind}:PATH[?label=COLUMN].")
+    options = urllib.parse.parse_qs(query, keep_blank_values=True)
+    unknown = sorted(set(options) - set(_OPTIONS))
+    if unknown:
+        raise UserError(f"Unknown option(s) {unknown} in {spec!r}; known: {', '.join(_OPTIONS)}.")
+    labels = tuple(c for value in options.get("label", []) for c in value.split(",") if c) or None
+    delimiter = options.get("delimiter", [","])[-1]
+    delimiter = "\t" if delimiter in ("\\t", "tab") else delimiter
+    if len(delimiter) != 1:
+        raise UserError(f"delimiter must be one character, got {delimiter!r} in {spec!r}.")
+    return KeyedSpec(spec, kind, tuple(resolve(location)), labels, delimiter,
+                     options.get("list_delimiter", ["|"])[-1] or "|")
+
+
+def resolve(location: str) -> list[str]:
+    """Files named by a comma-separated list of files, directories (their files, sorted) and globs."""
+    paths: list[str] = []
+    for part in (p.strip() for p in location.split(",")):
+        if not part:
+            continue
+        if os.path.isdir(part):
+            found = sorted(os.path.join(part, n) for n in os.listdir(part)
+                           if not n.startswith((".", "_")) and os.path.isfile(os.path.join(part, n)))
+            if not found:
+                raise MissingFileError(f"No data files in directory: {part}")
+            paths += found
+        elif any(c in part for c in "*?["):
+            found = sorted(p for p in glob.glob(part) if os.path.isfile(p))
+            if not found:
+                raise MissingFileError(f"No data files match {part}")
+            paths += found
+        elif os.path.isfile(part):
+            paths.append(part)
+        else:
+            raise MissingFileError(f"Data file not found: {part}")
+    if not paths:
+        raise MissingFileError(f"No data path given in {location!r}.")
+    return paths
+
+
+# ----------------------------------------------------------------------------- batches of numpy arrays
+
+
+class _Table:
+    """Reads one format's files batch by batch as ``{column: numpy or list of lists}``."""
+
+    def __init__(self, spec: KeyedSpec):
+        self.spec = spec
+
+    def columns(self, path: str) -> dict[str, str]:
+        """``{column name: 'int' | 'float' | 'string' | 'list' | 'other:TYPE'}`` of a file."""
+        raise NotImplementedError
+
+    def batches(self, path: str, names: list[str], batch_size: int) -> Iterator[dict[str, object]]:
+        raise NotImplementedError
+
+    def high_values(self, path: str, names: list[str]) -> dict[str, tuple[float, float]]:
+        """``{column: (min, max)}`` known without reading the data (Parquet statistics)."""
+        return {}
+
+
+def _arrow_kind(arrow_type) -> str:
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(arrow_type):
+        arrow_type = arrow_type.value_type
+    if pa.types.is_integer(arrow_type) or pa.types.is_boolean(arrow_type):
+        return "int"
+    if pa.types.is_floating(arrow_type) or pa.types.is_decimal(arrow_type):
+        return "float"
+    if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type):
+        return "string"
+    if pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type) or pa.types.is_fixed_size_list(arrow_type):
+        inner = _arrow_kind(arrow_type.value_type)
+        return f"list:{inner}"
+    return f"other:{arrow_type}"
+
+
+def _arrow_to_numpy(column) -> object:
+    """A numpy array (scalars) or a list of lists (list columns) of an Arrow array."""
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(column.type):
+        column = column.dictionary_decode()
+    kind = _arrow_kind(column.type)
+    if kind.startswith("list"):
+        return column.to_pylist()
+    if kind == "string":
+        return np.asarray(column.to_pylist(), dtype=object)
+    return column.to_numpy(zero_copy_only=False)
+
+
+class _Parquet(_Table):
+    def _file(self, path: str):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            return pq.ParquetFile(path)
+        except (pa.ArrowInvalid, OSError) as error:
+            raise DataFormatError(f"not a readable Parquet file ({error})", path=path) from None
+
+    def columns(self, path):
+        return {field.name: _arrow_kind(field.type) for field in self._file(path).schema_arrow}
+
+    def batches(self, path, names, batch_size):
+        import pyarrow as pa
+
+        try:
+            for batch in self._file(path).iter_batches(batch_size=batch_size, columns=names):
+                yield {name: (_arrow_to_numpy(batch.column(name)), batch.column(name).null_count) for name in names}
+        except (pa.ArrowInvalid, OSError) as error:
+            raise DataFormatError(f"cannot read the Parquet data ({error})", path=path) from None
+
+    def high_values(self, path, names):
+        metadata = self._file(path).metadata
+        index = {metadata.schema.column(i).name: i for i in range(metadata.num_columns)}
+        found: dict[str, tuple[float, float]] = {}
+        for name in names:
+            if name not in index:
+                continue
+            bounds = []
+            for group in range(metadata.num_row_groups):
+                stats = metadata.row_group(group).column(index[name]).statistics
+                if stats is None or not stats.has_min_max or not isinstance(stats.min, (int, float)):
+                    bounds = []
+                    break
+                bounds.append((stats.min, stats.max))
+            if bounds:
+                found[name] = (min(b[0] for b in bounds), max(b[1] for b in bounds))
+        return found
+
+
+class _Csv(_Table):
+    def _reader(self, path: str, names: Optional[list[str]] = None, types: Optional[dict] = None):
+        import pyarrow.csv as pacsv
+
+        return pacsv.open_csv(
+            path,
+            read_options=pacsv.ReadOptions(block_size=4 << 20),
+            parse_options=pacsv.ParseOptions(delimiter=self.spec.delimiter),
+            convert_options=pacsv.ConvertOptions(include_columns=names or [], column_types=types or {},
+                                                 strings_can_be_null=False, null_values=[""]),
+        )
+
+    def columns(self, path):
+        import pyarrow as pa
+
+        try:
+            reader = self._reader(path)
+            first = reader.read_next_batch()
+        except StopIteration:
+            raise DataFormatError("no data rows below the header", path=path) from None
+        except (pa.ArrowInvalid, OSError) as error:
+            raise DataFormatError(f"not a readable CSV file with a header row ({_first_line(error)})",
+                                  path=path) from None
+        kinds = {field.name: _arrow_kind(field.type) for field in first.schema}
+        for name, kind in kinds.items():  # text holding delimited lists of numbers reads as a list
+            if kind == "string" and self._is_list(first.column(name)):
+                kinds[name] = "list:int"
+        return kinds
+
+    def _is_list(self, column) -> bool:
+        values = [v for v in column.to_pylist()[:100] if v]
+        return bool(values) and all(self.spec.list_delimiter in v or v.lstrip("-").isdigit() for v in values) \
+            and any(self.spec.list_delimiter in v for v in values)
+
+    def batches(self, path, names, batch_size):
+        import pyarrow as pa
+
+        kinds = self.columns(path)
+        reader = self._reader(path, names, {n: pa.string() for n in names if kinds[n].startswith("list")})
+        pending: list = []
+        count = 0
+        try:
+            for batch in reader:
+                pending.append(batch)
+                count += batch.num_rows
+                while count >= batch_size:
+                    table = pa.Table.from_batches(pending).combine_chunks()
+                    yield self._convert(table.slice(0, batch_size), names, kinds, path)
+                    rest = table.slice(batch_size)
+                    pending, count = rest.to_batches(), rest.num_rows
+        except pa.ArrowInvalid as error:
+            raise DataFormatError(f"cannot parse the CSV data ({_first_line(error)})", path=path) from None
+        if count:
+            yield self._convert(pa.Table.from_batches(pending), names, kinds, path)
+
+    def _convert(self, table, names, kinds, path):
+        result = {}
+        for name in names:
+            column = table.column(name).combine_chunks()
+            if kinds[name].startswith("list"):
+                separator = self.spec.list_delimiter
+                try:
+                    lists = [[int(v) for v in (text or "").split(separator) if v] for text in column.to_pylist()]
+                except ValueError:
+                    raise DataFormatError(f"expected lists of integers separated by {separator!r}",
+                                          path=path, column=name) from None
+                result[name] = (lists, 0)
+            else:
+                result[name] = (_arrow_to_numpy(column), column.null_count)
+        return result
+
+
+def _map_arrays(function, structure):
+    """``function`` applied to every array of a ``(features dict, labels tuple)`` or features batch."""
+    if isinstance(structure, tuple):
+        return tuple(_map_arrays(function, item) for item in structure)
+    if isinstance(structure, dict):
+        return {key: function(value) for key, value in structure.items()}
+    return function(structure)
+
+
+def _first_line(error: BaseException) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+# ----------------------------------------------------------------------------- the dataset
+
+
+@dataclasses.dataclass
+class KeyedData:
+    """Batches of a keyed spec for one model.
+
+    Attributes:
+        spec: the parsed spec.
+        inputs: the model inputs the batches feed.
+        labels: the label column of each model output, or None without labels.
+        description: one line for logs.
+    """
+
+    spec: KeyedSpec
+    inputs: tuple[InputColumn, ...]
+    labels: Optional[tuple[str, ...]]
+    batch_size: int
+    description: str
+
+    failure: Optional[UserError] = None
+
+    def dataset(self, every: Optional[int] = None, keep: bool = True) -> "tf.data.Dataset":
+        """Batches of ``(features, labels)`` (``features`` alone without labels). With ``every``,
+        only every ``every``-th row (``keep=True``: rows 0, every, 2 every, ... of the whole data)
+        or all the others (``keep=False``).
+
+        A bad value found while reading stops the dataset; TensorFlow reports
+        it as its own error, and the :class:`~tfafm.data.errors.DataFormatError`
+        itself is kept in :attr:`failure` (see :meth:`errors_raised`).
+        """
+        import tensorflow as tf
+
+        def generate():
+            seen = 0
+            try:
+                for batch in _numpy_batches(self):
+                    if every is None:
+                        yield batch
+                        continue
+                    rows = len(next(iter((batch[0] if self.labels else batch).values())))
+                    chosen = ((np.arange(rows) + seen) % every == 0) == keep
+                    seen += rows
+                    if chosen.any():
+                        yield _map_arrays(lambda array: array[chosen], batch)
+            except UserError as error:
+                self.failure = error
+                raise
+
+        return tf.data.Dataset.from_generator(generate, output_signature=_signature(self.inputs, self.labels))
+
+    @contextlib.contextmanager
+    def errors_raised(self) -> Iterator[None]:
+        """Re-raises, in place of TensorFlow's wrapping error, the data error that stopped a
+        dataset of this data inside the block."""
+        self.failure = None
+        try:
+            yield
+        except Exception:
+            if self.failure is not None:
+                raise self.failure from None
+            raise
+
+
+def keyed_data(spec: str, inputs: Sequence[InputColumn], outputs: Sequence[str], batch_size: int = 1024,
+               labels_required: bool = False) -> KeyedData:
+    """Opens ``spec`` for a model with ``inputs`` and ``outputs`` (output names) and checks,
+    before any work, that every input has a fitting column and the labels exist.
+
+    Raises:
+        DataFormatError / UserError: naming the file and the column at fault.
+    """
+    parsed = parse_spec(spec)
+    inputs = tuple(inputs)
+    table = _TABLES[parsed.kind](parsed)
+    labels = _check_columns(table, parsed, inputs, outputs, labels_required)
+    _check_statistics(table, parsed, inputs, labels)
+    data = KeyedData(parsed, inputs, labels, batch_size, "")
+    next(iter(_numpy_batches(dataclasses.replace(data, batch_size=min(batch_size, 256)))), None)  # first rows
+    files = len(parsed.paths)
+    data.description = (f"{parsed.kind}: {files} file{'s' if files > 1 else ''}, inputs read by name"
+                        f"{', labels ' + ', '.join(labels) if labels else ', no labels'}")
+    return data
+
+
+def _labels_for(parsed: KeyedSpec, available: Sequence[str], outputs: Sequence[str], path: str,
+                required: bool) -> Optional[tuple[str, ...]]:
+    labels = parsed.labels
+    if labels is None:
+        guess = next((c for c in available if c.lower() in _LABEL_NAMES), None)
+        labels = (guess,) if guess is not None and len(outputs) == 1 else None
+    if labels is None:
+        if required:
+            raise DataFormatError(f"no label column: name it with ?label=COLUMN (one per model output: "
+                                  f"{', '.join(outputs)}; columns: {', '.join(available)})", path=path)
+        return None
+    if len(labels) != len(outputs):
+        raise UserError(f"{parsed.spec}: {len(labels)} label column(s) {list(labels)} for a model with "
+                        f"{len(outputs)} output(s) {list(outputs)}: give one per output, in order.")
+    missing = [c for c in labels if c not in available]
+    if missing:
+        raise DataFormatError(f"no label column(s) {missing} (columns: {', '.join(available)})", path=path)
+    return labels
+
+
+def _check_columns(table: _Table, parsed: KeyedSpec, inputs, outputs, required: bool):
+    labels = None
+    for index, path in enumerate(parsed.paths):
+        kinds = table.columns(path)
+        missing = [i.name for i in inputs if i.name not in kinds]
+        if missing:
+            raise DataFormatError(f"no column for model input(s) {missing} (columns: {', '.join(kinds)})", path=path)
+        for column in inputs:
+            problem = _type_problem(column, kinds[column.name])
+            if problem:
+                raise DataFormatError(problem, path=path, column=column.name)
+        found = _labels_for(parsed, list(kinds), outputs, path, required)
+        if index and found != labels:
+            raise DataFormatError(f"has label column(s) {found}, the first file {labels}", path=path)
+        labels = found
+        for label in labels or ():
+            if kinds[label] not in ("int", "float"):
+                raise DataFormatError(f"labels must be 0/1 numbers, the column holds {kinds[label]} values",
+                                      path=path, column=label)
+    return labels
+
+
+def _type_problem(column: InputColumn, kind: str) -> Optional[str]:
+    """Why a column of ``kind`` cannot feed ``column``, or None."""
+    scalar_kind = kind.split(":", 1)[-1] if kind.startswith("list:") else kind
+    if kind.startswith("other"):
+        return f"holds {kind.split(':', 1)[1]} values, which no model input takes"
+    if kind.startswith("list") and column.length == 1:
+        return f"holds lists, but model input {column.name!r} takes one value per row (shape {column.shape})"
+    if column.is_string and scalar_kind != "string":
+        return f"holds {scalar_kind} values, but model input {column.name!r} takes strings"
+    if column.is_integer and scalar_kind == "string":
+        return (f"holds strings, but model input {column.name!r} takes {column.dtype} ids: map the values to ids "
+                "beforehand, or give the model a StringLookup that takes the strings")
+    if column.is_integer and scalar_kind == "float":
+        return f"holds floating-point values, but model input {column.name!r} takes {column.dtype} ids"
+    if not column.is_string and not column.is_integer and scalar_kind == "string":
+        return f"holds strings, but model input {column.name!r} takes {column.dtype} numbers"
+    return None
+
+
+def _check_statistics(table: _Table, parsed: KeyedSpec, inputs, labels) -> None:
+    ids = [c for c in inputs if c.is_integer and c.high is not None]
+    for path in parsed.paths:
+        bounds = table.high_values(path, [c.name for c in ids] + list(labels or ()))
+        for column in ids:
+            if column.name in bounds:
+                _check_ids(column, np.asarray(bounds[column.name]), path)
+        for label in labels or ():
+            low, high = bounds.get(label, (0, 1))
+            if low < 0 or high > 1:
+                raise DataFormatError(f"labels must be 0 or 1, the column holds values from {low} to {high}",
+                                      path=path, column=label)
+
+
+def _check_ids(column: InputColumn, values: np.ndarray, path: str) -> None:
+    if values.size == 0:
+        return
+    low, high = int(np.min(values)), int(np.max(values))
+    if low < 0 or high >= column.high:
+        bad = high if high >= column.high else low
+        raise DataFormatError(f"id {bad} is outside the table it indexes (ids 0..{column.high - 1}; largest id "
+                              f"{high}, smallest {low})", path=path, column=column.name)
+
+
+def _numpy_batches(data: KeyedData) -> Iterator:
+    """``(features, labels)`` or ``features`` batches as numpy arrays, checked."""
+    table = _TABLES[data.spec.kind](data.spec)
+    names = [c.name for c in data.inputs] + [n for n in (data.labels or ()) if n not in {c.name for c in data.inputs}]
+    for path in data.spec.paths:
+        for raw in table.batches(path, names, data.batch_size):
+            features = {c.name: _feature(c, *raw[c.name], path) for c in data.inputs}
+            if data.labels is None:
+                yield features
+            else:
+                yield features, tuple(_label(raw[name][0], raw[name][1], name, path) for name in data.labels)
+
+
+def _feature(column: InputColumn, values, nulls: int, path: str) -> np.ndarray:
+    if nulls and column.length == 1:
+        raise DataFormatError(f"{nulls} missing value(s) in this batch: model input {column.name!r} needs a "
+                              "value on every row (fill them before)", path=path, column=column.name)
+    if isinstance(values, list):  # lists: pad with 0 or truncate
+        if column.length == 1 and any(v is not None and len(v) > 1 for v in values):
+            raise DataFormatError(f"holds lists, but model input {column.name!r} takes one value per row",
+                                  path=path, column=column.name)
+        length = column.length or max((len(v) for v in values if v is not None), default=1) or 1
+        array = np.zeros((len(values), length), dtype=object if column.is_string else column.dtype)
+        for row, items in enumerate(values):
+            items = (items if items is not None else [])[:length]  # a missing list is an empty one
+            array[row, :len(items)] = items
+    else:
+        array = np.asarray(values)
+        if column.is_string:
+            array = array.astype(object)
+        else:
+            array = array.astype(column.dtype)
+        length = column.length
+        if length not in (1, None) and array.ndim == 1:
+            raise DataFormatError(f"holds one value per row, model input {column.name!r} takes {length}",
+                                  path=path, column=column.name)
+    if column.is_integer and column.high is not None:
+        _check_ids(column, array, path)
+    return array.reshape((len(array), *[d if d is not None else -1 for d in column.shape])) if column.shape \
+        else array.reshape(len(array))
+
+
+def _label(values, nulls: int, name: str, path: str) -> np.ndarray:
+    labels = np.asarray(values, dtype=np.float64)
+    if nulls or not np.isin(labels, (0.0, 1.0)).all():
+        bad = "missing" if nulls else repr(float(labels[~np.isin(labels, (0.0, 1.0))][0]))
+        raise DataFormatError(f"labels must be 0 or 1, found {bad}", path=path, column=name)
+    return labels.astype(np.float32).reshape(-1, 1)
+
+
+def _tf_dtype(column: InputColumn):
+    import tensorflow as tf
+
+    return tf.string if column.is_string else tf.as_dtype(column.dtype)
+
+
+def _signature(inputs, labels):
+    import tensorflow as tf
+
+    features = {c.name: tf.TensorSpec((None, *c.shape), _tf_dtype(c)) for c in inputs}
+    if labels is None:
+        return features
+    return features, tuple(tf.TensorSpec((None, 1), tf.float32) for _ in labels)
+
+
+# ----------------------------------------------------------------------------- TFRecord
+
+
+class _TFRecord(_Table):
+    """``tf.train.Example`` records: each feature read as a variable-length list, then as one
+    value per row where every row has exactly one."""
+
+    _KINDS = {"int64_list": "int", "float_list": "float", "bytes_list": "string"}
+
+    def columns(self, path):
+        import tensorflow as tf
+
+        try:
+            first = next(iter(tf.data.TFRecordDataset(path).take(1)), None)
+            if first is None:
+                raise DataFormatError("empty TFRecord file", path=path)
+            example = tf.train.Example.FromString(first.numpy())
+        except tf.errors.OpError as error:
+            raise DataFormatError(f"not a readable TFRecord file ({_first_line(error)})", path=path) from None
+        except DataFormatError:
+            raise
+        except Exception as error:  # protobuf's DecodeError
+            raise DataFormatError(f"records are not tf.train.Example ({_first_line(error)})", path=path) from None
+        kinds = {}
+        for name, feature in example.features.feature.items():
+            field = feature.WhichOneof("kind")
+            kind = self._KINDS.get(field, "other:empty")
+            count = len(getattr(feature, field).value) if field else 0
+            kinds[name] = f"list:{kind}" if count > 1 else kind
+        return kinds
+
+    def batches(self, path, names, batch_size):
+        import tensorflow as tf
+
+        kinds = self.columns(path)
+        storage = {"int": tf.int64, "float": tf.float32, "string": tf.string}
+        spec = {n: tf.io.VarLenFeature(storage[kinds[n].split(":")[-1]]) for n in names}
+        try:
+            for records in tf.data.TFRecordDataset(path).batch(batch_size):
+                parsed = tf.io.parse_example(records, spec)
+                yield {name: _rows(parsed[name], len(records)) for name in names}
+        except tf.errors.OpError as error:
+            raise DataFormatError(f"cannot read the TFRecord data ({_first_line(error)})", path=path) from None
+
+
+def _rows(sparse, count: int):
+    """A parsed variable-length feature as ``(values, rows without a value)``: a flat array when
+    every row has exactly one value, else a list of lists."""
+    values = sparse.values.numpy()
+    if values.dtype == object:
+        values = np.array([v.decode("utf-8", "replace") for v in values], dtype=object)
+    lengths = np.bincount(sparse.indices.numpy()[:, 0], minlength=count) if len(values) else np.zeros(count, int)
+    if np.all(lengths == 1):
+        return values, 0
+    return np.split(values, np.cumsum(lengths)[:-1]), int(np.sum(lengths == 0))
+
+
+_TABLES = {"parquet": _Parquet, "csv": _Csv, "tfrecord": _TFRecord}
