@@ -78,7 +78,8 @@ case("ratio not a number")(lambda c: (["compress", c.run, "--ratio", "four"], r"
 case("ratio and energy together")(lambda c: (["compress", c.run, "--ratio", "2", "--energy", "0.9"],
                                              r"argument --energy: not allowed with argument --ratio"))
 case("objective with energy")(lambda c: (["compress", c.run, "--energy", "0.9", "--objective", "latency"],
-                                         r"--objective and --quantization apply to --ratio only"))
+                                         r"--objective and --quantization apply to --ratio and --max-auc-drop, "
+                                         r"not --energy"))
 case("energy above 1")(lambda c: (["compress", c.run, "--energy", "1.5"], r"argument --energy: expected a fraction"))
 case("negative calibration steps")(lambda c: (["compress", c.run, "--calibration-steps", "-5"],
                                               r"argument --calibration-steps: expected a positive integer, got '-5'"))
@@ -96,7 +97,10 @@ case("missing data file")(lambda c: (["train", "--data", "criteo:/does/not/exist
 case("quantize with onnx")(lambda c: (["export", c.run, "--format", "onnx", "--quantize", "int8"],
                                       r"--quantize applies to --format litert only, not onnx"))
 case("opset with litert")(lambda c: (["export", c.run, "--opset", "13"], r"--opset applies to --format onnx only"))
-case("data without int8")(lambda c: (["export", c.run, "--data", "synthetic"], r"--data applies to --quantize int8"))
+case("ratio with max auc drop")(lambda c: (["compress", c.run, "--ratio", "4", "--max-auc-drop", "0.001"],
+                                           r"argument --max-auc-drop: not allowed with argument --ratio"))
+case("negative max auc drop")(lambda c: (["compress", c.run, "--max-auc-drop", "-0.1"],
+                                         r"argument --max-auc-drop: expected an AUC drop in \[0, 1\)"))
 case("zero iterations")(lambda c: (["bench", "m.tflite", "--iterations", "0"], r"argument --iterations"))
 case("zero batch size")(lambda c: (["bench", "m.tflite", "--batch-sizes", "1", "0"], r"argument --batch-sizes"))
 case("zero threads")(lambda c: (["bench", "m.tflite", "--threads", "0"], r"argument --threads"))
@@ -142,7 +146,7 @@ def _(c):
 
 @case("missing run")
 def _(c):
-    return ["eval", "no/such/run"], r"No tfafm run at 'no/such/run'"
+    return ["eval", "no/such/run"], r"no/such/run: no such file or directory \(expected a run directory or a \.keras"
 
 
 @case("truncated model.keras")
@@ -172,13 +176,13 @@ def _(c):
     return ["eval", "run"], r"run/run\.json:\d+:\d+: not valid JSON: Expecting property name"
 
 
-@case("run.json without config")
+@case("run.json with a config that is not an object")
 def _(c):
     info = c.copy_run() / "run.json"
     values = json.loads(info.read_text())
-    del values["config"]
+    values["config"] = 5
     info.write_text(json.dumps(values))
-    return ["eval", "run"], r"run/run\.json: expected an object with a \"config\" object"
+    return ["eval", "run"], r"run/run\.json: expected an object whose \"config\" is an object"
 
 
 @case("run.json with a bad config value")

@@ -96,7 +96,7 @@ def test_compress_objective_and_quantization_reach_the_allocator(trained_run, tm
     (["train", "--model", "nope"], "Unknown model 'nope'"),
     (["train", "--data", "foo:bar"], "unknown data source 'foo'"),
     (["train", "--data", "criteo:/does/not/exist.txt"], "/does/not/exist.txt"),
-    (["eval", "/no/such/run", "--data", "synthetic"], "No tfafm run at '/no/such/run'"),
+    (["eval", "/no/such/run", "--data", "synthetic"], "/no/such/run: no such file or directory"),
 ])
 def test_user_errors_are_one_line_with_exit_code_2(argv, message, capsys):
     assert main(argv) == 2
