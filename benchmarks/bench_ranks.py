@@ -110,7 +110,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--finetune-epochs", type=int, default=2)
     parser.add_argument("--synthetic-rows", type=int, default=50_000)
-    parser.add_argument("--out", help="also write the tables as a section of this Markdown file (e.g. BENCHMARKS.md)")
+    parser.add_argument("--out", help="also write the tables as a section of this Markdown file (e.g. docs/benchmarks.md)")
     args = parser.parse_args()
     bundle, test, description = _data(args)
     lines = ["## AFM vs SVD under the same rank allocator", "",

@@ -15,7 +15,7 @@ most ``--epochs`` epochs (``--finetune-epochs`` for fine-tuning), early
 stopping on validation AUC with patience 1, best weights restored; a
 fine-tuning run that never beats its starting point's validation AUC keeps the
 starting weights. It writes
-its section of ``BENCHMARKS.md`` (or ``--out``; other sections are kept) with the command,
+its section of ``docs/benchmarks.md`` (or ``--out``; other sections are kept) with the command,
 library versions and machine.
 
     python benchmarks/reproduce.py                     # shared samples, 3 seeds
@@ -137,7 +137,7 @@ def main() -> None:
     for name in DEFAULT_DATA:
         parser.add_argument(f"--{name}-train", help=f"{name} training files (comma-separated)")
         parser.add_argument(f"--{name}-test", help=f"{name} held-out files (comma-separated)")
-    parser.add_argument("--out", default="BENCHMARKS.md")
+    parser.add_argument("--out", default="docs/benchmarks.md")
     args = parser.parse_args()
 
     sections = [

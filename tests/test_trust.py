@@ -247,3 +247,13 @@ def test_budget_search_needs_labelled_validation_data(mlp):
         tfafm.compress(model, x, max_auc_drop=0.001, progress=False)
     with pytest.raises(UserError, match="max_auc_drop must be a number"):
         tfafm.compress(model, x, max_auc_drop=float("nan"), validation_data=(x, x[:, :1] > 0), progress=False)
+
+
+def test_recurrent_layer_over_a_sequence_of_unknown_length_is_refused_with_the_fix(tmp_path):
+    steps = keras.Input((None,), dtype="int32", name="history")
+    vectors = keras.layers.Embedding(20, 4, name="table")(steps)
+    model = keras.Model(steps, keras.layers.Dense(1)(keras.layers.GRU(4, name="gru")(vectors)))
+    rows = {"history": np.ones((8, 5), "int32")}
+    with pytest.raises(UserError, match="'gru' \\(GRU\\) runs over a sequence of unknown length.*fixed length"):
+        tfafm.export.litert(model, str(tmp_path / "m.tflite"), verification_data=rows)
+    _assert_nothing_written(tmp_path)
