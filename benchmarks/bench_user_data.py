@@ -8,6 +8,7 @@ peak should not grow with the file.
 
     python benchmarks/bench_user_data.py                       # 1M and 10M rows
     python benchmarks/bench_user_data.py --rows 100000 1000000 # quicker
+    python benchmarks/bench_user_data.py --out docs/benchmarks.md   # also write its section there
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ def measure(model: str, data: str, out: str) -> tuple[int, float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 10_000_000])
+    parser.add_argument("--out", help="also write the table as the user-data section of this Markdown file")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="tfafm-bench-user-") as folder:
         model = os.path.join(folder, "my.keras")
@@ -90,10 +92,22 @@ def main() -> None:
                 raise SystemExit(f"tfafm compress failed on {rows:,} rows (exit {code})")
             results.append((rows, os.path.getsize(data) / 2**20, seconds, peak))
             os.remove(data)
-    print("| rows | Parquet MiB | wall s | peak RSS MiB | peak / smallest |")
-    print("| ---: | ---: | ---: | ---: | ---: |")
-    for rows, size, seconds, peak in results:
-        print(f"| {rows:,} | {size:,.0f} | {seconds:.0f} | {peak:,.0f} | {peak / results[0][3]:.2f}x |")
+    lines = ["| rows | Parquet MiB | wall s | peak RSS MiB | peak / smallest |", "| ---: | ---: | ---: | ---: | ---: |"]
+    lines += [f"| {rows:,} | {size:,.0f} | {seconds:.0f} | {peak:,.0f} | {peak / results[0][3]:.2f}x |"
+              for rows, size, seconds, peak in results]
+    table = "\n".join(lines)
+    print(table)
+    if args.out:
+        from common import environment, write_section
+
+        sizes = " ".join(str(r) for r in args.rows)
+        write_section(args.out, "user-data", "\n".join([
+            "## User data: peak memory of `tfafm compress my.keras --data parquet:...`", "",
+            f"Command: `python benchmarks/bench_user_data.py --rows {sizes} --out {args.out}` ({environment()}). "
+            f"A user-style model ({FIELDS} id inputs into tables of {VOCABULARY:,} x {DIM}, a float input, MLP "
+            "256-128) compressed at `--ratio 4` from Parquet files of each size, each run in a fresh process; "
+            "peak RSS is that process's. Files are read a batch at a time, so memory stays flat as they grow.",
+            "", table])
 
 
 if __name__ == "__main__":
