@@ -74,7 +74,12 @@ def predict_with_labels(model, dataset: tf.data.Dataset) -> tuple[np.ndarray, np
 
 
 def scores(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
-    """AUC, LogLoss, positive rate and row count of binary ``labels`` vs ``probabilities``."""
+    """AUC, LogLoss, positive rate and row count of binary ``labels`` vs ``probabilities``.
+
+    >>> result = scores([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8])
+    >>> result["auc"], result["rows"]
+    (0.75, 4)
+    """
     labels = np.asarray(labels, dtype=np.float64).reshape(-1)
     probabilities = np.clip(np.asarray(probabilities, dtype=np.float64).reshape(-1), 1e-7, 1 - 1e-7)
     if len(np.unique(labels)) < 2:
@@ -107,7 +112,12 @@ def ranks(values: np.ndarray) -> np.ndarray:
 
 def agreement(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
     """How closely ``candidate`` predictions follow ``reference`` ones on the same rows: mean and
-    max absolute difference, and Spearman's rank correlation (1.0 when both are constant)."""
+    max absolute difference, and Spearman's rank correlation (1.0 when both are constant).
+
+    >>> result = agreement([0.1, 0.4, 0.2, 0.9], [0.2, 0.3, 0.25, 1.0])
+    >>> round(result["max_abs_diff"], 3), result["rank_correlation"]
+    (0.1, 1.0)
+    """
     reference = np.asarray(reference, dtype=np.float64).reshape(-1)
     candidate = np.asarray(candidate, dtype=np.float64).reshape(-1)
     if reference.shape != candidate.shape:

@@ -28,7 +28,19 @@ QUANTIZATIONS = (None, "float16", "dynamic", "int8")
 
 def inspect_model(model: keras.Model, ratios=RATIOS) -> dict[str, Any]:
     """The model's layers, its compressible matrices and the expected file sizes (see the
-    module docstring), as a JSON-ready dict."""
+    module docstring), as a JSON-ready dict.
+
+    >>> import keras
+    >>> inputs = keras.Input((64,), name="x")
+    >>> hidden = keras.layers.Dense(256, activation="relu", name="hidden")(inputs)
+    >>> model = keras.Model(inputs, keras.layers.Dense(1, name="out")(hidden))
+    >>> inspection = inspect_model(model)
+    >>> [t["name"] for t in inspection["compressible"]], inspection["left_alone"][0]["name"]
+    (['hidden'], 'out')
+    >>> sizes = inspection["expected_bytes"][0]
+    >>> sizes["quantization"], sizes["original_bytes"], sizes["ratios"]["4"] < sizes["original_bytes"]
+    ('float32', 67588, True)
+    """
     require_graph_model(model)
     targets, skipped = find_targets(model)
     layers = [{"name": name, "class": type(layer).__name__, "params": int(layer.count_params()) if layer.built else 0}

@@ -101,7 +101,15 @@ def is_keyed_spec(spec: str) -> bool:
 
 
 def parse_spec(spec: str) -> KeyedSpec:
-    """Parses ``KIND:PATH[?label=..&delimiter=..&list_delimiter=..]``; the files must exist."""
+    r"""Parses ``KIND:PATH[?label=..&delimiter=..&list_delimiter=..]``; the files must exist.
+
+    >>> import os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "events.csv")
+    >>> _ = open(path, "w").write("user;click\n3;1\n")
+    >>> spec = parse_spec(f"csv:{path}?label=click&delimiter=;")
+    >>> spec.kind, spec.labels, spec.delimiter
+    ('csv', ('click',), ';')
+    """
     kind, _, rest = spec.partition(":")
     if kind not in KINDS:
         raise UserError(f"Unknown data source {kind!r} in {spec!r}; expected {', '.join(k + ':PATH' for k in KINDS)}.")

@@ -45,7 +45,13 @@ class Tolerance:
     rank_correlation: float | None = None
 
     def violation(self, reference: np.ndarray, got: np.ndarray) -> str | None:
-        """Why ``got`` is not close enough to ``reference``, or None."""
+        """Why ``got`` is not close enough to ``reference``, or None.
+
+        >>> TOLERANCES[None].violation(np.array([0.25, 0.5]), np.array([0.25, 0.50002])) is None
+        True
+        >>> TOLERANCES[None].violation(np.array([0.25, 0.5]), np.array([0.25, 0.6]))[:16]
+        'max abs diff 0.1'
+        """
         from tfafm.metrics import agreement
 
         reference = np.asarray(reference, dtype=np.float64).reshape(-1)
