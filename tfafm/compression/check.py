@@ -66,7 +66,7 @@ def run_checked(model: keras.Model, rows: dict[str, np.ndarray], what: str) -> d
     with failures_named(f"{what} fails to run"):
         outputs = model(pack_inputs(model, model_inputs(model, rows)), training=False)
     names = output_names(model)
-    flat = [np.asarray(keras.ops.convert_to_numpy(x)) for x in
+    flat = [np.asarray(x.numpy() if hasattr(x, "numpy") else x) for x in
             (list(outputs.values()) if isinstance(outputs, dict) else keras.tree.flatten(outputs))]
     if isinstance(outputs, dict):
         names = list(outputs)

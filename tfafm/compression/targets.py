@@ -115,7 +115,7 @@ class Adapter:
 
 
 def _array(variable) -> np.ndarray:
-    return np.asarray(keras.ops.convert_to_numpy(variable))
+    return np.asarray(variable.numpy())  # not convert_to_numpy: numpy 2 warns on TF's __array__
 
 
 class DenseAdapter(Adapter):
