@@ -191,7 +191,7 @@ def fit_distributed(
     local_replicas = max(1, replicas // pipelines)
     assignment = worker_shards(bundle, pipelines)
     shards = cache.shards("train")
-    files = cache.files("train")
+    files = cache.verified_files("train")
     steps = min(sum(shards[i]["rows"] for i in mine) // per_replica // local_replicas for mine in assignment)
     if steps < 1:
         raise UserError(f"Too few training rows per worker for a global batch of {batch_size}.")

@@ -28,11 +28,10 @@ from typing import Any, Iterator, Optional
 import numpy as np
 import pyarrow as pa
 
-from tfafm.data.cache import (
-    CACHE_KIND, PREPROCESSOR_FILE, SPLITS, Cache, ShardWriter, pack, source_fingerprint, stale_reason, write_manifest,
-)
+from tfafm.data.cache import PREPROCESSOR_FILE, Cache, ShardWriter, pack, source_fingerprint, stale_reason
 from tfafm.data.columnar import Columns, parquet_columns, parse_block
 from tfafm.data.formats import DataFormat
+from tfafm.data.manifest import CACHE_KIND, SPLITS, write_manifest
 from tfafm.data.preprocessing import Preprocessor
 from tfafm.data.readers import no_rows_error
 from tfafm.data.specs import FILE_PREFIXES, FileSource, file_source, is_parquet
@@ -222,8 +221,9 @@ def prepare(
             preprocessor = Preprocessor.from_counts(data_format, counts, min_count, max_vocabulary)
         timings.append(PassTiming("fit vocabularies", total, time.perf_counter() - start))
         start = time.perf_counter()
+        row_bytes = 4 * (1 + len(data_format.dense) + len(data_format.sparse_names))
         writers = {split: ShardWriter(tmp, split, rows[split == "validation"],
-                                      shards or default_shards(rows[split == "validation"]))
+                                      shards or default_shards(rows[split == "validation"]), row_bytes)
                    for split in SPLITS}
         with progress_bar("prepare: encode + write", total, enabled=progress, unit="rows") as advance:
             for path in spilled:

@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 from tfafm.data.columnar import Columns
 from tfafm.data.formats import FORMATS, DataFormat, RawRow, format_from_dict
 from tfafm.data.vocabulary import ValueCounts
-from tfafm.errors import UserError
+from tfafm.errors import MissingFileError, UserError
 from tfafm.io_utils import atomic_write_text
 from tfafm.schema import DenseFeature, Schema, SparseFeature
 
@@ -173,10 +173,26 @@ class Preprocessor:
 
     @classmethod
     def load(cls, path: str) -> "Preprocessor":
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"Preprocessor file not found: {path}")
-        with open(path) as f:
-            return cls.from_dict(json.load(f))
+        """Reads a preprocessor written by :meth:`save`.
+
+        Raises:
+            MissingFileError: no file at ``path``.
+            UserError: the file is not valid JSON or not a preprocessor (the message names it).
+        """
+        if not os.path.isfile(path):
+            raise MissingFileError(f"Preprocessor file not found: {path}")
+        try:
+            with open(path, encoding="utf-8") as f:
+                config = json.load(f)
+        except json.JSONDecodeError as error:
+            raise UserError(f"{path}:{error.lineno}:{error.colno}: not valid JSON: {error.msg}") from None
+        except UnicodeDecodeError as error:
+            raise UserError(f"{path}: not UTF-8 text (byte {error.start})") from None
+        try:
+            return cls.from_dict(config)
+        except (KeyError, TypeError, ValueError, AttributeError, pa.ArrowException) as error:
+            detail = f"no {error}" if isinstance(error, KeyError) else _one_line(error)
+            raise UserError(f"{path}: not a tfafm preprocessor ({detail})") from None
 
 
 class _Lookup:
@@ -225,6 +241,11 @@ def _short_keys(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
         padded[longer, k] = data[offsets[longer] + k]
     nul = ((padded == 0) & (np.arange(8) < lengths[:, None])).any(axis=1)
     return padded.view(">u8").reshape(n).astype(np.uint64), (lengths <= 8) & ~nul
+
+
+def _one_line(error: Exception) -> str:
+    text = " ".join(str(error).split())
+    return text[:200] or type(error).__name__
 
 
 def _string_array(values: Union[Sequence[str], pa.Array]) -> pa.Array:
