@@ -64,9 +64,10 @@ def case(name: str, xfail: str | None = None) -> Callable[[Case], Case]:
 
 
 def snapshot(root: Path) -> dict[str, str]:
-    """Relative path -> content hash (``"dir"`` for directories) of everything under ``root``."""
-    return {str(p.relative_to(root)): "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*"))}
+    """Relative path -> content hash (``"dir"`` for directories, ``"special"`` for pipes and the like,
+    which reading would block on) of everything under ``root``."""
+    return {str(p.relative_to(root)): "dir" if p.is_dir() else "special" if not p.is_file()
+            else hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*"))}
 
 
 # ----------------------------------------------------------------------------- options (no TensorFlow needed)

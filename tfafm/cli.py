@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import warnings
 from typing import Callable, Optional, Sequence
@@ -141,14 +142,22 @@ def cmd_train(args, out: Output) -> int:
     config = _train_config(args)
     if config.model not in models.available():
         raise UserError(f"Unknown model {config.model!r}; available: {', '.join(models.available())}.")
-    from tfafm.distribute import is_chief
+    from tfafm.distribute import cluster_size, cluster_strategy, is_chief
 
-    if not is_chief():  # a worker of a cluster (TF_CONFIG): trains with the others, writes nothing
+    chief, workers = is_chief(), cluster_size()
+    destination = Destination(args.out, "run", overwrite=args.overwrite,
+                              sources=[*_data_paths(args.data), args.config or ""]) if chief else None
+    if workers > 1:  # everything is checked before waiting for the other tasks
+        from tfafm.training import check_cluster_data
+
+        check_cluster_data(args.data, workers)
+        out.note(f"Waiting up to {args.cluster_timeout:g} s for the other {workers - 1} task(s) of the cluster")
+        cluster_strategy(timeout_seconds=args.cluster_timeout, startup_timeout=args.cluster_timeout)
+        _stop_on_sigterm()  # TensorFlow's coordination service took SIGTERM over while starting
+    if not chief:  # a worker of a cluster (TF_CONFIG): trains with the others, writes nothing
         train(config, args.data, verbose=0)
         out.result(f"Worker done; the chief writes {args.out}")
         return 0
-    destination = Destination(args.out, "run", overwrite=args.overwrite,
-                              sources=[*_data_paths(args.data), args.config or ""])
     out.note(f"Training {config.model} on {args.data} for up to {config.epochs} epoch(s)")
     with destination.staged() as staged:
         result = train(config, args.data, out=staged, skip_bad_lines=args.skip_bad_lines,
@@ -308,9 +317,42 @@ def _one_line(error: BaseException) -> str:
     return text or type(error).__name__
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived (a scheduler stopping the job): unwinds like KeyboardInterrupt, so temporary
+    outputs are removed on the way out."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated(signal.Signals(signum).name)
+
+
+def _stop_on_sigterm():
+    """Makes SIGTERM raise :class:`Terminated` in the main thread; returns the handler it replaced
+    (None outside the main thread, where Python cannot install one)."""
+    try:
+        return signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:
+        return None
+
+
+def _quiet_python_logs() -> None:
+    """--quiet: TensorFlow's and absl's Python loggers print errors only."""
+    import logging
+
+    for name in ("absl", "tensorflow"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def run(args: argparse.Namespace) -> int:
-    """Runs the command parsed by :func:`tfafm_cli.build_parser`; returns the exit code."""
+    """Runs the command parsed by :func:`tfafm_cli.build_parser`; returns the exit code.
+
+    SIGTERM stops the command with exit code 143 (128 + 15) and one line on
+    stderr, its outputs left as they were (the handler is restored on return).
+    """
     warnings.filterwarnings("ignore", category=UserWarning, module="keras")
+    if args.quiet:
+        _quiet_python_logs()
+    previous = _stop_on_sigterm()
     try:
         return COMMANDS[args.command](args, Output(args.quiet))
     except UserError as error:
@@ -319,6 +361,12 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"tfafm {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print(f"tfafm {args.command}: terminated by SIGTERM", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

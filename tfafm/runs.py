@@ -100,7 +100,7 @@ def save_run(path: str, model: keras.Model, schema: Schema,
 def load_json_file(path: str, load: Callable[[str], T]) -> T:
     """``load(path)`` for a JSON file; a missing file, bad JSON or content ``load`` rejects is a
     :class:`UserError` naming ``path``."""
-    if not os.path.isfile(path):
+    if not os.path.exists(path) or os.path.isdir(path):  # a pipe is read once, like a file
         raise MissingFileError(f"{path}: no such file")
     try:
         return load(path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import TYPE_CHECKING, Any
 
@@ -11,6 +12,7 @@ from tfafm import models
 from tfafm.config import TrainConfig
 from tfafm.data import DataBundle, load_data
 from tfafm.data.cache import read_dataset
+from tfafm.data.sources import open_cache
 from tfafm.distribute import cluster_size, cluster_strategy, is_chief
 from tfafm.errors import UserError
 from tfafm.metrics import evaluate
@@ -118,13 +120,34 @@ def _save(out: str, model: keras.Model, bundle: DataBundle, data: str, config: T
     save_run(out, model, bundle.schema, bundle.preprocessor, info)
 
 
-def _train_distributed(config: TrainConfig, data: str, out: str | None, verbose: int,
-                       strategy: "tf.distribute.Strategy") -> TrainResult:
+def check_cluster_data(data: str, workers: int) -> None:
+    """Checks, without running TensorFlow, that ``data`` can be trained on by ``workers`` tasks: a
+    prepared cache, intact and up to date, with at least one training shard per worker. Call it before
+    waiting for the cluster, so a bad spec fails at once rather than after the wait."""
+    _require_cache_spec(data)
+    cache = open_cache(data.partition(":")[2], rebuild_stale=False)
+    _check_shards(len(cache.shards("train")), workers)
+
+
+def _require_cache_spec(data: str) -> None:
     if not data.startswith("cache:"):
         raise UserError(
             f"Training on a cluster reads a prepared cache, not {data!r}: run tfafm prepare --data SPEC "
             "--out DIR once (on shared storage), then give every worker --data cache:DIR."
         )
+
+
+def _check_shards(shards: int, workers: int) -> None:
+    if shards < workers:
+        raise UserError(
+            f"The cache has {shards} training shard(s) for {workers} workers; prepare it with "
+            f"--shards N, N a multiple of {workers}."
+        )
+
+
+def _train_distributed(config: TrainConfig, data: str, out: str | None, verbose: int,
+                       strategy: "tf.distribute.Strategy") -> TrainResult:
+    _require_cache_spec(data)
     bundle = load_data(data, rebuild_stale=False, **config.data_options())
     keras.utils.set_random_seed(config.seed)
     with strategy.scope():
@@ -151,11 +174,7 @@ def _local_copy(model: keras.Model) -> keras.Model:
 def worker_shards(bundle: DataBundle, workers: int) -> list[list[int]]:
     """Training shard indices of each worker: shard ``i`` goes to worker ``i % workers``."""
     shards = len(bundle.cache.shards("train"))
-    if shards < workers:
-        raise UserError(
-            f"The cache has {shards} training shard(s) for {workers} workers; prepare it with "
-            f"--shards N, N a multiple of {workers}."
-        )
+    _check_shards(shards, workers)
     return [list(range(worker, shards, workers)) for worker in range(workers)]
 
 
@@ -228,7 +247,8 @@ def fit_distributed(
     best_auc, best_weights, waited, epochs_run = -1.0, None, 0, 0
     for epoch in range(epochs):
         iterator = iter(distributed)
-        with progress_bar(f"epoch {epoch + 1}/{epochs}", steps, enabled=verbose > 0 and is_chief()) as advance:
+        with progress_bar(f"epoch {epoch + 1}/{epochs}", steps, enabled=verbose > 0 and is_chief()) as advance, \
+                _cluster_lost(epoch):
             for _ in range(steps):
                 train_step(iterator)
                 advance()
@@ -245,6 +265,21 @@ def fit_distributed(
     if best_weights is not None:
         model.set_weights(best_weights)
     return epochs_run
+
+
+@contextlib.contextmanager
+def _cluster_lost(epoch: int):
+    """Turns the errors of a collective whose peer stopped (or stalled past the collective timeout)
+    into one :class:`UserError`."""
+    import tensorflow as tf
+
+    try:
+        yield
+    except (tf.errors.DeadlineExceededError, tf.errors.UnavailableError, tf.errors.AbortedError,
+            tf.errors.CancelledError) as error:
+        detail = " ".join(str(error.message).split())[:200]
+        raise UserError(f"Lost the cluster in epoch {epoch + 1}: another task stopped or stalled past the "
+                        f"collective timeout ({type(error).__name__}: {detail}).") from None
 
 
 def _mean_over_replicas(strategy: "tf.distribute.Strategy", value: float) -> float:

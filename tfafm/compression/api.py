@@ -7,6 +7,7 @@ from typing import Iterable, Mapping
 import keras
 import numpy as np
 
+from tfafm.compression.arguments import check_budget
 from tfafm.compression.calibration import calibrate
 from tfafm.compression.keras_graph import require_graph_model, resolve_names
 from tfafm.compression.ranks import cost_models, energy_kept, ranks_for_energy, ranks_for_ratio
@@ -163,12 +164,9 @@ def compress(
         matrix where the factors would not save parameters (such as a final
         ``Dense(1)``); explicit ``ranks`` are used as given.
     """
+    check_budget(ranks, energy, target_ratio, calibration_steps, min_calibration_rows)
     require_graph_model(model)
     check_method(method)
-    chosen_options = [name for name, value in (("ranks", ranks), ("energy", energy), ("target_ratio", target_ratio))
-                      if value is not None]
-    if len(chosen_options) != 1:
-        raise UserError(f"Give exactly one of ranks, energy or target_ratio (got {chosen_options or 'none'}).")
     check_inner_activation(inner_activation)
     costs = cost_models(objective, quantization)
     all_targets, skipped = find_targets(model)

@@ -29,6 +29,11 @@ from tfafm.schema import DenseFeature, Schema, SparseFeature
 
 _VERSION = 2
 _FIT_CHUNK_ROWS = 65536
+_INT64_MAX = 2**63 - 1  # counts are int64 Arrow columns
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and 1 <= value <= _INT64_MAX
 
 
 class Encoded(NamedTuple):
@@ -98,10 +103,10 @@ class Preprocessor:
     def from_counts(cls, data_format: DataFormat, counts: ValueCounts, min_count: int = 1,
                     max_vocabulary: Optional[int] = None) -> "Preprocessor":
         """The vocabularies :meth:`fit` would choose, from value counts of the training rows."""
-        if min_count < 1:
-            raise UserError(f"min_count must be >= 1, got {min_count}.")
-        if max_vocabulary is not None and max_vocabulary < 1:
-            raise UserError(f"max_vocabulary must be >= 1, got {max_vocabulary}.")
+        if not _is_count(min_count):
+            raise UserError(f"min_count must be an integer in [1, {_INT64_MAX}], got {min_count!r}.")
+        if max_vocabulary is not None and not _is_count(max_vocabulary):
+            raise UserError(f"max_vocabulary must be an integer in [1, {_INT64_MAX}], got {max_vocabulary!r}.")
         if counts.fields != data_format.sparse_names:
             raise ValueError(f"Counts of fields {list(counts.fields)} do not match the "
                              f"{data_format.name} fields {list(data_format.sparse_names)}.")
@@ -179,7 +184,7 @@ class Preprocessor:
             MissingFileError: no file at ``path``.
             UserError: the file is not valid JSON or not a preprocessor (the message names it).
         """
-        if not os.path.isfile(path):
+        if not os.path.exists(path) or os.path.isdir(path):  # a pipe is read once, like a file
             raise MissingFileError(f"Preprocessor file not found: {path}")
         try:
             with open(path, encoding="utf-8") as f:
