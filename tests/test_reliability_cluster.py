@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -77,47 +78,17 @@ def test_malformed_tf_config_is_one_line(config, message, tmp_path, monkeypatch,
 @pytest.mark.parametrize("data, message", [
     ("synthetic:300", r"Training on a cluster reads a prepared cache, not 'synthetic:300'"),
     ("cache:{cache}", r"The cache has 2 training shard\(s\) for 3 workers; prepare it with --shards N"),
-    ("cache:{missing}", r"Cache directory not found: .*/nothing"),
+    ("cache:{empty}", r"empty is not a tfafm data cache \(no manifest\.json\)"),
 ])
 def test_cluster_data_is_refused_before_waiting_for_peers(data, message, cache, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("TF_CONFIG", tf_config([1, 2, 3]))  # nobody listens: waiting would time out
     monkeypatch.setattr("tfafm.distribute.wait_for_peers", lambda *a: pytest.fail("waited for the peers"))
-    code = main(["train", "--data", data.format(cache=cache, missing=tmp_path / "nothing"), "--out", "run",
-                 "--quiet"])
+    (tmp_path / "empty").mkdir()
+    code = main(["train", "--data", data.format(cache=cache, empty=tmp_path / "empty"), "--out", "run", "--quiet"])
     lines = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and re.search(message, lines[0]), lines
-    assert os.listdir(tmp_path) == []
-
-
-def start_train(cwd: Path, argv: list[str], config: str | None) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    env.pop("TF_CONFIG", None)
-    if config is not None:
-        env["TF_CONFIG"] = config
-    return subprocess.Popen([sys.executable, str(ROOT / "tfafm_cli.py"), "train", *argv], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def finish(process: subprocess.Popen, timeout: float = 120) -> tuple[int, list[str]]:
-    try:
-        _, stderr = process.communicate(timeout=timeout)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()
-    return process.returncode, stderr.strip().splitlines()
-
-
-def wait_until_listening(port: int, process: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    pytest.fail(f"the worker never listened on port {port} (exit code {process.poll()})")
+    assert os.listdir(tmp_path) == ["empty"]
 
 
 @pytest.fixture
@@ -128,50 +99,97 @@ def ports():
         pytest.skip(f"cannot bind loopback ports on this platform: {error}")
 
 
-def test_missing_peer_is_named_after_the_cluster_timeout(cache, ports, tmp_path):
-    process = start_train(tmp_path, ["--data", f"cache:{cache}", "--cluster-timeout", "2", "--out", "run",
-                                     "--quiet"], tf_config(ports))
-    wait_until_listening(ports[0], process)
-    waiting_since = time.monotonic()
-    code, lines = finish(process)
-    assert time.monotonic() - waiting_since < 30
+def test_missing_peer_is_named_after_the_cluster_timeout(cache, ports, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TF_CONFIG", tf_config(ports))
+    start = time.monotonic()
+    code = main(["train", "--data", f"cache:{cache}", "--cluster-timeout", "1.5", "--out", "run", "--quiet"])
+    assert 1.5 <= time.monotonic() - start < 10
+    lines = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(lines) == 1, lines
-    assert re.search(rf"error: The cluster did not form within 2 s: worker 1 \(127\.0\.0\.1:{ports[1]}\) never "
+    assert re.search(rf"error: The cluster did not form within 1\.5 s: worker 1 \(127\.0\.0\.1:{ports[1]}\) never "
                      r"answered; start every task \(or raise --cluster-timeout\)", lines[0]), lines
     assert os.listdir(tmp_path) == []
 
 
-def test_a_second_task_with_the_same_index_cannot_take_its_port(cache, ports, tmp_path):
+def test_a_second_task_with_the_same_index_cannot_take_its_port(cache, ports, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TF_CONFIG", tf_config(ports, index=1))
     with socket.create_server(("127.0.0.1", ports[1])):  # task 1 already runs
-        code, lines = finish(start_train(tmp_path, ["--data", f"cache:{cache}", "--out", "run", "--quiet"],
-                                         tf_config(ports, index=1)))
+        code = main(["train", "--data", f"cache:{cache}", "--out", "run", "--quiet"])
+    lines = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(lines) == 1, lines
     assert re.search(rf"TF_CONFIG: worker 1 cannot listen on 127\.0\.0\.1:{ports[1]}: Address already in use; is "
                      r"another process running as this task", lines[0]), lines
     assert os.listdir(tmp_path) == []
 
 
-def test_sigterm_stops_a_worker_waiting_for_its_peer(cache, ports, tmp_path):
-    process = start_train(tmp_path, ["--data", f"cache:{cache}", "--cluster-timeout", "600", "--out", "run",
-                                     "--quiet"], tf_config(ports, index=1))
-    wait_until_listening(ports[1], process)
-    process.send_signal(signal.SIGTERM)
-    sent = time.monotonic()
-    code, lines = finish(process, timeout=60)
-    assert time.monotonic() - sent < 10
-    assert (code, lines) == (143, ["tfafm train: terminated by SIGTERM"])
+def sigterm_after(seconds: float) -> threading.Timer:
+    timer = threading.Timer(seconds, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    return timer
+
+
+def test_sigterm_stops_a_worker_waiting_for_its_peer(cache, ports, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TF_CONFIG", tf_config(ports, index=1))
+    sigterm_after(1.0)
+    start = time.monotonic()
+    code = main(["train", "--data", f"cache:{cache}", "--cluster-timeout", "600", "--out", "run", "--quiet"])
+    assert time.monotonic() - start < 10
+    assert (code, capsys.readouterr().err.strip().splitlines()) == (143, ["tfafm train: terminated by SIGTERM"])
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the command's handler is gone
     assert os.listdir(tmp_path) == []
 
 
-def test_sigterm_stops_training_and_leaves_nothing(tmp_path):
+def test_sigterm_stops_training_and_leaves_nothing(tmp_path, monkeypatch, capsys):
+    import keras
+
+    monkeypatch.chdir(tmp_path)
     (tmp_path / "keep.txt").write_text("user file")
     before = snapshot(tmp_path)
-    process = start_train(tmp_path, ["--data", "synthetic:2000000", "--epochs", "50", "--out", "run"], None)
-    line = process.stderr.readline()  # the first progress note: training starts
-    assert line.startswith("Training deepfm"), line
-    time.sleep(3)  # inside data loading or model.fit
-    process.send_signal(signal.SIGTERM)
-    code, lines = finish(process, timeout=60)
-    assert code == 143 and lines[-1] == "tfafm train: terminated by SIGTERM", lines
-    assert "Traceback" not in "\n".join(lines)
+    fit = keras.Model.fit
+
+    def fit_then_sigterm(model, *args, **kwargs):  # SIGTERM while model.fit runs its steps
+        sigterm_after(0.5)
+        return fit(model, *args, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "fit", fit_then_sigterm)
+    code = main(["train", "--data", "synthetic:300000", "--epochs", "20", "--embedding-dim", "2", "--out", "run",
+                 "--quiet"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert (code, lines) == (143, ["tfafm train: terminated by SIGTERM"])
     assert snapshot(tmp_path) == before
+
+
+def start_worker(cwd: Path, index: int, ports: list[int], cache: Path) -> subprocess.Popen:
+    env = {**os.environ, "TF_CONFIG": tf_config(ports, index=index),
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.Popen([sys.executable, str(ROOT / "tfafm_cli.py"), "train", "--data", f"cache:{cache}",
+                             "--cluster-timeout", "60", "--epochs", "500", "--batch-size", "32", "--embedding-dim",
+                             "2", "--out", "run"], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def test_sigterm_stops_a_training_cluster_worker_and_the_chief_fails_cleanly(cache, ports, tmp_path):
+    """After the strategy starts, TensorFlow's coordination service catches SIGTERM (to note a preemption)
+    and the process runs on; tfafm takes SIGTERM back. The chief then loses its peer: one line, no traceback."""
+    workers = [start_worker(tmp_path, index, ports, cache) for index in (0, 1)]
+    try:
+        for line in workers[0].stderr:  # the chief's notes: it trains once the strategy has started
+            if line.startswith("Training deepfm"):
+                break
+        time.sleep(2)
+        workers[1].send_signal(signal.SIGTERM)
+        outputs = [worker.communicate(timeout=120) for worker in reversed(workers)][::-1]
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+                worker.communicate()
+    worker_lines = [line for line in outputs[1][1].splitlines() if line.startswith("tfafm")]
+    assert (workers[1].returncode, worker_lines) == (143, ["tfafm train: terminated by SIGTERM"]), outputs[1][1]
+    chief_lines = outputs[0][1].strip().splitlines()
+    assert workers[0].returncode == 2 and "Traceback" not in outputs[0][1], outputs[0][1][-3000:]
+    assert re.match(r"tfafm train: error: Lost the cluster: another task stopped", chief_lines[-1]), chief_lines
+    assert os.listdir(tmp_path) == []

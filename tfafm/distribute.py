@@ -140,7 +140,8 @@ def wait_for_peers(config: dict[str, Any], timeout_seconds: float) -> None:
     except OSError as error:
         hint = "; is another process running as this task (the same index twice)?" \
             if error.errno == errno.EADDRINUSE else ""
-        raise _fail(f"{me} cannot listen on {own}: {error.strerror or error}{hint}") from None
+        cause = os.strerror(error.errno) if error.errno else str(error)
+        raise _fail(f"{me} cannot listen on {own}: {cause}{hint}") from None
     deadline = time.monotonic() + timeout_seconds
     try:
         while peers:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import re
 from typing import TYPE_CHECKING, Any
 
 import keras
@@ -150,12 +151,13 @@ def _train_distributed(config: TrainConfig, data: str, out: str | None, verbose:
     _require_cache_spec(data)
     bundle = load_data(data, rebuild_stale=False, **config.data_options())
     keras.utils.set_random_seed(config.seed)
-    with strategy.scope():
-        model = models.build(config.model, bundle.schema, **config.hyperparams)
-        optimizer = keras.optimizers.Adam(config.learning_rate)
-    epochs_run = fit_distributed(model, optimizer, bundle, strategy, config.batch_size, config.epochs,
-                                 config.early_stopping_patience, verbose)
-    trained = _local_copy(model)
+    with _cluster_lost():  # every step below may wait on the other tasks
+        with strategy.scope():
+            model = models.build(config.model, bundle.schema, **config.hyperparams)
+            optimizer = keras.optimizers.Adam(config.learning_rate)
+        epochs_run = fit_distributed(model, optimizer, bundle, strategy, config.batch_size, config.epochs,
+                                     config.early_stopping_patience, verbose)
+        trained = _local_copy(model)
     compile_for_ctr(trained, config.learning_rate)
     metrics = evaluate(trained, bundle.validation)
     if out is not None and is_chief():
@@ -247,8 +249,7 @@ def fit_distributed(
     best_auc, best_weights, waited, epochs_run = -1.0, None, 0, 0
     for epoch in range(epochs):
         iterator = iter(distributed)
-        with progress_bar(f"epoch {epoch + 1}/{epochs}", steps, enabled=verbose > 0 and is_chief()) as advance, \
-                _cluster_lost(epoch):
+        with progress_bar(f"epoch {epoch + 1}/{epochs}", steps, enabled=verbose > 0 and is_chief()) as advance:
             for _ in range(steps):
                 train_step(iterator)
                 advance()
@@ -268,8 +269,8 @@ def fit_distributed(
 
 
 @contextlib.contextmanager
-def _cluster_lost(epoch: int):
-    """Turns the errors of a collective whose peer stopped (or stalled past the collective timeout)
+def _cluster_lost():
+    """Turns the error of a collective whose peer stopped (or stalled past the collective timeout)
     into one :class:`UserError`."""
     import tensorflow as tf
 
@@ -277,9 +278,9 @@ def _cluster_lost(epoch: int):
         yield
     except (tf.errors.DeadlineExceededError, tf.errors.UnavailableError, tf.errors.AbortedError,
             tf.errors.CancelledError) as error:
-        detail = " ".join(str(error.message).split())[:200]
-        raise UserError(f"Lost the cluster in epoch {epoch + 1}: another task stopped or stalled past the "
-                        f"collective timeout ({type(error).__name__}: {detail}).") from None
+        detail = " ".join(re.sub(r"\{\{[^}]*\}\}", "", str(error.message)).split())[:300]
+        raise UserError(f"Lost the cluster: another task stopped, or stalled past the collective timeout "
+                        f"({type(error).__name__}: {detail}).") from None
 
 
 def _mean_over_replicas(strategy: "tf.distribute.Strategy", value: float) -> float:
