@@ -104,6 +104,14 @@ def _(cache, root):
     return rf"{SHARD} holds 81 rows, the manifest says 135"  # 135 avazu rows of 96 bytes: 81 of 160
 
 
+@case("a byte flipped inside a record, caught by its checksum while training reads it")
+def _(cache, root):
+    data = bytearray((cache / SHARD).read_bytes())
+    data[100] ^= 0xFF
+    (cache / SHARD).write_bytes(bytes(data))
+    return r"a data file is corrupt \(corrupted record at \d+\): .*rebuild the cache with tfafm prepare"
+
+
 @case("a missing shard")
 def _(cache, root):
     (cache / SHARD).unlink()

@@ -392,3 +392,27 @@ def test_string_features_reach_the_models_own_lookup():
     assert [row.rank for row in report.layers if row.name == "dense"] == [17]
     tensors = {"site": tf.constant(data["site"]), "price": tf.constant(data["price"])}
     np.testing.assert_allclose(small(tensors), model(tensors), atol=1e-5)  # full rank of a 17-wide input: exact
+
+
+# ----------------------------------------------------------------------------- --quiet
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_quiet_silences_absl_and_tensorflow_warnings(quiet, tmp_path, monkeypatch, caplog):
+    """Keras, tf_keras and the converters warn through absl's and TensorFlow's loggers; --quiet keeps errors only."""
+    import logging
+
+    from absl import logging as absl_logging
+
+    def noisy(args, out):
+        absl_logging.warning("a converter note")
+        logging.getLogger("tensorflow").warning("a TensorFlow note")
+        absl_logging.error("an error")
+        return 0
+
+    monkeypatch.setitem(__import__("tfafm.cli").cli.COMMANDS, "eval", noisy)
+    with caplog.at_level(logging.INFO):
+        assert main(["eval", str(tmp_path)] + (["--quiet"] if quiet else [])) == 0
+    messages = [record.getMessage() for record in caplog.records]
+    assert messages == (["an error"] if quiet else ["a converter note", "a TensorFlow note", "an error"])
+    assert logging.getLogger("absl").level == logging.NOTSET  # restored when the command returned

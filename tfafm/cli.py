@@ -10,6 +10,7 @@ other exception is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -317,6 +318,19 @@ def _one_line(error: BaseException) -> str:
     return text or type(error).__name__
 
 
+def _is_data_loss(error: BaseException) -> bool:
+    """A TensorFlow ``DataLossError``: a file read through TensorFlow (a cache shard) fails its checksum."""
+    tf = sys.modules.get("tensorflow")
+    return tf is not None and isinstance(error, tf.errors.DataLossError)
+
+
+def _tensorflow_message(error: BaseException) -> str:
+    """The cause in a TensorFlow error's message: its last line that is not the graph node it ran in."""
+    lines = [line.strip() for line in str(getattr(error, "message", error)).splitlines()
+             if line.strip() and not line.strip().startswith("[[")]
+    return lines[-1] if lines else type(error).__name__
+
+
 class Terminated(BaseException):
     """SIGTERM arrived (a scheduler stopping the job): unwinds like KeyboardInterrupt, so temporary
     outputs are removed on the way out."""
@@ -335,12 +349,21 @@ def _stop_on_sigterm():
         return None
 
 
-def _quiet_python_logs() -> None:
-    """--quiet: TensorFlow's and absl's Python loggers print errors only."""
+@contextlib.contextmanager
+def _python_logs_quiet(quiet: bool):
+    """With ``quiet`` (--quiet), absl's and TensorFlow's Python loggers print errors only (Keras,
+    tf_keras and the converters warn through them), until the command returns."""
     import logging
 
-    for name in ("absl", "tensorflow"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    loggers = [logging.getLogger(name) for name in ("absl", "tensorflow")] if quiet else []
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -350,11 +373,10 @@ def run(args: argparse.Namespace) -> int:
     stderr, its outputs left as they were (the handler is restored on return).
     """
     warnings.filterwarnings("ignore", category=UserWarning, module="keras")
-    if args.quiet:
-        _quiet_python_logs()
     previous = _stop_on_sigterm()
     try:
-        return COMMANDS[args.command](args, Output(args.quiet))
+        with _python_logs_quiet(args.quiet):
+            return COMMANDS[args.command](args, Output(args.quiet))
     except UserError as error:
         print(f"tfafm {args.command}: error: {_one_line(error)}", file=sys.stderr)
         return 2
@@ -364,6 +386,13 @@ def run(args: argparse.Namespace) -> int:
     except Terminated:
         print(f"tfafm {args.command}: terminated by SIGTERM", file=sys.stderr)
         return 128 + signal.SIGTERM
+    except Exception as error:
+        if not _is_data_loss(error):
+            raise
+        print(f"tfafm {args.command}: error: a data file is corrupt ({_tensorflow_message(error)}): a record no "
+              "longer matches its checksum; if it is a cache shard, rebuild the cache with tfafm prepare",
+              file=sys.stderr)
+        return 2
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
