@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 from pathlib import Path
 from typing import Callable
 
@@ -20,17 +19,11 @@ import pytest
 
 from tfafm_cli import main
 
-from test_bad_inputs import CRITEO_ROW, snapshot
+from test_bad_inputs import CRITEO_ROW, assert_refused, registry, snapshot
 
 Case = Callable[[Path], tuple[list[str], str]]  # (the case's directory) -> (argv, regex of the error line)
 CASES: dict[str, Case] = {}
-
-
-def case(name: str) -> Callable[[Case], Case]:
-    def register(build: Case) -> Case:
-        CASES[name] = build
-        return build
-    return register
+case = registry(CASES)
 
 
 def table(path: Path, **columns) -> str:
@@ -164,14 +157,7 @@ def _(tmp):
 def test_bad_input_is_one_line_exit_2_and_changes_nothing(name, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     argv, expected = CASES[name](tmp_path)
-    before = snapshot(tmp_path)
-    code = main(argv)
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = err.strip().splitlines()
-    assert code == 2 and len(lines) == 1, err
-    assert re.search(expected, lines[0]), lines[0]
-    assert snapshot(tmp_path) == before
+    assert_refused(argv, expected, capsys, tmp_path)
 
 
 # ----------------------------------------------------------------------------- accepted as they come

@@ -9,7 +9,6 @@ wrong schema into the new run.
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import zipfile
 from pathlib import Path
@@ -17,19 +16,11 @@ from typing import Callable
 
 import pytest
 
-from tfafm_cli import main
-
-from test_bad_inputs import snapshot
+from test_bad_inputs import assert_refused, registry
 
 Damage = Callable[[Path, Path], str]  # (the copied run, the fixture root) -> regex of the error line
 CASES: dict[str, Damage] = {}
-
-
-def case(name: str) -> Callable[[Damage], Damage]:
-    def register(damage: Damage) -> Damage:
-        CASES[name] = damage
-        return damage
-    return register
+case = registry(CASES)
 
 
 @pytest.fixture(scope="module")
@@ -165,14 +156,7 @@ def test_damaged_run_is_one_line_exit_2_and_changes_nothing(name, runs, tmp_path
     monkeypatch.chdir(tmp_path)
     run = Path(shutil.copytree(runs / "run", tmp_path / "run"))
     expected = CASES[name](run, runs)
-    before = snapshot(tmp_path), snapshot(runs)
-    code = main(["compress", "run", "--out", "small", "--quiet"])
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = err.strip().splitlines()
-    assert code == 2 and len(lines) == 1, err
-    assert re.search(expected, lines[0]), lines[0]
-    assert (snapshot(tmp_path), snapshot(runs)) == before
+    assert_refused(["compress", "run", "--out", "small", "--quiet"], expected, capsys, tmp_path, runs)
 
 
 def test_intact_runs_load(runs):

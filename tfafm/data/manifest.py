@@ -16,6 +16,7 @@ from tfafm.data.errors import DataFormatError
 from tfafm.data.formats import format_from_dict
 from tfafm.data.specs import FILE_PREFIXES
 from tfafm.errors import UserError
+from tfafm.jsonfile import read_json
 
 CACHE_KIND = "data-cache"
 CACHE_VERSION = 2
@@ -37,12 +38,9 @@ def read_manifest(path: str) -> dict[str, Any]:
         UserError: naming ``path`` and the first field that is missing or wrong.
     """
     try:
-        with open(path, encoding="utf-8") as f:
-            manifest = json.load(f)
-    except json.JSONDecodeError as error:
-        raise UserError(f"{path}:{error.lineno}:{error.colno}: not valid JSON: {error.msg}; {REBUILD}.") from None
-    except UnicodeDecodeError as error:
-        raise UserError(f"{path}: not UTF-8 text (byte {error.start}); {REBUILD}.") from None
+        manifest = read_json(path)
+    except UserError as error:
+        raise UserError(f"{error}; {REBUILD}.") from None
     except OSError as error:
         raise UserError(f"{path}: cannot be read ({error.strerror or error}).") from None
     _Checker(path).check(manifest)

@@ -25,6 +25,7 @@ from tfafm.data.formats import FORMATS, DataFormat, RawRow, format_from_dict
 from tfafm.data.vocabulary import ValueCounts
 from tfafm.errors import MissingFileError, UserError
 from tfafm.io_utils import atomic_write_text
+from tfafm.jsonfile import read_json
 from tfafm.schema import DenseFeature, Schema, SparseFeature
 
 _VERSION = 2
@@ -186,13 +187,7 @@ class Preprocessor:
         """
         if not os.path.exists(path) or os.path.isdir(path):  # a pipe is read once, like a file
             raise MissingFileError(f"Preprocessor file not found: {path}")
-        try:
-            with open(path, encoding="utf-8") as f:
-                config = json.load(f)
-        except json.JSONDecodeError as error:
-            raise UserError(f"{path}:{error.lineno}:{error.colno}: not valid JSON: {error.msg}") from None
-        except UnicodeDecodeError as error:
-            raise UserError(f"{path}: not UTF-8 text (byte {error.start})") from None
+        config = read_json(path)
         try:
             return cls.from_dict(config)
         except (KeyError, TypeError, ValueError, AttributeError, pa.ArrowException) as error:
