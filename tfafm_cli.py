@@ -35,8 +35,8 @@ class Parser(argparse.ArgumentParser):
 # ----------------------------------------------------------------------------- argument types
 
 
-INT_MAX = 2**31 - 1  # the largest count, size or step number any option takes
-SEED_MAX = 2**32 - 1  # numpy's and Keras' largest seed
+INT_MAX = 2**31 - 1  # the largest count, size or step number any option takes (tfafm.config.MAX_COUNT)
+SEED_MAX = 2**32 - 1  # numpy's and Keras' largest seed (tfafm.config.MAX_SEED)
 
 
 def _number(text: str, kind: type, what: str, accept, upper: Optional[float] = None) -> float:
@@ -65,6 +65,10 @@ def seed(text: str) -> int:
 
 def positive_float(text: str) -> float:
     return _number(text, float, "a positive number", lambda v: 0 < v < float("inf"))
+
+
+def seconds(text: str) -> float:
+    return _number(text, float, "a positive number of seconds", lambda v: 0 < v < float("inf"), 86_400)
 
 
 def ratio(text: str) -> float:
@@ -128,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="occurrences a categorical value needs to get its own id (default 1)")
     train.add_argument("--rows", type=positive_int, help="training rows of synthetic data (default 200000)")
     train.add_argument("--seed", type=seed, help="seed of weights, shuffling and synthetic data (default 0)")
-    train.add_argument("--cluster-timeout", type=positive_float, default=180.0, metavar="SECONDS",
+    train.add_argument("--cluster-timeout", type=seconds, default=180.0, metavar="SECONDS",
                        help="on a cluster (TF_CONFIG): how long to wait for the other tasks to start, and for "
                             "any of them during a training step, before failing (default 180)")
     _add_skip_bad_lines(train)
