@@ -223,27 +223,32 @@ def load_run(path: str) -> Run:
     preprocessor = None
     if os.path.exists(preprocessor_path):
         preprocessor = load_json_file(preprocessor_path, Preprocessor.load)
-    schema_path = os.path.join(path, SCHEMA_FILE)
     run = Run(
         path=path,
         model=load_model_file(model_path),
-        schema=load_json_file(schema_path, Schema.load),
+        schema=load_json_file(os.path.join(path, SCHEMA_FILE), Schema.load),
         preprocessor=preprocessor,
         info=info,
     )
     run.config  # noqa: B018  (checks the saved config now, before any work)
-    check_schema_matches_model(run.schema, run.model, schema_path, model_path)
-    if preprocessor is not None:
-        check_preprocessor_matches_schema(preprocessor, run.schema, preprocessor_path, schema_path)
+    check_run_files(run)
     return run
 
 
-def check_preprocessor_matches_schema(preprocessor: Preprocessor, schema: Schema, preprocessor_path: str,
-                                      schema_path: str) -> None:
-    """Raises a :class:`UserError` unless ``preprocessor`` encodes exactly ``schema``'s features."""
+def check_run_files(run: Run) -> None:
+    """Raises a :class:`UserError` naming the files when a run's files disagree: ``schema.json`` with
+    ``model.keras``'s inputs (:func:`check_schema_matches_model`), ``preprocessor.json`` with
+    ``schema.json`` (the same features and vocabulary sizes). A run without a schema has nothing to check."""
+    if run.schema is None:
+        return
+    schema_path, model_path = os.path.join(run.path, SCHEMA_FILE), os.path.join(run.path, MODEL_FILE)
+    check_schema_matches_model(run.schema, run.model, schema_path, model_path)
+    if run.preprocessor is None:
+        return
+
     def described(features) -> set:
         return {(f.name, getattr(f, "vocabulary_size", None)) for f in features}
 
-    if described(preprocessor.schema().features) != described(schema.features):
-        raise UserError(f"{preprocessor_path} does not match {schema_path}: the preprocessor encodes other features "
-                        "or vocabulary sizes than the schema lists.")
+    if described(run.preprocessor.schema().features) != described(run.schema.features):
+        raise UserError(f"{os.path.join(run.path, PREPROCESSOR_FILE)} does not match {schema_path}: the "
+                        "preprocessor encodes other features or vocabulary sizes than the schema lists.")
