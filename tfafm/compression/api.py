@@ -167,6 +167,10 @@ def compress(
     check_budget(ranks, energy, target_ratio, calibration_steps, min_calibration_rows)
     require_graph_model(model)
     check_method(method)
+    chosen_options = [name for name, value in (("ranks", ranks), ("energy", energy), ("target_ratio", target_ratio))
+                      if value is not None]
+    if len(chosen_options) != 1:
+        raise UserError(f"Give exactly one of ranks, energy or target_ratio (got {chosen_options or 'none'}).")
     check_inner_activation(inner_activation)
     costs = cost_models(objective, quantization)
     all_targets, skipped = find_targets(model)

@@ -25,12 +25,8 @@ def _is_integer(value: Any) -> bool:
 
 def check_budget(ranks: Optional[Mapping], energy: Any, target_ratio: Any, calibration_steps: Any = None,
                  min_calibration_rows: Any = None) -> None:
-    """Raises a :class:`UserError` unless exactly one of ``ranks``, ``energy`` and ``target_ratio``
-    is given and every argument has a usable type and value (see :func:`tfafm.compress`)."""
-    chosen = [name for name, value in (("ranks", ranks), ("energy", energy), ("target_ratio", target_ratio))
-              if value is not None]
-    if len(chosen) != 1:
-        raise UserError(f"Give exactly one of ranks, energy or target_ratio (got {chosen or 'none'}).")
+    """Raises a :class:`UserError` unless every argument given (not None) has a usable type and
+    value (see :func:`tfafm.compress`, which also checks that exactly one budget is given)."""
     if target_ratio is not None and not (_is_real(target_ratio) and math.isfinite(target_ratio)
                                          and target_ratio > 1):
         raise UserError(f"target_ratio must be a finite number greater than 1, e.g. 4, got {target_ratio!r}.")
