@@ -80,6 +80,13 @@ def _(tmp):
             r"c\.parquet: column label matches Label, LABEL, which differ only in case")
 
 
+@case("Parquet with two columns of the same name")
+def _(tmp):
+    pq.write_table(pa.Table.from_arrays([pa.array([0, 1]), pa.array(["a", "b"]), pa.array(["c", "d"])],
+                                        names=["click", "site", "site"]), tmp / "t.parquet")
+    return prepare(f"parquet:{tmp / 't.parquet'}"), r"t\.parquet: the file has 2 columns named site"
+
+
 @case("truncated Parquet file as parquet:")
 def _(tmp):
     path = table(tmp / "t.parquet", site=["a", "b"] * 10)

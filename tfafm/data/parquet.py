@@ -48,6 +48,7 @@ def resolve_columns(available: list[str], wanted: tuple[str, ...], path: str) ->
     """The file's column for each wanted name: the same name, else the only one equal ignoring case."""
     resolved, missing = [], []
     for name in wanted:
+        check_unique(available, [name], path)
         if name in available:
             resolved.append(name)
             continue
@@ -63,6 +64,13 @@ def resolve_columns(available: list[str], wanted: tuple[str, ...], path: str) ->
         raise DataFormatError(f"missing column(s) {', '.join(missing)}; the file has {', '.join(available)}",
                               path=path)
     return resolved
+
+
+def check_unique(available: list[str], names: list[str], path: str) -> None:
+    """Refuses a name of ``names`` that the file's columns (``available``) hold more than once."""
+    for name in names:
+        if available.count(name) > 1:
+            raise DataFormatError(f"the file has {available.count(name)} columns named {name}", path=path)
 
 
 def _is_number(kind: pa.DataType) -> bool:

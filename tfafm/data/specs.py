@@ -19,7 +19,7 @@ import urllib.parse
 
 from tfafm.data.errors import DataFormatError
 from tfafm.data.formats import FORMATS, TABLE, DataFormat, table_format
-from tfafm.data.parquet import open_parquet
+from tfafm.data.parquet import check_unique, open_parquet
 from tfafm.data.readers import resolve_paths
 from tfafm.errors import UserError
 
@@ -75,6 +75,7 @@ def _table_format(path: str, listed: dict[str, list[str]]) -> DataFormat:
     dense = listed["dense"]
     categorical = listed["categorical"] or [
         c for c in columns if c != label and c not in dense and not c.startswith("__")]
+    check_unique(columns, [label, *dense, *categorical], path)
     try:
         return table_format(label, dense, categorical)
     except DataFormatError as error:
