@@ -369,8 +369,9 @@ def _python_logs_quiet(quiet: bool):
 def run(args: argparse.Namespace) -> int:
     """Runs the command parsed by :func:`tfafm_cli.build_parser`; returns the exit code.
 
-    SIGTERM stops the command with exit code 143 (128 + 15) and one line on
-    stderr, its outputs left as they were (the handler is restored on return).
+    SIGTERM (how schedulers stop a job) stops the command like any failure:
+    one line on stderr, exit code 143 (128 + 15), no half-written output. The
+    handler is restored on return.
     """
     warnings.filterwarnings("ignore", category=UserWarning, module="keras")
     previous = _stop_on_sigterm()
