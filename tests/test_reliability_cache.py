@@ -40,6 +40,7 @@ def caches(tmp_path_factory) -> Path:
             f"ddd2926e,44956a24,1,2,15706,320,50,1722,0,35,-1,{i % 9}" for i in range(CRITEO_ROWS)]
     (root / "avazu.csv").write_text("\n".join([header, *rows]) + "\n")
     prepare_spec(f"avazu:{root / 'avazu.csv'}", str(root / "avazu"), shards=2, progress=False)
+    (root / "small.yaml").write_text("hyperparams: {hidden_units: [8]}\nembedding_dim: 2\nbatch_size: 64\n")
     return root
 
 
@@ -204,8 +205,8 @@ def test_damaged_cache_is_one_line_exit_2_and_changes_nothing(name, caches, tmp_
     monkeypatch.chdir(tmp_path)
     cache = Path(shutil.copytree(caches / "mine", tmp_path / "cache"))
     expected = CASES[name](cache, caches)
-    assert_refused(["train", "--data", f"cache:{cache}", "--out", "run", "--quiet"], expected, capsys, tmp_path,
-                   caches)
+    assert_refused(["train", "--data", f"cache:{cache}", "--config", str(caches / "small.yaml"), "--out", "run",
+                    "--quiet"], expected, capsys, tmp_path, caches)
 
 
 def test_an_intact_cache_is_read_and_its_shards_checked_once(caches):

@@ -285,8 +285,9 @@ def test_disk_full_while_keras_saves_names_out_and_leaves_nothing(tmp_path, monk
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(keras.Model, "save", _disk_full)
-    code = main(["train", "--data", "synthetic:300", "--embedding-dim", "2", "--batch-size", "128", "--out", "run",
-                 "--quiet"])
+    (tmp_path.parent / f"{tmp_path.name}.yaml").write_text("hyperparams: {hidden_units: [8]}\n")
+    code = main(["train", "--data", "synthetic:300", "--config", f"../{tmp_path.name}.yaml", "--embedding-dim", "2",
+                 "--batch-size", "128", "--out", "run", "--quiet"])
     lines = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and lines == ["tfafm train: error: cannot write run: No space left on device"]
     assert os.listdir(tmp_path) == []
