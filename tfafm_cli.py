@@ -35,30 +35,40 @@ class Parser(argparse.ArgumentParser):
 # ----------------------------------------------------------------------------- argument types
 
 
-def _number(text: str, kind: type, what: str, accept) -> float:
+INT_MAX = 2**31 - 1  # the largest count, size or step number any option takes (tfafm.config.MAX_COUNT)
+SEED_MAX = 2**32 - 1  # numpy's and Keras' largest seed (tfafm.config.MAX_SEED)
+
+
+def _number(text: str, kind: type, what: str, accept, upper: Optional[float] = None) -> float:
     try:
         value = kind(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
     if not accept(value) or value != value:  # NaN fails every comparison
         raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+    if upper is not None and value > upper:
+        raise argparse.ArgumentTypeError(f"expected {what} of at most {upper}, got {text!r}")
     return value
 
 
 def positive_int(text: str) -> int:
-    return _number(text, int, "a positive integer", lambda v: v > 0)
+    return _number(text, int, "a positive integer", lambda v: v > 0, INT_MAX)
 
 
 def non_negative_int(text: str) -> int:
-    return _number(text, int, "an integer >= 0", lambda v: v >= 0)
+    return _number(text, int, "an integer >= 0", lambda v: v >= 0, INT_MAX)
 
 
-def integer(text: str) -> int:
-    return _number(text, int, "an integer", lambda v: True)
+def seed(text: str) -> int:
+    return _number(text, int, "an integer >= 0", lambda v: v >= 0, SEED_MAX)
 
 
 def positive_float(text: str) -> float:
     return _number(text, float, "a positive number", lambda v: 0 < v < float("inf"))
+
+
+def seconds(text: str) -> float:
+    return _number(text, float, "a positive number of seconds", lambda v: 0 < v < float("inf"), 86_400)
 
 
 def ratio(text: str) -> float:
@@ -128,7 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--min-count", type=positive_int,
                        help="occurrences a categorical value needs to get its own id (default 1)")
     train.add_argument("--rows", type=positive_int, help="training rows of synthetic data (default 200000)")
-    train.add_argument("--seed", type=integer, help="seed of weights, shuffling and synthetic data (default 0)")
+    train.add_argument("--seed", type=seed, help="seed of weights, shuffling and synthetic data (default 0)")
+    train.add_argument("--cluster-timeout", type=seconds, default=180.0, metavar="SECONDS",
+                       help="on a cluster (TF_CONFIG): how long to wait for the other tasks to start, and for "
+                            "any of them during a training step, before failing (default 180)")
     _add_skip_bad_lines(train)
     _add_common(train, "run directory", "default: run")
 
@@ -265,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--rows", type=positive_int, default=200_000, help="synthetic training rows "
                                                                           "(default 200000)")
     demo.add_argument("--ratio", type=ratio, default=4.0, help="compression ratio (default 4)")
-    demo.add_argument("--seed", type=integer, default=0, help="random seed (default 0)")
+    demo.add_argument("--seed", type=seed, default=0, help="random seed (default 0)")
     _add_common(demo, "report directory", "default: tfafm-demo")
 
     imported = commands.add_parser(  # Keras 2 / TFRS models in (issue 12): runs tfafm.interop.command
@@ -313,8 +326,9 @@ def _check_data_spec(spec: Optional[str], option: str = "--data") -> None:
         raise UsageError(f"{option}: unknown data source {kind!r} in {spec!r}; expected synthetic[:ROWS], "
                          "criteo:PATH, avazu:PATH, parquet:PATH, csv:PATH, tfrecord:PATH or cache:DIR")
     if kind == "synthetic":
-        if colon and not (rest.isdigit() and int(rest) > 0):
-            raise UsageError(f"{option}: ROWS of synthetic:ROWS must be a positive integer, got {rest!r}")
+        if colon and not (rest.isdigit() and 0 < int(rest) <= INT_MAX):
+            raise UsageError(f"{option}: ROWS of synthetic:ROWS must be a positive integer of at most {INT_MAX}, "
+                             f"got {rest!r}")
         return
     if kind in _WITH_OPTIONS:
         rest = rest.partition("?")[0]

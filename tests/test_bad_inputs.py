@@ -55,6 +55,16 @@ Case = Callable[[Context], tuple[list[str], str]]
 CASES: dict[str, tuple[Case, str | None]] = {}
 
 
+def registry(cases: dict) -> Callable[[str], Callable[[Callable], Callable]]:
+    """``@case(name)``: a decorator that files the function it decorates in ``cases`` under ``name``."""
+    def case(name: str) -> Callable[[Callable], Callable]:
+        def register(build: Callable) -> Callable:
+            cases[name] = build
+            return build
+        return register
+    return case
+
+
 def case(name: str, xfail: str | None = None) -> Callable[[Case], Case]:
     """Registers a case: a function of the context returning ``(argv, regex the error line must match)``."""
     def register(build: Case) -> Case:
@@ -63,10 +73,25 @@ def case(name: str, xfail: str | None = None) -> Callable[[Case], Case]:
     return register
 
 
+def assert_refused(argv: list[str], expected: str, capsys, *roots: Path) -> str:
+    """Runs ``tfafm argv`` in-process and asserts the user-error promise: exit code 2, exactly one line on
+    stderr, matching ``expected``, no traceback, and nothing under ``roots`` changed. Returns the line."""
+    before = [snapshot(root) for root in roots]
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, err
+    assert re.search(expected, lines[0]), lines[0]
+    assert [snapshot(root) for root in roots] == before
+    return lines[0]
+
+
 def snapshot(root: Path) -> dict[str, str]:
-    """Relative path -> content hash (``"dir"`` for directories) of everything under ``root``."""
-    return {str(p.relative_to(root)): "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*"))}
+    """Relative path -> content hash (``"dir"`` for directories, ``"special"`` for pipes and the like,
+    which reading would block on) of everything under ``root``."""
+    return {str(p.relative_to(root)): "dir" if p.is_dir() else "special" if not p.is_file()
+            else hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*"))}
 
 
 # ----------------------------------------------------------------------------- options (no TensorFlow needed)
@@ -411,14 +436,7 @@ def shared(tmp_path_factory) -> Path:
 def test_bad_input_is_one_line_exit_2_and_changes_nothing(name, shared, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     argv, expected = CASES[name][0](Context(tmp_path, shared))
-    before = snapshot(tmp_path), snapshot(shared)
-    code = main(argv)
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = err.strip().splitlines()
-    assert code == 2 and len(lines) == 1, err
-    assert re.search(expected, lines[0]), lines[0]
-    assert (snapshot(tmp_path), snapshot(shared)) == before
+    assert_refused(argv, expected, capsys, tmp_path, shared)
 
 
 def test_there_are_at_least_40_cases():

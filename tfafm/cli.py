@@ -10,8 +10,10 @@ other exception is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
 import warnings
 from typing import Callable, Optional, Sequence
@@ -151,14 +153,22 @@ def cmd_train(args, out: Output) -> int:
     config = _train_config(args)
     if config.model not in models.available():
         raise UserError(f"Unknown model {config.model!r}; available: {', '.join(models.available())}.")
-    from tfafm.distribute import is_chief
+    from tfafm.distribute import cluster_size, cluster_strategy, is_chief
 
-    if not is_chief():  # a worker of a cluster (TF_CONFIG): trains with the others, writes nothing
+    chief, workers = is_chief(), cluster_size()
+    destination = Destination(args.out, "run", overwrite=args.overwrite,
+                              sources=[*_data_paths(args.data), args.config or ""]) if chief else None
+    if workers > 1:  # everything is checked before waiting for the other tasks
+        from tfafm.training import check_cluster_data
+
+        check_cluster_data(args.data, workers)
+        out.note(f"Waiting up to {args.cluster_timeout:g} s for the other {workers - 1} task(s) of the cluster")
+        cluster_strategy(timeout_seconds=args.cluster_timeout, startup_timeout=args.cluster_timeout)
+        _stop_on_sigterm()  # TensorFlow's coordination service took SIGTERM over while starting
+    if not chief:  # a worker of a cluster (TF_CONFIG): trains with the others, writes nothing
         train(config, args.data, verbose=0)
         out.result(f"Worker done; the chief writes {args.out}")
         return 0
-    destination = Destination(args.out, "run", overwrite=args.overwrite,
-                              sources=[*_data_paths(args.data), args.config or ""])
     out.note(f"Training {config.model} on {args.data} for up to {config.epochs} epoch(s)")
     with destination.staged() as staged:
         result = train(config, args.data, out=staged, skip_bad_lines=args.skip_bad_lines,
@@ -372,17 +382,85 @@ def _one_line(error: BaseException) -> str:
     return text or type(error).__name__
 
 
-def run(args: argparse.Namespace) -> int:
-    """Runs the command parsed by :func:`tfafm_cli.build_parser`; returns the exit code."""
-    warnings.filterwarnings("ignore", category=UserWarning, module="keras")
+def _is_data_loss(error: BaseException) -> bool:
+    """A TensorFlow ``DataLossError``: a file read through TensorFlow (a cache shard) fails its checksum."""
+    tf = sys.modules.get("tensorflow")
+    return tf is not None and isinstance(error, tf.errors.DataLossError)
+
+
+def _tensorflow_message(error: BaseException) -> str:
+    """The cause in a TensorFlow error's message: its last line that is not the graph node it ran in."""
+    lines = [line.strip() for line in str(getattr(error, "message", error)).splitlines()
+             if line.strip() and not line.strip().startswith("[[")]
+    return lines[-1] if lines else type(error).__name__
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived (a scheduler stopping the job): unwinds like KeyboardInterrupt, so temporary
+    outputs are removed on the way out."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated(signal.Signals(signum).name)
+
+
+def _stop_on_sigterm():
+    """Makes SIGTERM raise :class:`Terminated` in the main thread; returns the handler it replaced
+    (None outside the main thread, where Python cannot install one)."""
     try:
-        return COMMANDS[args.command](args, Output(args.quiet))
+        return signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:
+        return None
+
+
+@contextlib.contextmanager
+def _python_logs_quiet(quiet: bool):
+    """With ``quiet`` (--quiet), absl's and TensorFlow's Python loggers print errors only (Keras,
+    tf_keras and the converters warn through them), until the command returns."""
+    import logging
+
+    loggers = [logging.getLogger(name) for name in ("absl", "tensorflow")] if quiet else []
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Runs the command parsed by :func:`tfafm_cli.build_parser`; returns the exit code.
+
+    SIGTERM (how schedulers stop a job) stops the command like any failure:
+    one line on stderr, exit code 143 (128 + 15), no half-written output. The
+    handler is restored on return.
+    """
+    warnings.filterwarnings("ignore", category=UserWarning, module="keras")
+    previous = _stop_on_sigterm()
+    try:
+        with _python_logs_quiet(args.quiet):
+            return COMMANDS[args.command](args, Output(args.quiet))
     except UserError as error:
         print(f"tfafm {args.command}: error: {_one_line(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"tfafm {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print(f"tfafm {args.command}: terminated by SIGTERM", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    except Exception as error:
+        if not _is_data_loss(error):
+            raise
+        print(f"tfafm {args.command}: error: a data file is corrupt ({_tensorflow_message(error)}): a record no "
+              "longer matches its checksum; if it is a cache shard, rebuild the cache with tfafm prepare",
+              file=sys.stderr)
+        return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -63,7 +63,7 @@ class TrainConfig:
     @classmethod
     def load(cls, path: str) -> "TrainConfig":
         """Reads a YAML config file (a mapping of options)."""
-        if not os.path.isfile(path):
+        if not os.path.exists(path) or os.path.isdir(path):  # a pipe (--config /dev/stdin) is read once
             raise MissingFileError(f"Config file not found: {path}")
         try:
             with open(path, encoding="utf-8") as f:
@@ -106,14 +106,18 @@ def _is_number(value: Any) -> bool:
     return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
 
 
+MAX_COUNT = 2**31 - 1  # the largest count, size or number of steps an option takes
+MAX_SEED = 2**32 - 1  # numpy's and Keras' largest seed
+
+# option -> (accepts the value, what it must be, largest value or None)
 _CHECKS = {
-    "model": (lambda v: isinstance(v, str) and bool(v), "a model name"),
-    "hyperparams": (lambda v: isinstance(v, dict), "a mapping of builder arguments"),
-    "learning_rate": (lambda v: _is_number(v) and v > 0, "a positive number"),
-    "validation_fraction": (lambda v: _is_number(v) and 0 < v <= 0.5, "a number in (0, 0.5]"),
-    "early_stopping_patience": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
-    "seed": (_is_int, "an integer"),
-    **{name: (lambda v: _is_int(v) and v >= 1, "a positive integer")
+    "model": (lambda v: isinstance(v, str) and bool(v), "a model name", None),
+    "hyperparams": (lambda v: isinstance(v, dict), "a mapping of builder arguments", None),
+    "learning_rate": (lambda v: _is_number(v) and v > 0, "a positive number", None),
+    "validation_fraction": (lambda v: _is_number(v) and 0 < v <= 0.5, "a number in (0, 0.5]", None),
+    "early_stopping_patience": (lambda v: _is_int(v) and v >= 0, "an integer >= 0", MAX_COUNT),
+    "seed": (lambda v: _is_int(v) and v >= 0, "an integer >= 0", MAX_SEED),
+    **{name: (lambda v: _is_int(v) and v >= 1, "a positive integer", MAX_COUNT)
        for name in ("embedding_dim", "batch_size", "epochs", "min_count", "synthetic_rows",
                     "synthetic_max_vocabulary")},
 }
@@ -121,6 +125,8 @@ _CHECKS = {
 
 def _check_value(source: str, name: str, value: Any) -> None:
     """Raises a :class:`UserError` naming ``source`` and option ``name`` for a bad value."""
-    accept, expected = _CHECKS[name]
+    accept, expected, upper = _CHECKS[name]
     if not accept(value):
         raise UserError(f"{source}: {name} must be {expected}, got {value!r}.")
+    if upper is not None and value > upper:
+        raise UserError(f"{source}: {name} must be at most {upper}, got {value!r}.")

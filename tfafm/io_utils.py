@@ -53,11 +53,15 @@ DIRECTORY_KINDS = frozenset({"run", "demo", "saved_model", "directory", "data-ca
 _STAGED = "staged"
 _PREVIOUS = "previous"
 _EMPTY_TEMP_GRACE_S = 60.0
-# errno values of writes that fail for a reason the user can fix (space, permissions, names).
-_USER_FIXABLE_ERRNOS = frozenset(
-    getattr(errno, name) for name in ("ENOSPC", "EDQUOT", "EACCES", "EPERM", "EROFS", "ENAMETOOLONG")
-    if hasattr(errno, name)
+# errno values of a full disk or quota: only writing raises them, whichever file or library it was.
+_OUT_OF_SPACE_ERRNOS = frozenset(
+    getattr(errno, name) for name in ("ENOSPC", "EDQUOT", "EFBIG") if hasattr(errno, name)
 )
+# errno values of writes that fail for a reason the user can fix (permissions, names), when about the output.
+_USER_FIXABLE_ERRNOS = _OUT_OF_SPACE_ERRNOS | frozenset(
+    getattr(errno, name) for name in ("EACCES", "EPERM", "EROFS", "ENAMETOOLONG") if hasattr(errno, name)
+)
+_NAME_MAX = 255
 
 
 # ----------------------------------------------------------------------------- atomic exchange
@@ -194,6 +198,32 @@ def _missing_ancestors(directory: str) -> list[str]:
     return missing
 
 
+def write_failure(error: BaseException, temporary: str) -> Optional[str]:
+    """The cause, when ``error`` is a write into ``temporary`` that failed for a reason the user
+    can fix (a full disk or quota anywhere; permissions or names on the temporary's files), else None.
+
+    Libraries report a full disk differently: Python, numpy and pyarrow as an ``OSError`` with
+    ``errno`` set (pyarrow without a file name), h5py and TensorFlow only in the message.
+    """
+    if isinstance(error, OSError) and error.errno is not None:
+        if error.errno in _OUT_OF_SPACE_ERRNOS or (
+                error.errno in _USER_FIXABLE_ERRNOS and temporary in str(error.filename or "")):
+            return os.strerror(error.errno)
+        return None
+    message = str(error)
+    for code in sorted(_OUT_OF_SPACE_ERRNOS):
+        if os.strerror(code) in message:
+            return os.strerror(code)
+    return None
+
+
+def _name_max(directory: str) -> int:
+    try:
+        return int(os.pathconf(directory, "PC_NAME_MAX"))
+    except (OSError, ValueError, AttributeError):
+        return _NAME_MAX
+
+
 def _remove_empty(directories: list[str]) -> None:
     for directory in directories:
         with contextlib.suppress(OSError):
@@ -249,6 +279,12 @@ class Destination:
             raise self._refuse(f"{ancestor} is a file, not a directory")
         if not os.access(ancestor, os.W_OK | os.X_OK):
             raise self._refuse(f"no permission to write in {ancestor}")
+        limit = _name_max(ancestor)
+        too_long = [name for name in [os.path.basename(self.path), *map(os.path.basename, missing)]
+                    if len(os.fsencode(name)) > limit]
+        if too_long:
+            raise self._refuse(f"a name in it is {len(os.fsencode(too_long[0]))} bytes long, more than the {limit} "
+                               "the file system allows")
 
     def _check_existing(self, directory_output: bool) -> None:
         """Refuses to replace what is at the path, unless tfafm may (see the module docs)."""
@@ -296,9 +332,14 @@ class Destination:
             staged = os.path.join(staged_dir, name)
             try:
                 yield staged
-            except OSError as error:
-                if error.errno in _USER_FIXABLE_ERRNOS and temp.path in str(error.filename or ""):
-                    raise UserError(f"cannot write {self.requested}: {error.strerror}") from None
+            except UserError as error:
+                if staged in str(error):  # from a destination nested in this one: name ours instead
+                    raise UserError(str(error).replace(staged, self.requested)) from None
+                raise
+            except Exception as error:
+                cause = write_failure(error, temp.path)
+                if cause is not None:
+                    raise UserError(f"cannot write {self.requested}: {cause}") from None
                 raise
             if not os.path.lexists(staged):
                 raise RuntimeError(f"Nothing was written for {self.path}.")

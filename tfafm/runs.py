@@ -23,7 +23,8 @@ from tfafm.config import TrainConfig
 from tfafm.data import DataBundle, Preprocessor, load_data
 from tfafm.errors import MissingFileError, UserError
 from tfafm.io_utils import atomic_path
-from tfafm.schema import Schema
+from tfafm.layers import LowRankEmbedding
+from tfafm.schema import Schema, SparseFeature
 
 T = TypeVar("T")
 
@@ -113,8 +114,9 @@ def save_run(path: str, model: keras.Model, schema: Optional[Schema],
 
 
 def load_json_file(path: str, load: Callable[[str], T]) -> T:
-    """``load(path)`` for a JSON file; a missing file or bad JSON is a :class:`UserError` naming ``path``."""
-    if not os.path.isfile(path):
+    """``load(path)`` for a JSON file; a missing file, bad JSON or content ``load`` rejects is a
+    :class:`UserError` naming ``path``."""
+    if not os.path.exists(path) or os.path.isdir(path):  # a pipe is read once, like a file
         raise MissingFileError(f"{path}: no such file")
     try:
         return load(path)
@@ -122,6 +124,16 @@ def load_json_file(path: str, load: Callable[[str], T]) -> T:
         raise UserError(f"{path}:{error.lineno}:{error.colno}: not valid JSON: {error.msg}") from None
     except UnicodeDecodeError as error:
         raise UserError(f"{path}: not UTF-8 text (byte {error.start})") from None
+    except UserError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        detail = f"no {error}" if isinstance(error, KeyError) else _first_line(error)
+        raise UserError(f"{path}: malformed ({type(error).__name__}: {detail})") from None
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0][:300] if lines else type(error).__name__
 
 
 def _read_json(path: str) -> Any:
@@ -142,6 +154,71 @@ def load_model_file(path: str) -> keras.Model:
         return keras.models.load_model(path)
     except (zipfile.BadZipFile, EOFError, zlib.error) as error:
         raise UserError(f"{path}: corrupt Keras model file ({error})") from None
+    except UserError:
+        raise
+    except Exception as error:  # a damaged member (config, weights): whatever Keras or h5py raise for it
+        raise UserError(f"{path}: damaged Keras model file ({type(error).__name__}: {_first_line(error)})") from None
+
+
+def check_schema_matches_model(schema: Schema, model: keras.Model, schema_path: str, model_path: str) -> None:
+    """Raises a :class:`UserError` unless ``schema`` describes ``model``'s inputs.
+
+    Checked: the same feature names as the model's inputs, an integer input for
+    every sparse feature and a float one for every dense feature, and each
+    sparse feature's ``vocabulary_size`` against the tables reading it (the
+    size tfafm's id guard was built with; at most an ``Embedding``'s rows).
+    """
+    inputs = _named_inputs(model)
+    mismatch = f"{schema_path} does not match {model_path}"
+    lacking = [name for name in inputs if name not in schema.names]
+    extra = [name for name in schema.names if name not in inputs]
+    if lacking or extra:
+        parts = ([f"the model takes input(s) the schema lacks: {', '.join(lacking)}"] if lacking else []) + \
+            ([f"the schema has feature(s) the model lacks: {', '.join(extra)}"] if extra else [])
+        raise UserError(f"{mismatch}: {'; '.join(parts)}.")
+    for feature in schema.features:
+        dtype = str(inputs[feature.name].dtype)
+        sparse = isinstance(feature, SparseFeature)
+        if ("int" in dtype) != sparse:
+            raise UserError(f"{mismatch}: feature {feature.name} is {'sparse' if sparse else 'dense'} in the schema "
+                            f"but the model's input is {dtype}.")
+    for name, size, layer, exact in _table_sizes(model, inputs):
+        feature = schema[name]
+        if not isinstance(feature, SparseFeature):
+            continue
+        if feature.vocabulary_size > size or (exact and feature.vocabulary_size != size):
+            raise UserError(f"{mismatch}: feature {name} has vocabulary_size {feature.vocabulary_size} in the "
+                            f"schema, but layer {layer!r} of the model was built for {size} ids.")
+
+
+def _named_inputs(model: keras.Model) -> dict[str, Any]:
+    """The model's input tensors by name (their dict keys when the model takes a dict)."""
+    structure = model.input if not isinstance(model, keras.Sequential) else None
+    if isinstance(structure, dict):
+        return dict(structure)
+    return {tensor.name: tensor for tensor in model.inputs}
+
+
+def _table_sizes(model: keras.Model, inputs: dict[str, Any]):
+    """``(feature, size, layer name, exact)`` for each id guard or embedding table reading a model
+    input directly: tfafm's guard (``vocabulary_sizes``) must equal the feature's vocabulary, an
+    embedding (``input_dim``) must hold at least that many rows."""
+    by_tensor = {id(tensor): name for name, tensor in inputs.items()}
+    for layer in model.layers:
+        sizes = getattr(layer, "vocabulary_sizes", None)
+        rows = layer.input_dim if isinstance(layer, (keras.layers.Embedding, LowRankEmbedding)) else None
+        if sizes is None and rows is None:
+            continue
+        for node in getattr(layer, "_inbound_nodes", []):
+            tensors = keras.tree.flatten(node.arguments.args) if node.arguments else []
+            for position, tensor in enumerate(tensors):
+                name = by_tensor.get(id(tensor))
+                if name is None:
+                    continue
+                if sizes is not None and position < len(sizes):
+                    yield name, int(sizes[position]), layer.name, True
+                elif sizes is None:
+                    yield name, int(rows), layer.name, False
 
 
 def load_source(path: str) -> Run:
@@ -192,4 +269,24 @@ def load_run(path: str) -> Run:
     )
     if "config" in info:
         run.config  # noqa: B018  (checks the saved config now, before any work)
+    check_run_files(run)
     return run
+
+
+def check_run_files(run: Run) -> None:
+    """Raises a :class:`UserError` naming the files when a run's files disagree: ``schema.json`` with
+    ``model.keras``'s inputs (:func:`check_schema_matches_model`), ``preprocessor.json`` with
+    ``schema.json`` (the same features and vocabulary sizes). A run without a schema has nothing to check."""
+    if run.schema is None:
+        return
+    schema_path, model_path = os.path.join(run.path, SCHEMA_FILE), os.path.join(run.path, MODEL_FILE)
+    check_schema_matches_model(run.schema, run.model, schema_path, model_path)
+    if run.preprocessor is None:
+        return
+
+    def described(features) -> set:
+        return {(f.name, getattr(f, "vocabulary_size", None)) for f in features}
+
+    if described(run.preprocessor.schema().features) != described(run.schema.features):
+        raise UserError(f"{os.path.join(run.path, PREPROCESSOR_FILE)} does not match {schema_path}: the "
+                        "preprocessor encodes other features or vocabulary sizes than the schema lists.")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import re
 from typing import TYPE_CHECKING, Any
 
 import keras
@@ -11,6 +13,7 @@ from tfafm import models
 from tfafm.config import TrainConfig
 from tfafm.data import DataBundle, load_data
 from tfafm.data.cache import read_dataset
+from tfafm.data.sources import open_cache
 from tfafm.distribute import cluster_size, cluster_strategy, is_chief
 from tfafm.errors import UserError
 from tfafm.metrics import evaluate
@@ -118,21 +121,43 @@ def _save(out: str, model: keras.Model, bundle: DataBundle, data: str, config: T
     save_run(out, model, bundle.schema, bundle.preprocessor, info)
 
 
-def _train_distributed(config: TrainConfig, data: str, out: str | None, verbose: int,
-                       strategy: "tf.distribute.Strategy") -> TrainResult:
+def check_cluster_data(data: str, workers: int) -> None:
+    """Checks, without running TensorFlow, that ``data`` can be trained on by ``workers`` tasks: a
+    prepared cache, intact and up to date, with at least one training shard per worker. Call it before
+    waiting for the cluster, so a bad spec fails at once rather than after the wait."""
+    _require_cache_spec(data)
+    cache = open_cache(data.partition(":")[2], rebuild_stale=False)
+    _check_shards(len(cache.shards("train")), workers)
+
+
+def _require_cache_spec(data: str) -> None:
     if not data.startswith("cache:"):
         raise UserError(
             f"Training on a cluster reads a prepared cache, not {data!r}: run tfafm prepare --data SPEC "
             "--out DIR once (on shared storage), then give every worker --data cache:DIR."
         )
+
+
+def _check_shards(shards: int, workers: int) -> None:
+    if shards < workers:
+        raise UserError(
+            f"The cache has {shards} training shard(s) for {workers} workers; prepare it with "
+            f"--shards N, N a multiple of {workers}."
+        )
+
+
+def _train_distributed(config: TrainConfig, data: str, out: str | None, verbose: int,
+                       strategy: "tf.distribute.Strategy") -> TrainResult:
+    _require_cache_spec(data)
     bundle = load_data(data, rebuild_stale=False, **config.data_options())
     keras.utils.set_random_seed(config.seed)
-    with strategy.scope():
-        model = models.build(config.model, bundle.schema, **config.hyperparams)
-        optimizer = keras.optimizers.Adam(config.learning_rate)
-    epochs_run = fit_distributed(model, optimizer, bundle, strategy, config.batch_size, config.epochs,
-                                 config.early_stopping_patience, verbose)
-    trained = _local_copy(model)
+    with _cluster_lost():  # every step below may wait on the other tasks
+        with strategy.scope():
+            model = models.build(config.model, bundle.schema, **config.hyperparams)
+            optimizer = keras.optimizers.Adam(config.learning_rate)
+        epochs_run = fit_distributed(model, optimizer, bundle, strategy, config.batch_size, config.epochs,
+                                     config.early_stopping_patience, verbose)
+        trained = _local_copy(model)
     compile_for_ctr(trained, config.learning_rate)
     metrics = evaluate(trained, bundle.validation)
     if out is not None and is_chief():
@@ -151,11 +176,7 @@ def _local_copy(model: keras.Model) -> keras.Model:
 def worker_shards(bundle: DataBundle, workers: int) -> list[list[int]]:
     """Training shard indices of each worker: shard ``i`` goes to worker ``i % workers``."""
     shards = len(bundle.cache.shards("train"))
-    if shards < workers:
-        raise UserError(
-            f"The cache has {shards} training shard(s) for {workers} workers; prepare it with "
-            f"--shards N, N a multiple of {workers}."
-        )
+    _check_shards(shards, workers)
     return [list(range(worker, shards, workers)) for worker in range(workers)]
 
 
@@ -191,7 +212,7 @@ def fit_distributed(
     local_replicas = max(1, replicas // pipelines)
     assignment = worker_shards(bundle, pipelines)
     shards = cache.shards("train")
-    files = cache.files("train")
+    files = cache.verified_files("train")
     steps = min(sum(shards[i]["rows"] for i in mine) // per_replica // local_replicas for mine in assignment)
     if steps < 1:
         raise UserError(f"Too few training rows per worker for a global batch of {batch_size}.")
@@ -245,6 +266,21 @@ def fit_distributed(
     if best_weights is not None:
         model.set_weights(best_weights)
     return epochs_run
+
+
+@contextlib.contextmanager
+def _cluster_lost():
+    """Turns the error of a collective whose peer stopped (or stalled past the collective timeout)
+    into one :class:`UserError`."""
+    import tensorflow as tf
+
+    try:
+        yield
+    except (tf.errors.DeadlineExceededError, tf.errors.UnavailableError, tf.errors.AbortedError,
+            tf.errors.CancelledError) as error:
+        detail = " ".join(re.sub(r"\{\{[^}]*\}\}", "", str(error.message)).split())[:300]
+        raise UserError(f"Lost the cluster: another task stopped, or stalled past the collective timeout "
+                        f"({type(error).__name__}: {detail}).") from None
 
 
 def _mean_over_replicas(strategy: "tf.distribute.Strategy", value: float) -> float:

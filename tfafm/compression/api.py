@@ -8,6 +8,7 @@ from typing import Iterable, Mapping
 import keras
 import numpy as np
 
+from tfafm.compression.arguments import check_budget
 from tfafm.compression.budget import check_auc_budget, compare_on, sample_agreement, smallest_within_budget
 from tfafm.compression.calibration import calibrate
 from tfafm.compression.check import check_input_layers, failures_named, run_checked
@@ -204,6 +205,7 @@ def compress(
     >>> [row.name for row in report.layers]
     ['hidden']
     """
+    check_budget(ranks, energy, target_ratio, calibration_steps, min_calibration_rows)
     require_graph_model(model)
     check_method(method)
     chosen_options = [name for name, value in (("ranks", ranks), ("energy", energy), ("target_ratio", target_ratio),

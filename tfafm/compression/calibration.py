@@ -70,11 +70,24 @@ def _as_dataset(data, batch_size: int) -> tuple[tf.data.Dataset, bool]:
     if _is_array_data(data):
         if isinstance(data, list):
             data = tuple(data)
+        _check_lengths(data)
         return tf.data.Dataset.from_tensor_slices(data).batch(batch_size), False
     raise UserError(
         "Calibration data must be a tf.data.Dataset of feature batches (or (features, labels) batches), "
         f"a dict of arrays, an array or a list of arrays; got {type(data).__name__}."
     )
+
+
+def _check_lengths(data) -> None:
+    """Refuses a dict or list of arrays whose row counts differ, naming two that differ."""
+    items = list(data.items()) if isinstance(data, dict) else list(enumerate(data)) if isinstance(data, tuple) else []
+    lengths = [(name, value.shape[0] if len(value.shape) else None) for name, value in items]
+    for name, rows in lengths:
+        if rows is None:
+            raise UserError(f"Calibration data: array {name!r} is a scalar, not one value per row.")
+        if rows != lengths[0][1]:
+            raise UserError(f"Calibration data: arrays of different lengths: {lengths[0][0]!r} has "
+                            f"{lengths[0][1]} rows, {name!r} has {rows}.")
 
 
 def resolve_targets(model: keras.Model, names: Iterable[str] | None) -> list[Target]:
@@ -281,6 +294,9 @@ def calibrate(
         raise UserError(f"Model {model.name!r} has no compressible layers to calibrate.")
     strategy = strategy or tf.distribute.get_strategy()
     dataset, labelled = _as_dataset(data, batch_size)
+    if steps is None and int(dataset.cardinality()) == int(tf.data.INFINITE_CARDINALITY):
+        raise UserError("Calibration data is an infinite dataset (a .repeat() without a count?): give steps= "
+                        "(calibration_steps= to tfafm.compress) to bound it.")
     if steps is not None:
         dataset = dataset.take(steps)
     distributed = strategy.experimental_distribute_dataset(dataset)

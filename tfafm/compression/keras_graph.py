@@ -178,12 +178,26 @@ def model_inputs(model: keras.Model, features) -> list:
     if len(features) != len(specs):
         raise UserError(f"Model {model.name!r} takes {len(specs)} input(s), the data gives {len(features)}.")
     flat = []
-    for spec, value in zip(specs, features):
+    for name, spec, value in zip(names, specs, features):
+        if _is_text(value) and not _is_text(spec):
+            raise UserError(f"Feature {name!r} holds strings, but model {model.name!r} takes {spec.dtype} there: "
+                            "encode the values to ids first (as the model was trained), or give the model a "
+                            "string input with its own lookup (e.g. keras.layers.StringLookup).")
         value = ops.cast(value, spec.dtype)
         if len(value.shape) == len(spec.shape) - 1 and spec.shape[-1] == 1:
             value = ops.expand_dims(value, -1)
         flat.append(value)
     return flat
+
+
+def _is_text(value) -> bool:
+    dtype = getattr(value, "dtype", None)
+    if dtype is None:
+        return False
+    try:
+        return keras.backend.standardize_dtype(dtype) == "string"
+    except ValueError:  # a dtype Keras has no name for (numpy object arrays hold text here)
+        return getattr(dtype, "kind", "") in ("U", "S", "O")
 
 
 def pack_inputs(model: keras.Model, flat: list):

@@ -16,7 +16,13 @@ to the batch size and prefetches; nothing runs in Python per row or per batch.
 The manifest records the source files (absolute path, size, modification
 time), the split and the preprocessing; :func:`stale_reason` compares them
 with the files on disk, so a cache is rebuilt, never silently reused, when
-its source or preprocessing changed.
+its source or preprocessing changed. It also records each shard's size,
+rows and a digest of its records (:mod:`tfafm.data.shards`): opening a cache
+checks the manifest as a whole, the preprocessor against it and every
+shard's size; reading a split first checks its shards' digests, and
+TensorFlow checks every record's CRC as it reads it. A damaged, truncated or
+swapped shard is thus a one-line error naming it, never rows of another data
+set read in silence.
 """
 
 from __future__ import annotations
@@ -28,19 +34,17 @@ from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence
 
 import numpy as np
 
+from tfafm.data.manifest import MANIFEST_FILE, REBUILD, SPLITS, read_manifest
 from tfafm.data.preprocessing import Encoded, Preprocessor
+from tfafm.data.shards import DamagedShard, mismatch, summarize
 from tfafm.errors import MissingFileError, UserError
 from tfafm.schema import Schema
 
 if TYPE_CHECKING:
     import tensorflow as tf
 
-CACHE_KIND = "data-cache"
-CACHE_VERSION = 1
-MANIFEST_FILE = "manifest.json"
 PREPROCESSOR_FILE = "preprocessor.json"
 CHUNK_ROWS = 4096
-SPLITS = ("train", "validation")
 
 
 def source_fingerprint(paths: Sequence[str]) -> list[dict[str, Any]]:
@@ -69,8 +73,8 @@ class ShardWriter:
     so shard ``k`` holds rows ``[k * rows // shards, (k + 1) * rows // shards)``.
     """
 
-    def __init__(self, directory: str, split: str, rows: int, shards: int):
-        self.directory, self.split, self.rows = directory, split, rows
+    def __init__(self, directory: str, split: str, rows: int, shards: int, row_bytes: int):
+        self.directory, self.split, self.rows, self.row_bytes = directory, split, rows, row_bytes
         self.shards = max(1, min(shards, rows))
         self.files: list[dict[str, Any]] = []
         self._written = 0
@@ -114,9 +118,17 @@ class ShardWriter:
             self._pending = []
         self._writer.close()
         self._writer = None
+        entry = self.files[-1]
+        try:
+            summary = summarize(os.path.join(self.directory, entry["file"]), self.row_bytes)
+        except DamagedShard as error:
+            raise RuntimeError(f"{entry['file']} as just written {error}") from None
+        if summary.rows != entry["rows"]:
+            raise RuntimeError(f"{entry['file']}: wrote {summary.rows} rows, expected {entry['rows']}.")
+        entry.update(bytes=summary.bytes, digest=summary.digest)
 
     def finish(self) -> list[dict[str, Any]]:
-        """Closes the last shard; returns ``[{"file", "rows"}]``."""
+        """Closes the last shard; returns ``[{"file", "rows", "bytes", "digest"}]``."""
         if self._written != self.rows:
             raise RuntimeError(f"{self.split}: wrote {self._written} rows, expected {self.rows}.")
         if not self.files:
@@ -133,29 +145,75 @@ class Cache:
     path: str
     manifest: dict[str, Any]
     preprocessor: Preprocessor
+    _verified: set[str] = dataclasses.field(default_factory=set, repr=False)
 
     @classmethod
     def open(cls, path: str) -> "Cache":
-        """Opens a cache written by :func:`tfafm.data.prepare.prepare`."""
+        """Opens a cache written by :func:`tfafm.data.prepare.prepare`.
+
+        Checks the manifest as a whole, the preprocessor against it, and that
+        every shard exists with its recorded size (see the module docstring).
+
+        Raises:
+            UserError: naming the file at fault and saying to rebuild the cache.
+        """
         manifest_path = os.path.join(path, MANIFEST_FILE)
         if not os.path.isdir(path):
             raise MissingFileError(f"Cache directory not found: {path}")
         if not os.path.isfile(manifest_path):
             raise UserError(f"{path} is not a tfafm data cache (no {MANIFEST_FILE}); build one with tfafm prepare.")
+        manifest = read_manifest(manifest_path)
+        preprocessor_path = os.path.join(path, PREPROCESSOR_FILE)
         try:
-            with open(manifest_path) as f:
-                manifest = json.load(f)
-        except json.JSONDecodeError as error:
-            raise UserError(f"{manifest_path}: not valid JSON ({error}).") from None
-        if manifest.get("kind") != CACHE_KIND or manifest.get("version") != CACHE_VERSION:
-            raise UserError(f"{manifest_path}: not a version-{CACHE_VERSION} tfafm data cache; rebuild it "
-                            "with tfafm prepare.")
-        preprocessor = Preprocessor.load(os.path.join(path, PREPROCESSOR_FILE))
+            preprocessor = Preprocessor.load(preprocessor_path)
+        except UserError as error:
+            raise UserError(f"Cache {path}: {error} ({REBUILD})") from None
         cache = cls(os.path.abspath(path), manifest, preprocessor)
-        missing = [f for f in cache.files("train") + cache.files("validation") if not os.path.isfile(f)]
-        if missing:
-            raise UserError(f"Cache {path} is incomplete: {missing[0]} is missing; rebuild it with tfafm prepare.")
+        cache._check_preprocessor(preprocessor_path)
+        cache._check_sizes()
         return cache
+
+    def _check_preprocessor(self, preprocessor_path: str) -> None:
+        manifest, data_format = self.manifest, self.preprocessor.format
+        if manifest["preprocessing"]["digest"] != self.preprocessor.digest:
+            raise UserError(f"{preprocessor_path} is not the preprocessor this cache was encoded with "
+                            f"(its digest differs from {MANIFEST_FILE}'s); {REBUILD}.")
+        if manifest["format"] != data_format.to_dict() or manifest["layout"] != {
+                "dense": list(data_format.dense), "sparse": list(data_format.sparse_names)}:
+            raise UserError(f"Cache {self.path}: {MANIFEST_FILE} describes other columns than "
+                            f"{PREPROCESSOR_FILE}; {REBUILD}.")
+
+    def _check_sizes(self) -> None:
+        for split in SPLITS:
+            for shard, file in zip(self.shards(split), self.files(split)):
+                if not os.path.isfile(file):
+                    what = "is missing" if not os.path.lexists(file) else "is not a regular file"
+                    raise UserError(f"Cache {self.path} is damaged: {file} {what}; {REBUILD}.")
+                size = os.path.getsize(file)
+                if size != shard["bytes"]:
+                    raise UserError(f"Cache {self.path} is damaged: {file} has {size} bytes, the manifest says "
+                                    f"{shard['bytes']} (truncated or replaced?); {REBUILD}.")
+
+    @property
+    def row_bytes(self) -> int:
+        """Bytes per stored row: label, dense values and ids, 4 bytes each."""
+        return 4 * (1 + len(self.manifest["layout"]["dense"]) + len(self.manifest["layout"]["sparse"]))
+
+    def verified_files(self, split: str) -> list[str]:
+        """The shard files of ``split``, each checked once against its recorded digest and rows.
+
+        Raises:
+            UserError: naming the first shard that is not the one this cache wrote.
+        """
+        files = self.files(split)
+        for shard, file in zip(self.shards(split), files):
+            if file in self._verified:
+                continue
+            reason = mismatch(file, shard, self.row_bytes)
+            if reason is not None:
+                raise UserError(f"Cache {self.path} is damaged: {file} {reason}; {REBUILD}.")
+            self._verified.add(file)
+        return files
 
     def rows(self, split: str) -> int:
         return int(self.manifest["splits"][split]["rows"])
@@ -178,11 +236,12 @@ class Cache:
         """Batches of ``(features, labels)`` of the given splits, in shard order.
 
         ``files`` (with their total ``rows``) restricts reading to some shards,
-        as each worker of a cluster does. The dataset's cardinality is declared.
+        as each worker of a cluster does (check them with :meth:`verified_files`
+        first). The dataset's cardinality is declared.
         """
         if files is None:
             splits = list(splits)
-            files = [f for split in splits for f in self.files(split)]
+            files = [f for split in splits for f in self.verified_files(split)]
             rows = sum(self.rows(split) for split in splits)
         return read_dataset(files, self.preprocessor.schema(), int(rows), batch_size, drop_remainder)
 
@@ -228,8 +287,3 @@ def stale_reason(manifest: dict[str, Any]) -> Optional[str]:
         if old != new:
             return f"{new['path']} changed since the cache was built"
     return None
-
-
-def write_manifest(directory: str, manifest: dict[str, Any]) -> None:
-    with open(os.path.join(directory, MANIFEST_FILE), "w") as f:
-        json.dump({"kind": CACHE_KIND, "version": CACHE_VERSION, **manifest}, f, indent=2)

@@ -1,4 +1,4 @@
-"""Columnar parsing of click logs with pyarrow: text blocks and Parquet batches -> :class:`Columns`.
+"""Columnar parsing of click logs with pyarrow: text blocks -> :class:`Columns` (Parquet: :mod:`tfafm.data.parquet`).
 
 A text block is parsed by pyarrow's multithreaded CSV reader (quoting off,
 categorical columns dictionary-encoded) and validated with numpy. If pyarrow
@@ -12,11 +12,10 @@ skips and counts the bad lines. Good blocks never go through Python per row.
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from tfafm.data.errors import DataFormatError
@@ -25,7 +24,6 @@ from tfafm.data.readers import exact_rows
 from tfafm.data.textfiles import TextBlock
 
 EXACT_BYTES = 256 << 10
-PARQUET_BATCH_ROWS = 256 * 1024
 _CSV_BLOCK_BYTES = 4 << 20
 _CATEGORY = pa.dictionary(pa.int32(), pa.string())
 _HOURS = pa.array([str(h) for h in range(24)])
@@ -141,7 +139,7 @@ def _parse_fast(block: TextBlock, data_format: DataFormat) -> Columns:
     values = _checked_dense([table[c] for c in dense], table.num_rows, data_format.integer_dense)
     sparse = [table[c].combine_chunks() for c in categorical]
     if time:
-        hour, weekday, valid = _hour_features(table[time].combine_chunks())
+        hour, weekday, valid = hour_features(table[time].combine_chunks())
         if not valid.all():
             raise _Invalid
         sparse = [hour, weekday] + sparse
@@ -179,7 +177,7 @@ def _checked_dense(columns: list, n: int, integers: bool) -> np.ndarray:
     return out
 
 
-def _hour_features(hours: pa.DictionaryArray) -> tuple[pa.DictionaryArray, pa.DictionaryArray, np.ndarray]:
+def hour_features(hours: pa.DictionaryArray) -> tuple[pa.DictionaryArray, pa.DictionaryArray, np.ndarray]:
     """``hour_of_day`` and ``weekday`` of ``YYMMDDHH`` values (computed once per distinct
     value), and which rows hold a valid hour."""
     fields = []
@@ -193,76 +191,3 @@ def _hour_features(hours: pa.DictionaryArray) -> tuple[pa.DictionaryArray, pa.Di
     return (pa.DictionaryArray.from_arrays(pa.array(table[indices, 0]), _HOURS),
             pa.DictionaryArray.from_arrays(pa.array(table[indices, 1]), _WEEKDAYS),
             table[indices, 2].astype(bool))
-
-
-def parquet_columns(path: str, data_format: DataFormat, skip_bad_lines: bool = False,
-                    batch_rows: int = PARQUET_BATCH_ROWS) -> Iterator[Columns]:
-    """The rows of a Parquet file in batches; a "line" is a row, counted from 1.
-
-    Columns are matched by name, case-insensitively; categorical values of any
-    type are read as their text (nulls as missing).
-    """
-    import pyarrow.parquet as pq
-
-    try:
-        parquet = pq.ParquetFile(path)
-    except (pa.ArrowInvalid, OSError) as error:
-        raise DataFormatError(f"not a readable Parquet file ({error})", path=path) from None
-    available = {name.lower(): name for name in parquet.schema_arrow.names}
-    wanted = data_format.columns
-    missing = [c for c in wanted if c.lower() not in available]
-    if missing:
-        raise DataFormatError(
-            f"missing column(s) {', '.join(missing)}; the file has {', '.join(parquet.schema_arrow.names)}",
-            path=path)
-    start = 0
-    for batch in parquet.iter_batches(batch_size=batch_rows, columns=[available[c.lower()] for c in wanted]):
-        yield _parquet_batch(batch, data_format, path, start, skip_bad_lines)
-        start += batch.num_rows
-
-
-def _parquet_batch(batch: pa.RecordBatch, data_format: DataFormat, path: str, start: int,
-                   skip_bad_lines: bool) -> Columns:
-    columns = dict(zip(data_format.columns, batch.columns))
-    n = batch.num_rows
-    try:
-        labels = pc.cast(columns[data_format.label], pa.float64()).to_numpy(zero_copy_only=False)
-        dense = [pc.cast(columns[c], pa.float64()) for c in data_format.dense]
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
-        raise DataFormatError(f"a label or dense column is not numeric ({error})", path=path) from None
-    good = (labels == 0.0) | (labels == 1.0)
-    values = np.empty((n, len(dense)))
-    for j, column in enumerate(dense):
-        values[:, j] = column.to_numpy(zero_copy_only=False)
-        finite = np.isfinite(values[:, j])
-        if data_format.integer_dense:
-            finite &= values[:, j] == np.floor(values[:, j])
-        good &= finite | column.is_null().to_numpy(zero_copy_only=False)
-    sparse = [pc.fill_null(pc.cast(columns[c], pa.string()), "").dictionary_encode()
-              for c in data_format.categorical]
-    if data_format.time:
-        hours = pc.fill_null(pc.cast(columns[data_format.time], pa.string()), "").dictionary_encode()
-        hour, weekday, valid = _hour_features(hours)
-        good &= valid
-        sparse = [hour, weekday] + sparse
-    if not good.all() and not skip_bad_lines:
-        row = int(np.argmin(good))
-        raise _row_error(data_format, [_as_text(columns[c][row]) for c in data_format.columns],
-                         path, start + row + 1)
-    kept = np.flatnonzero(good)
-    mask = pa.array(good)
-    return Columns(labels[kept].astype(np.float32), values[kept], [a.filter(mask) for a in sparse],
-                   kept.astype(np.int64), n)
-
-
-def _row_error(data_format: DataFormat, fields: list[str], path: str, line: int) -> DataFormatError:
-    """The exact parser's error for a row the columnar checks rejected."""
-    try:
-        data_format.parse(fields, data_format.resolve(data_format.columns))
-    except DataFormatError as error:
-        return error.at(path, line)
-    return DataFormatError("row breaks the format's rules", path=path, line=line)
-
-
-def _as_text(value: pa.Scalar) -> str:
-    return "" if not value.is_valid else str(value.as_py())

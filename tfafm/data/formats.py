@@ -15,7 +15,7 @@ import re
 from typing import NamedTuple, Optional, Sequence
 
 from tfafm.data.errors import DataFormatError
-from tfafm.schema import DenseFeature, SparseFeature
+from tfafm.schema import DenseFeature
 
 
 class RawRow(NamedTuple):
@@ -231,10 +231,13 @@ def table_format(label: str, dense: Sequence[str], categorical: Sequence[str]) -
         raise DataFormatError(f"column(s) {repeated} given more than one role")
     if not categorical and not dense:
         raise DataFormatError("no feature columns: give categorical= and/or dense= columns")
-    for name in dense:
-        DenseFeature(name)
-    for name in categorical:
-        SparseFeature(name, 1)
+    for name in [*dense, *categorical]:
+        try:
+            DenseFeature(name)
+        except ValueError:
+            raise DataFormatError(f"column {name!r} cannot be a feature name: tfafm's feature names are letters, "
+                                  "digits and underscores (rename the column, or list the columns to read with "
+                                  "categorical= and dense=)") from None
     return DataFormat(name=TABLE, layouts=(tuple(names),), label=label, dense=tuple(dense),
                       categorical=tuple(categorical), integer_dense=False)
 

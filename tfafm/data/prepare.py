@@ -28,15 +28,15 @@ from typing import Any, Iterator, Optional
 import numpy as np
 import pyarrow as pa
 
-from tfafm.data.cache import (
-    CACHE_KIND, PREPROCESSOR_FILE, SPLITS, Cache, ShardWriter, pack, source_fingerprint, stale_reason, write_manifest,
-)
-from tfafm.data.columnar import Columns, parquet_columns, parse_block
+from tfafm.data.cache import PREPROCESSOR_FILE, Cache, ShardWriter, pack, source_fingerprint, stale_reason
+from tfafm.data.columnar import Columns, parse_block
 from tfafm.data.formats import DataFormat
+from tfafm.data.manifest import CACHE_KIND, SPLITS, write_manifest
+from tfafm.data.parquet import open_parquet, parquet_columns
 from tfafm.data.preprocessing import Preprocessor
 from tfafm.data.readers import no_rows_error
 from tfafm.data.specs import FILE_PREFIXES, FileSource, file_source, is_parquet
-from tfafm.data.textfiles import BLOCK_BYTES, text_blocks
+from tfafm.data.textfiles import BLOCK_BYTES, is_blank, text_blocks
 from tfafm.data.vocabulary import ValueCounts
 from tfafm.errors import UserError
 from tfafm.io_utils import atomic_path
@@ -113,10 +113,8 @@ def count_data_lines(path: str, data_format: DataFormat) -> int:
     """Data lines (Parquet: rows) of one file, bad ones included, without parsing them: sum
     it over the files before one to get that file's ``first_index`` for :func:`count_file`."""
     if is_parquet(path):
-        import pyarrow.parquet as pq
-
-        return pq.ParquetFile(path).metadata.num_rows
-    return sum(1 for block in text_blocks(path, data_format) for _, line in block.lines() if line)
+        return open_parquet(path).metadata.num_rows
+    return sum(1 for block in text_blocks(path, data_format) for _, line in block.lines() if not is_blank(line))
 
 
 def count_file(path: str, data_format: DataFormat, first_index: int = 0, validation_fraction: float = 0.1,
@@ -222,8 +220,9 @@ def prepare(
             preprocessor = Preprocessor.from_counts(data_format, counts, min_count, max_vocabulary)
         timings.append(PassTiming("fit vocabularies", total, time.perf_counter() - start))
         start = time.perf_counter()
+        row_bytes = 4 * (1 + len(data_format.dense) + len(data_format.sparse_names))
         writers = {split: ShardWriter(tmp, split, rows[split == "validation"],
-                                      shards or default_shards(rows[split == "validation"]))
+                                      shards or default_shards(rows[split == "validation"]), row_bytes)
                    for split in SPLITS}
         with progress_bar("prepare: encode + write", total, enabled=progress, unit="rows") as advance:
             for path in spilled:

@@ -23,12 +23,18 @@ import pyarrow.compute as pc
 from tfafm.data.columnar import Columns
 from tfafm.data.formats import FORMATS, DataFormat, RawRow, format_from_dict
 from tfafm.data.vocabulary import ValueCounts
-from tfafm.errors import UserError
+from tfafm.errors import MissingFileError, UserError
 from tfafm.io_utils import atomic_write_text
+from tfafm.jsonfile import read_json
 from tfafm.schema import DenseFeature, Schema, SparseFeature
 
 _VERSION = 2
 _FIT_CHUNK_ROWS = 65536
+_INT64_MAX = 2**63 - 1  # counts are int64 Arrow columns
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and 1 <= value <= _INT64_MAX
 
 
 class Encoded(NamedTuple):
@@ -98,10 +104,10 @@ class Preprocessor:
     def from_counts(cls, data_format: DataFormat, counts: ValueCounts, min_count: int = 1,
                     max_vocabulary: Optional[int] = None) -> "Preprocessor":
         """The vocabularies :meth:`fit` would choose, from value counts of the training rows."""
-        if min_count < 1:
-            raise UserError(f"min_count must be >= 1, got {min_count}.")
-        if max_vocabulary is not None and max_vocabulary < 1:
-            raise UserError(f"max_vocabulary must be >= 1, got {max_vocabulary}.")
+        if not _is_count(min_count):
+            raise UserError(f"min_count must be an integer in [1, {_INT64_MAX}], got {min_count!r}.")
+        if max_vocabulary is not None and not _is_count(max_vocabulary):
+            raise UserError(f"max_vocabulary must be an integer in [1, {_INT64_MAX}], got {max_vocabulary!r}.")
         if counts.fields != data_format.sparse_names:
             raise ValueError(f"Counts of fields {list(counts.fields)} do not match the "
                              f"{data_format.name} fields {list(data_format.sparse_names)}.")
@@ -173,10 +179,20 @@ class Preprocessor:
 
     @classmethod
     def load(cls, path: str) -> "Preprocessor":
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"Preprocessor file not found: {path}")
-        with open(path) as f:
-            return cls.from_dict(json.load(f))
+        """Reads a preprocessor written by :meth:`save`.
+
+        Raises:
+            MissingFileError: no file at ``path``.
+            UserError: the file is not valid JSON or not a preprocessor (the message names it).
+        """
+        if not os.path.exists(path) or os.path.isdir(path):  # a pipe is read once, like a file
+            raise MissingFileError(f"Preprocessor file not found: {path}")
+        config = read_json(path)
+        try:
+            return cls.from_dict(config)
+        except (KeyError, TypeError, ValueError, AttributeError, pa.ArrowException) as error:
+            detail = f"no {error}" if isinstance(error, KeyError) else _one_line(error)
+            raise UserError(f"{path}: not a tfafm preprocessor ({detail})") from None
 
 
 class _Lookup:
@@ -225,6 +241,11 @@ def _short_keys(values: pa.Array) -> tuple[np.ndarray, np.ndarray]:
         padded[longer, k] = data[offsets[longer] + k]
     nul = ((padded == 0) & (np.arange(8) < lengths[:, None])).any(axis=1)
     return padded.view(">u8").reshape(n).astype(np.uint64), (lengths <= 8) & ~nul
+
+
+def _one_line(error: Exception) -> str:
+    text = " ".join(str(error).split())
+    return text[:200] or type(error).__name__
 
 
 def _string_array(values: Union[Sequence[str], pa.Array]) -> pa.Array:

@@ -13,8 +13,8 @@ from typing import Iterator, Sequence
 
 from tfafm.data.errors import DataFormatError
 from tfafm.data.formats import DataFormat, RawRow
-from tfafm.data.textfiles import TextBlock, text_blocks
-from tfafm.errors import MissingFileError
+from tfafm.data.textfiles import TextBlock, is_blank, text_blocks
+from tfafm.errors import MissingFileError, UserError
 
 _DATA_SUFFIXES = {"", ".txt", ".csv", ".tsv", ".gz", ".parquet"}
 
@@ -41,6 +41,9 @@ def resolve_paths(spec: str) -> list[str]:
             paths.extend(found)
         elif os.path.isfile(part):
             paths.append(part)
+        elif os.path.exists(part):
+            raise UserError(f"{part}: not a regular file (a pipe, device or socket); tfafm reads a data file more "
+                            "than once, so save the data to a file first")
         else:
             raise MissingFileError(f"Data file not found: {part}")
     if not paths:
@@ -116,7 +119,7 @@ def exact_rows(block: TextBlock, data_format: DataFormat, skip_bad_lines: bool) 
     skipped bad line; blank lines are ignored. Raises :class:`DataFormatError` at the
     first bad line unless ``skip_bad_lines``."""
     for number, line in block.lines():
-        if not line:
+        if is_blank(line):
             continue
         try:
             yield data_format.parse(line.split(block.delimiter), block.layout)

@@ -34,6 +34,7 @@ from tfafm.data.preprocessing import Preprocessor
 from tfafm.data.prepare import CacheRequest, ensure_cache, rebuild
 from tfafm.data.specs import FILE_PREFIXES, file_source
 from tfafm.data.synthetic import SyntheticCriteo
+from tfafm.config import MAX_COUNT
 from tfafm.errors import UserError
 from tfafm.schema import Schema
 
@@ -217,8 +218,8 @@ def _synthetic(
     spec: str, rows_text: str, batch_size: int, embedding_dim: int,
     validation_fraction: float, default_rows: int, max_vocabulary: int, seed: int,
 ) -> DataBundle:
-    if rows_text and not (rows_text.isdigit() and int(rows_text) > 0):
-        raise UserError(f"In {spec!r}, ROWS of synthetic:ROWS must be a positive integer.")
+    if rows_text and not (rows_text.isdigit() and 0 < int(rows_text) <= MAX_COUNT):
+        raise UserError(f"In {spec!r}, ROWS of synthetic:ROWS must be a positive integer of at most {MAX_COUNT}.")
     rows = int(rows_text) if rows_text else default_rows
     validation_rows = max(1, round(rows * validation_fraction))
     generator = SyntheticCriteo(seed=seed, max_vocabulary=max_vocabulary)

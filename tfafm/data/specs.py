@@ -19,6 +19,7 @@ import urllib.parse
 
 from tfafm.data.errors import DataFormatError
 from tfafm.data.formats import FORMATS, TABLE, DataFormat, table_format
+from tfafm.data.parquet import check_unique, open_parquet
 from tfafm.data.readers import resolve_paths
 from tfafm.errors import UserError
 
@@ -63,9 +64,9 @@ def file_source(prefix: str, rest: str, spec: str) -> FileSource:
 
 
 def _table_format(path: str, listed: dict[str, list[str]]) -> DataFormat:
-    import pyarrow.parquet as pq
-
-    columns = pq.ParquetFile(path).schema_arrow.names
+    columns = open_parquet(path).schema_arrow.names
+    if len(listed["label"]) > 1:
+        raise DataFormatError(f"give one label column, not {', '.join(listed['label'])}", path=path)
     label = listed["label"][0] if listed["label"] else next(
         (c for c in columns if c.lower() in ("label", "click")), None)
     if label is None:
@@ -74,4 +75,8 @@ def _table_format(path: str, listed: dict[str, list[str]]) -> DataFormat:
     dense = listed["dense"]
     categorical = listed["categorical"] or [
         c for c in columns if c != label and c not in dense and not c.startswith("__")]
-    return table_format(label, dense, categorical)
+    check_unique(columns, [label, *dense, *categorical], path)
+    try:
+        return table_format(label, dense, categorical)
+    except DataFormatError as error:
+        raise DataFormatError(error.reason, path=path) from None

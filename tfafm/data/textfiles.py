@@ -62,6 +62,15 @@ class TextBlock:
                 dataclasses.replace(self, first_line=self.first_line + count_lines(head), data=tail))
 
 
+_SPACES = " \f\v\r\n"
+
+
+def is_blank(line: str) -> bool:
+    """Whether a line holds nothing but spaces: such lines are skipped like empty ones (a tab is
+    a field separator, so a line of tabs is a line of empty fields)."""
+    return not line.strip(_SPACES)
+
+
 def count_lines(data: bytes | bytearray) -> int:
     """Line ends (``\\n``, ``\\r\\n`` or ``\\r``) in ``data``."""
     ends = data.count(b"\n")
@@ -100,7 +109,7 @@ def _first_data_line(data: bytes) -> tuple[int, int, int] | None:
     for match in _LINE.finditer(data):
         if match.start() == len(data):
             break
-        if match.group().rstrip(b"\r\n"):
+        if match.group().strip(_SPACES.encode()):
             return match.start(), match.end(), blank
         blank += 1
     return None
