@@ -9,7 +9,7 @@ import keras
 import numpy as np
 
 from tfafm.compression.arguments import check_budget
-from tfafm.compression.budget import check_auc_budget, compare_on, sample_agreement, smallest_within_budget
+from tfafm.compression.budget import compare_on, sample_agreement, smallest_within_budget
 from tfafm.compression.calibration import calibrate
 from tfafm.compression.check import check_input_layers, failures_named, run_checked
 from tfafm.compression.keras_graph import require_graph_model, resolve_names
@@ -205,7 +205,8 @@ def compress(
     >>> [row.name for row in report.layers]
     ['hidden']
     """
-    check_budget(ranks, energy, target_ratio, calibration_steps, min_calibration_rows)
+    check_budget(ranks, energy, target_ratio, calibration_steps, min_calibration_rows, max_auc_drop,
+                 validation_data)
     require_graph_model(model)
     check_method(method)
     chosen_options = [name for name, value in (("ranks", ranks), ("energy", energy), ("target_ratio", target_ratio),
@@ -213,8 +214,6 @@ def compress(
     if len(chosen_options) != 1:
         raise UserError("Give exactly one of ranks, energy, target_ratio or max_auc_drop (got "
                         f"{chosen_options or 'none'}).")
-    if max_auc_drop is not None:
-        check_auc_budget(max_auc_drop, validation_data)
     check_inner_activation(inner_activation)
     costs = cost_models(objective, quantization)
     all_targets, skipped = find_targets(model)

@@ -24,9 +24,19 @@ def _is_integer(value: Any) -> bool:
 
 
 def check_budget(ranks: Optional[Mapping], energy: Any, target_ratio: Any, calibration_steps: Any = None,
-                 min_calibration_rows: Any = None) -> None:
+                 min_calibration_rows: Any = None, max_auc_drop: Any = None, validation_data: Any = None) -> None:
     """Raises a :class:`UserError` unless every argument given (not None) has a usable type and
-    value (see :func:`tfafm.compress`, which also checks that exactly one budget is given)."""
+    value (see :func:`tfafm.compress`, which also checks that exactly one budget is given):
+    ``max_auc_drop`` also needs ``validation_data``, and held-out data must be finite."""
+    if max_auc_drop is not None:
+        if not (_is_real(max_auc_drop) and math.isfinite(max_auc_drop) and 0 <= max_auc_drop < 1):
+            raise UserError(f"max_auc_drop must be a number in [0, 1), e.g. 0.001, got {max_auc_drop!r}.")
+        if validation_data is None:
+            raise UserError("max_auc_drop needs validation_data with labels (held-out rows to measure the AUC on).")
+    cardinality = getattr(validation_data, "cardinality", None)
+    if cardinality is not None and int(cardinality()) == -1:  # tf.data.INFINITE_CARDINALITY
+        raise UserError("validation_data is an infinite dataset (a .repeat() without a count?): evaluation would "
+                        "never end; give it a finite number of batches (.take(N)).")
     if target_ratio is not None and not (_is_real(target_ratio) and math.isfinite(target_ratio)
                                          and target_ratio > 1):
         raise UserError(f"target_ratio must be a finite number greater than 1, e.g. 4, got {target_ratio!r}.")

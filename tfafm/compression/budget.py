@@ -29,16 +29,6 @@ BELOW_TWO = (1.5, 1.25)  # tried when even 2x breaks it
 RESOLUTION = 1.15  # bisection stops when the ratios bracketing the answer are this close
 
 
-def check_auc_budget(max_auc_drop, validation_data) -> None:
-    """Raises ``UserError`` unless ``max_auc_drop`` is a finite number in [0, 1) and there is
-    ``validation_data`` to measure it on."""
-    if isinstance(max_auc_drop, bool) or not isinstance(max_auc_drop, (int, float)) or not (
-            math.isfinite(max_auc_drop) and 0 <= max_auc_drop < 1):
-        raise UserError(f"max_auc_drop must be a number in [0, 1), e.g. 0.001, got {max_auc_drop!r}.")
-    if validation_data is None:
-        raise UserError("max_auc_drop needs validation_data with labels (held-out rows to measure the AUC on).")
-
-
 def _binary(labels: np.ndarray) -> bool:
     values = np.unique(labels)
     return len(values) == 2 and set(values.tolist()) <= {0.0, 1.0}
