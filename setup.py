@@ -10,7 +10,9 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["tfafm", "tfafm.*"]),
-    py_modules=["tfafm_cli"],  # the console script's front: parses arguments before TensorFlow is imported
+    # the console script's front (parses arguments before TensorFlow is imported) and the choices it
+    # shares with the package
+    py_modules=["tfafm_cli", "tfafm_choices"],
     install_requires=[
         "tensorflow>=2.21,<2.22",
         # tfafm touches a few private Keras names (tfafm/compression/keras_graph.py,

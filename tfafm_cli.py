@@ -16,6 +16,8 @@ import os
 import sys
 from typing import Iterator, NoReturn, Optional, Sequence
 
+from tfafm_choices import DATA_KINDS, EXPORT_FORMATS, METHODS, MODEL_NAMES, OBJECTIVES, QUANTIZATIONS, WITH_OPTIONS
+
 DESCRIPTION = """Compress Keras click-through-rate models with low-rank factorization (AFM or weight SVD)
 and export them to LiteRT, SavedModel or ONNX. A typical session: tfafm train, tfafm compress,
 tfafm export, tfafm bench. User errors print one line and exit with code 2.
@@ -125,8 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a model-zoo model on a data spec and save a run directory (model.keras, "
                     "schema.json, preprocessor.json for real data, run.json with config and exact "
                     "validation metrics). Options given here override the --config file.")
-    train.add_argument("--model", help="model-zoo builder: autoint, dcn, dcnv2, deepfm, dlrm, fibinet, nfm, "
-                                       "widedeep or xdeepfm (default: the config's, else deepfm)")
+    train.add_argument("--model", metavar="NAME",
+                       help=f"model-zoo builder: {', '.join(MODEL_NAMES)} (default: the config's, else deepfm)")
     train.add_argument("--data", default="synthetic", help=f"{DATA_HELP} (default: synthetic)")
     train.add_argument("--config", metavar="YAML", help="experiment config, e.g. models/deepfm_criteo.yaml")
     train.add_argument("--epochs", type=positive_int, help="maximum training epochs; training stops early when "
@@ -178,14 +180,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="instead of --ratio, the smallest model (in the bytes of --quantization) whose "
                              "validation AUC is at most DROP below the original's, e.g. 0.001; searched over "
                              "the ratio from one calibration (at most 10 evaluations)")
-    compress.add_argument("--method", choices=("afm", "svd"), default="afm",
+    compress.add_argument("--method", choices=METHODS, default="afm",
                           help="afm: factor each layer's output covariance (needs calibration data); "
                                "svd: factor the weights (default afm)")
-    compress.add_argument("--objective", choices=("both", "params", "latency"), default="both",
+    compress.add_argument("--objective", choices=OBJECTIVES, default="both",
                           help="what --ratio shrinks: both (the file and the bytes read per batch-1 request), "
                                "params (the file only) or latency (the bytes read per request plus a cost per "
                                "op only; tables mostly stay whole) (default both)")
-    compress.add_argument("--quantization", choices=("float32", "float16", "dynamic", "int8"), default="float32",
+    compress.add_argument("--quantization", choices=QUANTIZATIONS, default="float32",
                           help="count costs in the bytes of the LiteRT quantization you will export with "
                                "(tfafm export --quantize) (default float32)")
     compress.add_argument("--inner-activation", metavar="NAME",
@@ -205,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "named outputs. The written file is loaded in its runtime and checked against the Keras "
                     "model before it replaces anything.")
     export.add_argument("run", metavar="MODEL", help=f"{MODEL_HELP} to export")
-    export.add_argument("--format", choices=("litert", "saved_model", "onnx"), default="litert",
+    export.add_argument("--format", choices=EXPORT_FORMATS, default="litert",
                         help="litert: a .tflite file (builtin ops only); saved_model: a directory; onnx: an "
                              ".onnx file (default litert)")
     export.add_argument("--quantize", choices=("float16", "dynamic", "int8"),
@@ -313,8 +315,6 @@ class UsageError(Exception):
     """An option combination argparse cannot check; reported like argparse's own errors."""
 
 
-DATA_KINDS = ("synthetic", "criteo", "avazu", "parquet", "csv", "tfrecord", "cache")
-_WITH_OPTIONS = ("parquet", "csv", "tfrecord")  # PATH?option=value&...
 
 
 def _check_data_spec(spec: Optional[str], option: str = "--data") -> None:
@@ -330,7 +330,7 @@ def _check_data_spec(spec: Optional[str], option: str = "--data") -> None:
             raise UsageError(f"{option}: ROWS of synthetic:ROWS must be a positive integer of at most {INT_MAX}, "
                              f"got {rest!r}")
         return
-    if kind in _WITH_OPTIONS:
+    if kind in WITH_OPTIONS:
         rest = rest.partition("?")[0]
     paths = [p for p in rest.split(",") if p]
     if not paths:

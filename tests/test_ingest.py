@@ -231,7 +231,7 @@ def test_preprocessor_json_keeps_odd_values_and_reads_version_1(tmp_path):
 
 
 def test_prepare_then_train_from_the_cache_on_the_command_line(tmp_path):
-    from tfafm.cli import main
+    from tfafm_cli import main
 
     path = sample("criteo/deepctr/criteo_sample.txt")
     assert main(["prepare", "--data", f"criteo:{path}", "--out", str(tmp_path / "cache"), "--quiet"]) == 0

@@ -20,10 +20,12 @@ def synthetic():
     return generator.schema(embedding_dim=4), features, labels
 
 
-def test_available_lists_every_builder_and_no_afm():
-    names = models.available()
-    assert names == sorted(["widedeep", "deepfm", "dcn", "dcnv2", "xdeepfm", "autoint", "fibinet", "nfm", "dlrm"])
-    assert "afm" not in names
+def test_available_lists_every_builder_and_the_command_line_knows_them():
+    from tfafm.data.formats import FORMATS
+    from tfafm_choices import FORMAT_DATA, MODEL_NAMES
+
+    assert models.available() == sorted(MODEL_NAMES)
+    assert tuple(FORMATS) == FORMAT_DATA
 
 
 @pytest.mark.parametrize("name", models.available())

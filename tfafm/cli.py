@@ -461,14 +461,3 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Parses ``argv`` and runs the command (see :func:`tfafm_cli.main`)."""
-    import tfafm_cli
-
-    return tfafm_cli.main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -14,7 +14,7 @@ import pytest
 from interop_checks import PARITY, litert_predict, max_difference
 from keras2_models import movielens_dcn, split_rows
 
-from tfafm.cli import main
+from tfafm_cli import main
 from tfafm.interop import RawFeatureEncoder
 from tfafm.schema import Schema
 

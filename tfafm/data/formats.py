@@ -16,6 +16,7 @@ from typing import NamedTuple, Optional, Sequence
 
 from tfafm.data.errors import DataFormatError
 from tfafm.schema import DenseFeature
+from tfafm_choices import TABLE_DATA as TABLE
 
 
 class RawRow(NamedTuple):
@@ -216,7 +217,6 @@ AVAZU = DataFormat(
 
 FORMATS: dict[str, DataFormat] = {f.name: f for f in (CRITEO, AVAZU)}
 
-TABLE = "parquet"
 
 
 def table_format(label: str, dense: Sequence[str], categorical: Sequence[str]) -> DataFormat:

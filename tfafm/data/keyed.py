@@ -43,11 +43,11 @@ import numpy as np
 
 from tfafm.data.errors import DataFormatError
 from tfafm.errors import MissingFileError, UserError
+from tfafm_choices import KEYED_DATA as KINDS
 
 if TYPE_CHECKING:
     import tensorflow as tf
 
-KINDS = ("parquet", "csv", "tfrecord")
 _OPTIONS = ("label", "delimiter", "list_delimiter")
 _LABEL_NAMES = ("label", "click")
 

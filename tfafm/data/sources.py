@@ -37,12 +37,12 @@ from tfafm.data.synthetic import SyntheticCriteo
 from tfafm.config import MAX_COUNT
 from tfafm.errors import UserError
 from tfafm.schema import Schema
+from tfafm_choices import CACHE_DATA as CACHE_PREFIX, SYNTHETIC_DATA
 
 if TYPE_CHECKING:
     import tensorflow as tf
 
-CACHE_PREFIX = "cache"
-PREFIXES = ("synthetic", *FILE_PREFIXES, CACHE_PREFIX)
+PREFIXES = (SYNTHETIC_DATA, *FILE_PREFIXES, CACHE_PREFIX)
 CACHE_DIR_VARIABLE = "TFAFM_CACHE_DIR"
 
 
