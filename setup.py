@@ -15,7 +15,7 @@ setup(
     py_modules=["tfafm_cli", "tfafm_choices"],
     install_requires=[
         "tensorflow>=2.21,<2.22",
-        # tfafm touches a few private Keras names (tfafm/compression/keras_graph.py,
+        # tfafm touches a few private Keras names (tfafm/graph.py,
         # tfafm/layers/attention.py) and replays keras_rs FeatureCross: tested minors only.
         "keras>=3.15,<3.16",
         "keras-rs>=0.4,<0.5",

@@ -12,7 +12,7 @@ import keras_rs
 
 import tfafm
 from tfafm import LowRankDense, LowRankEmbedding
-from tfafm.compression.keras_graph import iter_layers
+from tfafm.graph import iter_layers
 from tfafm.compression.targets import find_targets
 
 HIDDEN = (32, 16)

@@ -18,7 +18,7 @@ import keras_rs
 from keras import ops
 
 import tfafm
-from tfafm.compression.keras_graph import output_structure, walk
+from tfafm.graph import output_structure, walk
 from tfafm.compression.targets import find_targets
 from tfafm.errors import UnsupportedLayerError, UserError
 

@@ -220,7 +220,7 @@ def cmd_eval(args, out: Output) -> int:
 
 def cmd_compress(args, out: Output) -> int:
     from tfafm.compression.api import check_inner_activation
-    from tfafm.compression.pipeline import compress_run, load_run_data
+    from tfafm.pipeline import compress_run, load_run_data
     from tfafm.runs import load_source
 
     check_inner_activation(args.inner_activation, "--inner-activation")

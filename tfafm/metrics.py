@@ -8,7 +8,7 @@ import numpy as np
 import tensorflow as tf
 from sklearn.metrics import log_loss, roc_auc_score
 
-from tfafm.compression.keras_graph import model_inputs, output_names, pack_inputs
+from tfafm.graph import model_inputs, output_names, pack_inputs
 from tfafm.errors import UserError
 
 

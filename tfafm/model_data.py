@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import keras
 
-from tfafm.compression.keras_graph import output_names
+from tfafm.graph import output_names
 from tfafm.compression.samples import input_domains
 from tfafm.data.keyed import InputColumn, KeyedData, keyed_data
 

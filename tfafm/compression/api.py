@@ -12,7 +12,7 @@ from tfafm.compression.arguments import check_budget
 from tfafm.compression.budget import compare_on, sample_agreement, smallest_within_budget
 from tfafm.compression.calibration import calibrate
 from tfafm.compression.check import check_input_layers, failures_named, run_checked
-from tfafm.compression.keras_graph import require_graph_model, resolve_names
+from tfafm.graph import require_graph_model, resolve_names
 from tfafm.compression.ranks import cost_models, energy_kept, ranks_for_energy, ranks_for_ratio
 from tfafm.compression.report import CompressionReport, LayerReport, SkippedLayer
 from tfafm.compression.rewrite import rebuild

@@ -36,7 +36,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfafm.compression.keras_graph import model_inputs, pack_inputs, require_graph_model
+from tfafm.graph import model_inputs, pack_inputs, require_graph_model
 from tfafm.compression.probe import build_probe
 from tfafm.compression.targets import Target, adapter_for, find_targets
 from tfafm.errors import UserError

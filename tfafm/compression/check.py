@@ -17,7 +17,7 @@ from typing import Iterator
 import keras
 import numpy as np
 
-from tfafm.compression.keras_graph import input_names, is_graph_model, model_inputs, output_names, pack_inputs
+from tfafm.graph import input_names, is_graph_model, model_inputs, output_names, pack_inputs
 from tfafm.errors import UserError
 
 

@@ -31,7 +31,7 @@ import keras
 import keras_rs
 import numpy as np
 
-from tfafm.compression.keras_graph import as_functional, call_counts, require_graph_model
+from tfafm.graph import as_functional, call_counts, require_graph_model
 from tfafm.compression.rewrite import clone, copy_state
 from tfafm.layers.interactions import CodeFactorizationMachine, CodeProjections, FactorizationMachine, StackFields
 from tfafm.layers.lookup import InRangeEmbedding

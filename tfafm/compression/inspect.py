@@ -15,7 +15,7 @@ from typing import Any
 
 import keras
 
-from tfafm.compression.keras_graph import require_graph_model, walk
+from tfafm.graph import require_graph_model, walk
 from tfafm.compression.ranks import CostModel, ranks_for_ratio
 from tfafm.compression.report import estimated_file_bytes
 from tfafm.compression.targets import adapter_for, find_targets

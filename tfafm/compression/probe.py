@@ -18,7 +18,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from tfafm.compression.keras_graph import as_functional, is_graph_model
+from tfafm.graph import as_functional, is_graph_model
 from tfafm.compression.targets import Adapter
 
 

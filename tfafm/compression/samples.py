@@ -18,7 +18,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from tfafm.compression.keras_graph import as_functional, input_names, model_inputs
+from tfafm.graph import as_functional, input_names, model_inputs
 from tfafm.errors import UserError
 
 SEQUENCE_LENGTH = 8  # steps drawn for an input whose length is not fixed

@@ -22,7 +22,7 @@ import keras_rs
 import numpy as np
 from keras import ops
 
-from tfafm.compression.keras_graph import walk
+from tfafm.graph import walk
 from tfafm.compression.report import SkippedLayer
 from tfafm.layers.attention import PROJECTIONS, LowRankMultiHeadAttention
 from tfafm.layers.lookup import InRangeEmbedding

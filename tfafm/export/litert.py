@@ -99,7 +99,7 @@ def litert(
     """
     import tensorflow as tf
 
-    from tfafm.compression.keras_graph import require_graph_model
+    from tfafm.graph import require_graph_model
     from tfafm.export.portable import servable
     from tfafm.export.signature import interface
     from tfafm.export.verify import verification_rows, verify_export
@@ -158,7 +158,7 @@ class _TablePatch:
     MIN_ELEMENTS = 1 << 18
 
     def __init__(self, model):
-        from tfafm.compression.keras_graph import iter_layers
+        from tfafm.graph import iter_layers
         from tfafm.layers.lookup import InRangeEmbedding
 
         self.model = model
@@ -248,7 +248,7 @@ def _maybe_fuse(model, fuse: bool):
 
 
 def _has_low_rank_embedding(model) -> bool:
-    from tfafm.compression.keras_graph import iter_layers
+    from tfafm.graph import iter_layers
     from tfafm.layers.low_rank import LowRankEmbedding
 
     return any(isinstance(layer, LowRankEmbedding) for layer in iter_layers(model))
@@ -348,7 +348,7 @@ def _graph_nodes(graph_def) -> Iterable:
 
 def _layers_using(ops: set[str], model, frozen) -> dict[str, list[str]]:
     """Maps each op type to the Keras layers whose name scope contains such an op."""
-    from tfafm.compression.keras_graph import iter_layers
+    from tfafm.graph import iter_layers
 
     names = [layer.name for layer in iter_layers(model)]
     found: dict[str, list[str]] = {op: [] for op in ops}
@@ -370,7 +370,7 @@ def _layer_of(node_name: str, layer_names: list[str]) -> str | None:
 
 
 def _non_builtin_layers(model) -> list[str]:
-    from tfafm.compression.keras_graph import iter_layers
+    from tfafm.graph import iter_layers
 
     return [
         f"{layer.name} ({type(layer).__name__})"

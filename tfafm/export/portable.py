@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import keras
 
-from tfafm.compression.keras_graph import iter_layers
+from tfafm.graph import iter_layers
 from tfafm.compression.rewrite import copy_state, rebuild
 from tfafm.errors import UnsupportedLayerError
 

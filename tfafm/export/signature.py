@@ -81,7 +81,7 @@ class Interface:
 
 
 def _flat_outputs(model) -> list[str]:
-    from tfafm.compression.keras_graph import output_names, output_structure
+    from tfafm.graph import output_names, output_structure
 
     names = output_names(model)
     return [OUTPUT_NAME] if len(names) == 1 and not isinstance(output_structure(model), dict) else names
@@ -94,7 +94,7 @@ def interface(model, schema=None, vocabularies: bool = True) -> Interface:
     Raises:
         UserError: for an input without a batch axis or of an unsupported dtype.
     """
-    from tfafm.compression.keras_graph import input_names
+    from tfafm.graph import input_names
 
     vocabularies = _vocabularies(model) if vocabularies else {}
     if schema is not None:
@@ -119,7 +119,7 @@ def _vocabularies(model) -> dict[str, int]:
     """Vocabulary size of each integer input, read off the embedding layers its ids reach."""
     import keras
 
-    from tfafm.compression.keras_graph import as_functional, input_names
+    from tfafm.graph import as_functional, input_names
     from tfafm.layers.interactions import ClipToVocabulary
     from tfafm.layers.low_rank import LowRankEmbedding
 
@@ -171,7 +171,7 @@ def serving_function(model):
     """A ``tf.function`` taking a dict of input tensors, returning a dict of named outputs."""
     import tensorflow as tf
 
-    from tfafm.compression.keras_graph import pack_inputs
+    from tfafm.graph import pack_inputs
 
     specs = tensor_specs(model)
 
@@ -187,7 +187,7 @@ def positional_function(model):
     """Like :func:`serving_function` but with one positional argument per input (for tf2onnx)."""
     import tensorflow as tf
 
-    from tfafm.compression.keras_graph import pack_inputs
+    from tfafm.graph import pack_inputs
 
     specs = list(tensor_specs(model).values())
 

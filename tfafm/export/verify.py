@@ -99,7 +99,7 @@ def layer_of_node(node_name: str, layer_names: list[str]) -> str | None:
 
 
 def _layer_names(model) -> list[str]:
-    from tfafm.compression.keras_graph import iter_layers
+    from tfafm.graph import iter_layers
 
     return [layer.name for layer in iter_layers(model)]
 
