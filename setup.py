@@ -1,10 +1,15 @@
 """Package metadata for tfafm."""
 
+import re
+
 from setuptools import find_packages, setup
+
+# The version is written once, in tfafm/__init__.py.
+VERSION = re.search(r'^__version__ = "([^"]+)"', open("tfafm/__init__.py", encoding="utf-8").read(), re.M).group(1)
 
 setup(
     name="tfafm",
-    version="0.1.0",
+    version=VERSION,
     description="Low-rank compression (Atomic Feature Mimicking) of Keras CTR models for CPUs and phones.",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",

@@ -15,7 +15,7 @@ import importlib as _importlib
 
 from tfafm import layers, models  # noqa: F401  (registers every tfafm layer and keras_rs)
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _EXPORTS = {
     "calibrate": "tfafm.compression.calibration",
