@@ -199,8 +199,9 @@ def test_int8_needs_representative_data_and_keeps_float_interface(tmp_path):
         export.litert(model, str(tmp_path / "x.tflite"), quantize="int4")
     assert not os.path.exists(tmp_path / "x.tflite")
     features, _ = rows()
-    arrays = {k: v for k, v in rows("calibration", 512)[0].items()}
-    path = export.litert(model, str(tmp_path / "q.tflite"), quantize="int8", representative_data=arrays, fuse=False)
+    # Batches of unequal sizes (100, 100, 50): the calibrator sees blocks of one size.
+    batches = tf.data.Dataset.from_tensor_slices(rows("calibration", 250)[0]).batch(100)
+    path = export.litert(model, str(tmp_path / "q.tflite"), quantize="int8", representative_data=batches, fuse=False)
     runner = export.LiteRTRunner(path)
     dtypes = {d["name"]: d["dtype"] for d in runner.interpreter.get_input_details()}
     assert all(dtypes[f.name] == np.int32 for f in SCHEMA.sparse)

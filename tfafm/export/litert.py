@@ -60,8 +60,9 @@ def litert(
         fuse: fold low-rank embedding projections into the following Dense
             first (:func:`tfafm.fuse`); a no-op for models without
             :class:`~tfafm.LowRankEmbedding`.
-        representative_steps: at most this many batches of
-            ``representative_data`` are used for int8 calibration.
+        representative_steps: at most this many blocks of 64 rows of
+            ``representative_data`` are used for int8 calibration (batches of
+            any size are re-cut into such blocks).
         schema: the :class:`~tfafm.Schema` of the model's features, recorded in
             the metadata (vocabulary sizes are otherwise read off the model).
         verification_data: rows the written file is checked on before it is
@@ -287,15 +288,16 @@ def _configure(converter, quantize: str | None) -> None:
         converter.inference_output_type = tf.float32
 
 
+_REPRESENTATIVE_BLOCK = 64
+
+
 def _representative(data, order: list[str], shapes: dict, steps: int):
     """A generator function yielding input lists (in the converter's input order)."""
     import tensorflow as tf
 
     def batches():
         if isinstance(data, Mapping):
-            rows = len(np.asarray(next(iter(data.values()))))
-            for start in range(0, rows, 64):
-                yield {k: np.asarray(v)[start:start + 64] for k, v in data.items()}
+            yield data
         elif isinstance(data, tf.data.Dataset):
             for element in data:
                 yield element[0] if isinstance(element, (tuple, list)) else element
@@ -305,13 +307,25 @@ def _representative(data, order: list[str], shapes: dict, steps: int):
             )
 
     def generate():
-        for step, features in enumerate(batches()):
-            if step >= steps:
-                return
+        # The calibrator resizes its inputs once: every batch it sees has the same number of rows, so the
+        # rows are re-cut into blocks of BLOCK (a smaller last block only when the data has fewer rows).
+        pending, held, produced = [], 0, 0
+        for features in batches():
             missing = [name for name in order if name not in features]
             if missing:
                 raise UserError(f"representative_data lacks feature(s) {missing}.")
-            yield [np.asarray(features[name]).reshape(-1, *shapes[name]) for name in order]
+            pending.append([np.asarray(features[name]).reshape(-1, *shapes[name]) for name in order])
+            held += len(pending[-1][0])
+            while held >= _REPRESENTATIVE_BLOCK:
+                if produced >= steps:
+                    return
+                columns = [np.concatenate(parts) for parts in zip(*pending)]
+                yield [column[:_REPRESENTATIVE_BLOCK] for column in columns]
+                produced += 1
+                pending = [[column[_REPRESENTATIVE_BLOCK:] for column in columns]]
+                held -= _REPRESENTATIVE_BLOCK
+        if produced == 0 and held:
+            yield [np.concatenate(parts) for parts in zip(*pending)]
 
     return generate
 
