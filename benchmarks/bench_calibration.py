@@ -62,7 +62,7 @@ def main() -> None:
         keras.utils.set_random_seed(0)
         model = tfafm.models.build(name, schema, hidden_units=(400, 400, 400))
         model.predict(data.take(1), verbose=0)  # trace once before timing
-        tfafm.calibrate(model, data.take(1), progress=False, min_rows=0)
+        tfafm.calibrate(model, data.take(1), progress=False, min_calibration_rows=0)
         half = data.take(rows // BATCH // 2)
         half_rows = rows // BATCH // 2 * BATCH
         timings = {"predict": [], "calibrate": [], "predict_half": [], "calibrate_half": []}

@@ -63,7 +63,7 @@ def test_statistics_match_numpy(trained_deepfm, calib_features):
 def test_dataset_input_and_steps(trained_deepfm, generator):
     dataset = generator.dataset(700, batch_size=200, split="calibration")  # (features, labels) batches
     stats = tfafm.calibrate(trained_deepfm, dataset, layers=["deep_dense_0", "C6_embedding"],
-                            steps=2, progress=False)
+                            calibration_steps=2, progress=False)
     assert set(stats) == {"deep_dense_0", "C6_embedding"}
     assert stats["deep_dense_0"].count == 400 and stats["C6_embedding"].count == 400
     features = {k: np.concatenate([b[0][k] for b in generator.batches(400, 200, "calibration")])
@@ -234,7 +234,7 @@ def test_unknown_or_uncompressible_layers_raise(trained_deepfm, calib_features):
     with pytest.raises(ValueError, match="deep_logit"):
         tfafm.calibrate(trained_deepfm, calib_features, layers=["deep_logit"], progress=False)
     with pytest.raises(ValueError, match="steps"):
-        tfafm.calibrate(trained_deepfm, calib_features, steps=0, progress=False)
+        tfafm.calibrate(trained_deepfm, calib_features, calibration_steps=0, progress=False)
 
 
 def test_subclassed_model_raises_type_error(subclassed_model):

@@ -9,10 +9,15 @@ import pytest
 
 MODULES = [
     "tfafm.compression.api",
+    "tfafm.compression.calibration",
     "tfafm.compression.inspect",
     "tfafm.data.keyed",
+    "tfafm.data.sources",
     "tfafm.export.verify",
+    "tfafm.layers.low_rank",
     "tfafm.metrics",
+    "tfafm.models",
+    "tfafm.runs",
 ]
 
 

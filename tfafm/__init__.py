@@ -40,6 +40,9 @@ _EXPORTS = {
     "evaluate": "tfafm.metrics",
     "load_data": "tfafm.data",
     "load_run": "tfafm.runs",
+    "save_run": "tfafm.runs",
+    "train": "tfafm.training",
+    "TrainConfig": "tfafm.config",
 }
 _SUBMODULES = ("data", "export", "layers", "metrics", "models")
 

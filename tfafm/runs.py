@@ -96,6 +96,15 @@ def save_run(path: str, model: keras.Model, schema: Optional[Schema],
     each of ``extra_writers`` is called with the folder being written (plots).
     An existing directory at ``path`` is replaced only if it is empty or a
     tfafm run, unless ``overwrite`` (see :mod:`tfafm.io_utils`).
+
+    Example:
+
+    >>> import os, tempfile, keras, tfafm
+    >>> model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1, activation="sigmoid")])
+    >>> path = os.path.join(tempfile.mkdtemp(), "run")
+    >>> tfafm.save_run(path, model, schema=None, preprocessor=None, info={"note": "hand-made"})
+    >>> tfafm.load_run(path).model.count_params()
+    5
     """
     with atomic_path(path, kind="run", overwrite=overwrite) as tmp:
         os.makedirs(tmp)

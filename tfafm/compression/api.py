@@ -175,7 +175,7 @@ def compress(
         statistics: precomputed calibration statistics.
         calibration_steps: calibrate on at most this many batches.
         progress: show calibration progress.
-        min_calibration_rows: see ``min_rows`` of :func:`tfafm.calibrate`.
+        min_calibration_rows: see :func:`tfafm.calibrate`.
         objective: what ``target_ratio`` shrinks: ``"both"`` (default: the
             file and the bytes read per batch-1 request each shrink by
             ``target_ratio``), ``"params"`` (bytes stored, the file size
@@ -227,7 +227,8 @@ def compress(
             if calibration_data is None:
                 raise UserError("method='afm' needs calibration_data (or precomputed statistics).")
             statistics = calibrate(model, calibration_data, layers=[t.name for t in targets],
-                                   steps=calibration_steps, progress=progress, min_rows=min_calibration_rows)
+                                   calibration_steps=calibration_steps, progress=progress,
+                                   min_calibration_rows=min_calibration_rows)
         missing = [t.name for t in targets if t.name not in statistics]
         if missing:
             raise UserError(f"statistics have no entry for layer(s) {missing}.")

@@ -255,11 +255,11 @@ def calibrate(
     model: keras.Model,
     data,
     layers: Iterable[str] | None = None,
-    steps: int | None = None,
+    calibration_steps: int | None = None,
     strategy: tf.distribute.Strategy | None = None,
     batch_size: int = 1024,
     progress: bool = True,
-    min_rows: int | None = None,
+    min_calibration_rows: int | None = None,
 ) -> Statistics:
     """Collects output-feature statistics of ``model``'s compressible matrices.
 
@@ -271,11 +271,11 @@ def calibrate(
             (batched by ``batch_size``). Batches may have any sizes.
         layers: target or layer names to collect (a layer name stands for all
             its matrices); default: every compressible matrix.
-        steps: stop after this many batches (default: all of ``data``).
+        calibration_steps: stop after this many batches (default: all of ``data``).
         strategy: a ``tf.distribute`` strategy; default: the current one.
         batch_size: rows per batch for array data.
         progress: show progress (a bar on a terminal, periodic lines otherwise).
-        min_rows: refuse a matrix seen on fewer rows than this (default: twice
+        min_calibration_rows: refuse a matrix seen on fewer rows than this (default: twice
             its output width; 0 disables the check).
 
     Returns:
@@ -285,18 +285,28 @@ def calibrate(
     Raises:
         tfafm.errors.UserError: unknown layers, empty or too little data,
             non-finite or constant outputs (naming the layer).
+
+    Example:
+
+    >>> import numpy as np, keras, tfafm
+    >>> model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4, name="hidden")])
+    >>> x = np.random.default_rng(0).normal(size=(300, 8)).astype("float32")
+    >>> statistics = tfafm.calibrate(model, x, batch_size=100, progress=False)
+    >>> list(statistics), int(statistics["hidden"].count), statistics["hidden"].covariance.shape
+    (['hidden'], 300, (4, 4))
     """
     require_graph_model(model)
+    steps = calibration_steps
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
-        raise UserError(f"steps must be a positive integer, got {steps!r}.")
+        raise UserError(f"calibration_steps must be a positive integer, got {steps!r}.")
     targets = resolve_targets(model, layers)
     if not targets:
         raise UserError(f"Model {model.name!r} has no compressible layers to calibrate.")
     strategy = strategy or tf.distribute.get_strategy()
     dataset, labelled = _as_dataset(data, batch_size)
     if steps is None and int(dataset.cardinality()) == int(tf.data.INFINITE_CARDINALITY):
-        raise UserError("Calibration data is an infinite dataset (a .repeat() without a count?): give steps= "
-                        "(calibration_steps= to tfafm.compress) to bound it.")
+        raise UserError("Calibration data is an infinite dataset (a .repeat() without a count?): give "
+                        "calibration_steps= to bound it.")
     if steps is not None:
         dataset = dataset.take(steps)
     distributed = strategy.experimental_distribute_dataset(dataset)
@@ -319,7 +329,7 @@ def calibrate(
         layer_stats = moments[target.name]
         if workers > 1:
             layer_stats = _merged_across_workers(strategy, layer_stats, local_replicas, workers)
-        limit = 2 * layer_stats.dim if min_rows is None else int(min_rows)
+        limit = 2 * layer_stats.dim if min_calibration_rows is None else int(min_calibration_rows)
         layer_stats.check(target.name, min_rows=limit)
         if layer_stats.count < _NOISY_BELOW * layer_stats.dim:
             warnings.warn(

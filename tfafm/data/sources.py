@@ -110,6 +110,16 @@ def load_data(
     with (``validation_fraction``, ``min_count`` and ``max_vocabulary`` do not
     apply); if its source files changed it is rebuilt in place, or, with
     ``rebuild_stale=False``, refused. ``progress`` draws a bar per pass.
+
+    Example:
+
+    >>> import tfafm
+    >>> data = tfafm.load_data("synthetic:5000", batch_size=500)
+    >>> data.train_rows, data.validation_rows, len(data.schema.sparse) > 0
+    (5000, 500, True)
+    >>> features, labels = next(iter(data.validation))
+    >>> labels.shape
+    TensorShape([500, 1])
     """
     prefix, _, rest = spec.partition(":")
     if prefix not in PREFIXES:

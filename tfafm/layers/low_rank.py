@@ -132,6 +132,13 @@ class LowRankDense(_TwoFactors):
         use_bias: whether both factors carry a bias.
         kernel_initializer, bias_initializer, kernel_regularizer,
         bias_regularizer: as in ``Dense``, for both factors.
+
+    Example:
+
+    >>> import numpy as np, tfafm
+    >>> layer = tfafm.LowRankDense(3, rank=2, kernel_initializer="ones", bias_initializer="ones")
+    >>> layer(np.array([[1.0, 2.0]]))  # down: 1 + 2 + 1 = 4 per code; up: 4 + 4 + 1 = 9
+    <tf.Tensor: shape=(1, 3), dtype=float32, numpy=array([[9., 9., 9.]], dtype=float32)>
     """
 
     def __init__(self, units: int, rank: int, activation=None, inner_activation=None, **kwargs: Any):
@@ -242,6 +249,15 @@ class LowRankEmbedding(keras.layers.Layer):
         embeddings_initializer, embeddings_regularizer: for the table.
         mask_zero: as in ``Embedding``: id 0 is padding and masked downstream.
         ids_in_range: skip the negative-id wrap-around (see above).
+
+    Example:
+
+    >>> import numpy as np, tfafm
+    >>> layer = tfafm.LowRankEmbedding(1000, 16, rank=4)
+    >>> layer(np.array([[3, 7]])).shape
+    TensorShape([1, 2, 16])
+    >>> layer.count_params()  # a (1000, 4) table, a (4, 16) projection and its bias; Embedding: 16,000
+    4080
     """
 
     def __init__(

@@ -20,6 +20,15 @@ def build(name: str, schema: Schema, **hyperparams) -> keras.Model:
 
     Raises:
         ValueError: for an unknown model name or hyper-parameter.
+
+    Example:
+
+    >>> import tfafm
+    >>> schema = tfafm.Schema([tfafm.DenseFeature("price"), tfafm.SparseFeature("site", 100, 8),
+    ...                        tfafm.SparseFeature("app", 50, 8)])
+    >>> model = tfafm.models.build("deepfm", schema, hidden_units=(32, 16))
+    >>> sorted(model.input), model.output.shape
+    (['app', 'price', 'site'], (None, 1))
     """
     if name not in BUILDERS:
         raise ValueError(f"Unknown model {name!r}; available: {', '.join(available())}.")
