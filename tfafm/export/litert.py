@@ -15,6 +15,7 @@ import numpy as np
 
 from tfafm.errors import UnsupportedLayerError, UserError
 from tfafm.export.litert_file import write_with_signature
+from tfafm.logs import dropping
 
 FLATBUFFER_LIMIT = 2 * 1024**3  # bytes; LiteRT files are flatbuffers, addressed with 32-bit offsets
 _BYTES_PER_WEIGHT = {None: 4, "float16": 2, "dynamic": 1, "int8": 1}
@@ -121,7 +122,9 @@ def litert(
     if tables is not None and tables.layers:
         model = tables.light_model()
     frozen = _frozen_function(model)
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen])
+    # The frozen function is converted without a trackable object on purpose (see _frozen_function).
+    with dropping("absl", "trackable_obj argument"):
+        converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen])
     _configure(converter, quantize)
     if quantize == "int8":
         order = [t.name.split(":")[0] for t in frozen.inputs if t.dtype != tf.resource]

@@ -42,6 +42,7 @@ def onnx(model, path: str, opset: int | None = None, verification_data=None) -> 
     from tfafm.export.signature import positional_function
     from tfafm.export.verify import converter_error, verification_rows, verify_export
     from tfafm.io_utils import atomic_path
+    from tfafm.logs import dropping
 
     keras_model = model
     rows = verification_rows(keras_model, verification_data)
@@ -54,8 +55,10 @@ def onnx(model, path: str, opset: int | None = None, verification_data=None) -> 
     outputs = dict(zip(sorted(concrete.structured_outputs), (t.name for t in frozen.outputs)))
     with atomic_path(path) as tmp:
         try:
-            tf2onnx.convert.from_graph_def(frozen.graph.as_graph_def(), input_names=inputs,
-                                           output_names=list(outputs.values()), opset=opset, output_path=tmp)
+            # tf2onnx calls TensorFlow's v1 graph helpers, each of which logs a deprecation notice.
+            with dropping("tensorflow", "is deprecated and will be removed in a future version"):
+                tf2onnx.convert.from_graph_def(frozen.graph.as_graph_def(), input_names=inputs,
+                                               output_names=list(outputs.values()), opset=opset, output_path=tmp)
         except Exception as error:  # tf2onnx's ValueError / RuntimeError on ops it cannot map
             raise converter_error("tf2onnx", error, keras_model) from error
         _rename_outputs(tmp, {tensor: name for name, tensor in outputs.items()})
