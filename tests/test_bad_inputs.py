@@ -24,6 +24,8 @@ import pytest
 
 from tfafm_cli import main
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 CRITEO_ROW = "\t".join(["1"] + ["3"] * 13 + ["68fd1e64"] * 26)
 AVAZU_HEADER = ("id,click,hour,C1,banner_pos,site_id,site_domain,site_category,app_id,app_domain,app_category,"

@@ -12,6 +12,8 @@ import tfafm.export as export
 from tfafm.data.synthetic import SyntheticCriteo
 from tfafm.export import bench
 
+pytestmark = pytest.mark.slow
+
 GEN = SyntheticCriteo(max_vocabulary=2000, num_sparse=6, num_dense=3)
 SCHEMA = GEN.schema(8)
 

@@ -16,6 +16,8 @@ import tfafm
 from tfafm import Statistics
 from tfafm.compression.targets import find_targets
 
+pytestmark = pytest.mark.slow
+
 HIDDEN = (32, 16)
 
 

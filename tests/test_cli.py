@@ -8,6 +8,8 @@ import pytest
 
 from tfafm_cli import main
 
+pytestmark = pytest.mark.slow
+
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 TINY = """model: deepfm
 hyperparams: {hidden_units: [16]}

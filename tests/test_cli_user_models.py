@@ -17,6 +17,8 @@ from sklearn.metrics import roc_auc_score
 import keras
 from tfafm_cli import main
 
+pytestmark = pytest.mark.slow
+
 ROWS = 3000
 ITEMS = [f"item{i}" for i in range(30)]
 

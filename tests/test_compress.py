@@ -15,6 +15,8 @@ from tfafm import LowRankDense, LowRankEmbedding
 from tfafm.graph import iter_layers
 from tfafm.compression.targets import find_targets
 
+pytestmark = pytest.mark.slow
+
 HIDDEN = (32, 16)
 
 

@@ -9,6 +9,8 @@ from tfafm import models
 from tfafm.data.synthetic import SyntheticCriteo
 from tfafm.layers.low_rank import LowRankDense, LowRankEmbedding
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def data():

@@ -20,6 +20,8 @@ from tfafm.errors import UserError
 
 from test_data_readers import AVAZU_ROW, CRITEO_ROW, sample, write
 
+pytestmark = pytest.mark.slow
+
 AVAZU_HEADER = ["id", "click", "hour", "C1", "banner_pos", "site_id", "site_domain", "site_category", "app_id",
                 "app_domain", "app_category", "device_id", "device_ip", "device_model", "device_type",
                 "device_conn_type", "C14", "C15", "C16", "C17", "C18", "C19", "C20", "C21"]

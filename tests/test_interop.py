@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 PYTHONPATH = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
 
@@ -49,7 +51,7 @@ def test_interop_suite_under_legacy_keras():
     if missing:
         pytest.skip(f"{', '.join(missing)} not installed (pip install 'tfafm[interop]')")
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/interop"],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0", "tests/interop"],
         capture_output=True, text=True, timeout=900, cwd=ROOT,
         env={**os.environ, "TF_USE_LEGACY_KERAS": "1", "PYTHONPATH": PYTHONPATH},
     )

@@ -10,6 +10,8 @@ from tfafm import models
 from tfafm.data.synthetic import SyntheticCriteo
 from tfafm.schema import DenseFeature, Schema, SparseFeature
 
+pytestmark = pytest.mark.slow
+
 SMALL = {"hidden_units": (16, 8)}
 
 

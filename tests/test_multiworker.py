@@ -23,6 +23,8 @@ from tfafm.data import SyntheticCriteo, load_data
 from tfafm.data.prepare import prepare
 from tfafm.data.specs import file_source
 
+pytestmark = pytest.mark.slow
+
 JOB = Path(__file__).with_name("multiworker_job.py")
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = {"model": "deepfm", "hyperparams": {"hidden_units": [16]}, "embedding_dim": 4,

@@ -27,6 +27,8 @@ from tfafm.errors import UserError
 from tfafm.io_utils import ARTIFACT_MARKER, TEMP_INFIX, Destination, atomic_path
 from tfafm_cli import main
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = "model: deepfm\nhyperparams: {hidden_units: [8]}\nembedding_dim: 4\nbatch_size: 256\nepochs: 1\n" \
        "synthetic_rows: 2000\nsynthetic_max_vocabulary: 300\n"

@@ -16,6 +16,8 @@ import pytest
 
 from test_bad_inputs import assert_refused, registry
 
+pytestmark = pytest.mark.slow
+
 CRITEO_ROWS = 300
 
 

@@ -26,6 +26,8 @@ from tfafm_cli import main
 from test_bad_inputs import snapshot
 from test_multiworker import free_loopback_ports
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 CRITEO_LINE = "\t".join(["{label}"] + ["3"] * 13 + ["{value:08x}"] * 26)
 

@@ -21,6 +21,8 @@ from tfafm_cli import main
 
 from test_bad_inputs import CRITEO_ROW, assert_refused, registry, snapshot
 
+pytestmark = pytest.mark.slow
+
 Case = Callable[[Path], tuple[list[str], str]]  # (the case's directory) -> (argv, regex of the error line)
 CASES: dict[str, Case] = {}
 case = registry(CASES)

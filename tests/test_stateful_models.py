@@ -15,6 +15,8 @@ from tfafm.errors import UserError
 
 from stateful_models import CORPUS, EXPORTS
 
+pytestmark = pytest.mark.slow
+
 
 def _predict(model, data) -> np.ndarray:
     return np.asarray(model.predict(tf.data.Dataset.from_tensor_slices(data).batch(64), verbose=0))

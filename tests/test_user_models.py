@@ -22,6 +22,8 @@ from tfafm.graph import output_structure, walk
 from tfafm.compression.targets import find_targets
 from tfafm.errors import UnsupportedLayerError, UserError
 
+pytestmark = pytest.mark.slow
+
 ROWS = 512
 FIELDS, VOCAB, DIM = 6, 40, 8
 rng_init = keras.initializers.RandomNormal(stddev=0.3, seed=1)
