@@ -34,7 +34,9 @@ def test_fused_model_predicts_like_the_compressed_one(name, data):
     fused = tfafm.fuse(compressed)
     np.testing.assert_allclose(fused.predict(features, verbose=0),
                                compressed.predict(features, verbose=0), atol=1e-5)
-    assert not any(isinstance(layer, LowRankEmbedding) for layer in fused.layers)
+    assert not any(isinstance(layer, (LowRankEmbedding, keras.layers.Embedding)) for layer in fused.layers)
+    merged = [layer for layer in fused.layers if isinstance(layer, tfafm.layers.MergedEmbedding)]
+    assert len(merged) == 1 and len(merged[0].widths) == len(data[0].sparse)
 
 
 def _every_field(schema) -> dict[str, int]:
@@ -52,9 +54,10 @@ def test_deepfm_first_dense_reads_the_k_wide_rows(data):
 
     first = fused.get_layer("deep_dense_0")
     assert first.kernel.shape[0] == sum(ranks.values()) + len(schema.dense)
-    for name, rank in ranks.items():
-        table = fused.get_layer(name)
-        assert isinstance(table, keras.layers.Embedding) and table.output_dim == rank
+    # All tables are one, read by one gather; its output is the codes side by side.
+    tables = fused.get_layer("sparse_ids_tables")
+    assert isinstance(tables, tfafm.layers.MergedEmbedding) and tables.widths == list(ranks.values())
+    assert not [layer for layer in fused.layers if isinstance(layer, keras.layers.Embedding)]
     # The FM runs on the codes themselves: no d-wide field vector is ever formed.
     fm = fused.get_layer("fm")
     assert isinstance(fm, tfafm.layers.CodeFactorizationMachine) and fm.orthonormal

@@ -43,7 +43,7 @@ class ClipToVocabulary(keras.layers.Layer):
         stacked = ops.concatenate([ops.cast(x, "int32") for x in columns], axis=-1)
         sizes = ops.convert_to_tensor(self.vocabulary_sizes, dtype="int32")
         valid = ops.logical_and(ops.greater_equal(stacked, 0), ops.less(stacked, sizes))
-        guarded = ops.where(valid, stacked, ops.zeros_like(stacked))
+        guarded = ops.where(valid, stacked, 0)  # a scalar: no zeros tensor to build
         return ops.unstack(guarded, num=len(self.vocabulary_sizes), axis=1)
 
     def compute_output_spec(self, ids):
