@@ -11,6 +11,7 @@ import pytest
 
 from tfafm.layers import (
     ClipToVocabulary,
+    CodeFactorizationMachine,
     CompressedInteraction,
     CrossLayerV1,
     FactorizationMachine,
@@ -35,6 +36,21 @@ def test_factorization_machine():
     # pairwise = 0.5 * ([81, 144] - [35, 56]) = [23, 44]
     np.testing.assert_allclose(_np(FactorizationMachine(reduce_sum=False)(FIELDS)), [[23.0, 44.0]])
     np.testing.assert_allclose(_np(FactorizationMachine()(FIELDS)), [[67.0]])
+
+
+def test_code_factorization_machine():
+    # v_1 = c_1 [1, 1], v_2 = c_2 [1, 0] (no biases): FM = v_1 . v_2 = c_1 c_2. P_1 P_1^T = 2 -> R_1 = sqrt(2), R_2 = 1.
+    layer = CodeFactorizationMachine(dim=2)
+    layer.build((None, 2))
+    layer.kernel.assign(np.array([[1.0, 1.0, math.sqrt(2), 0.0], [1.0, 0.0, 0.0, 1.0]], "float32"))
+    codes = np.array([[2.0, 3.0]], "float32")
+    # x = [5, 2, 2 sqrt(2), 3] -> 0.5 * (25 + 4 - 8 - 9) = 6 = 2 * 3
+    np.testing.assert_allclose(_np(layer(codes)), [[6.0]], rtol=1e-6)
+    fields = np.array([[[2.0, 2.0], [3.0, 0.0]]], "float32")
+    np.testing.assert_allclose(_np(layer(codes)), _np(FactorizationMachine()(fields)), rtol=1e-6)
+    layer.constant.assign([2.0])  # the part of the biases outside the codes' span: half of it is taken off
+    np.testing.assert_allclose(_np(layer(codes)), [[5.0]], rtol=1e-6)
+    assert CodeFactorizationMachine.from_config(layer.get_config()).dim == 2
 
 
 def test_cross_layer_v1():

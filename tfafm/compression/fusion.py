@@ -269,7 +269,7 @@ class _Fuser:
                 and len({s.width for s in codes}) == 1):
             fields = keras.ops.reshape(self._fields(codes, name), (-1, count * codes[0].width))
             parts = [s.tensor for s in segments[:first]] + [fields] + [s.tensor for s in segments[first + count:]]
-            return parts[0] if len(parts) == 1 else keras.layers.Concatenate(name=f"{name}_vectors")(parts)
+            return self._join(parts, f"{name}_vectors")
         kernel = np.zeros((sum(rows), sum(widths)))
         bias, row, column = [], 0, 0
         for segment, rows_, width in zip(segments, rows, widths):
@@ -327,20 +327,14 @@ class _Fuser:
     def _factorization_machine(self, layer, fields: list[_Segment]):
         """FM over projected codes, without the d-wide field vectors (:class:`CodeFactorizationMachine`)."""
         projections = [s.projection for s in fields]
-        grams = [p @ p.T for p in projections]
-        orthonormal = all(np.allclose(g, np.eye(len(g)), atol=1e-6) for g in grams)
-        fm = CodeFactorizationMachine(projections[0].shape[1], orthonormal=orthonormal, name=layer.name)
+        shifts = [np.linalg.lstsq(p.T, s.bias, rcond=None)[0] for p, s in zip(projections, fields)]  # h_f
+        rest = sum(float(np.sum((s.bias - h @ p) ** 2)) for p, s, h in zip(projections, fields, shifts))
+        root = _block_diagonal([np.linalg.qr(p.T, mode="r").T for p in projections])  # P P^T = R R^T
+        fm = CodeFactorizationMachine(projections[0].shape[1], name=layer.name)
         outputs = fm(self._join([s.tensor for s in fields], f"{layer.name}_codes"))
-        gram = _block_diagonal(grams)
-        half_linear = np.concatenate([p @ s.bias for p, s in zip(projections, fields)])
-        shift = half_linear if orthonormal else np.linalg.lstsq(gram, half_linear, rcond=None)[0]
-        values = {
-            "projections": np.concatenate(projections), "bias_sum": sum(s.bias for s in fields),
-            "shift": shift, "gram": gram,
-            "constant": np.array([sum(float(s.bias @ s.bias) for s in fields) - shift @ gram @ shift]),
-        }
-        for weight in fm.weights:
-            weight.assign(values[weight.path.split("/")[-1]].astype(np.float32))
+        fm.set_weights([np.concatenate([np.concatenate(projections), root], axis=1).astype(np.float32),
+                        np.concatenate([sum(s.bias for s in fields), np.concatenate(shifts) @ root]).astype(np.float32),
+                        np.array([rest], dtype=np.float32)])
         self.report.notes.append(f"{layer.name}: FM computed on the {len(fields)} fields' codes")
         return outputs
 
