@@ -255,9 +255,11 @@ class _Fuser:
 
         The matrix is block-diagonal (each code's projection, an identity
         block for raw tensors) when its zeros are few (at most
-        ``SPARSE_LIMIT`` bytes); otherwise the codes' fields come from a
-        :class:`CodeProjections` (one batched matmul storing only the
-        projections) and are concatenated with the raw tensors.
+        ``SPARSE_LIMIT`` bytes). Otherwise, when the codes are adjacent, only
+        they are projected (recursively: one block-diagonal matmul of the
+        codes alone, or a :class:`CodeProjections`, one batched matmul
+        storing only the projections, for codes of one width) and the raw
+        tensors are placed around them.
         """
         rows = [s.tensor.shape[-1] for s in segments]
         widths = [s.width for s in segments]
@@ -265,11 +267,13 @@ class _Fuser:
         is_code = [s.projection is not None for s in segments]
         first, count = is_code.index(True), sum(is_code)
         codes = segments[first:first + count]
-        if (zero_bytes > self.SPARSE_LIMIT and all(is_code[first:first + count])
-                and len({s.width for s in codes}) == 1):
-            fields = keras.ops.reshape(self._fields(codes, name), (-1, count * codes[0].width))
-            parts = [s.tensor for s in segments[:first]] + [fields] + [s.tensor for s in segments[first + count:]]
-            return self._join(parts, f"{name}_vectors")
+        if zero_bytes > self.SPARSE_LIMIT and all(is_code[first:first + count]):
+            if count < len(segments):
+                parts = ([s.tensor for s in segments[:first]] + [self._joint_projection(codes, name)]
+                         + [s.tensor for s in segments[first + count:]])
+                return self._join(parts, f"{name}_vectors")
+            if len({s.width for s in codes}) == 1:
+                return keras.ops.reshape(self._fields(codes, name), (-1, count * codes[0].width))
         kernel = np.zeros((sum(rows), sum(widths)))
         bias, row, column = [], 0, 0
         for segment, rows_, width in zip(segments, rows, widths):
