@@ -142,6 +142,7 @@ class _Fuser:
         self.plan = _merge_plan(model, self.calls)
         self.codes: dict[int, Any] = {}  # lookup layer -> its slice of a MergedEmbedding's output
         self.slices: dict[int, tuple[Any, int, int]] = {}  # such a slice -> (merged output, start, stop)
+        self.pieces: dict[int, list] = {}  # output of a plain 2-D Concatenate -> its inputs
         self.report = FusionReport()
 
     # --------------------------------------------------------------- clone_model hooks
@@ -208,9 +209,10 @@ class _Fuser:
 
     def _join(self, tensors: list, name: str):
         """``tensors`` side by side: runs of adjacent slices of one merged lookup are read as one slice (the
-        whole lookup output when they cover it), anything else is concatenated."""
+        whole lookup output when they cover it), anything else is concatenated (the inputs of a plain
+        concatenation among them joining this one: one op, not two)."""
         runs: list[list] = []  # [tensor, merged output or None, start, stop]
-        for tensor in tensors:
+        for tensor in (piece for x in tensors for piece in self.pieces.get(id(x), [x])):
             codes, start, stop = self.slices.get(id(tensor), (None, 0, 0))
             last = runs[-1] if runs else None
             if codes is not None and last and last[1] is codes and last[3] == start:
@@ -343,9 +345,12 @@ class _Fuser:
         return outputs
 
     def _concatenate(self, op, layer, inputs, **kwargs):
-        if not (any(id(x) in self.segments for x in inputs) and not kwargs and layer.axis in (-1, 1)
-                and all(len(x.shape) == 2 for x in inputs)):
+        if kwargs or layer.axis not in (-1, 1) or any(len(x.shape) != 2 for x in inputs):
             return op(inputs, **kwargs)
+        if not any(id(x) in self.segments for x in inputs):
+            outputs = op(inputs)
+            self.pieces[id(outputs)] = list(inputs)
+            return outputs
         segments = [s for x in inputs for s in self.segments.get(id(x), [_Segment(x)])]
         # Consumers that fold read the segments; any other gets the vector from one matmul.
         outputs = self._joint_projection(segments, layer.name)
