@@ -9,6 +9,13 @@ batch-1 single-thread p50 latency and batch-256 single-thread throughput (each
 file in a fresh process) and validation AUC. Prints what it measured; asserts
 nothing.
 
+Compressed against original under the same quantization is measured a second
+time with the two files interleaved in one process (1 thread): rounds of
+calls alternate between them, so a shared machine's drifts hit both alike, and
+the ratios come from that one run. The LiteRT op counts (and GATHERs) are
+given for the original, the compressed model exported without fusion (one
+lookup per field) and the fused compressed file.
+
 Each file's batch-1 latency is also set against this machine's floor: the
 weight bytes and FLOPs one request needs at least
 (:func:`tfafm.export.request_cost.request_cost`) at the machine's
@@ -41,8 +48,8 @@ from threadpoolctl import threadpool_info  # noqa: E402
 
 import tfafm  # noqa: E402
 from tfafm.data.synthetic import SyntheticCriteo  # noqa: E402
-from tfafm.export import LiteRTRunner, litert  # noqa: E402
-from tfafm.export.bench import benchmark, results_table  # noqa: E402
+from tfafm.export import LiteRTRunner, litert, litert_ops  # noqa: E402
+from tfafm.export.bench import benchmark, results_table, sample_features  # noqa: E402
 from tfafm.export.request_cost import RequestCost, request_cost  # noqa: E402
 
 BUILDERS = ("deepfm", "dcnv2", "autoint", "xdeepfm")
@@ -80,12 +87,40 @@ def train_and_compress(name, gen, schema, train_rows, calibration_rows, objectiv
 
 
 def export_all(name, model, compressed, out):
-    files = {}
+    """The benchmarked files, and the op counts of the compressed models exported without fusion."""
+    files, unfused_ops = {}, {}
     for quantize in QUANTIZATIONS:
         for variant, m in (("original", model), ("compressed", compressed[quantize])):
             label = f"{name}-{variant}-{quantize or 'float32'}"
             files[label] = litert(m, os.path.join(out, f"{label}.tflite"), quantize=quantize)
-    return files
+        unfused = litert(compressed[quantize], os.path.join(out, "unfused.tflite"), quantize=quantize, fuse=False)
+        unfused_ops[f"{name}-compressed-{quantize or 'float32'}.tflite"] = litert_ops(unfused)
+    return files, unfused_ops
+
+
+def interleaved(paths, schema, batch_size: int, rounds: int, calls: int) -> list[dict]:
+    """``p50_ms`` and ``throughput_rps`` of each file at ``batch_size``, 1 thread, timed in alternation.
+
+    Each of ``rounds`` rounds runs ``calls`` timed ``invoke()`` calls of every
+    file (inputs copied in untimed, as :func:`tfafm.export.bench.measure`
+    does), the order reversed every other round.
+    """
+    runners = [LiteRTRunner(path, num_threads=1) for path in paths]
+    batches = [sample_features(schema, batch_size, seed=i) for i in range(4)]
+    times = [[] for _ in runners]
+    for runner in runners:  # warm-up
+        for batch in batches:
+            runner(batch)
+    for round_ in range(rounds):
+        order = range(len(runners)) if round_ % 2 == 0 else reversed(range(len(runners)))
+        for k in order:
+            for i in range(calls):
+                runners[k].set_inputs(batches[i % len(batches)])
+                start = time.perf_counter()
+                runners[k].invoke()
+                times[k].append(time.perf_counter() - start)
+    return [{"p50_ms": float(np.percentile(t, 50)) * 1e3, "throughput_rps": batch_size * len(t) / float(np.sum(t))}
+            for t in times]
 
 
 def validation_auc(path, features, labels):
@@ -137,10 +172,17 @@ def floor_table(rows, costs: dict[str, RequestCost], floors_us: dict[str, float]
     return "\n".join(lines)
 
 
-def summary(rows, aucs, costs: dict[str, RequestCost], floors_us: dict[str, float]):
+def op_counts(ops: list[str]) -> str:
+    """``total (GATHERs)`` of a file's op list."""
+    return f"{len(ops)} ({ops.count('GATHER')})"
+
+
+def summary(rows, paired, aucs, ops: dict[str, list[str]], unfused_ops: dict[str, list[str]],
+            floors_us: dict[str, float]):
+    """One line per model and quantization; latency and throughput from the interleaved runs (``paired``)."""
     by = {(r["name"], r["batch_size"]): r for r in rows}
-    header = ("| model | quantization | size MiB orig -> comp (ratio) | ops orig -> comp | floor us orig -> comp "
-              "| batch-1 p50 ms orig -> comp (ratio) | comp p50 / orig float32 p50 "
+    header = ("| model | quantization | size MiB orig -> comp (ratio) | ops (GATHERs) orig -> comp unfused -> comp "
+              "| floor us orig -> comp | batch-1 p50 ms orig -> comp (ratio) "
               "| batch-256 rows/s orig -> comp (ratio) | AUC orig / comp |")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for name in BUILDERS:
@@ -148,12 +190,12 @@ def summary(rows, aucs, costs: dict[str, RequestCost], floors_us: dict[str, floa
             q = quantize or "float32"
             o, c = f"{name}-original-{q}.tflite", f"{name}-compressed-{q}.tflite"
             so, sc = by[(o, 1)]["size_bytes"] / 2**20, by[(c, 1)]["size_bytes"] / 2**20
-            lo, lc = by[(o, 1)]["p50_ms"], by[(c, 1)]["p50_ms"]
-            lf = by[(f"{name}-original-float32.tflite", 1)]["p50_ms"]
-            to, tc = by[(o, 256)]["throughput_rps"], by[(c, 256)]["throughput_rps"]
+            (lo, lc), (to, tc) = ([r["p50_ms"] for r in paired[(name, q, 1)]],
+                                  [r["throughput_rps"] for r in paired[(name, q, 256)]])
             lines.append(
-                f"| {name} | {q} | {so:.2f} -> {sc:.2f} ({sc / so:.2f}) | {costs[o].ops} -> {costs[c].ops} "
-                f"| {floors_us[o]:.2f} -> {floors_us[c]:.2f} | {lo:.3f} -> {lc:.3f} ({lc / lo:.2f}) | {lc / lf:.2f} "
+                f"| {name} | {q} | {so:.2f} -> {sc:.2f} ({sc / so:.2f}) "
+                f"| {op_counts(ops[o])} -> {op_counts(unfused_ops[c])} -> {op_counts(ops[c])} "
+                f"| {floors_us[o]:.2f} -> {floors_us[c]:.2f} | {lo:.3f} -> {lc:.3f} ({lc / lo:.2f}) "
                 f"| {to:,.0f} -> {tc:,.0f} ({tc / to:.2f}) | {aucs[o]:.4f} / {aucs[c]:.4f} |"
             )
     return "\n".join(lines)
@@ -173,14 +215,17 @@ def run(args, out):
           f"{max(f.vocabulary_size for f in schema.sparse)}), {len(schema.dense)} dense; files in {out}; "
           f"{os.cpu_count()} CPUs")
     features, labels = next(gen.batches(10_000, 10_000, split="validation"))
-    files, aucs = {}, {}
+    files, unfused_ops, aucs = {}, {}, {}
     for name in BUILDERS:
         model, compressed = train_and_compress(name, gen, schema, train_rows, calibration_rows, args.objective)
-        files.update(export_all(name, model, compressed, out))
-    costs = {}
+        exported, unfused = export_all(name, model, compressed, out)
+        files.update(exported)
+        unfused_ops.update(unfused)
+    costs, ops = {}, {}
     for path in files.values():
         aucs[os.path.basename(path)] = validation_auc(path, features, labels)
         costs[os.path.basename(path)] = request_cost(path)
+        ops[os.path.basename(path)] = litert_ops(path)
     bandwidth, peak = read_bandwidth(), matmul_peak()
     print(f"\nthis machine, 1 thread: read bandwidth {bandwidth / 1e9:.1f} GB/s ({BANDWIDTH_MIB} MiB float32), "
           f"float32 matmul peak {peak / 1e9:.1f} GFLOP/s ({MATMUL_N}x{MATMUL_N} @ {MATMUL_N}x{MATMUL_N}; "
@@ -192,8 +237,15 @@ def run(args, out):
     print(results_table(rows))
     print("\nBatch-1 latency against this machine's floor (weight bytes / bandwidth + FLOPs / peak):\n")
     print(floor_table(rows, costs, floors_us))
-    print("\nCompressed vs original under the same quantization (1 thread):\n")
-    print(summary(rows, aucs, costs, floors_us))
+    paired = {}
+    for name in BUILDERS:
+        for quantize in QUANTIZATIONS:
+            q = quantize or "float32"
+            pair = [files[f"{name}-{variant}-{q}"] for variant in ("original", "compressed")]
+            for batch_size, calls in ((1, iterations), (256, max(iterations // 10, 5))):
+                paired[(name, q, batch_size)] = interleaved(pair, schema, batch_size, rounds=10, calls=calls)
+    print("\nCompressed vs original under the same quantization (1 thread, interleaved in one process):\n")
+    print(summary(rows, paired, aucs, ops, unfused_ops, floors_us))
 
 
 if __name__ == "__main__":

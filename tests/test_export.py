@@ -95,7 +95,18 @@ def test_fused_litert_matches_keras(builder, tmp_path):
     features, _ = rows()
     runner = run_export("litert_fused", model, tmp_path)
     np.testing.assert_allclose(runner(features), np.asarray(model.predict_on_batch(features)), atol=1e-5, rtol=0)
-    assert set(export.litert_ops(runner.path)) <= export.builtin_op_names()
+    ops = export.litert_ops(runner.path)
+    assert set(ops) <= export.builtin_op_names()
+    # The per-field lookups become two gathers (the ids spread over the columns, then the one table).
+    unfused = export.litert_ops(export.litert(model, str(tmp_path / "unfused.tflite"), fuse=False))
+    assert ops.count("GATHER") <= unfused.count("GATHER") - len(SCHEMA.sparse) + 2, (ops, unfused)
+    assert len(ops) < len(unfused)
+    # Out-of-range ids read row 0 of their own field, as in Keras.
+    zeros = out_of_range(features, lambda v: 0)
+    for bad in (lambda v: -5, lambda v: v + 100):
+        np.testing.assert_allclose(runner(out_of_range(features, bad)), runner(zeros), atol=1e-7, rtol=0)
+        np.testing.assert_allclose(runner(out_of_range(features, bad)),
+                                   np.asarray(model.predict_on_batch(out_of_range(features, bad))), atol=1e-5, rtol=0)
 
 
 def test_litert_inputs_named_per_feature_with_dynamic_batch(tmp_path):
@@ -246,10 +257,12 @@ def test_failed_export_keeps_existing_file(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["bad.tflite"]
 
 
-@pytest.mark.parametrize("quantize, tolerance", [(None, 1e-5), ("float16", 2e-3), ("dynamic", 2e-2)])
-def test_big_tables_are_written_outside_the_converter(quantize, tolerance, tmp_path):
+@pytest.mark.parametrize("quantize, tolerance, merged", [(None, 1e-5, False), ("float16", 2e-3, False),
+                                                     ("dynamic", 2e-2, False), ("dynamic", 2e-2, True)])
+def test_big_tables_are_written_outside_the_converter(quantize, tolerance, merged, tmp_path):
     """Tables above the patch threshold are converted as placeholders and written in afterwards."""
     from tfafm.export.litert import _TablePatch
+    from tfafm.layers import MergedEmbedding
     from tfafm.schema import Schema, SparseFeature
 
     big = _TablePatch.MIN_ELEMENTS // 8 + 7  # rows of an 8-wide table just above the threshold
@@ -258,13 +271,17 @@ def test_big_tables_are_written_outside_the_converter(quantize, tolerance, tmp_p
     model = tfafm.models.build("deepfm", schema, hidden_units=(16,))
     table = model.get_layer("big_embedding")
     table.embeddings.assign(np.random.default_rng(0).normal(0, 0.5, table.embeddings.shape).astype("float32"))
-    assert _TablePatch(model).layers == [table]
-    path = export.litert(model, str(tmp_path / "big.tflite"), quantize=quantize)
     rng = np.random.default_rng(1)
     features = {"big": rng.integers(0, big, (500, 1)).astype("int32"),
                 "small": rng.integers(0, 50, (500, 1)).astype("int32")}
     features["big"][:3, 0] = [0, big - 1, big // 2]  # first, last and middle rows
+    if merged:  # the small table factored: the fused model reads both tables from one flat MergedEmbedding
+        model, _ = tfafm.compress(model, features, ranks={"small_embedding": 2}, target_ratio=None, progress=False)
+        assert [type(layer) for layer in _TablePatch(tfafm.fuse(model)).layers] == [MergedEmbedding]
+    else:
+        assert _TablePatch(model).layers == [table]
+    path = export.litert(model, str(tmp_path / "big.tflite"), quantize=quantize)
     expected = model.predict(features, verbose=0)
     np.testing.assert_allclose(export.LiteRTRunner(path)(features), expected, atol=tolerance)
     sizes = {t.shape for t in export.litert_tensor_types(path)}
-    assert (big, 8) in sizes
+    assert ((big * 8 + 50 * 2,) if merged else (big, 8)) in sizes

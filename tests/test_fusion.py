@@ -36,7 +36,9 @@ def test_fused_model_predicts_like_the_compressed_one(name, data):
     fused = tfafm.fuse(compressed)
     np.testing.assert_allclose(fused.predict(features, verbose=0),
                                compressed.predict(features, verbose=0), atol=1e-5)
-    assert not any(isinstance(layer, LowRankEmbedding) for layer in fused.layers)
+    assert not any(isinstance(layer, (LowRankEmbedding, keras.layers.Embedding)) for layer in fused.layers)
+    merged = [layer for layer in fused.layers if isinstance(layer, tfafm.layers.MergedEmbedding)]
+    assert len(merged) == 1 and len(merged[0].widths) == len(data[0].sparse)
 
 
 def _every_field(schema) -> dict[str, int]:
@@ -54,13 +56,14 @@ def test_deepfm_first_dense_reads_the_k_wide_rows(data):
 
     first = fused.get_layer("deep_dense_0")
     assert first.kernel.shape[0] == sum(ranks.values()) + len(schema.dense)
-    for name, rank in ranks.items():
-        table = fused.get_layer(name)
-        assert isinstance(table, keras.layers.Embedding) and table.output_dim == rank
+    # All tables are one, read by one gather; its output is the codes side by side.
+    tables = fused.get_layer("sparse_ids_tables")
+    assert isinstance(tables, tfafm.layers.MergedEmbedding) and tables.widths == list(ranks.values())
+    assert not [layer for layer in fused.layers if isinstance(layer, keras.layers.Embedding)]
     # The FM runs on the codes themselves: no d-wide field vector is ever formed.
     fm = fused.get_layer("fm")
-    assert isinstance(fm, tfafm.layers.CodeFactorizationMachine) and fm.orthonormal
-    assert fm.projections.shape == (sum(ranks.values()), 6)
+    codes = sum(ranks.values())
+    assert isinstance(fm, tfafm.layers.CodeFactorizationMachine) and fm.kernel.shape == (codes, 6 + codes)
     assert not [layer for layer in fused.layers if "projection" in layer.name]
     assert fused.count_params() < compressed.count_params()
 
@@ -105,7 +108,8 @@ def test_fields_left_whole_join_the_codes(data):
     fused = tfafm.fuse(compressed)
     fm = fused.get_layer("fm")
     assert isinstance(fm, tfafm.layers.CodeFactorizationMachine)
-    assert fm.projections.shape == (sum(chosen.values()) + 6, 6)  # the whole field's 6-wide vector as its code
+    codes = sum(chosen.values()) + 6  # the whole field's 6-wide vector as its code
+    assert fm.kernel.shape == (codes, 6 + codes)
     np.testing.assert_allclose(fused.predict(features, verbose=0), compressed.predict(features, verbose=0), atol=1e-5)
 
 
@@ -115,7 +119,6 @@ def test_fm_on_codes_stays_exact_after_fine_tuning_breaks_orthonormality(data):
     compressed.compile(keras.optimizers.Adam(0.05), "binary_crossentropy")
     compressed.fit(features, labels, epochs=2, batch_size=256, verbose=0)
     fused = tfafm.fuse(compressed)
-    assert not fused.get_layer("fm").orthonormal
     np.testing.assert_allclose(fused.predict(features, verbose=0), compressed.predict(features, verbose=0), atol=1e-5)
 
 

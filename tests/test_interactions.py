@@ -11,12 +11,14 @@ import pytest
 
 from tfafm.layers import (
     ClipToVocabulary,
+    CodeFactorizationMachine,
     CompressedInteraction,
     CrossLayerV1,
     FactorizationMachine,
     FieldMean,
     FieldReweight,
     LinearTerms,
+    MergedEmbedding,
     MultiHeadSelfAttention,
     PairwiseProduct,
     StackFields,
@@ -34,6 +36,21 @@ def test_factorization_machine():
     # pairwise = 0.5 * ([81, 144] - [35, 56]) = [23, 44]
     np.testing.assert_allclose(_np(FactorizationMachine(reduce_sum=False)(FIELDS)), [[23.0, 44.0]])
     np.testing.assert_allclose(_np(FactorizationMachine()(FIELDS)), [[67.0]])
+
+
+def test_code_factorization_machine():
+    # v_1 = c_1 [1, 1], v_2 = c_2 [1, 0] (no biases): FM = v_1 . v_2 = c_1 c_2. P_1 P_1^T = 2 -> R_1 = sqrt(2), R_2 = 1.
+    layer = CodeFactorizationMachine(dim=2)
+    layer.build((None, 2))
+    layer.kernel.assign(np.array([[1.0, 1.0, math.sqrt(2), 0.0], [1.0, 0.0, 0.0, 1.0]], "float32"))
+    codes = np.array([[2.0, 3.0]], "float32")
+    # x = [5, 2, 2 sqrt(2), 3] -> 0.5 * (25 + 4 - 8 - 9) = 6 = 2 * 3
+    np.testing.assert_allclose(_np(layer(codes)), [[6.0]], rtol=1e-6)
+    fields = np.array([[[2.0, 2.0], [3.0, 0.0]]], "float32")
+    np.testing.assert_allclose(_np(layer(codes)), _np(FactorizationMachine()(fields)), rtol=1e-6)
+    layer.constant.assign([2.0])  # the part of the biases outside the codes' span: half of it is taken off
+    np.testing.assert_allclose(_np(layer(codes)), [[5.0]], rtol=1e-6)
+    assert CodeFactorizationMachine.from_config(layer.get_config()).dim == 2
 
 
 def test_cross_layer_v1():
@@ -103,3 +120,30 @@ def test_stack_clip_and_linear_terms():
     np.testing.assert_allclose(_np(linear(guarded)), [[1.0 + 4.0], [0.0 + 6.0]])
     stacked = StackFields()([keras.ops.ones((2, 3)), keras.ops.zeros((2, 3))])
     assert tuple(stacked.shape) == (2, 2, 3) and float(np.asarray(stacked)[:, 0].sum()) == 6.0
+
+
+def test_merged_embedding_reads_every_field_with_one_gather(tmp_path):
+    # field 0: 3 rows of width 2, values 0..5; field 1: 2 rows of width 1, values 6..7 (one flat table)
+    tables = [np.arange(6, dtype="float32").reshape(3, 2), np.array([[6.0], [7.0]], "float32")]
+    layer = MergedEmbedding.from_tables(tables)
+    assert (layer.vocabulary_sizes, layer.widths) == ([3, 2], [2, 1])
+    ids = [np.array([2, 0], "int32"), np.array([1, 0], "int32")]
+    expected = [[4.0, 5.0, 7.0], [0.0, 1.0, 6.0]]  # row 2 of field 0 + row 1 of field 1; rows 0 and 0
+    np.testing.assert_allclose(_np(layer(ids)), expected)
+    np.testing.assert_allclose(np.concatenate([t[i] for t, i in zip(tables, ids)], axis=1), expected)
+
+    # Behind the guard an out-of-range id reads row 0 of its own field, never a neighbour's rows.
+    inputs = [keras.Input((1,), dtype="int32") for _ in tables]
+    model = keras.Model(inputs, layer(ClipToVocabulary([3, 2])(inputs)))
+    bad = [np.array([[3], [-1]], "int32"), np.array([[2], [-3]], "int32")]
+    np.testing.assert_allclose(_np(model(bad)), [[0.0, 1.0, 6.0], [0.0, 1.0, 6.0]])
+
+    ones = MergedEmbedding([4, 2], [1, 3], embeddings_initializer="ones")
+    np.testing.assert_allclose(_np(ones([np.array([3]), np.array([1])])), [[1.0] * 4])
+    path = str(tmp_path / "merged.keras")
+    model.save(path)
+    reloaded = keras.models.load_model(path)
+    np.testing.assert_allclose(_np(reloaded(bad)), _np(model(bad)))
+    assert MergedEmbedding.from_config(layer.get_config()).get_config() == layer.get_config()
+    with pytest.raises(ValueError, match="positive"):
+        MergedEmbedding([3], [2, 1])

@@ -206,3 +206,23 @@ def pack_inputs(model: keras.Model, flat: list):
     if isinstance(structure, dict):
         return dict(zip(input_names(model), flat))
     return list(flat) if isinstance(structure, (list, tuple)) else flat[0]
+
+
+def call_sources(model: keras.Model) -> dict[str, list[tuple[str, int]]]:
+    """For each layer of a functional ``model`` called once: the ``(layer name, output index)``
+    that produced each tensor of its call's arguments, in order (nested lists flattened)."""
+    sources: dict[str, list[tuple[str, int]]] = {}
+
+    def tensors(value):
+        if isinstance(value, dict) and value.get("class_name") == "__keras_tensor__":
+            name, _, index = value["config"]["keras_history"]
+            yield name, index
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                yield from tensors(item)
+
+    for entry in model.get_config()["layers"]:
+        nodes = entry.get("inbound_nodes", [])
+        if len(nodes) == 1:
+            sources[entry["name"]] = list(tensors(nodes[0]["args"]))
+    return sources

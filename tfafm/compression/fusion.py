@@ -12,6 +12,13 @@ one interaction (``StackFields`` of FM, CIN, attention; keras_rs
 ``DotInteraction``) all of them come from ONE matmul of the concatenated
 codes by a block-diagonal ``(sum k_i, F d)`` matrix.
 
+The tables themselves are read by ONE gather: the in-range lookups (low-rank
+or whole) behind a :class:`ClipToVocabulary` guard become one
+:class:`MergedEmbedding` whose output is the fields' rows side by side;
+consumers that take all of them in field order read that output as it is,
+with no per-field concatenation. The guard stays in front of it, so an
+out-of-range id still reads row 0 of its own field.
+
 The model is rebuilt with ``keras.models.clone_model``. Each embedding's
 projection is applied right away and the result remembered as *segments*
 (code tensor, projection, bias); a consumer that can fold reads the
@@ -31,10 +38,16 @@ import keras
 import keras_rs
 import numpy as np
 
-from tfafm.graph import as_functional, call_counts, require_graph_model
+from tfafm.graph import as_functional, call_counts, call_sources, require_graph_model
 from tfafm.compression.rewrite import clone, copy_state
-from tfafm.layers.interactions import CodeFactorizationMachine, CodeProjections, FactorizationMachine, StackFields
-from tfafm.layers.lookup import InRangeEmbedding
+from tfafm.layers.interactions import (
+    ClipToVocabulary,
+    CodeFactorizationMachine,
+    CodeProjections,
+    FactorizationMachine,
+    StackFields,
+)
+from tfafm.layers.lookup import InRangeEmbedding, MergedEmbedding
 from tfafm.layers.low_rank import LowRankDense, LowRankEmbedding
 
 
@@ -58,6 +71,7 @@ class FusionReport:
     folded: list[str] = dataclasses.field(default_factory=list)
     merged: list[str] = dataclasses.field(default_factory=list)
     notes: list[str] = dataclasses.field(default_factory=list)
+    tables: list[str] = dataclasses.field(default_factory=list)  # embedding tables read by one MergedEmbedding
 
 
 def _fold(kernel: np.ndarray, segments: list[_Segment]) -> tuple[np.ndarray, np.ndarray]:
@@ -84,6 +98,33 @@ def _block_diagonal(blocks: list[np.ndarray]) -> np.ndarray:
     return result
 
 
+def _mergeable(layer) -> bool:
+    """Whether ``layer`` is a lookup of in-range ids that a :class:`MergedEmbedding` can take over."""
+    if isinstance(layer, LowRankEmbedding):
+        return layer.ids_in_range and not layer.mask_zero
+    return (type(layer) is InRangeEmbedding and not layer.mask_zero and not layer.quantization_mode
+            and not layer.lora_enabled)
+
+
+def _merge_plan(model: keras.Model, calls: dict[int, int]) -> dict[str, list[tuple[int, Any]]]:
+    """Per :class:`ClipToVocabulary` guard: ``(output index, lookup layer)`` of the lookups (called once,
+    of one dtype policy) reading its guarded ids, when there are at least two of them."""
+    layers = {layer.name: layer for layer in model.layers}
+    plan: dict[str, list[tuple[int, Any]]] = {}
+    for name, sources in call_sources(model).items():
+        layer = layers.get(name)
+        if (len(sources) == 1 and _mergeable(layer) and calls.get(id(layer)) == 1
+                and isinstance(layers.get(sources[0][0]), ClipToVocabulary)):
+            plan.setdefault(sources[0][0], []).append((sources[0][1], layer))
+    plans = {}
+    for guard, fields in plan.items():
+        policy = fields[0][1].dtype_policy.name
+        fields = sorted((i, layer) for i, layer in fields if layer.dtype_policy.name == policy)
+        if len(fields) > 1:
+            plans[guard] = fields
+    return plans
+
+
 def _weights(layer) -> dict[str, np.ndarray]:
     return {w.path.split("/")[-1]: np.asarray(w.numpy(), dtype=np.float64) for w in layer.weights}
 
@@ -98,6 +139,10 @@ class _Fuser:
         self.segments: dict[int, list[_Segment]] = {}
         self.tables: dict[int, tuple] = {}
         self.fields: dict[int, list[_Segment]] = {}  # stacked (batch, F, d) fields -> their code segments
+        self.plan = _merge_plan(model, self.calls)
+        self.codes: dict[int, Any] = {}  # lookup layer -> its slice of a MergedEmbedding's output
+        self.slices: dict[int, tuple[Any, int, int]] = {}  # such a slice -> (merged output, start, stop)
+        self.pieces: dict[int, list] = {}  # output of a plain 2-D Concatenate -> its inputs
         self.report = FusionReport()
 
     # --------------------------------------------------------------- clone_model hooks
@@ -113,8 +158,12 @@ class _Fuser:
 
     def call(self, op, *args, **kwargs):
         original = self.originals.get(id(op), op)
+        if isinstance(original, ClipToVocabulary) and original.name in self.plan and not kwargs:
+            return self._guard(op, original, *args)
         if isinstance(original, LowRankEmbedding):
             return self._embed(original, *args, **kwargs)
+        if id(original) in self.codes and not kwargs:
+            return self.codes[id(original)]
         if isinstance(original, keras.layers.Concatenate):
             return self._concatenate(op, original, *args, **kwargs)
         if isinstance(original, (keras.layers.Flatten, keras.layers.Reshape)):
@@ -140,18 +189,58 @@ class _Fuser:
 
     # --------------------------------------------------------------- handlers
 
+    def _guard(self, op, guard: ClipToVocabulary, ids):
+        """Runs the id guard, then all lookups planned behind it as one :class:`MergedEmbedding`."""
+        guarded = op(ids)
+        fields = self.plan[guard.name]
+        layers = [layer for _, layer in fields]
+        merged = MergedEmbedding.from_tables([layer.embeddings.numpy() for layer in layers],
+                                             name=f"{guard.name}_tables", dtype=layers[0].dtype_policy)
+        codes = merged([guarded[i] for i, _ in fields])
+        start = 0
+        for layer, width in zip(layers, merged.widths):
+            code = codes[:, start:start + width]
+            self.codes[id(layer)] = code
+            self.slices[id(code)] = (codes, start, start + width)
+            start += width
+        self.report.tables.extend(layer.name for layer in layers)
+        self.report.notes.append(f"{merged.name}: the tables of {len(layers)} fields read by one gather")
+        return guarded
+
+    def _join(self, tensors: list, name: str):
+        """``tensors`` side by side: runs of adjacent slices of one merged lookup are read as one slice (the
+        whole lookup output when they cover it), anything else is concatenated (the inputs of a plain
+        concatenation among them joining this one: one op, not two)."""
+        runs: list[list] = []  # [tensor, merged output or None, start, stop]
+        for tensor in (piece for x in tensors for piece in self.pieces.get(id(x), [x])):
+            codes, start, stop = self.slices.get(id(tensor), (None, 0, 0))
+            last = runs[-1] if runs else None
+            if codes is not None and last and last[1] is codes and last[3] == start:
+                last[0], last[3] = None, stop  # a longer slice, made below
+            else:
+                runs.append([tensor, codes, start, stop])
+        parts = []
+        for tensor, codes, start, stop in runs:
+            if tensor is None:
+                tensor = codes if (start, stop) == (0, codes.shape[-1]) else codes[:, start:stop]
+            parts.append(tensor)
+        return parts[0] if len(parts) == 1 else keras.layers.Concatenate(name=name)(parts)
+
     def _embed(self, layer: LowRankEmbedding, ids, **kwargs):
         if id(layer) not in self.tables:  # built once per embedding, shared by all its calls
-            table_class = InRangeEmbedding if layer.ids_in_range else keras.layers.Embedding
-            table = table_class(layer.input_dim, layer.rank, mask_zero=layer.mask_zero, name=layer.name,
-                                dtype=layer.dtype_policy)
+            table = None
+            if id(layer) not in self.codes:  # not read by a MergedEmbedding
+                table_class = InRangeEmbedding if layer.ids_in_range else keras.layers.Embedding
+                table = table_class(layer.input_dim, layer.rank, mask_zero=layer.mask_zero, name=layer.name,
+                                    dtype=layer.dtype_policy)
             projection = keras.layers.Dense(layer.output_dim, name=f"{layer.name}_projection",
                                             dtype=layer.dtype_policy)
             self.tables[id(layer)] = (table, projection)
         table, projection = self.tables[id(layer)]
-        code = table(ids, **kwargs)
+        code = self.codes[id(layer)] if table is None else table(ids, **kwargs)
         vectors = projection(code)
-        table.set_weights([layer.embeddings.numpy()])
+        if table is not None:
+            table.set_weights([layer.embeddings.numpy()])
         projection.set_weights([layer.projection.numpy(), layer.bias.numpy()])
         self.segments[id(vectors)] = [_Segment(code, layer.projection.numpy().astype(np.float64),
                                                layer.bias.numpy().astype(np.float64))]
@@ -168,9 +257,11 @@ class _Fuser:
 
         The matrix is block-diagonal (each code's projection, an identity
         block for raw tensors) when its zeros are few (at most
-        ``SPARSE_LIMIT`` bytes); otherwise the codes' fields come from a
-        :class:`CodeProjections` (one batched matmul storing only the
-        projections) and are concatenated with the raw tensors.
+        ``SPARSE_LIMIT`` bytes). Otherwise, when the codes are adjacent, only
+        they are projected (recursively: one block-diagonal matmul of the
+        codes alone, or a :class:`CodeProjections`, one batched matmul
+        storing only the projections, for codes of one width) and the raw
+        tensors are placed around them.
         """
         rows = [s.tensor.shape[-1] for s in segments]
         widths = [s.width for s in segments]
@@ -178,11 +269,13 @@ class _Fuser:
         is_code = [s.projection is not None for s in segments]
         first, count = is_code.index(True), sum(is_code)
         codes = segments[first:first + count]
-        if (zero_bytes > self.SPARSE_LIMIT and all(is_code[first:first + count])
-                and len({s.width for s in codes}) == 1):
-            fields = keras.ops.reshape(self._fields(codes, name), (-1, count * codes[0].width))
-            parts = [s.tensor for s in segments[:first]] + [fields] + [s.tensor for s in segments[first + count:]]
-            return parts[0] if len(parts) == 1 else keras.layers.Concatenate(name=f"{name}_vectors")(parts)
+        if zero_bytes > self.SPARSE_LIMIT and all(is_code[first:first + count]):
+            if count < len(segments):
+                parts = ([s.tensor for s in segments[:first]] + [self._joint_projection(codes, name)]
+                         + [s.tensor for s in segments[first + count:]])
+                return self._join(parts, f"{name}_vectors")
+            if len({s.width for s in codes}) == 1:
+                return keras.ops.reshape(self._fields(codes, name), (-1, count * codes[0].width))
         kernel = np.zeros((sum(rows), sum(widths)))
         bias, row, column = [], 0, 0
         for segment, rows_, width in zip(segments, rows, widths):
@@ -190,8 +283,7 @@ class _Fuser:
             kernel[row:row + rows_, column:column + width] = block
             bias.append(np.zeros(width) if segment.bias is None else segment.bias)
             row, column = row + rows_, column + width
-        tensors = [s.tensor for s in segments]
-        x = tensors[0] if len(tensors) == 1 else keras.layers.Concatenate(name=f"{name}_codes")(tensors)
+        x = self._join([s.tensor for s in segments], f"{name}_codes")
         joint = keras.layers.Dense(kernel.shape[1], name=f"{name}_projections")
         outputs = joint(x)
         joint.set_weights([kernel.astype(np.float32), np.concatenate(bias).astype(np.float32)])
@@ -207,8 +299,7 @@ class _Fuser:
         for f, segment in enumerate(codes):
             projections[f, :ranks[f]] = segment.projection
         layer = CodeProjections(index, len(codes), dim, name=f"{name}_fields")
-        x = keras.layers.Concatenate(name=f"{name}_codes")([s.tensor for s in codes])
-        outputs = layer(x)
+        outputs = layer(self._join([s.tensor for s in codes], f"{name}_codes"))
         layer.set_weights([projections.astype(np.float32), np.stack([s.bias for s in codes]).astype(np.float32)])
         return outputs
 
@@ -242,28 +333,24 @@ class _Fuser:
     def _factorization_machine(self, layer, fields: list[_Segment]):
         """FM over projected codes, without the d-wide field vectors (:class:`CodeFactorizationMachine`)."""
         projections = [s.projection for s in fields]
-        grams = [p @ p.T for p in projections]
-        orthonormal = all(np.allclose(g, np.eye(len(g)), atol=1e-6) for g in grams)
-        fm = CodeFactorizationMachine(projections[0].shape[1], orthonormal=orthonormal, name=layer.name)
-        codes = keras.layers.Concatenate(name=f"{layer.name}_codes")([s.tensor for s in fields])
-        outputs = fm(codes)
-        gram = _block_diagonal(grams)
-        half_linear = np.concatenate([p @ s.bias for p, s in zip(projections, fields)])
-        shift = half_linear if orthonormal else np.linalg.lstsq(gram, half_linear, rcond=None)[0]
-        values = {
-            "projections": np.concatenate(projections), "bias_sum": sum(s.bias for s in fields),
-            "shift": shift, "gram": gram,
-            "constant": np.array([sum(float(s.bias @ s.bias) for s in fields) - shift @ gram @ shift]),
-        }
-        for weight in fm.weights:
-            weight.assign(values[weight.path.split("/")[-1]].astype(np.float32))
+        shifts = [np.linalg.lstsq(p.T, s.bias, rcond=None)[0] for p, s in zip(projections, fields)]  # h_f
+        rest = sum(float(np.sum((s.bias - h @ p) ** 2)) for p, s, h in zip(projections, fields, shifts))
+        root = _block_diagonal([np.linalg.qr(p.T, mode="r").T for p in projections])  # P P^T = R R^T
+        fm = CodeFactorizationMachine(projections[0].shape[1], name=layer.name)
+        outputs = fm(self._join([s.tensor for s in fields], f"{layer.name}_codes"))
+        fm.set_weights([np.concatenate([np.concatenate(projections), root], axis=1).astype(np.float32),
+                        np.concatenate([sum(s.bias for s in fields), np.concatenate(shifts) @ root]).astype(np.float32),
+                        np.array([rest], dtype=np.float32)])
         self.report.notes.append(f"{layer.name}: FM computed on the {len(fields)} fields' codes")
         return outputs
 
     def _concatenate(self, op, layer, inputs, **kwargs):
-        if not (any(id(x) in self.segments for x in inputs) and not kwargs and layer.axis in (-1, 1)
-                and all(len(x.shape) == 2 for x in inputs)):
+        if kwargs or layer.axis not in (-1, 1) or any(len(x.shape) != 2 for x in inputs):
             return op(inputs, **kwargs)
+        if not any(id(x) in self.segments for x in inputs):
+            outputs = op(inputs)
+            self.pieces[id(outputs)] = list(inputs)
+            return outputs
         segments = [s for x in inputs for s in self.segments.get(id(x), [_Segment(x)])]
         # Consumers that fold read the segments; any other gets the vector from one matmul.
         outputs = self._joint_projection(segments, layer.name)
@@ -289,8 +376,7 @@ class _Fuser:
         kernel_name, bias_name = ("down_kernel", "down_bias") if low_rank else ("kernel", "bias")
         new_kernel, extra_bias = _fold(weights[kernel_name], segments)
         new_bias = weights.get(bias_name, 0.0) + extra_bias
-        tensors = [s.tensor for s in segments]
-        x = tensors[0] if len(tensors) == 1 else keras.layers.Concatenate(name=f"{layer.name}_input")(tensors)
+        x = self._join([s.tensor for s in segments], f"{layer.name}_input")
         self.report.folded.append(layer.name)
         if low_rank and new_kernel.shape[0] < layer.rank:
             merged = keras.layers.Dense(layer.units, activation=layer.activation, name=layer.name,

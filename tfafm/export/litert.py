@@ -150,38 +150,43 @@ class _TablePatch:
     TensorFlow's converter holds several copies of every weight (freezing
     alone takes about 7x the weight bytes): for a model with tables of tens of
     millions of rows that means tens of GB. So each :class:`InRangeEmbedding`
-    table of at least ``MIN_ELEMENTS`` is replaced, for conversion only, by a
-    placeholder with a unique row count (``1031 + i``: enough elements to be
-    quantized like the real table); the real rows are written into the
-    flatbuffer afterwards (cast to float16, or int8 with the converter's
-    per-tensor symmetric scale, as the placeholder was). A plain gather is
-    indifferent to the row count; Keras' ``Embedding`` is not (its negative-id
-    wrap reads the table's length), so only in-range tables are patched.
+    or :class:`MergedEmbedding` table of at least ``MIN_ELEMENTS`` is
+    replaced, for conversion only, by a placeholder with a unique row count
+    (``1031 + i``: enough elements to be quantized like the real table; a
+    merged table is 1-D); the real rows are written into the flatbuffer
+    afterwards (cast to float16, or int8 with the converter's per-tensor
+    symmetric scale, as the placeholder was). A plain gather is indifferent to
+    the row count; Keras' ``Embedding`` is not (its negative-id wrap reads the
+    table's length), so only in-range tables are patched.
     """
 
     MIN_ELEMENTS = 1 << 18
 
     def __init__(self, model):
         from tfafm.graph import iter_layers
-        from tfafm.layers.lookup import InRangeEmbedding
+        from tfafm.layers.lookup import InRangeEmbedding, MergedEmbedding
 
         self.model = model
-        self.layers = [layer for layer in iter_layers(model)
-                       if type(layer) is InRangeEmbedding and int(np.prod(layer.embeddings.shape)) >= self.MIN_ELEMENTS]
-        self.shapes = {(1031 + i, layer.output_dim): layer for i, layer in enumerate(self.layers)}
+        self.layers = [layer for layer in iter_layers(model) if type(layer) in (InRangeEmbedding, MergedEmbedding)
+                       and int(np.prod(layer.embeddings.shape)) >= self.MIN_ELEMENTS]
+        self.shapes = {(1031 + i, *layer.embeddings.shape[1:]): layer for i, layer in enumerate(self.layers)}
 
     def light_model(self):
         """A copy of the model with placeholder tables."""
         from tfafm.compression.rewrite import rebuild
-        from tfafm.layers.lookup import InRangeEmbedding
+        from tfafm.layers.lookup import InRangeEmbedding, MergedEmbedding
 
         rng = np.random.default_rng(0)
         replacements = {}
-        for (rows, dim), layer in self.shapes.items():
-            small = InRangeEmbedding(rows, dim, name=layer.name, dtype=layer.dtype_policy)
+        for shape, layer in self.shapes.items():
+            if isinstance(layer, MergedEmbedding):  # same fields and element indices, a short table
+                small = MergedEmbedding.from_config(layer.get_config())
+                small.table_size = shape[0]
+            else:
+                small = InRangeEmbedding(*shape, name=layer.name, dtype=layer.dtype_policy)
             small.build()
-            scale = float(np.max(np.abs(np.asarray(layer.embeddings[:rows])))) or 1.0
-            small.embeddings.assign(rng.uniform(-scale, scale, (rows, dim)).astype(np.float32))
+            scale = float(np.max(np.abs(np.asarray(layer.embeddings[:shape[0]])))) or 1.0
+            small.embeddings.assign(rng.uniform(-scale, scale, shape).astype(np.float32))
             replacements[id(layer)] = small
         return rebuild(self.model, replacements)[0]
 
@@ -190,9 +195,9 @@ class _TablePatch:
 
         def edit(flat) -> None:
             graph = flat.subgraphs[0]
-            for (rows, dim), layer in self.shapes.items():
+            for shape, layer in self.shapes.items():
                 found = [i for i, t in enumerate(graph.tensors) if t.shape is not None
-                         and [int(d) for d in t.shape] == [rows, dim]]
+                         and tuple(int(d) for d in t.shape) == shape]
                 constants = [i for i in found if flat.buffers[graph.tensors[i].buffer].data is not None]
                 if len(constants) != 1:
                     raise RuntimeError(f"Table {layer.name!r}: its placeholder was not found once in the converted "
@@ -211,7 +216,7 @@ class _TablePatch:
                     data = table
                 flat.buffers[tensor.buffer].data = data.view(np.uint8).reshape(-1)
                 for i in found:
-                    graph.tensors[i].shape = np.array([table.shape[0], dim], dtype=np.int32)
+                    graph.tensors[i].shape = np.array(table.shape, dtype=np.int32)
 
         return edit
 

@@ -15,7 +15,7 @@ from tfafm.layers.interactions import (
     PairwiseProduct,
     StackFields,
 )
-from tfafm.layers.lookup import InRangeEmbedding
+from tfafm.layers.lookup import InRangeEmbedding, MergedEmbedding
 from tfafm.layers.low_rank import LowRankDense, LowRankEinsumDense, LowRankEmbedding
 from tfafm.layers.protocol import CompressibleLayer, Matrix
 
@@ -36,6 +36,7 @@ __all__ = [
     "LowRankEmbedding",
     "LowRankMultiHeadAttention",
     "Matrix",
+    "MergedEmbedding",
     "MultiHeadSelfAttention",
     "PairwiseProduct",
     "StackFields",

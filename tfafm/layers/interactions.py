@@ -42,8 +42,8 @@ class ClipToVocabulary(keras.layers.Layer):
         columns = [x if len(x.shape) == 2 else ops.reshape(x, (-1, 1)) for x in ids]
         stacked = ops.concatenate([ops.cast(x, "int32") for x in columns], axis=-1)
         sizes = ops.convert_to_tensor(self.vocabulary_sizes, dtype="int32")
-        valid = ops.logical_and(ops.greater_equal(stacked, 0), ops.less(stacked, sizes))
-        guarded = ops.where(valid, stacked, ops.zeros_like(stacked))
+        # Too large -> 0, then negative -> 0: three ops (a comparison, a select against a scalar, a maximum).
+        guarded = ops.maximum(ops.where(ops.less(stacked, sizes), stacked, 0), 0)
         return ops.unstack(guarded, num=len(self.vocabulary_sizes), axis=1)
 
     def compute_output_spec(self, ids):
@@ -127,49 +127,48 @@ class FactorizationMachine(keras.layers.Layer):
 class CodeFactorizationMachine(keras.layers.Layer):
     """The FM interaction of fields given as codes: field ``f`` is ``v_f = c_f P_f + b_f``.
 
-    Input: the fields' codes concatenated, ``(batch, K)`` with ``K = sum k_f``.
-    Output ``(batch, 1)``: ``0.5 * (|sum_f v_f|^2 - sum_f |v_f|^2)``, computed
-    without ever forming the ``d``-wide field vectors:
+    Input: the fields' codes concatenated, ``C`` of shape ``(batch, K)`` with
+    ``K = sum k_f``. Output ``(batch, 1)``: ``0.5 * (|sum_f v_f|^2 - sum_f
+    |v_f|^2)``, computed without ever forming the ``d``-wide field vectors.
+    Write ``b_f = h_f P_f + r_f`` (``r_f`` orthogonal to the rows of ``P_f``)
+    and ``P_f P_f^T = R_f R_f^T`` (``R_f`` is ``k_f x k_f``); then
 
-        sum_f v_f      = C P + sum_f b_f                   (P: the P_f stacked, K x d)
-        sum_f |v_f|^2  = (C + h) G (C + h)^T + constant     (G = blockdiag(P_f P_f^T), G h = P_f b_f)
+        sum_f v_f      = C P + sum_f b_f                  (P: the P_f stacked, K x d)
+        sum_f |v_f|^2  = |(C + h) R|^2 + sum_f |r_f|^2     (R = blockdiag(R_f), K x K)
 
-    With ``orthonormal=True`` (every ``P_f`` has orthonormal rows, as AFM and
-    SVD factors do before fine-tuning) ``G`` is the identity and is not stored.
-    :func:`tfafm.fuse` builds it for an FM fed by low-rank embeddings.
+    so ONE matmul gives both, ``x = C [P | R] + [sum_f b_f | h R]``, and the
+    output is half the sum of squares of the first ``d`` columns of ``x``
+    minus those of the last ``K`` minus ``constant = sum_f |r_f|^2``: three
+    ops (matmul, square, matmul). :func:`tfafm.fuse` builds it for an FM fed
+    by low-rank embeddings.
 
     Args:
         dim: the field width ``d``.
-        orthonormal: whether ``G`` is the identity.
+
+    Weights: ``kernel`` ``(K, d + K)``, ``bias`` ``(d + K,)``, ``constant`` ``(1,)``.
     """
 
-    def __init__(self, dim: int, orthonormal: bool = False, **kwargs: Any):
+    def __init__(self, dim: int, **kwargs: Any):
         super().__init__(**kwargs)
         self.dim = int(dim)
-        self.orthonormal = bool(orthonormal)
 
     def build(self, input_shape):
         codes = input_shape[-1]
-        self.projections = self.add_weight(name="projections", shape=(codes, self.dim))
-        self.bias_sum = self.add_weight(name="bias_sum", shape=(self.dim,), initializer="zeros")
-        self.shift = self.add_weight(name="shift", shape=(codes,), initializer="zeros")
+        self.kernel = self.add_weight(name="kernel", shape=(codes, self.dim + codes))
+        self.bias = self.add_weight(name="bias", shape=(self.dim + codes,), initializer="zeros")
         self.constant = self.add_weight(name="constant", shape=(1,), initializer="zeros")
-        if not self.orthonormal:
-            self.gram = self.add_weight(name="gram", shape=(codes, codes))
 
     def call(self, codes):
-        total = ops.matmul(codes, self.projections) + self.bias_sum
-        shifted = codes + self.shift
-        quadratic = shifted if self.orthonormal else ops.matmul(shifted, self.gram)
-        pooled = (ops.sum(ops.square(total), axis=-1, keepdims=True)
-                  - ops.sum(quadratic * shifted, axis=-1, keepdims=True))
-        return 0.5 * (pooled - self.constant)
+        x = ops.matmul(codes, self.kernel) + self.bias
+        halves = [0.5] * self.dim + [-0.5] * (self.kernel.shape[1] - self.dim)
+        signs = ops.convert_to_tensor([[h] for h in halves], dtype=self.compute_dtype)
+        return ops.matmul(ops.square(x), signs) - 0.5 * self.constant
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], 1)
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "dim": self.dim, "orthonormal": self.orthonormal}
+        return {**super().get_config(), "dim": self.dim}
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)

@@ -9,8 +9,13 @@ time of a model with dozens of fields.
 
 from __future__ import annotations
 
+from typing import Any, Sequence
+
 import keras
+import numpy as np
 from keras import ops
+
+from tfafm.errors import UserError
 
 
 def gather_rows(table, ids):
@@ -38,3 +43,81 @@ class InRangeEmbedding(keras.layers.Embedding):
         if self.quantization_mode or self.lora_enabled:
             return super().call(inputs)
         return ops.cast(gather_rows(self.embeddings, inputs), dtype=self.compute_dtype)
+
+
+@keras.saving.register_keras_serializable(package="tfafm")
+class MergedEmbedding(keras.layers.Layer):
+    """The rows of several fields' embedding tables, read by ONE gather.
+
+    Field ``f`` has a ``(vocabulary_sizes[f], widths[f])`` table. All tables
+    are stored flattened one after the other in a single 1-D weight
+    ``embeddings`` (``sum_f V_f k_f`` values): row ``i`` of field ``f``
+    starts at element ``start_f + i * k_f``. The graph spreads the ids over
+    the output columns, turns them into element indices
+    (``id * k_f + start_f + j`` for column ``j`` of field ``f``) and reads all
+    columns of all fields with one gather, so a quantized table is dequantized
+    only where it was read.
+
+    Input: a list of ``F`` int ``(batch,)`` id tensors (the output of
+    :class:`~tfafm.layers.ClipToVocabulary`). Output ``(batch, sum_f k_f)``:
+    the fields' rows side by side, ``concat_f table_f[id_f]``.
+
+    Ids must lie in ``[0, V_f)`` as for :class:`InRangeEmbedding`: put a
+    :class:`~tfafm.layers.ClipToVocabulary` in front of it (an id outside its
+    field's range would read another field's rows). :func:`tfafm.fuse` builds
+    it for the tables behind such a guard.
+
+    Args:
+        vocabulary_sizes: ``V_f`` per field.
+        widths: ``k_f`` per field (the width of its stored rows).
+        embeddings_initializer: for the flat table.
+    """
+
+    def __init__(self, vocabulary_sizes: Sequence[int], widths: Sequence[int],
+                 embeddings_initializer="uniform", **kwargs: Any):
+        super().__init__(**kwargs)
+        self.vocabulary_sizes = [int(v) for v in vocabulary_sizes]
+        self.widths = [int(k) for k in widths]
+        if (len(self.vocabulary_sizes) != len(self.widths) or not self.widths
+                or min(self.vocabulary_sizes + self.widths) < 1):
+            raise UserError(f"Layer {self.name!r}: vocabulary_sizes and widths must be as many positive integers, "
+                            f"got {vocabulary_sizes} and {widths}.")
+        self.table_size = sum(v * k for v, k in zip(self.vocabulary_sizes, self.widths))
+        if self.table_size >= 2**31:
+            raise UserError(f"Layer {self.name!r}: {self.table_size:,} table values exceed int32 indexing.")
+        self.embeddings_initializer = keras.initializers.get(embeddings_initializer)
+        starts = np.cumsum([0] + [v * k for v, k in zip(self.vocabulary_sizes, self.widths)])[:-1]
+        self._column_field = np.repeat(np.arange(len(self.widths)), self.widths).astype(np.int32)
+        self._column_stride = np.repeat(self.widths, self.widths).astype(np.int32)
+        self._column_start = np.concatenate(
+            [start + np.arange(k) for start, k in zip(starts, self.widths)]).astype(np.int32)
+
+    def build(self, input_shape=None):
+        self.embeddings = self.add_weight(name="embeddings", shape=(self.table_size,),
+                                          initializer=self.embeddings_initializer)
+
+    def call(self, ids):
+        stacked = ops.stack([ops.cast(x, "int32") for x in ids], axis=1)
+        spread = ops.take(stacked, ops.convert_to_tensor(self._column_field), axis=1)
+        index = spread * ops.convert_to_tensor(self._column_stride) + ops.convert_to_tensor(self._column_start)
+        return ops.cast(gather_rows(self.embeddings, index), self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0][0], sum(self.widths))
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            **super().get_config(),
+            "vocabulary_sizes": self.vocabulary_sizes,
+            "widths": self.widths,
+            "embeddings_initializer": keras.initializers.serialize(self.embeddings_initializer),
+        }
+
+    @classmethod
+    def from_tables(cls, tables: Sequence[np.ndarray], **kwargs: Any) -> "MergedEmbedding":
+        """A built layer holding ``tables`` (each ``(V_f, k_f)``), e.g. the ``embeddings`` of existing layers."""
+        arrays = [np.asarray(t) for t in tables]
+        layer = cls([len(t) for t in arrays], [t.shape[1] for t in arrays], embeddings_initializer="zeros", **kwargs)
+        layer.build()
+        layer.embeddings.assign(np.concatenate([t.reshape(-1) for t in arrays]).astype(layer.embeddings.dtype))
+        return layer
