@@ -6,8 +6,9 @@ a few calibration batches, or ``export.litert``), and reports how far the peak
 resident memory (``VmHWM``) rose above the resident memory before the step,
 as a multiple of the model's float32 weight bytes.
 
-    python benchmarks/bench_memory.py                 # one 10M x 16 table; a 33M-row Criteo-sized schema
-    python benchmarks/bench_memory.py --quick         # 2M rows; 6M rows
+    python benchmarks/bench_memory.py                 # one 10M x 16 table; a 33M-row Criteo-sized schema;
+                                                      # a user's plain keras Embedding of 4M x 32 (dynamic int8)
+    python benchmarks/bench_memory.py --quick         # 2M rows; 6M rows; 1M x 32
 """
 
 from __future__ import annotations
@@ -44,12 +45,30 @@ def _vocabularies(kind: str, rows: int) -> list[int]:
     return [max(10, int(rows * share)) for share in shares]
 
 
+def _user_embedding_model(rows: int):
+    """A user's model around one plain ``keras.layers.Embedding(rows, 32)``."""
+    import keras
+
+    ids = keras.Input((4,), dtype="int32", name="ids")
+    vectors = keras.layers.Flatten()(keras.layers.Embedding(rows, 32, name="items")(ids))
+    return keras.Model(ids, keras.layers.Dense(1, activation="sigmoid")(keras.layers.Dense(64)(vectors)))
+
+
 def _worker(kind: str, step: str, rows: int) -> dict:
     import keras
     import numpy as np
 
     import tfafm
     from tfafm.schema import DenseFeature, Schema, SparseFeature
+
+    if kind == "user-embedding":
+        model = _user_embedding_model(rows)
+        with tempfile.TemporaryDirectory() as tmp:
+            before = _rss_mib("VmRSS")
+            _reset_peak()
+            tfafm.export.litert(model, os.path.join(tmp, "m.tflite"), quantize="dynamic")
+            peak = _rss_mib("VmHWM")
+        return {"weights_mib": model.count_params() * 4 / 2**20, "before_mib": before, "peak_mib": peak}
 
     schema = Schema([DenseFeature(f"I{i}") for i in range(13)]
                     + [SparseFeature(f"C{i}", v, 16) for i, v in enumerate(_vocabularies(kind, rows))])
@@ -73,13 +92,17 @@ def _worker(kind: str, step: str, rows: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--only", choices=("one-table", "criteo-sized", "user-embedding"), help="one model kind")
     args = parser.parse_args()
     sizes = {"one-table": 2_000_000 if args.quick else 10_000_000,
-             "criteo-sized": 6_000_000 if args.quick else 33_000_000}
+             "criteo-sized": 6_000_000 if args.quick else 33_000_000,
+             "user-embedding": 1_000_000 if args.quick else 4_000_000}
     print("| model | step | float32 weights MiB | RSS before MiB | peak MiB | rise / weights |")
     print("| --- | --- | ---: | ---: | ---: | ---: |")
     for kind, rows in sizes.items():
-        for step in ("compress", "export"):
+        if args.only and kind != args.only:
+            continue
+        for step in ("export",) if kind == "user-embedding" else ("compress", "export"):
             job = json.dumps({"kind": kind, "step": step, "rows": rows})
             process = subprocess.run([sys.executable, __file__, "--worker", job], capture_output=True, text=True)
             lines = [line for line in process.stdout.splitlines() if line.startswith(_PREFIX)]

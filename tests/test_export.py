@@ -285,3 +285,25 @@ def test_big_tables_are_written_outside_the_converter(quantize, tolerance, merge
     np.testing.assert_allclose(export.LiteRTRunner(path)(features), expected, atol=tolerance)
     sizes = {t.shape for t in export.litert_tensor_types(path)}
     assert ((big * 8 + 50 * 2,) if merged else (big, 8)) in sizes
+
+
+@pytest.mark.parametrize("quantize, tolerance", [(None, 1e-5), ("dynamic", 2e-2)])
+def test_a_users_big_keras_embedding_is_written_outside_the_converter_with_keras_ids(quantize, tolerance, tmp_path):
+    """A plain keras.layers.Embedding above the threshold is patched too; negative ids still wrap by its length."""
+    from tfafm.export.litert import _TablePatch
+
+    rows = _TablePatch.MIN_ELEMENTS // 8 + 11
+    ids = keras.Input((2,), dtype="int32", name="ids")
+    table = keras.layers.Embedding(rows, 8, name="user_table",
+                                   embeddings_initializer=keras.initializers.RandomNormal(stddev=0.5, seed=0))
+    hidden = keras.layers.Dense(4, activation="relu")(keras.layers.Flatten()(table(ids)))
+    model = keras.Model(ids, keras.layers.Dense(1, activation="sigmoid")(hidden))
+    assert _TablePatch(model).layers == [table]
+    features = {"ids": np.array([[0, rows - 1], [rows // 2, 5], [-1, -rows], [-7, 3]], dtype="int32")}
+    path = export.litert(model, str(tmp_path / "user.tflite"), quantize=quantize)
+    got = export.LiteRTRunner(path)(features)
+    np.testing.assert_allclose(got, model.predict(features, verbose=0), atol=tolerance)
+    # -1 reads the last row and -rows the first, as in Keras: rows 2 and 0 of the input agree with explicit ids.
+    explicit = {"ids": np.array([[0, rows - 1], [rows // 2, 5], [rows - 1, 0], [rows - 7, 3]], dtype="int32")}
+    np.testing.assert_allclose(got, export.LiteRTRunner(path)(explicit), atol=1e-7)
+    assert (rows, 8) in {t.shape for t in export.litert_tensor_types(path)}

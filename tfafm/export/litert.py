@@ -157,7 +157,8 @@ class _TablePatch:
     afterwards (cast to float16, or int8 with the converter's per-tensor
     symmetric scale, as the placeholder was). A plain gather is indifferent to
     the row count; Keras' ``Embedding`` is not (its negative-id wrap reads the
-    table's length), so only in-range tables are patched.
+    table's length), so a user's plain ``Embedding`` is stood in for by a
+    :class:`~tfafm.layers.lookup.WrappedEmbedding` that wraps by the real row count.
     """
 
     MIN_ELEMENTS = 1 << 18
@@ -167,14 +168,15 @@ class _TablePatch:
         from tfafm.layers.lookup import InRangeEmbedding, MergedEmbedding
 
         self.model = model
-        self.layers = [layer for layer in iter_layers(model) if type(layer) in (InRangeEmbedding, MergedEmbedding)
+        self.layers = [layer for layer in iter_layers(model)
+                       if (type(layer) in (InRangeEmbedding, MergedEmbedding) or _plain_keras_embedding(layer))
                        and int(np.prod(layer.embeddings.shape)) >= self.MIN_ELEMENTS]
         self.shapes = {(1031 + i, *layer.embeddings.shape[1:]): layer for i, layer in enumerate(self.layers)}
 
     def light_model(self):
         """A copy of the model with placeholder tables."""
         from tfafm.compression.rewrite import rebuild
-        from tfafm.layers.lookup import InRangeEmbedding, MergedEmbedding
+        from tfafm.layers.lookup import InRangeEmbedding, MergedEmbedding, WrappedEmbedding
 
         rng = np.random.default_rng(0)
         replacements = {}
@@ -182,6 +184,9 @@ class _TablePatch:
             if isinstance(layer, MergedEmbedding):  # same fields and element indices, a short table
                 small = MergedEmbedding.from_config(layer.get_config())
                 small.table_size = shape[0]
+            elif _plain_keras_embedding(layer):  # Keras' wrap of negative ids, by the real row count
+                small = WrappedEmbedding(*shape, rows=layer.input_dim, mask_zero=layer.mask_zero, name=layer.name,
+                                         dtype=layer.dtype_policy)
             else:
                 small = InRangeEmbedding(*shape, name=layer.name, dtype=layer.dtype_policy)
             small.build()
@@ -219,6 +224,13 @@ class _TablePatch:
                     graph.tensors[i].shape = np.array(table.shape, dtype=np.int32)
 
         return edit
+
+
+def _plain_keras_embedding(layer) -> bool:
+    """A user's ``keras.layers.Embedding`` as Keras defines it (not quantized, no LoRA)."""
+    import keras
+
+    return type(layer) is keras.layers.Embedding and not layer.quantization_mode and not layer.lora_enabled
 
 
 def _int8_symmetric(table: np.ndarray, chunk: int = 1 << 16) -> tuple[float, np.ndarray]:

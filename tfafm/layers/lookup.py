@@ -46,6 +46,34 @@ class InRangeEmbedding(keras.layers.Embedding):
 
 
 @keras.saving.register_keras_serializable(package="tfafm")
+class WrappedEmbedding(InRangeEmbedding):
+    """An ``Embedding`` whose negative ids wrap around by ``rows`` instead of the table's length.
+
+    A negative id ``i`` reads row ``rows + i``, as ``keras.layers.Embedding``
+    does with a table of ``rows`` rows. The LiteRT export uses it as a short
+    stand-in for a big user table during conversion (the real rows are
+    written into the file afterwards), so the converted graph keeps Keras' id
+    semantics for the real table.
+
+    Args:
+        input_dim, output_dim: the (stand-in) table's shape.
+        rows: the row count negative ids wrap around by.
+    """
+
+    def __init__(self, input_dim: int, output_dim: int, rows: int, **kwargs: Any):
+        super().__init__(input_dim, output_dim, **kwargs)
+        self.rows = int(rows)
+
+    def call(self, inputs):
+        ids = ops.cast(inputs, "int32")
+        ids = ops.where(ops.less(ids, 0), ops.add(ids, self.rows), ids)
+        return ops.cast(gather_rows(self.embeddings, ids), dtype=self.compute_dtype)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "rows": self.rows}
+
+
+@keras.saving.register_keras_serializable(package="tfafm")
 class MergedEmbedding(keras.layers.Layer):
     """The rows of several fields' embedding tables, read by ONE gather.
 
