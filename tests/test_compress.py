@@ -64,7 +64,7 @@ def test_full_rank_equals_original_for_every_builder(name, method, schema, calib
     for target_name, rank in ranks.items():
         layer_name, _, matrix = target_name.partition("/")
         new = layers[layer_name]
-        if isinstance(new, tfafm.layers.CompressedInteraction):
+        if isinstance(new, tfafm.models.layers.CompressedInteraction):
             assert new.ranks[int(matrix.rsplit("_", 1)[1])] == rank
             continue
         assert isinstance(new, (LowRankDense, LowRankEmbedding, keras_rs.layers.FeatureCross)), layer_name

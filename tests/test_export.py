@@ -261,8 +261,8 @@ def test_failed_export_keeps_existing_file(tmp_path):
                                                      ("dynamic", 2e-2, False), ("dynamic", 2e-2, True)])
 def test_big_tables_are_written_outside_the_converter(quantize, tolerance, merged, tmp_path):
     """Tables above the patch threshold are converted as placeholders and written in afterwards."""
-    from tfafm.export.litert import _TablePatch
-    from tfafm.layers import MergedEmbedding
+    from tfafm.export.litert_export import _TablePatch
+    from tfafm.layers.lookup import MergedEmbedding
     from tfafm.schema import Schema, SparseFeature
 
     big = _TablePatch.MIN_ELEMENTS // 8 + 7  # rows of an 8-wide table just above the threshold
@@ -290,7 +290,7 @@ def test_big_tables_are_written_outside_the_converter(quantize, tolerance, merge
 @pytest.mark.parametrize("quantize, tolerance", [(None, 1e-5), ("dynamic", 2e-2)])
 def test_a_users_big_keras_embedding_is_written_outside_the_converter_with_keras_ids(quantize, tolerance, tmp_path):
     """A plain keras.layers.Embedding above the threshold is patched too; negative ids still wrap by its length."""
-    from tfafm.export.litert import _TablePatch
+    from tfafm.export.litert_export import _TablePatch
 
     rows = _TablePatch.MIN_ELEMENTS // 8 + 11
     ids = keras.Input((2,), dtype="int32", name="ids")

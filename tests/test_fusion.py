@@ -37,7 +37,7 @@ def test_fused_model_predicts_like_the_compressed_one(name, data):
     np.testing.assert_allclose(fused.predict(features, verbose=0),
                                compressed.predict(features, verbose=0), atol=1e-5)
     assert not any(isinstance(layer, (LowRankEmbedding, keras.layers.Embedding)) for layer in fused.layers)
-    merged = [layer for layer in fused.layers if isinstance(layer, tfafm.layers.MergedEmbedding)]
+    merged = [layer for layer in fused.layers if isinstance(layer, tfafm.layers.lookup.MergedEmbedding)]
     assert len(merged) == 1 and len(merged[0].widths) == len(data[0].sparse)
 
 
@@ -58,12 +58,12 @@ def test_deepfm_first_dense_reads_the_k_wide_rows(data):
     assert first.kernel.shape[0] == sum(ranks.values()) + len(schema.dense)
     # All tables are one, read by one gather; its output is the codes side by side.
     tables = fused.get_layer("sparse_ids_tables")
-    assert isinstance(tables, tfafm.layers.MergedEmbedding) and tables.widths == list(ranks.values())
+    assert isinstance(tables, tfafm.layers.lookup.MergedEmbedding) and tables.widths == list(ranks.values())
     assert not [layer for layer in fused.layers if isinstance(layer, keras.layers.Embedding)]
     # The FM runs on the codes themselves: no d-wide field vector is ever formed.
     fm = fused.get_layer("fm")
     codes = sum(ranks.values())
-    assert isinstance(fm, tfafm.layers.CodeFactorizationMachine) and fm.kernel.shape == (codes, 6 + codes)
+    assert isinstance(fm, tfafm.models.layers.CodeFactorizationMachine) and fm.kernel.shape == (codes, 6 + codes)
     assert not [layer for layer in fused.layers if "projection" in layer.name]
     assert fused.count_params() < compressed.count_params()
 
@@ -107,7 +107,7 @@ def test_fields_left_whole_join_the_codes(data):
     assert type(compressed.get_layer(whole)) is not LowRankEmbedding
     fused = tfafm.fuse(compressed)
     fm = fused.get_layer("fm")
-    assert isinstance(fm, tfafm.layers.CodeFactorizationMachine)
+    assert isinstance(fm, tfafm.models.layers.CodeFactorizationMachine)
     codes = sum(chosen.values()) + 6  # the whole field's 6-wide vector as its code
     assert fm.kernel.shape == (codes, 6 + codes)
     np.testing.assert_allclose(fused.predict(features, verbose=0), compressed.predict(features, verbose=0), atol=1e-5)

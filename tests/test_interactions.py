@@ -9,7 +9,8 @@ import keras
 import numpy as np
 import pytest
 
-from tfafm.layers import (
+from tfafm.layers.lookup import MergedEmbedding
+from tfafm.models.layers import (
     ClipToVocabulary,
     CodeFactorizationMachine,
     CompressedInteraction,
@@ -18,7 +19,6 @@ from tfafm.layers import (
     FieldMean,
     FieldReweight,
     LinearTerms,
-    MergedEmbedding,
     MultiHeadSelfAttention,
     PairwiseProduct,
     StackFields,

@@ -74,7 +74,7 @@ def _assert_nothing_written(folder):
 
 
 def test_litert_file_that_does_not_load_is_refused(mlp, tmp_path, monkeypatch):
-    litert_module = importlib.import_module("tfafm.export.litert")
+    litert_module = importlib.import_module("tfafm.export.litert_export")
 
     write = litert_module.write_with_signature
 
@@ -90,7 +90,7 @@ def test_litert_file_that_does_not_load_is_refused(mlp, tmp_path, monkeypatch):
 
 
 def test_litert_file_with_wrong_weights_is_refused(mlp, tmp_path, monkeypatch):
-    litert_module = importlib.import_module("tfafm.export.litert")
+    litert_module = importlib.import_module("tfafm.export.litert_export")
 
     write = litert_module.write_with_signature
 
@@ -112,7 +112,7 @@ def test_onnx_file_with_wrong_weights_is_refused(mlp, tmp_path, monkeypatch):
     import onnx
     import onnx.numpy_helper
 
-    onnx_module = importlib.import_module("tfafm.export.onnx")
+    onnx_module = importlib.import_module("tfafm.export.onnx_export")
 
     rename = onnx_module._rename_outputs
 

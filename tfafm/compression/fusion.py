@@ -40,7 +40,7 @@ import numpy as np
 
 from tfafm.graph import as_functional, call_counts, call_sources, require_graph_model
 from tfafm.compression.rewrite import clone, copy_state
-from tfafm.layers.interactions import (
+from tfafm.models.layers import (
     ClipToVocabulary,
     CodeFactorizationMachine,
     CodeProjections,

@@ -55,7 +55,7 @@ def _vocabulary(layer) -> tuple:
 def _domain_of(layer, position: int) -> dict[str, Any] | None:
     """What ``layer`` tells about the tensor at ``position`` of its first argument (a list for
     ``ClipToVocabulary``), or None when it tells nothing."""
-    from tfafm.layers.interactions import ClipToVocabulary
+    from tfafm.models.layers import ClipToVocabulary
     from tfafm.layers.low_rank import LowRankEmbedding
 
     if isinstance(layer, ClipToVocabulary):

@@ -8,7 +8,7 @@ and directories are written atomically: a failed export leaves nothing at the
 target path.
 """
 
-from tfafm.export.litert import litert
+from tfafm.export.litert_export import litert
 from tfafm.export.litert_file import (
     LiteRTRunner,
     TensorInfo,
@@ -17,9 +17,9 @@ from tfafm.export.litert_file import (
     litert_tensor_types,
     read_interface,
 )
-from tfafm.export.onnx import OnnxRunner, onnx
+from tfafm.export.onnx_export import OnnxRunner, onnx
 from tfafm.export.request_cost import RequestCost, request_cost
-from tfafm.export.saved_model import SavedModelRunner, saved_model
+from tfafm.export.saved_model_export import SavedModelRunner, saved_model
 from tfafm.export.signature import Interface, interface
 
 __all__ = [

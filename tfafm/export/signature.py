@@ -10,7 +10,7 @@ names otherwise.
 An :class:`Interface` describes these inputs and outputs, plus each integer
 input's vocabulary size (from a :class:`~tfafm.schema.Schema` when given,
 else read off the ``Embedding`` layer the input feeds), so a ``.tflite``
-file can carry it (:mod:`tfafm.export.litert` stores it as metadata) and a
+file can carry it (:mod:`tfafm.export.litert_export` stores it as metadata) and a
 benchmark or an app needs nothing beside the file.
 """
 
@@ -120,7 +120,7 @@ def _vocabularies(model) -> dict[str, int]:
     import keras
 
     from tfafm.graph import as_functional, input_names
-    from tfafm.layers.interactions import ClipToVocabulary
+    from tfafm.models.layers import ClipToVocabulary
     from tfafm.layers.low_rank import LowRankEmbedding
 
     functional = as_functional(model)

@@ -1,43 +1,20 @@
-"""Keras layers: low-rank factors and the feature interactions of the model zoo."""
+"""Keras layers: the low-rank factors compression puts in place of dense layers and tables.
 
+The feature interactions of the model zoo (and their fused forms) live in
+:mod:`tfafm.models.layers`; the row lookups fusion and export use, in
+:mod:`tfafm.layers.lookup`.
+"""
+
+from tfafm.layers import lookup  # noqa: F401  (registers the lookup layers with Keras)
 from tfafm.layers.attention import LowRankMultiHeadAttention
-from tfafm.layers.interactions import (
-    ClipToVocabulary,
-    CodeFactorizationMachine,
-    CodeProjections,
-    CompressedInteraction,
-    CrossLayerV1,
-    FactorizationMachine,
-    FieldMean,
-    FieldReweight,
-    LinearTerms,
-    MultiHeadSelfAttention,
-    PairwiseProduct,
-    StackFields,
-)
-from tfafm.layers.lookup import InRangeEmbedding, MergedEmbedding
 from tfafm.layers.low_rank import LowRankDense, LowRankEinsumDense, LowRankEmbedding
 from tfafm.layers.protocol import CompressibleLayer, Matrix
 
 __all__ = [
-    "ClipToVocabulary",
-    "CodeFactorizationMachine",
-    "CodeProjections",
     "CompressibleLayer",
-    "CompressedInteraction",
-    "CrossLayerV1",
-    "FactorizationMachine",
-    "FieldMean",
-    "FieldReweight",
-    "InRangeEmbedding",
-    "LinearTerms",
     "LowRankDense",
     "LowRankEinsumDense",
     "LowRankEmbedding",
     "LowRankMultiHeadAttention",
     "Matrix",
-    "MergedEmbedding",
-    "MultiHeadSelfAttention",
-    "PairwiseProduct",
-    "StackFields",
 ]

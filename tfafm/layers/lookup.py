@@ -2,7 +2,7 @@
 
 Keras' ``ops.take`` wraps negative ids around (``id + V`` when ``id < 0``),
 which costs a comparison, an addition and a select per lookup. tfafm models
-guard every id with :class:`~tfafm.layers.ClipToVocabulary` first, so those
+guard every id with :class:`~tfafm.models.layers.ClipToVocabulary` first, so those
 ops are dead weight; on LiteRT at batch 1 they are a large share of the run
 time of a model with dozens of fields.
 """
@@ -35,7 +35,7 @@ class InRangeEmbedding(keras.layers.Embedding):
 
     Same weights, config and output as ``Embedding``; the lookup is a plain
     gather (see :func:`gather_rows`). Put a
-    :class:`~tfafm.layers.ClipToVocabulary` in front of it: out-of-range ids
+    :class:`~tfafm.models.layers.ClipToVocabulary` in front of it: out-of-range ids
     are an error here, not a silent wrap-around.
     """
 
@@ -87,11 +87,11 @@ class MergedEmbedding(keras.layers.Layer):
     only where it was read.
 
     Input: a list of ``F`` int ``(batch,)`` id tensors (the output of
-    :class:`~tfafm.layers.ClipToVocabulary`). Output ``(batch, sum_f k_f)``:
+    :class:`~tfafm.models.layers.ClipToVocabulary`). Output ``(batch, sum_f k_f)``:
     the fields' rows side by side, ``concat_f table_f[id_f]``.
 
     Ids must lie in ``[0, V_f)`` as for :class:`InRangeEmbedding`: put a
-    :class:`~tfafm.layers.ClipToVocabulary` in front of it (an id outside its
+    :class:`~tfafm.models.layers.ClipToVocabulary` in front of it (an id outside its
     field's range would read another field's rows). :func:`tfafm.fuse` builds
     it for the tables behind such a guard.
 

@@ -239,7 +239,7 @@ class LowRankEmbedding(keras.layers.Layer):
 
     Ids follow ``keras.layers.Embedding``: a negative id ``i`` reads row
     ``V + i`` and an id ``>= V`` is an error on CPU; with ``ids_in_range=True``
-    (ids already guarded, e.g. by :class:`~tfafm.layers.ClipToVocabulary`) the
+    (ids already guarded, e.g. by :class:`~tfafm.models.layers.ClipToVocabulary`) the
     lookup is a plain gather without the wrap-around ops.
 
     Args:
@@ -346,7 +346,7 @@ class LowRankEmbedding(keras.layers.Layer):
     ) -> "LowRankEmbedding":
         """Factors a built ``Embedding``: ``E ~ (E - mu) U_k U_k^T + mu`` (AFM) or a centred truncated SVD.
 
-        A :class:`~tfafm.layers.InRangeEmbedding` keeps its plain-gather lookup
+        A :class:`~tfafm.layers.lookup.InRangeEmbedding` keeps its plain-gather lookup
         (``ids_in_range=True``); any other ``Embedding`` keeps Keras' id semantics.
         """
         from tfafm.layers.lookup import InRangeEmbedding

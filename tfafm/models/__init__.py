@@ -1,4 +1,8 @@
-"""The CTR model zoo: ``build(name, schema, **hyperparams)`` and ``available()``."""
+"""The CTR model zoo: ``build(name, schema, **hyperparams)`` and ``available()``.
+
+Its feature-interaction layers (factorization machines, cross layers, CIN,
+attention over fields, ...) are in :mod:`tfafm.models.layers`.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import inspect
 
 import keras
 
+from tfafm.models import layers  # noqa: F401  (registers the zoo's layers with Keras)
 from tfafm.models.zoo import BUILDERS
 from tfafm.schema import Schema
 
@@ -43,4 +48,4 @@ def build(name: str, schema: Schema, **hyperparams) -> keras.Model:
     return builder(schema, **hyperparams)
 
 
-__all__ = ["available", "build"]
+__all__ = ["available", "build", "layers"]

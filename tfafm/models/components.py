@@ -16,7 +16,7 @@ from typing import Sequence
 
 import keras
 
-from tfafm.layers.interactions import ClipToVocabulary, LinearTerms, StackFields
+from tfafm.models.layers import ClipToVocabulary, LinearTerms, StackFields
 from tfafm.layers.lookup import InRangeEmbedding
 from tfafm.schema import Schema
 

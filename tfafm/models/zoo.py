@@ -11,7 +11,7 @@ from typing import Sequence
 import keras
 import keras_rs
 
-from tfafm.layers.interactions import (
+from tfafm.models.layers import (
     CompressedInteraction,
     CrossLayerV1,
     FactorizationMachine,
