@@ -10,6 +10,7 @@ import pytest
 MODULES = [
     "tfafm.compression.api",
     "tfafm.compression.calibration",
+    "tfafm.compression.fusion",
     "tfafm.compression.inspect",
     "tfafm.data.keyed",
     "tfafm.data.sources",

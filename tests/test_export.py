@@ -277,7 +277,7 @@ def test_big_tables_are_written_outside_the_converter(quantize, tolerance, merge
     features["big"][:3, 0] = [0, big - 1, big // 2]  # first, last and middle rows
     if merged:  # the small table factored: the fused model reads both tables from one flat MergedEmbedding
         model, _ = tfafm.compress(model, features, ranks={"small_embedding": 2}, target_ratio=None, progress=False)
-        assert [type(layer) for layer in _TablePatch(tfafm.fuse(model)).layers] == [MergedEmbedding]
+        assert [type(layer) for layer in _TablePatch(tfafm.fuse(model)[0]).layers] == [MergedEmbedding]
     else:
         assert _TablePatch(model).layers == [table]
     path = export.litert(model, str(tmp_path / "big.tflite"), quantize=quantize)

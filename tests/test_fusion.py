@@ -33,7 +33,7 @@ def _compressed(name, data, **options):
 def test_fused_model_predicts_like_the_compressed_one(name, data):
     features = data[1]
     compressed = _compressed(name, data)
-    fused = tfafm.fuse(compressed)
+    fused, _ = tfafm.fuse(compressed)
     np.testing.assert_allclose(fused.predict(features, verbose=0),
                                compressed.predict(features, verbose=0), atol=1e-5)
     assert not any(isinstance(layer, (LowRankEmbedding, keras.layers.Embedding)) for layer in fused.layers)
@@ -52,7 +52,7 @@ def test_deepfm_first_dense_reads_the_k_wide_rows(data):
     compressed = _compressed("deepfm", data, ranks=chosen, target_ratio=None)
     ranks = {layer.name: layer.rank for layer in compressed.layers if isinstance(layer, LowRankEmbedding)}
     assert ranks == chosen
-    fused = tfafm.fuse(compressed)
+    fused, _ = tfafm.fuse(compressed)
 
     first = fused.get_layer("deep_dense_0")
     assert first.kernel.shape[0] == sum(ranks.values()) + len(schema.dense)
@@ -72,7 +72,7 @@ def test_fusion_folds_into_low_rank_dense_and_round_trips(data, tmp_path):
     features, labels = data[1], data[2]
     compressed = _compressed("widedeep", data)
     assert isinstance(compressed.get_layer("deep_dense_0"), LowRankDense)
-    fused = tfafm.fuse(compressed)
+    fused, _ = tfafm.fuse(compressed)
     assert isinstance(fused.get_layer("deep_dense_0"), LowRankDense)
     # widedeep's embeddings feed only the MLP: no projection is left at all.
     assert not [layer for layer in fused.layers if layer.name.endswith("_projection")]
@@ -90,7 +90,7 @@ def test_fusion_folds_into_low_rank_dense_and_round_trips(data, tmp_path):
 def test_interaction_inputs_come_from_one_block_diagonal_matmul(data):
     features = data[1]
     compressed = _compressed("xdeepfm", data, include=("embeddings",))
-    fused, report = tfafm.fuse(compressed, return_report=True)
+    fused, report = tfafm.fuse(compressed)
     joint = fused.get_layer("fields_projections")  # the CIN's field matrix
     ranks = [layer.rank for layer in compressed.layers if isinstance(layer, LowRankEmbedding)]
     fields = len(data[0].sparse)  # fields left whole join with an identity block
@@ -105,7 +105,7 @@ def test_fields_left_whole_join_the_codes(data):
     whole = chosen.popitem()[0]
     compressed = _compressed("deepfm", data, ranks=chosen, target_ratio=None)
     assert type(compressed.get_layer(whole)) is not LowRankEmbedding
-    fused = tfafm.fuse(compressed)
+    fused, _ = tfafm.fuse(compressed)
     fm = fused.get_layer("fm")
     assert isinstance(fm, tfafm.models.layers.CodeFactorizationMachine)
     codes = sum(chosen.values()) + 6  # the whole field's 6-wide vector as its code
@@ -118,13 +118,13 @@ def test_fm_on_codes_stays_exact_after_fine_tuning_breaks_orthonormality(data):
     compressed = _compressed("deepfm", data, ranks=_every_field(schema), target_ratio=None)
     compressed.compile(keras.optimizers.Adam(0.05), "binary_crossentropy")
     compressed.fit(features, labels, epochs=2, batch_size=256, verbose=0)
-    fused = tfafm.fuse(compressed)
+    fused, _ = tfafm.fuse(compressed)
     np.testing.assert_allclose(fused.predict(features, verbose=0), compressed.predict(features, verbose=0), atol=1e-5)
 
 
 def test_fuse_without_low_rank_layers_is_a_faithful_copy(data):
     schema, features, _ = data
     model = models.build("dcn", schema, hidden_units=(8,))
-    copy = tfafm.fuse(model)
+    copy, _ = tfafm.fuse(model)
     assert copy is not model
     np.testing.assert_allclose(copy.predict(features, verbose=0), model.predict(features, verbose=0), atol=1e-6)

@@ -416,7 +416,7 @@ def test_fusion_merges_factors_when_the_folded_input_is_narrower_than_the_rank()
     data = {k: _ids(rng, (ROWS, 1)) for k in inputs}
     ranks = {f"emb_f{i}": 1 for i in range(3)} | {"wide": 10}
     compressed, _ = tfafm.compress(model, data, method="svd", ranks=ranks, progress=False)
-    fused, report = tfafm.fuse(compressed, return_report=True)
+    fused, report = tfafm.fuse(compressed)
     assert report.merged == ["wide"] and "merged" in report.notes[0]
     assert isinstance(fused.get_layer("wide"), keras.layers.Dense) and fused.get_layer("wide").kernel.shape == (3, 40)
     assert _max_diff(_outputs(fused, data), _outputs(compressed, data)) <= 1e-5

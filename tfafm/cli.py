@@ -280,7 +280,7 @@ def cmd_export(args, out: Output) -> int:
             if not args.no_fuse:
                 from tfafm.compression.fusion import fuse
 
-                model, fusion = fuse(model, return_report=True)
+                model, fusion = fuse(model)
                 for note in fusion.notes:
                     out.note(f"fusion: {note}")
             export.litert(model, staged, quantize=args.quantize, representative_data=rows, fuse=False,

@@ -396,11 +396,27 @@ class _Fuser:
         return outputs
 
 
-def fuse(model: keras.Model, return_report: bool = False):
-    """Returns a copy of ``model`` with low-rank embedding projections folded away.
+def fuse(model: keras.Model) -> tuple[keras.Model, FusionReport]:
+    """Returns ``(fused, report)``: a copy of ``model`` with low-rank embedding projections folded away.
 
     Outputs are unchanged up to float rounding; ``model`` is not modified.
-    With ``return_report=True`` returns ``(fused_model, FusionReport)``.
+    The :class:`FusionReport` lists the folded layers, merged factor pairs
+    and tables read by one gather. Like :func:`tfafm.compress`, it returns a
+    pair.
+
+    Example:
+
+    >>> import numpy as np, keras, tfafm
+    >>> ids = keras.Input((1,), dtype="int32", name="item")
+    >>> table = tfafm.LowRankEmbedding(100, 16, rank=4, name="item_table")
+    >>> hidden = keras.layers.Dense(8, name="hidden")(keras.layers.Flatten()(table(ids)))
+    >>> model = keras.Model(ids, hidden)
+    >>> fused, report = tfafm.fuse(model)
+    >>> report.folded
+    ['hidden']
+    >>> x = np.array([[3], [7]], dtype="int32")
+    >>> bool(np.allclose(fused(x), model(x), atol=1e-5))
+    True
     """
     require_graph_model(model)
     model = as_functional(model)
@@ -408,4 +424,4 @@ def fuse(model: keras.Model, return_report: bool = False):
     fused = clone(model, clone_function=fuser.clone, call_function=fuser.call, recursive=True)
     for original, copy in fuser.copies:
         copy_state(original, copy)
-    return (fused, fuser.report) if return_report else fused
+    return fused, fuser.report

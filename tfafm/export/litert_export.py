@@ -265,7 +265,7 @@ def _maybe_fuse(model, fuse: bool):
         return model
     from tfafm.compression.fusion import fuse as fuse_model
 
-    return fuse_model(model)
+    return fuse_model(model)[0]
 
 
 def _has_low_rank_embedding(model) -> bool:
