@@ -189,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
                                "op only; tables mostly stay whole) (default both)")
     compress.add_argument("--quantization", choices=QUANTIZATIONS, default="float32",
                           help="count costs in the bytes of the LiteRT quantization you will export with "
-                               "(tfafm export --quantize) (default float32)")
+                               "(tfafm export --quantization) (default float32)")
     compress.add_argument("--inner-activation", metavar="NAME",
                           help="Keras activation between the two factors of Dense layers, e.g. relu (default "
                                "none: exact at full rank)")
@@ -210,10 +210,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=EXPORT_FORMATS, default="litert",
                         help="litert: a .tflite file (builtin ops only); saved_model: a directory; onnx: an "
                              ".onnx file (default litert)")
-    export.add_argument("--quantize", choices=("float16", "dynamic", "int8"),
+    export.add_argument("--quantization", "--quantize", choices=("float16", "dynamic", "int8"),
                         help="LiteRT only: float16 weights, dynamic-range int8 weights, or full int8 "
-                             "(calibrated on --data) (default: float32)")
-    export.add_argument("--data", help=f"rows the written file is checked on against Keras (and, for --quantize "
+                             "(calibrated on --data) (default: float32; --quantize is its former name)")
+    export.add_argument("--data", help=f"rows the written file is checked on against Keras (and, for --quantization "
                                        f"int8, its representative data): {DATA_HELP} (default: rows generated "
                                        "inside each input's valid range; for int8, the run's training data)")
     export.add_argument("--opset", type=positive_int, help="ONNX only: opset version (default: tf2onnx's)")
@@ -351,14 +351,14 @@ def _check_and_fill(args: argparse.Namespace) -> None:
     _check_data_spec(getattr(args, "data", None))
     _check_data_spec(getattr(args, "validation", None), "--validation")
     if args.command == "export":
-        for option, value in (("--quantize", args.quantize), ("--no-fuse", args.no_fuse)):
+        for option, value in (("--quantization", args.quantization), ("--no-fuse", args.no_fuse)):
             if value and args.format != "litert":
                 raise UsageError(f"{option} applies to --format litert only, not {args.format}")
         if args.opset is not None and args.format != "onnx":
             raise UsageError(f"--opset applies to --format onnx only, not {args.format}")
         if args.out is None:
             suffix = {"saved_model": ".saved_model", "onnx": ".onnx"}.get(args.format)
-            suffix = suffix or (f"-{args.quantize}.tflite" if args.quantize else ".tflite")
+            suffix = suffix or (f"-{args.quantization}.tflite" if args.quantization else ".tflite")
             args.out = _beside(_model_stem(args.run), suffix)
     elif args.command == "compress":
         if args.energy is not None and (args.objective != "both" or args.quantization != "float32"):

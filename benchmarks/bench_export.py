@@ -75,12 +75,12 @@ def train_and_compress(name, gen, schema, train_rows, calibration_rows, objectiv
     model.fit(gen.dataset(train_rows, 256), epochs=1, verbose=0)
     statistics = tfafm.calibrate(model, gen.dataset(calibration_rows, 1024, split="calibration"), progress=False)
     compressed = {}
-    for quantize in QUANTIZATIONS:
-        compressed[quantize], report = tfafm.compress(model, statistics=statistics, method="afm", target_ratio=4,
-                                                      objective=objective, quantization=quantize, progress=False)
+    for quantization in QUANTIZATIONS:
+        compressed[quantization], report = tfafm.compress(model, statistics=statistics, method="afm", target_ratio=4,
+                                                      objective=objective, quantization=quantization, progress=False)
         ranks = [row.rank for row in report.layers if row.kind != "embedding"]
-        print(f"{name} ({quantize or 'float32'}): {model.count_params():,} -> {compressed[quantize].count_params():,} "
-              f"parameters ({model.count_params() / compressed[quantize].count_params():.2f}x); ranks of the "
+        print(f"{name} ({quantization or 'float32'}): {model.count_params():,} -> {compressed[quantization].count_params():,} "
+              f"parameters ({model.count_params() / compressed[quantization].count_params():.2f}x); ranks of the "
               f"non-embedding matrices {ranks}")
     print(f"{name}: trained on {train_rows} rows, calibrated and compressed in {time.time() - start:.0f}s")
     return model, compressed
@@ -89,12 +89,12 @@ def train_and_compress(name, gen, schema, train_rows, calibration_rows, objectiv
 def export_all(name, model, compressed, out):
     """The benchmarked files, and the op counts of the compressed models exported without fusion."""
     files, unfused_ops = {}, {}
-    for quantize in QUANTIZATIONS:
-        for variant, m in (("original", model), ("compressed", compressed[quantize])):
-            label = f"{name}-{variant}-{quantize or 'float32'}"
-            files[label] = litert(m, os.path.join(out, f"{label}.tflite"), quantize=quantize)
-        unfused = litert(compressed[quantize], os.path.join(out, "unfused.tflite"), quantize=quantize, fuse=False)
-        unfused_ops[f"{name}-compressed-{quantize or 'float32'}.tflite"] = litert_ops(unfused)
+    for quantization in QUANTIZATIONS:
+        for variant, m in (("original", model), ("compressed", compressed[quantization])):
+            label = f"{name}-{variant}-{quantization or 'float32'}"
+            files[label] = litert(m, os.path.join(out, f"{label}.tflite"), quantization=quantization)
+        unfused = litert(compressed[quantization], os.path.join(out, "unfused.tflite"), quantization=quantization, fuse=False)
+        unfused_ops[f"{name}-compressed-{quantization or 'float32'}.tflite"] = litert_ops(unfused)
     return files, unfused_ops
 
 
@@ -186,8 +186,8 @@ def summary(rows, paired, aucs, ops: dict[str, list[str]], unfused_ops: dict[str
               "| batch-256 rows/s orig -> comp (ratio) | AUC orig / comp |")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for name in BUILDERS:
-        for quantize in QUANTIZATIONS:
-            q = quantize or "float32"
+        for quantization in QUANTIZATIONS:
+            q = quantization or "float32"
             o, c = f"{name}-original-{q}.tflite", f"{name}-compressed-{q}.tflite"
             so, sc = by[(o, 1)]["size_bytes"] / 2**20, by[(c, 1)]["size_bytes"] / 2**20
             (lo, lc), (to, tc) = ([r["p50_ms"] for r in paired[(name, q, 1)]],
@@ -239,8 +239,8 @@ def run(args, out):
     print(floor_table(rows, costs, floors_us))
     paired = {}
     for name in BUILDERS:
-        for quantize in QUANTIZATIONS:
-            q = quantize or "float32"
+        for quantization in QUANTIZATIONS:
+            q = quantization or "float32"
             pair = [files[f"{name}-{variant}-{q}"] for variant in ("original", "compressed")]
             for batch_size, calls in ((1, iterations), (256, max(iterations // 10, 5))):
                 paired[(name, q, batch_size)] = interleaved(pair, schema, batch_size, rounds=10, calls=calls)

@@ -163,7 +163,7 @@ def main() -> None:
         "AFM x4 (fp32)": (compressed, tfafm.export.litert(compressed, os.path.join(out, "dcn_afm4.tflite"))),
         "AFM x4 + 1 epoch (fp32)": (tuned, tfafm.export.litert(tuned, os.path.join(out, "dcn_afm4_ft.tflite"))),
         "AFM x4 + 1 epoch (dyn. int8)": (tuned, tfafm.export.litert(
-            tuned, os.path.join(out, "dcn_afm4_ft_int8.tflite"), quantize="dynamic")),
+            tuned, os.path.join(out, "dcn_afm4_ft_int8.tflite"), quantization="dynamic")),
     }
 
     network_runner = RawLiteRTRunner(network_file)

@@ -66,7 +66,7 @@ def _worker(kind: str, step: str, rows: int) -> dict:
         with tempfile.TemporaryDirectory() as tmp:
             before = _rss_mib("VmRSS")
             _reset_peak()
-            tfafm.export.litert(model, os.path.join(tmp, "m.tflite"), quantize="dynamic")
+            tfafm.export.litert(model, os.path.join(tmp, "m.tflite"), quantization="dynamic")
             peak = _rss_mib("VmHWM")
         return {"weights_mib": model.count_params() * 4 / 2**20, "before_mib": before, "peak_mib": peak}
 

@@ -107,7 +107,7 @@ def main() -> None:
             f"A user-style model ({FIELDS} id inputs into tables of {VOCABULARY:,} x {DIM}, a float input, MLP "
             "256-128) compressed at `--ratio 4` from Parquet files of each size, each run in a fresh process; "
             "peak RSS is that process's. Files are read a batch at a time, so memory stays flat as they grow.",
-            "", table])
+            "", table]))
 
 
 if __name__ == "__main__":

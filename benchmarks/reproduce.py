@@ -94,7 +94,7 @@ def run_cell(model_name, bundle, test, seed, args, tmp) -> dict[str, dict]:
         path = litert(model, os.path.join(tmp, f"{model_name}-{seed}-{arm.replace(' ', '_')}.tflite"))
         results[arm] = {**evaluate(model, test.validation), "params": model.count_params(),
                         "size_bytes": os.path.getsize(path), "path": path}
-    path = litert(variants["AFM x4 ft"], os.path.join(tmp, f"{model_name}-{seed}-int8.tflite"), quantize="dynamic")
+    path = litert(variants["AFM x4 ft"], os.path.join(tmp, f"{model_name}-{seed}-int8.tflite"), quantization="dynamic")
     results["AFM x4 ft int8"] = {**_litert_scores(path, test.validation), "params": results["AFM x4 ft"]["params"],
                                  "size_bytes": os.path.getsize(path), "path": path}
     return results

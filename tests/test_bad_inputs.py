@@ -120,8 +120,8 @@ case("synthetic rows not a number")(lambda c: (["train", "--data", "synthetic:ma
 case("criteo without a path")(lambda c: (["train", "--data", "criteo:"], r"--data: criteo data needs a path"))
 case("missing data file")(lambda c: (["train", "--data", "criteo:/does/not/exist.txt"],
                                      r"--data: /does/not/exist\.txt: no such file or directory"))
-case("quantize with onnx")(lambda c: (["export", c.run, "--format", "onnx", "--quantize", "int8"],
-                                      r"--quantize applies to --format litert only, not onnx"))
+case("quantization with onnx")(lambda c: (["export", c.run, "--format", "onnx", "--quantization", "int8"],
+                                      r"--quantization applies to --format litert only, not onnx"))
 case("opset with litert")(lambda c: (["export", c.run, "--opset", "13"], r"--opset applies to --format onnx only"))
 case("ratio with max auc drop")(lambda c: (["compress", c.run, "--ratio", "4", "--max-auc-drop", "0.001"],
                                            r"argument --max-auc-drop: not allowed with argument --ratio"))

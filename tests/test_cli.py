@@ -142,7 +142,7 @@ def test_export_litert_saved_model_onnx_and_bench(trained_run, tmp_path, capsys)
     from tfafm.export.litert_file import builtin_op_names
 
     tflite = tmp_path / "model.tflite"
-    assert main(["export", str(trained_run), "--format", "litert", "--quantize", "dynamic", "--out", str(tflite)]) == 0
+    assert main(["export", str(trained_run), "--format", "litert", "--quantization", "dynamic", "--out", str(tflite)]) == 0
     assert set(litert_ops(str(tflite))) <= builtin_op_names()
     saved = tmp_path / "saved"
     assert main(["export", str(trained_run), "--format", "saved_model", "--out", str(saved)]) == 0
@@ -164,9 +164,9 @@ def test_export_litert_saved_model_onnx_and_bench(trained_run, tmp_path, capsys)
 
 def test_export_default_out_is_beside_the_run_and_never_silently_replaced(trained_run, capsys):
     target = trained_run.parent / f"{trained_run.name}-dynamic.tflite"
-    assert main(["export", str(trained_run), "--quantize", "dynamic", "--quiet"]) == 0
+    assert main(["export", str(trained_run), "--quantization", "dynamic", "--quiet"]) == 0
     first = target.read_bytes()
-    assert main(["export", str(trained_run), "--quantize", "dynamic", "--quiet"]) == 2
+    assert main(["export", str(trained_run), "--quantization", "dynamic", "--quiet"]) == 2
     assert "a file exists there (--overwrite replaces it)" in capsys.readouterr().err
     assert target.read_bytes() == first
     target.unlink()
@@ -189,8 +189,8 @@ def test_progress_prints_plain_lines_when_stderr_is_not_a_terminal(capsys):
 
 def test_export_rejects_quantize_for_onnx(trained_run, tmp_path, capsys):
     out = tmp_path / "m.onnx"
-    assert main(["export", str(trained_run), "--format", "onnx", "--quantize", "int8", "--out", str(out)]) == 2
-    assert "--quantize applies to --format litert only" in capsys.readouterr().err
+    assert main(["export", str(trained_run), "--format", "onnx", "--quantization", "int8", "--out", str(out)]) == 2
+    assert "--quantization applies to --format litert only" in capsys.readouterr().err
     assert not out.exists()
 
 

@@ -165,13 +165,13 @@ def auc_models():
 
 
 @pytest.mark.parametrize("variant", ["original", "compressed"])
-@pytest.mark.parametrize("quantize,tolerance", [("dynamic", 0.002), ("float16", 0.002), ("int8", 0.005)])
-def test_quantized_litert_keeps_auc(variant, quantize, tolerance, tmp_path):
+@pytest.mark.parametrize("quantization,tolerance", [("dynamic", 0.002), ("float16", 0.002), ("int8", 0.005)])
+def test_quantized_litert_keeps_auc(variant, quantization, tolerance, tmp_path):
     models = auc_models()
     model = models[variant]
     features, labels = rows("test", 5000)
     keras_auc = roc_auc_score(labels.ravel(), np.asarray(model.predict_on_batch(features)).ravel())
-    path = export.litert(model, str(tmp_path / "q.tflite"), quantize=quantize,
+    path = export.litert(model, str(tmp_path / "q.tflite"), quantization=quantization,
                          representative_data=models["calibration"], fuse=False)
     assert set(export.litert_ops(path)) <= export.builtin_op_names()
     lite_auc = roc_auc_score(labels.ravel(), export.LiteRTRunner(path)(features).ravel())
@@ -197,7 +197,7 @@ def _factor_tensors(path, model):
 
 def test_dynamic_quantization_makes_low_rank_factors_int8(tmp_path):
     model = auc_models()["compressed"]
-    path = export.litert(model, str(tmp_path / "d.tflite"), quantize="dynamic", fuse=False)
+    path = export.litert(model, str(tmp_path / "d.tflite"), quantization="dynamic", fuse=False)
     factors = _factor_tensors(path, model)
     large = {k: v for k, v in factors.items() if k[2] >= 1024}
     assert large, factors  # the 2000-row table of C6 is over the converter's 1024-element threshold
@@ -209,14 +209,16 @@ def test_dynamic_quantization_makes_low_rank_factors_int8(tmp_path):
 def test_int8_needs_representative_data_and_keeps_float_interface(tmp_path):
     model = auc_models()["compressed"]
     with pytest.raises(ValueError, match="representative_data"):
-        export.litert(model, str(tmp_path / "x.tflite"), quantize="int8")
-    with pytest.raises(ValueError, match="quantize"):
-        export.litert(model, str(tmp_path / "x.tflite"), quantize="int4")
+        export.litert(model, str(tmp_path / "x.tflite"), quantization="int8")
+    with pytest.raises(ValueError, match="quantization"):
+        export.litert(model, str(tmp_path / "x.tflite"), quantization="int4")
+    with pytest.warns(FutureWarning, match="now quantization="), pytest.raises(ValueError, match="representative"):
+        export.litert(model, str(tmp_path / "x.tflite"), quantize="int8")  # the former name still works
     assert not os.path.exists(tmp_path / "x.tflite")
     features, _ = rows()
     # Batches of unequal sizes (100, 100, 50): the calibrator sees blocks of one size.
     batches = tf.data.Dataset.from_tensor_slices(rows("calibration", 250)[0]).batch(100)
-    path = export.litert(model, str(tmp_path / "q.tflite"), quantize="int8", representative_data=batches, fuse=False)
+    path = export.litert(model, str(tmp_path / "q.tflite"), quantization="int8", representative_data=batches, fuse=False)
     runner = export.LiteRTRunner(path)
     dtypes = {d["name"]: d["dtype"] for d in runner.interpreter.get_input_details()}
     assert all(dtypes[f.name] == np.int32 for f in SCHEMA.sparse)
@@ -257,9 +259,9 @@ def test_failed_export_keeps_existing_file(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["bad.tflite"]
 
 
-@pytest.mark.parametrize("quantize, tolerance, merged", [(None, 1e-5, False), ("float16", 2e-3, False),
+@pytest.mark.parametrize("quantization, tolerance, merged", [(None, 1e-5, False), ("float16", 2e-3, False),
                                                      ("dynamic", 2e-2, False), ("dynamic", 2e-2, True)])
-def test_big_tables_are_written_outside_the_converter(quantize, tolerance, merged, tmp_path):
+def test_big_tables_are_written_outside_the_converter(quantization, tolerance, merged, tmp_path):
     """Tables above the patch threshold are converted as placeholders and written in afterwards."""
     from tfafm.export.litert_export import _TablePatch
     from tfafm.layers.lookup import MergedEmbedding
@@ -280,15 +282,15 @@ def test_big_tables_are_written_outside_the_converter(quantize, tolerance, merge
         assert [type(layer) for layer in _TablePatch(tfafm.fuse(model)[0]).layers] == [MergedEmbedding]
     else:
         assert _TablePatch(model).layers == [table]
-    path = export.litert(model, str(tmp_path / "big.tflite"), quantize=quantize)
+    path = export.litert(model, str(tmp_path / "big.tflite"), quantization=quantization)
     expected = model.predict(features, verbose=0)
     np.testing.assert_allclose(export.LiteRTRunner(path)(features), expected, atol=tolerance)
     sizes = {t.shape for t in export.litert_tensor_types(path)}
     assert ((big * 8 + 50 * 2,) if merged else (big, 8)) in sizes
 
 
-@pytest.mark.parametrize("quantize, tolerance", [(None, 1e-5), ("dynamic", 2e-2)])
-def test_a_users_big_keras_embedding_is_written_outside_the_converter_with_keras_ids(quantize, tolerance, tmp_path):
+@pytest.mark.parametrize("quantization, tolerance", [(None, 1e-5), ("dynamic", 2e-2)])
+def test_a_users_big_keras_embedding_is_written_outside_the_converter_with_keras_ids(quantization, tolerance, tmp_path):
     """A plain keras.layers.Embedding above the threshold is patched too; negative ids still wrap by its length."""
     from tfafm.export.litert_export import _TablePatch
 
@@ -300,7 +302,7 @@ def test_a_users_big_keras_embedding_is_written_outside_the_converter_with_keras
     model = keras.Model(ids, keras.layers.Dense(1, activation="sigmoid")(hidden))
     assert _TablePatch(model).layers == [table]
     features = {"ids": np.array([[0, rows - 1], [rows // 2, 5], [-1, -rows], [-7, 3]], dtype="int32")}
-    path = export.litert(model, str(tmp_path / "user.tflite"), quantize=quantize)
+    path = export.litert(model, str(tmp_path / "user.tflite"), quantization=quantization)
     got = export.LiteRTRunner(path)(features)
     np.testing.assert_allclose(got, model.predict(features, verbose=0), atol=tolerance)
     # -1 reads the last row and -rows the first, as in Keras: rows 2 and 0 of the input agree with explicit ids.

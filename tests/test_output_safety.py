@@ -266,7 +266,7 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("kills")
     (root / "tiny.yaml").write_text(TINY)
     assert main(["train", "--config", str(root / "tiny.yaml"), "--out", str(root / "run"), "--quiet"]) == 0
-    assert main(["export", str(root / "run"), "--quantize", "dynamic", "--out", str(root / "old.tflite"),
+    assert main(["export", str(root / "run"), "--quantization", "dynamic", "--out", str(root / "old.tflite"),
                  "--quiet"]) == 0
     return root
 

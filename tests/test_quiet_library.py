@@ -19,7 +19,7 @@ SCRIPT = textwrap.dedent("""
     small, _ = tfafm.compress(model, data.train.take(4), target_ratio=4, progress=False)
     folder = tempfile.mkdtemp()
     checked = data.validation.take(1)
-    tfafm.export.litert(small, os.path.join(folder, "s.tflite"), quantize="dynamic", verification_data=checked)
+    tfafm.export.litert(small, os.path.join(folder, "s.tflite"), quantization="dynamic", verification_data=checked)
     tfafm.export.onnx(small, os.path.join(folder, "s.onnx"), verification_data=checked)
     print("exported")
 """)

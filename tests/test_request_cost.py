@@ -27,10 +27,10 @@ def model():
     return keras.Model(ids, x)
 
 
-@pytest.mark.parametrize("quantize, weight_bytes", [(None, FLOAT), ("dynamic", INT8)])
-def test_costs_match_hand_counts(model, quantize, weight_bytes, tmp_path):
-    path = litert(model, str(tmp_path / "m.tflite"), quantize=quantize)
-    dequantize = ["DEQUANTIZE"] if quantize else []  # the gathered int8 row back to float
+@pytest.mark.parametrize("quantization, weight_bytes", [(None, FLOAT), ("dynamic", INT8)])
+def test_costs_match_hand_counts(model, quantization, weight_bytes, tmp_path):
+    path = litert(model, str(tmp_path / "m.tflite"), quantization=quantization)
+    dequantize = ["DEQUANTIZE"] if quantization else []  # the gathered int8 row back to float
     assert litert_ops(path) == ["GATHER", *dequantize, "FULLY_CONNECTED", "FULLY_CONNECTED"]
 
     # Tables and kernels of >= 1024 elements are int8 under "dynamic"; the small kernel and biases stay float32.

@@ -146,7 +146,7 @@ def test_saved_model_that_computes_something_else_is_refused(mlp, tmp_path, monk
 
 def test_exports_are_checked_on_the_given_rows(mlp, tmp_path):
     model, x, _ = mlp
-    path = tfafm.export.litert(model, str(tmp_path / "m.tflite"), quantize="dynamic", verification_data=x)
+    path = tfafm.export.litert(model, str(tmp_path / "m.tflite"), quantization="dynamic", verification_data=x)
     got = tfafm.export.LiteRTRunner(path)({"x": x[:64]})
     assert agreement(np.asarray(model(x[:64])), got)["rank_correlation"] > 0.99
 

@@ -252,10 +252,10 @@ def cmd_compress(args, out: Output) -> int:
 
 def _export_data(run, args):
     """Rows to verify the export on and, for full int8, its representative data (None, None without)."""
-    spec = args.data or (_run_data(run, None) if args.quantize == "int8" and not run.reads_keyed_data else None)
+    spec = args.data or (_run_data(run, None) if args.quantization == "int8" and not run.reads_keyed_data else None)
     if spec is None:
-        if args.quantize == "int8":
-            raise UserError(f"--quantize int8 needs representative data: pass --data for {args.run}")
+        if args.quantization == "int8":
+            raise UserError(f"--quantization int8 needs representative data: pass --data for {args.run}")
         return None, None
     if run.reads_keyed_data:
         from tfafm.model_data import keyed_for
@@ -283,7 +283,7 @@ def cmd_export(args, out: Output) -> int:
                 model, fusion = fuse(model)
                 for note in fusion.notes:
                     out.note(f"fusion: {note}")
-            export.litert(model, staged, quantize=args.quantize, representative_data=rows, fuse=False,
+            export.litert(model, staged, quantization=args.quantization, representative_data=rows, fuse=False,
                           schema=run.schema, verification_data=rows)
         elif args.format == "saved_model":
             export.saved_model(run.model, staged, verification_data=rows)

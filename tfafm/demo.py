@@ -122,10 +122,10 @@ def run_demo(
         say("[3/5] fusing and exporting LiteRT files (float32 and dynamic int8)")
         files = {}
         for name, model in trained.items():
-            for quantize in (None, "dynamic"):
-                label = f"{name} {'int8-dyn' if quantize else 'fp32'}"
+            for quantization in (None, "dynamic"):
+                label = f"{name} {'int8-dyn' if quantization else 'fp32'}"
                 files[label] = litert(model, os.path.join(tmp, f"{label.replace(' ', '_')}.tflite"),
-                                      quantize=quantize)
+                                      quantization=quantization)
         say("[4/5] evaluating every file with the LiteRT interpreter")
         rows_out = []
         for label, path in files.items():

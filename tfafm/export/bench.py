@@ -172,10 +172,10 @@ def open_runner(kind: str, path: str, threads: int = 1):
     if kind == "tflite":
         return _load_sibling("litert_file").LiteRTRunner(path, num_threads=threads)
     if kind == "onnx":
-        return _load_sibling("onnx").OnnxRunner(path, num_threads=threads)
+        return _load_sibling("onnx_export").OnnxRunner(path, num_threads=threads)
     _set_tf_threads(threads)
     if kind == "saved_model":
-        return _load_sibling("saved_model").SavedModelRunner(path)
+        return _load_sibling("saved_model_export").SavedModelRunner(path)
     if kind == "keras":
         return KerasRunner(_model_file(path, kind))
     raise ValueError(f"Unknown model kind {kind!r}.")

@@ -28,12 +28,14 @@ _SAFE_MODULES = ("keras.", "keras_rs.", "tfafm.")
 def litert(
     model,
     path: str,
-    quantize: str | None = None,
+    quantization: str | None = None,
     representative_data=None,
     fuse: bool = True,
     representative_steps: int = 100,
     schema=None,
     verification_data=None,
+    *,
+    quantize: str | None = None,
 ) -> str:
     """Converts ``model`` to a LiteRT flatbuffer at ``path`` (written atomically).
 
@@ -49,7 +51,7 @@ def litert(
     Args:
         model: a Sequential or functional Keras model.
         path: target ``.tflite`` file.
-        quantize: ``None`` (float32); ``"float16"`` (weights stored as float16,
+        quantization: ``None`` (float32); ``"float16"`` (weights stored as float16,
             dequantized at load); ``"dynamic"`` (``Optimize.DEFAULT``: weights
             int8, activations float, quantized on the fly); ``"int8"``
             (full-integer: int8 weights and activations calibrated on
@@ -70,6 +72,8 @@ def litert(
             swapped in (anything :func:`tfafm.calibrate` takes; default: rows
             generated inside each input's valid range); see
             :mod:`tfafm.export.verify`.
+        quantize: the former name of ``quantization`` (tfafm 0.1); still
+            accepted, with a ``FutureWarning``.
 
     Before conversion the model takes its servable form
     (:func:`tfafm.export.portable.servable`): recurrent layers unrolled over
@@ -93,7 +97,7 @@ def litert(
         ``path``.
 
     Raises:
-        tfafm.errors.UserError: for an unknown ``quantize``, missing
+        tfafm.errors.UserError: for an unknown ``quantization``, missing
             representative data, a model whose weights cannot fit a 2 GB
             flatbuffer, a model needing an op outside the LiteRT builtins
             (the message names the op and the Keras layer(s) it comes from),
@@ -107,26 +111,31 @@ def litert(
     from tfafm.export.verify import verification_rows, verify_export
     from tfafm.io_utils import atomic_path
 
-    if quantize not in QUANTIZATIONS:
-        raise UserError(f"quantize must be one of {QUANTIZATIONS}, got {quantize!r}.")
-    if quantize == "int8" and representative_data is None:
-        raise UserError("quantize='int8' needs representative_data (e.g. the calibration data).")
+    if quantize is not None:
+        if quantization is not None:
+            raise UserError("give quantization= only (quantize= is its former name).")
+        warnings.warn("tfafm.export.litert(quantize=...) is now quantization=...", FutureWarning, stacklevel=2)
+        quantization = quantize
+    if quantization not in QUANTIZATIONS:
+        raise UserError(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}.")
+    if quantization == "int8" and representative_data is None:
+        raise UserError("quantization='int8' needs representative_data (e.g. the calibration data).")
     require_graph_model(model)
     keras_model = model
     rows = verification_rows(keras_model, verification_data)
     model, _ = servable(model, "litert")
     model = _maybe_fuse(model, fuse)
-    _check_size(model, quantize)
+    _check_size(model, quantization)
     description = interface(model, schema)
-    tables = _TablePatch(model) if quantize != "int8" else None
+    tables = _TablePatch(model) if quantization != "int8" else None
     if tables is not None and tables.layers:
         model = tables.light_model()
     frozen = _frozen_function(model)
     # The frozen function is converted without a trackable object on purpose (see _frozen_function).
     with dropping("absl", "trackable_obj argument"):
         converter = tf.lite.TFLiteConverter.from_concrete_functions([frozen])
-    _configure(converter, quantize)
-    if quantize == "int8":
+    _configure(converter, quantization)
+    if quantization == "int8":
         order = [t.name.split(":")[0] for t in frozen.inputs if t.dtype != tf.resource]
         shapes = {spec.name: spec.shape for spec in description.inputs}
         converter.representative_dataset = _representative(representative_data, order, shapes,
@@ -137,10 +146,10 @@ def litert(
             flatbuffer = converter.convert()
     except Exception as error:  # ConverterError and friends
         raise _unsupported_error(error, model, frozen) from error
-    edit = tables.patcher(quantize) if tables is not None and tables.layers else None
+    edit = tables.patcher(quantization) if tables is not None and tables.layers else None
     with atomic_path(path) as tmp:
         write_with_signature(flatbuffer, description.to_dict(), tmp, edit=edit)
-        verify_export(tmp, "litert", keras_model, rows, quantize)
+        verify_export(tmp, "litert", keras_model, rows, quantization)
     return path
 
 
@@ -195,7 +204,7 @@ class _TablePatch:
             replacements[id(layer)] = small
         return rebuild(self.model, replacements)[0]
 
-    def patcher(self, quantize: str | None):
+    def patcher(self, quantization: str | None):
         """An ``edit(model)`` for :func:`write_with_signature` that writes the real tables in."""
 
         def edit(flat) -> None:
@@ -209,9 +218,9 @@ class _TablePatch:
                                        f"graph ({len(constants)} matches).")
                 table = np.ascontiguousarray(layer.embeddings.numpy(), dtype=np.float32)
                 tensor = graph.tensors[constants[0]]
-                if quantize == "float16":
+                if quantization == "float16":
                     data = table.astype(np.float16)
-                elif quantize == "dynamic":
+                elif quantization == "dynamic":
                     scale, data = _int8_symmetric(table)
                     for i, other in enumerate(graph.tensors):  # the table and its gathers' int8 outputs
                         if other.quantization is not None and other.quantization.scale is not None and (
@@ -248,14 +257,14 @@ def _reads(graph, source: int, target: int) -> bool:
     return any(source in list(op.inputs) and target in list(op.outputs) for op in graph.operators)
 
 
-def _check_size(model, quantize: str | None) -> None:
+def _check_size(model, quantization: str | None) -> None:
     """Refuses, before converting, a model whose weights cannot fit one flatbuffer."""
-    size = model.count_params() * _BYTES_PER_WEIGHT[quantize]
+    size = model.count_params() * _BYTES_PER_WEIGHT[quantization]
     if size > FLATBUFFER_LIMIT * 0.95:
         raise UserError(
             f"Model {model.name!r} has {model.count_params():,} weights, {size / 2**30:.2f} GiB as "
-            f"{quantize or 'float32'}: LiteRT files are flatbuffers, limited to 2 GiB. Compress it further, "
-            "use quantize='dynamic' (1 byte per weight), cap the vocabularies (max_vocabulary), or export "
+            f"{quantization or 'float32'}: LiteRT files are flatbuffers, limited to 2 GiB. Compress it further, "
+            "use quantization='dynamic' (1 byte per weight), cap the vocabularies (max_vocabulary), or export "
             "to SavedModel / ONNX instead."
         )
 
@@ -292,17 +301,17 @@ def _frozen_function(model):
     return convert_to_constants.convert_variables_to_constants_v2(concrete)
 
 
-def _configure(converter, quantize: str | None) -> None:
+def _configure(converter, quantization: str | None) -> None:
     import tensorflow as tf
 
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     converter.allow_custom_ops = False
-    if quantize is None:
+    if quantization is None:
         return
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    if quantize == "float16":
+    if quantization == "float16":
         converter.target_spec.supported_types = [tf.float16]
-    elif quantize == "int8":
+    elif quantization == "int8":
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
         converter.inference_input_type = tf.float32
         converter.inference_output_type = tf.float32
