@@ -14,6 +14,7 @@ Keras version note: the one private name used is
 
 from __future__ import annotations
 
+import re
 from typing import Iterator
 
 import keras
@@ -226,3 +227,13 @@ def call_sources(model: keras.Model) -> dict[str, list[tuple[str, int]]]:
         if len(nodes) == 1:
             sources[entry["name"]] = list(tensors(nodes[0]["args"]))
     return sources
+
+
+def layer_of_node(node_name: str, layer_names: list[str]) -> str | None:
+    """The Keras layer whose name scope holds a graph node (``model_1/lookup_1/Find`` ->
+    ``lookup``), innermost first."""
+    for part in reversed(node_name.split("/")[:-1]):
+        for name in layer_names:
+            if part == name or re.fullmatch(re.escape(name) + r"_\d+", part):
+                return name
+    return None

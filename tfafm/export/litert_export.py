@@ -391,25 +391,17 @@ def _graph_nodes(graph_def) -> Iterable:
 
 def _layers_using(ops: set[str], model, frozen) -> dict[str, list[str]]:
     """Maps each op type to the Keras layers whose name scope contains such an op."""
-    from tfafm.graph import iter_layers
+    from tfafm.graph import iter_layers, layer_of_node
 
     names = [layer.name for layer in iter_layers(model)]
     found: dict[str, list[str]] = {op: [] for op in ops}
     for node in _graph_nodes(frozen.graph.as_graph_def()):
         if node.op not in ops:
             continue
-        layer = _layer_of(node.name, names)
+        layer = layer_of_node(node.name, names)
         if layer and layer not in found[node.op]:
             found[node.op].append(layer)
     return found
-
-
-def _layer_of(node_name: str, layer_names: list[str]) -> str | None:
-    for part in reversed(node_name.split("/")[:-1]):
-        for name in layer_names:
-            if part == name or re.fullmatch(re.escape(name) + r"_\d+", part):
-                return name
-    return None
 
 
 def _non_builtin_layers(model) -> list[str]:

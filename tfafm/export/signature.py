@@ -116,38 +116,10 @@ def interface(model, schema=None, vocabularies: bool = True) -> Interface:
 
 
 def _vocabularies(model) -> dict[str, int]:
-    """Vocabulary size of each integer input, read off the embedding layers its ids reach."""
-    import keras
+    """Vocabulary size of each integer input: the table or encoding its ids index."""
+    from tfafm.compression.samples import input_domains
 
-    from tfafm.graph import as_functional, input_names
-    from tfafm.models.layers import ClipToVocabulary
-    from tfafm.layers.low_rank import LowRankEmbedding
-
-    functional = as_functional(model)
-    sources: dict[int, str] = {}
-    found: dict[str, int] = {}
-    passthrough = (keras.layers.Reshape, keras.layers.Flatten)
-
-    def call(layer, *args, **kwargs):
-        outputs = layer(*args, **kwargs)
-        first = args[0] if args else None
-        if isinstance(layer, ClipToVocabulary):
-            for x, size in zip(first, layer.vocabulary_sizes):
-                if id(x) in sources:
-                    found.setdefault(sources[id(x)], size)
-        elif isinstance(layer, (keras.layers.Embedding, LowRankEmbedding)) and id(first) in sources:
-            found.setdefault(sources[id(first)], layer.input_dim)
-        elif isinstance(layer, passthrough) and id(first) in sources:
-            sources[id(outputs)] = sources[id(first)]
-        return outputs
-
-    inputs = keras.tree.map_structure(
-        lambda x: keras.Input(batch_shape=x.shape, dtype=x.dtype, name=x.name), functional.input)
-    for name, tensor in zip(input_names(functional), keras.tree.flatten(inputs)):
-        sources[id(tensor)] = name
-    keras.models.clone_model(functional, input_tensors=inputs, clone_function=lambda layer: layer,
-                             call_function=call)
-    return found
+    return {name: domain.high for name, domain in input_domains(model).items() if domain.high is not None}
 
 
 def tensor_specs(model) -> dict[str, Any]:

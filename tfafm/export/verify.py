@@ -88,16 +88,6 @@ _ORT_NODE = re.compile(r'In Node, \("([^"]*)", (\w+),')
 _ORT_OP = re.compile(r"No Op registered for (\w+)")
 
 
-def layer_of_node(node_name: str, layer_names: list[str]) -> str | None:
-    """The Keras layer whose name scope holds a graph node (``model_1/lookup_1/Find`` ->
-    ``lookup``), innermost first."""
-    for part in reversed(node_name.split("/")[:-1]):
-        for name in layer_names:
-            if part == name or re.fullmatch(re.escape(name) + r"_\d+", part):
-                return name
-    return None
-
-
 def _layer_names(model) -> list[str]:
     from tfafm.graph import iter_layers
 
@@ -106,6 +96,8 @@ def _layer_names(model) -> list[str]:
 
 def _where(node: str | None, op: str | None, model) -> str:
     """`` (op 'X' of layer 'y')`` for an error message, as far as known."""
+    from tfafm.graph import layer_of_node
+
     parts = []
     if op:
         parts.append(f"op {op!r}")
@@ -130,6 +122,8 @@ def _one_line(error: BaseException, limit: int = 300) -> str:
 def converter_error(converter: str, error: BaseException, model) -> UserError:
     """A one-line :class:`UserError` for a converter's failure on ``model``, naming the layer
     whose graph node the converter's message mentions."""
+    from tfafm.graph import layer_of_node
+
     names = _layer_names(model)
     layer = next((found for token in re.findall(r"[\w./-]+", str(error))
                   if "/" in token and (found := layer_of_node(token, names))), None)
