@@ -210,8 +210,8 @@ def ranks_for_ratio(
 ) -> dict[str, int]:
     """Ranks whose total cost is at most ``1 / target_ratio`` of the whole cost, under each
     of ``costs`` (default: parameter bytes; give a params and a latency
-    :class:`CostModel` to shrink both). The whole cost is the candidates', except for a
-    params cost given ``file_bytes``, the whole model's file
+    :class:`CostModel` to shrink both). The whole cost is the factorable candidates', except
+    for a params cost given ``file_bytes``, the whole model's file
     (:func:`~tfafm.compression.report.estimated_file_bytes`): then what is not a
     candidate (first-order weights, biases, layers left whole, the file's records)
     counts in the budget and never shrinks, so the file shrinks by ``target_ratio``.
@@ -220,7 +220,7 @@ def ranks_for_ratio(
     mostly one big matrix), only the first one is kept.
 
     Candidates that cost no less factored (at any rank up to break-even) than whole
-    stay whole.
+    stay whole (outside the budget, unless counted in ``file_bytes``).
 
     Each matrix starts at the cheapest rank of at least :data:`MIN_RANK` keeping a
     floor of its variance (50%, lowered to 25%, 10%, 0% until every matrix fits the
@@ -249,9 +249,9 @@ def ranks_for_ratio(
     if not choices:
         raise UserError(f"No matrix costs less factored than whole ({objectives}, quantization "
                         f"{costs[0].quantization}): nothing to compress.")
-    total = np.array([file_bytes if file_bytes is not None and c.objective == "params"
-                      else sum(c.whole(t) for t in candidates.values()) for c in costs], dtype=np.float64)
-    fixed = total - sum(choice.costs[-1] for choice in choices.values())  # what never shrinks
+    whole = sum(choice.costs[-1] for choice in choices.values())
+    total = np.where([file_bytes is not None and c.objective == "params" for c in costs], file_bytes or 0, whole)
+    fixed = total - whole  # what never shrinks
     budgets = total / target_ratio - fixed
     cheapest = fixed + sum(choice.costs[0] for choice in choices.values())
     if np.all(budgets > 0):
