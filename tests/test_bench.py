@@ -45,7 +45,7 @@ def two_tflite(tmp_path_factory):
     directory = tmp_path_factory.mktemp("bench")
     model = tfafm.models.build("deepfm", SCHEMA, hidden_units=(32, 16))
     compressed, _ = tfafm.compress(
-        model, GEN.dataset(1024, 256, split="calibration"), method="afm", target_ratio=4, progress=False
+        model, GEN.dataset(1024, 256, split="calibration"), method="afm", target_ratio=3, progress=False
     )
     return [
         export.litert(model, str(directory / "original.tflite"), fuse=False),

@@ -67,11 +67,13 @@ def test_eval_markdown_table_does_not_wrap(trained_run, capsys):
 
 def test_compress_writes_model_and_reports(trained_run, tmp_path, capsys):
     out = tmp_path / "small"
-    code = main(["compress", str(trained_run), "--ratio", "3", "--finetune-epochs", "1", "--out", str(out), "--quiet"])
+    # The ratio is the whole file's: this tiny run's first-order weights and per-layer records do not shrink.
+    code = main(["compress", str(trained_run), "--ratio", "1.5", "--finetune-epochs", "1", "--out", str(out),
+                 "--quiet"])
     assert code == 0
     assert {"model.keras", "report.md", "report.json", "run.json", "schema.json"} <= set(os.listdir(out))
     report = json.loads((out / "report.json").read_text())
-    assert report["totals"]["compressible_ratio"] >= 3
+    assert report["totals"]["compressible_ratio"] >= 1.5
     stages = json.loads((out / "run.json").read_text())["stages"]
     assert set(stages) == {"original", "compressed", "finetuned"}
     printed = capsys.readouterr().out
@@ -80,7 +82,7 @@ def test_compress_writes_model_and_reports(trained_run, tmp_path, capsys):
 
 def test_compress_objective_and_quantization_reach_the_allocator(trained_run, tmp_path):
     out = tmp_path / "int8"
-    code = main(["compress", str(trained_run), "--quantization", "dynamic", "--ratio", "1.5", "--out", str(out),
+    code = main(["compress", str(trained_run), "--quantization", "dynamic", "--ratio", "1.25", "--out", str(out),
                  "--quiet"])
     assert code == 0
     info = json.loads((out / "run.json").read_text())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ import keras_rs
 import tfafm
 from tfafm import LowRankDense, LowRankEmbedding
 from tfafm.graph import iter_layers
+from tfafm.compression.report import estimated_file_bytes
 from tfafm.compression.targets import find_targets
 
 pytestmark = pytest.mark.slow
@@ -132,8 +134,11 @@ def test_target_ratio_shrinks_compressible_params(name, method, trained_deepfm, 
     else:
         keras.utils.set_random_seed(0)
         model = tfafm.models.build(name, schema, hidden_units=HIDDEN)
-    compressed, report = tfafm.compress(model, calib_features, method=method, target_ratio=4, progress=False)
-    assert report.compressible_ratio >= 4
+    # The ratio is the whole file's (tfafm.compression.report.estimated_file_bytes): these small models'
+    # first-order weights, biases and per-layer records never shrink, so the matrices shrink by more.
+    compressed, report = tfafm.compress(model, calib_features, method=method, target_ratio=3, progress=False)
+    file_ratio = estimated_file_bytes(model) / estimated_file_bytes(compressed)
+    assert 3 <= file_ratio <= 3.1 and report.compressible_ratio > 3
     assert report.params_before == model.count_params()
     assert report.params_after == compressed.count_params()
     before_layers, after_layers = _layers(model), _layers(compressed)
@@ -143,7 +148,7 @@ def test_target_ratio_shrinks_compressible_params(name, method, trained_deepfm, 
         assert row.params_after == _own_params(after_layers[row.name]), row
         before += _own_params(before_layers[row.name])
         after += _own_params(after_layers[row.name])
-    assert before / after >= 4
+    assert before / after > 3
     assert before == report.compressible_before and after == report.compressible_after
 
 
@@ -174,7 +179,7 @@ def test_energy_keeps_variance(trained_deepfm, calib_features):
             assert not isinstance(layers[row.name], (LowRankDense, LowRankEmbedding))
 
 
-@pytest.mark.parametrize("option", [{"energy": 0.9}, {"target_ratio": 1.5}, {"target_ratio": 6}])
+@pytest.mark.parametrize("option", [{"energy": 0.9}, {"target_ratio": 1.5}, {"target_ratio": 3}])
 def test_automatic_ranks_never_unprofitable_logit_or_excluded(option, trained_deepfm, calib_features):
     exclude = ["deep_dense_1", "C3_embedding"]
     compressed, report = tfafm.compress(trained_deepfm, calib_features, method="svd", exclude=exclude,
@@ -191,7 +196,7 @@ def test_automatic_ranks_never_unprofitable_logit_or_excluded(option, trained_de
 
 
 def test_compressed_model_round_trips_and_fine_tunes(trained_deepfm, train_data, calib_features, tmp_path):
-    compressed, _ = tfafm.compress(trained_deepfm, calib_features, target_ratio=4,
+    compressed, _ = tfafm.compress(trained_deepfm, calib_features, target_ratio=3,
                                    inner_activation="relu", progress=False)
     path = str(tmp_path / "compressed.keras")
     compressed.save(path)
@@ -348,3 +353,18 @@ def test_report_markdown_and_json(trained_deepfm, calib_features):
     assert totals["compressible_params_after"] == sum(r["params_after"] for r in parsed["layers"])
     assert totals["compressible_ratio"] == pytest.approx(report.compressible_ratio)
     assert [r["name"] for r in parsed["layers"]] == [row.name for row in report.layers]
+
+
+def test_dynamic_int8_file_shrinks_by_the_ratio_asked(generator, train_data, calib_features, tmp_path):
+    """target_ratio counts the whole LiteRT file under the quantization given, not only the factored matrices."""
+    keras.utils.set_random_seed(0)
+    model = tfafm.models.build("deepfm", generator.schema(embedding_dim=32), hidden_units=(64, 32))
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="binary_crossentropy")
+    model.fit(*train_data, batch_size=512, epochs=1, verbose=0)
+    compressed, _ = tfafm.compress(model, calib_features, target_ratio=4, quantization="dynamic", progress=False)
+    sizes = []
+    for keras_model, name in ((model, "original"), (compressed, "compressed")):
+        path = str(tmp_path / f"{name}.tflite")
+        tfafm.export.litert(keras_model, path, quantization="dynamic")
+        sizes.append(os.path.getsize(path))
+    assert sizes[0] / sizes[1] == pytest.approx(4, rel=0.15), sizes

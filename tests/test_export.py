@@ -25,13 +25,13 @@ ROWS = 1000
 
 @functools.lru_cache(maxsize=None)
 def tiny_models(builder: str):
-    """One briefly trained tiny model per builder, and its AFM compression (target_ratio=4)."""
+    """One briefly trained tiny model per builder, and its AFM compression (target_ratio=3)."""
     keras.utils.set_random_seed(0)
     model = tfafm.models.build(builder, SCHEMA, hidden_units=(32, 16))
     model.compile("adam", "binary_crossentropy")
     model.fit(GEN.dataset(2048, 256), epochs=1, verbose=0)
     compressed, _ = tfafm.compress(
-        model, GEN.dataset(1024, 256, split="calibration"), method="afm", target_ratio=4, progress=False
+        model, GEN.dataset(1024, 256, split="calibration"), method="afm", target_ratio=3, progress=False
     )
     return {"original": model, "compressed": compressed}
 
@@ -160,7 +160,7 @@ def auc_models():
     model.compile(keras.optimizers.Adam(3e-3), "binary_crossentropy")
     model.fit(GEN.dataset(20_000, 512), epochs=2, verbose=0)
     calibration = GEN.dataset(4096, 512, split="calibration")
-    compressed, _ = tfafm.compress(model, calibration, method="afm", target_ratio=4, progress=False)
+    compressed, _ = tfafm.compress(model, calibration, method="afm", target_ratio=3, progress=False)
     return {"original": model, "compressed": compressed, "calibration": calibration}
 
 

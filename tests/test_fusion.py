@@ -25,7 +25,7 @@ def _compressed(name, data, **options):
     model = models.build(name, schema, hidden_units=(24, 12))
     model.compile("adam", "binary_crossentropy")
     model.fit(features, labels, epochs=1, batch_size=256, verbose=0)
-    compressed, _ = tfafm.compress(model, features, progress=False, **{"target_ratio": 3, **options})
+    compressed, _ = tfafm.compress(model, features, progress=False, **{"target_ratio": 2, **options})
     return compressed
 
 
@@ -89,7 +89,7 @@ def test_fusion_folds_into_low_rank_dense_and_round_trips(data, tmp_path):
 
 def test_interaction_inputs_come_from_one_block_diagonal_matmul(data):
     features = data[1]
-    compressed = _compressed("xdeepfm", data, include=("embeddings",))
+    compressed = _compressed("xdeepfm", data, include=("embeddings",), target_ratio=None, energy=0.5)
     fused, report = tfafm.fuse(compressed)
     joint = fused.get_layer("fields_projections")  # the CIN's field matrix
     ranks = [layer.rank for layer in compressed.layers if isinstance(layer, LowRankEmbedding)]

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tfafm.compression.ranks import (BREAK_EVEN, DYNAMIC_MIN_ELEMENTS, OP_BYTES, CostModel, break_even_rank, cost_models,
-                                     ranks_for_energy, ranks_for_ratio)
+from tfafm.compression.ranks import (BREAK_EVEN, OP_BYTES, CostModel, break_even_rank, cost_models, ranks_for_energy,
+                                     ranks_for_ratio)
+from tfafm.compression.report import DYNAMIC_MIN_ELEMENTS, SCALE_BYTES
 from tfafm.compression.targets import Target
 from tfafm.errors import UserError
 
@@ -33,11 +34,12 @@ def test_costs_per_objective_and_quantization_by_hand():
     assert params.whole(emb) == 4 * 10_000 * 16
     assert params.factored(emb, 4) == 4 * (10_000 * 4 + 4 * 16 + 16)
     dynamic = CostModel(quantization="dynamic")
-    # 10 x 300 = 3000 elements >= 1024: int8; a 4 x 16 table projection (64 elements) stays float32.
-    assert dynamic.factored(layer, 10) == 400 * 10 + 10 * 300 + 4 * (10 + 300)
-    assert dynamic.factored(emb, 4) == 10_000 * 4 + 4 * 4 * 16 + 4 * 16
+    # 10 x 300 = 3000 elements >= 1024: int8, with a scale per output channel; a 4 x 16 table
+    # projection (64 elements) stays float32.
+    assert dynamic.factored(layer, 10) == 400 * 10 + 10 * 300 + SCALE_BYTES * (10 + 300) + 4 * (10 + 300)
+    assert dynamic.factored(emb, 4) == 10_000 * 4 + SCALE_BYTES * 4 + 4 * 4 * 16 + 4 * 16
     assert 4 * 16 < DYNAMIC_MIN_ELEMENTS
-    assert CostModel(quantization="float16").whole(layer) == 2 * 400 * 300 + 4 * 300
+    assert CostModel(quantization="float16").whole(layer) == 2 * (400 * 300 + 300)
     latency = CostModel("latency")
     assert latency.whole(layer) == 4 * (400 * 300 + 300) + OP_BYTES
     assert latency.factored(layer, 10) == 4 * (400 * 10 + 10 * 300 + 10 + 300) + 2 * OP_BYTES
@@ -107,10 +109,10 @@ def test_latency_objective_leaves_tables_whole_and_cuts_the_mlp():
 
 
 def test_quantization_changes_what_the_budget_buys():
-    # 40x40: whole, 6,560 bytes in float32 and 1,760 under dynamic (1,600 elements: int8, bias float32).
-    # Its factors at rank k have 40k < 1024 elements each, so they stay float32 under dynamic:
-    # 4 * (80k + k + 40) bytes either way. At ratio 2 the budget is 3,280 bytes (k <= 9) in float32
-    # and 880 bytes (k <= 2) under dynamic.
+    # 40x40: whole, 6,560 bytes in float32 and 2,240 under dynamic (1,600 elements: int8 with 40 scales of
+    # 12 bytes, bias float32). Its factors at rank k have 40k < 1024 elements each, so they stay float32
+    # under dynamic: 4 * (80k + k + 40) bytes either way. At ratio 2 the budget is 3,280 bytes (k <= 9) in
+    # float32 and 1,120 bytes (k <= 2) under dynamic.
     candidates = {"small": dense("small", 40, 40)}
     spectra = {"small": 0.5 ** np.arange(40)}
     assert ranks_for_ratio(candidates, spectra, 2, CostModel()) == {"small": 9}
@@ -138,3 +140,63 @@ def test_both_falls_back_to_params_rather_than_starve_a_layer():
     spectra = {"flat": np.ones(400), "emb": 1.2 ** -np.arange(16)}
     both = ranks_for_ratio(candidates, spectra, 4, cost_models("both"))
     assert both == ranks_for_ratio(candidates, spectra, 4, cost_models("params"))
+
+
+def _ctr_like():
+    """A DeepFM-like set of matrices: 12 tables (16 wide, steep spectra: rank 1 alone keeps most of a
+    table's variance) and a 3-layer MLP, with what is not a candidate (first-order weights, biases,
+    the last layer, the file's records) as ``rest`` bytes."""
+    rng = np.random.default_rng(0)
+    candidates = {f"t{i}": table(f"t{i}", int(rows), 16) for i, rows in enumerate(np.geomspace(300, 5000, 12))}
+    candidates |= {"d0": dense("d0", 205, 400), "d1": dense("d1", 400, 400), "d2": dense("d2", 400, 400)}
+    spectra = {name: np.sort(rng.random(16))[::-1] * 4.0 ** -np.arange(16) for name in candidates if name[0] == "t"}
+    spectra |= {name: 0.97 ** np.arange(400 if name != "d0" else 205) for name in ("d0", "d1", "d2")}
+    return candidates, spectra, 30_000
+
+
+def _spent(candidates, ranks, costs, rest=0):
+    return rest + sum(costs.factored(c, ranks[n]) if n in ranks else costs.whole(c) for n, c in candidates.items())
+
+
+def _cheapest(candidates, costs, rest, min_rank=1):
+    """The least the file can cost with every matrix at ``min_rank`` or more (under dynamic
+    quantization a higher rank can cost less: its factors pass the int8 threshold)."""
+    return rest + sum(min([costs.whole(c)] + [costs.factored(c, k) for k in range(min_rank, break_even_rank(c) + 1)])
+                      for c in candidates.values())
+
+
+@pytest.mark.parametrize("quantization", [None, "dynamic"])
+def test_no_rank_1_while_the_budget_allows_rank_2(quantization):
+    candidates, spectra, rest = _ctr_like()
+    costs = CostModel(quantization=quantization)
+    file_bytes = _spent(candidates, {}, costs, rest)
+    all_rank_2 = file_bytes / _cheapest(candidates, costs, rest, min_rank=2)
+    for ratio in (4, 0.98 * all_rank_2):
+        ranks = ranks_for_ratio(candidates, spectra, ratio, costs, file_bytes)
+        assert min(ranks.values()) >= 2, (ratio, ranks)
+    # Past that, rank 1 comes back, but only for some matrices: as many as the budget demands.
+    ranks = ranks_for_ratio(candidates, spectra, 1.05 * all_rank_2, costs, file_bytes)
+    assert 0 < sum(rank == 1 for rank in ranks.values()) < len(candidates)
+
+
+@pytest.mark.parametrize("quantization", [None, "float16", "dynamic", "int8"])
+def test_the_file_shrinks_by_the_ratio_asked_not_more(quantization):
+    candidates, spectra, rest = _ctr_like()
+    costs = CostModel(quantization=quantization)
+    file_bytes = _spent(candidates, {}, costs, rest)
+    for ratio in (2, 4, 8):
+        ranks = ranks_for_ratio(candidates, spectra, ratio, costs, file_bytes)
+        achieved = file_bytes / _spent(candidates, ranks, costs, rest)
+        assert ratio <= achieved <= 1.02 * ratio, (ratio, achieved, ranks)
+
+
+def test_refusal_names_the_largest_reachable_ratio():
+    candidates, spectra, rest = _ctr_like()
+    costs = CostModel(quantization="dynamic")
+    file_bytes = _spent(candidates, {}, costs, rest)
+    with pytest.raises(UserError, match=r"largest reachable ratio for this model under dynamic is") as error:
+        ranks_for_ratio(candidates, spectra, 64, costs, file_bytes)
+    largest = float(str(error.value).rsplit(" ", 1)[1].rstrip("x."))
+    assert largest == pytest.approx(file_bytes / _cheapest(candidates, costs, rest), abs=0.1)
+    ranks = ranks_for_ratio(candidates, spectra, largest, costs, file_bytes)
+    assert 1 in ranks.values() and file_bytes / _spent(candidates, ranks, costs, rest) >= largest

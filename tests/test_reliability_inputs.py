@@ -350,8 +350,8 @@ def test_infinite_calibration_data_needs_steps(small_model):
     model, features, labels = small_model
     repeated = tf.data.Dataset.from_tensor_slices((features, labels)).batch(64).repeat()
     with pytest.raises(UserError, match=r"infinite dataset .*give calibration_steps= to bound it"):
-        tfafm.compress(model, repeated, target_ratio=2, progress=False)
-    small, _ = tfafm.compress(model, repeated, target_ratio=2, calibration_steps=4, progress=False,
+        tfafm.compress(model, repeated, target_ratio=1.25, progress=False)
+    small, _ = tfafm.compress(model, repeated, target_ratio=1.25, calibration_steps=4, progress=False,
                               min_calibration_rows=0)
     assert small.count_params() < model.count_params()
 
@@ -363,10 +363,10 @@ def test_unequal_arrays_and_string_ids_are_named(small_model):
     model, features, _ = small_model
     short = {**features, "I1": features["I1"][:100]}
     with pytest.raises(UserError, match=r"arrays of different lengths: '\w+' has \d+ rows, '\w+' has \d+"):
-        tfafm.compress(model, short, target_ratio=2, progress=False)
+        tfafm.compress(model, short, target_ratio=1.25, progress=False)
     text = {**features, "C2": features["C2"].astype(str)}
     with pytest.raises(UserError, match=r"Feature 'C2' holds strings, but model 'deepfm' takes int32 there"):
-        tfafm.compress(model, text, target_ratio=2, progress=False)
+        tfafm.compress(model, text, target_ratio=1.25, progress=False)
 
 
 def test_string_features_reach_the_models_own_lookup():

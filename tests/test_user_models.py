@@ -1,8 +1,9 @@
 """A corpus of models written the way Keras users write them (none built by tfafm.models).
 
-For each: AFM at full rank reproduces the model within 1e-5; ``target_ratio=4``
-compresses it and the report accounts for every layer with weights (factored,
-or left alone with a reason); the compressed model round-trips through
+For each: AFM at full rank reproduces the model within 1e-5; ``target_ratio=1.5``
+(of the whole file, where these tiny models' per-layer records weigh) compresses
+it and the report accounts for every layer with weights (factored, or left alone
+with a reason); the compressed model round-trips through
 ``.keras`` without ``custom_objects``, trains a step, and exports to LiteRT
 (called through its ``serving_default`` signature), SavedModel and ONNX with
 outputs within 1e-5 of Keras.
@@ -293,7 +294,7 @@ def _feed(model, data) -> dict:
 @pytest.fixture(scope="module", params=CORPUS, ids=lambda builder: builder.__name__)
 def case(request):
     model, data = _build(request.param)
-    compressed, report = tfafm.compress(model, data, target_ratio=4, progress=False)
+    compressed, report = tfafm.compress(model, data, target_ratio=1.5, progress=False)
     return model, data, compressed, report
 
 
@@ -310,7 +311,7 @@ def test_full_rank_afm_reproduces_the_model(case):
 def test_target_ratio_compresses_and_the_report_accounts_for_every_layer(case):
     model, data, compressed, report = case
     assert report.params_before == model.count_params() and report.params_after == compressed.count_params()
-    assert report.compressible_ratio >= 3.0 and compressed.count_params() < model.count_params()
+    assert report.compressible_ratio >= 1.5 and compressed.count_params() < model.count_params()
     named = {row.name.split("/")[0] for row in report.layers} | {s.name.split("/")[0] for s in report.skipped}
     with_weights = {name.split("/")[0] for name, layer in walk(model) if layer.weights}
     assert with_weights <= named, with_weights - named

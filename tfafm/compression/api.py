@@ -14,7 +14,7 @@ from tfafm.compression.calibration import calibrate
 from tfafm.compression.check import check_input_layers, failures_named, run_checked
 from tfafm.graph import require_graph_model, resolve_names
 from tfafm.compression.ranks import cost_models, energy_kept, ranks_for_energy, ranks_for_ratio
-from tfafm.compression.report import CompressionReport, LayerReport, SkippedLayer
+from tfafm.compression.report import CompressionReport, LayerReport, SkippedLayer, estimated_file_bytes
 from tfafm.compression.rewrite import rebuild
 from tfafm.compression.samples import generated_rows, sample_rows
 from tfafm.compression.targets import Target, adapter_for, find_targets
@@ -150,8 +150,11 @@ def compress(
             Names are layer names (qualified ``outer/inner`` when not unique)
             or, for layers with several matrices, ``layer/matrix``.
         energy: keep this fraction of each matrix's output variance.
-        target_ratio: shrink the compressible matrices' cost (see
-            ``objective``) by this factor, with ranks allocated globally by
+        target_ratio: shrink the model's LiteRT file under ``quantization``
+            (as :func:`tfafm.compression.report.estimated_file_bytes` counts
+            it: every weight, not only the compressible matrices) and, with
+            ``objective`` latency, the compressible matrices' reads by this
+            factor, with ranks allocated globally by
             variance bought per byte; a matrix is factored only well below
             break-even (``tfafm.compression.ranks.BREAK_EVEN``), otherwise it
             stays whole and the budget goes elsewhere.
@@ -241,7 +244,7 @@ def compress(
     if energy is not None:
         ranks = ranks_for_energy(plan.by_name, plan.spectra, energy)
     elif target_ratio is not None:
-        ranks = ranks_for_ratio(plan.by_name, plan.spectra, target_ratio, costs)
+        ranks = plan.ranks_for_ratio(target_ratio)
     elif max_auc_drop is not None:
         search = smallest_within_budget(plan, validation_data, max_auc_drop, quantization)
         ranks = search.chosen.ranks
@@ -268,10 +271,12 @@ class _Plan:
         self.method, self.statistics, self.inner_activation, self.costs = method, statistics, inner_activation, costs
         self.spectra = {t.name: _spectrum(t, method, statistics) for t in targets}
         self.by_name = {t.name: t for t in targets}
+        self.file_bytes = estimated_file_bytes(model, costs[0].quantization)
         self.copies: list = []  # (original, copy) layers re-created by the last build()
 
     def ranks_for_ratio(self, target_ratio: float) -> dict[str, int]:
-        return ranks_for_ratio(self.by_name, self.spectra, target_ratio, self.costs)
+        """Ranks shrinking the model's file (and, with a latency cost, the candidates' reads) by ``target_ratio``."""
+        return ranks_for_ratio(self.by_name, self.spectra, target_ratio, self.costs, self.file_bytes)
 
     def build(self, ranks: Mapping[str, int]) -> tuple[keras.Model, CompressionReport]:
         """The compressed model at ``ranks`` and its report."""

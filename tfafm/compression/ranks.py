@@ -13,7 +13,10 @@ Costs (:class:`CostModel`) are counted in bytes, for the quantization the model
 will be exported with, under one of two objectives:
 
 ``"params"``
-    bytes stored: the file size.
+    bytes stored, as :func:`tfafm.compression.report.weight_bytes` counts them
+    (int8 scales, the float32 kept under the dynamic quantizer's threshold);
+    given the whole file's bytes, the rest of the model counts in the budget,
+    so the file shrinks by the target ratio.
 ``"latency"``
     bytes read per batch-1 request (a table lookup reads one row, a matmul
     reads its whole matrix) plus :data:`OP_BYTES` per op, since at batch 1
@@ -34,6 +37,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from tfafm.compression.report import weight_bytes
 from tfafm.compression.targets import Target
 from tfafm.errors import UserError
 
@@ -44,11 +48,11 @@ BREAK_EVEN = 0.8
 # (issue 11's figures); bench_export.py measures ~0.1 us per op and ~115 GB/s
 # on the project's 2-core machine (~11 KiB). An order of magnitude is what matters.
 OP_BYTES = 16_384
-# LiteRT's dynamic-range quantizer leaves constants under this many elements in float32.
-DYNAMIC_MIN_ELEMENTS = 1024
 # Floors tried in order: every matrix keeps at least this fraction of its
-# variance when the budget allows it (so no layer is starved to rank 1).
+# variance when the budget allows it (so no layer is starved).
 _ENERGY_FLOORS = (0.5, 0.25, 0.1, 0.0)
+# The smallest rank a matrix starts at unless the budget demands rank 1 (one direction).
+MIN_RANK = 2
 
 
 def cost_models(objective: str, quantization: str | None = None) -> list["CostModel"]:
@@ -75,35 +79,27 @@ class CostModel:
         if self.quantization not in QUANTIZATIONS:
             raise UserError(f"quantization must be one of {QUANTIZATIONS}, got {self.quantization!r}.")
 
-    def _weight_bytes(self, elements: int) -> int:
-        if self.quantization is None:
-            return 4 * elements
-        if self.quantization == "float16":
-            return 2 * elements
-        if self.quantization == "dynamic" and elements < DYNAMIC_MIN_ELEMENTS:
-            return 4 * elements
-        return elements
-
     def whole(self, target: Target) -> int:
-        """Cost of the matrix as it is (bias in float32)."""
+        """Cost of the matrix as it is (its bias a vector)."""
         n, d = target.input_dim, target.output_dim
-        bias = 4 * d if target.bias else 0
+        bias = weight_bytes((d,), self.quantization) if target.bias else 0
         if self.objective == "params":
-            return self._weight_bytes(n * d) + bias
+            return weight_bytes((n, d), self.quantization) + bias
         if target.lookups:
-            return self._weight_bytes(n * d) // n
-        return self._weight_bytes(n * d) + bias + OP_BYTES
+            return weight_bytes((n, d), self.quantization) // n
+        return weight_bytes((n, d), self.quantization) + bias + OP_BYTES
 
     def factored(self, target: Target, rank: int) -> int:
         """Cost of the factors at ``rank``."""
         n, d = target.input_dim, target.output_dim
-        biases = 4 * (d + (rank if target.rank_bias else 0))
-        up = self._weight_bytes(rank * d)
+        biases = weight_bytes((d,), self.quantization) + (weight_bytes((rank,), self.quantization)
+                                                          if target.rank_bias else 0)
+        down, up = weight_bytes((n, rank), self.quantization), weight_bytes((rank, d), self.quantization)
         if self.objective == "params":
-            return self._weight_bytes(n * rank) + up + biases
+            return down + up + biases
         if target.lookups:  # a k-wide row; fusion folds the projection into the layer reading the vectors
-            return self._weight_bytes(n * rank) // n
-        return self._weight_bytes(n * rank) + up + biases + 2 * OP_BYTES
+            return down // n
+        return down + up + biases + 2 * OP_BYTES
 
 
 def break_even_rank(target: Target, fraction: float = BREAK_EVEN) -> int:
@@ -144,54 +140,65 @@ def ranks_for_energy(
 
 
 class _Choices:
-    """One matrix's options, cheapest first: ranks 1..limit that cost less than
-    the whole matrix, then the whole matrix (``rank None``, nothing lost).
+    """One matrix's options, cheapest first: ranks 1..break-even, then the whole matrix
+    (``rank None``, nothing lost), less every option costing no less than a higher one
+    (under dynamic quantization factors of fewer than 1024 values stay float32, so a
+    higher rank can cost fewer bytes).
 
-    Costs are vectors, one entry per :class:`CostModel`; options are ordered
-    and compared by their scalar cost, each entry over its budget.
+    Costs are vectors, one entry per :class:`CostModel`; options are compared by
+    their scalar cost, each entry over its budget.
     """
 
     def __init__(self, target: Target, spectrum: np.ndarray, costs: Sequence[CostModel], total: float):
         residuals = _residuals(spectrum, total)
         self.own_total = float(np.sum(spectrum)) / total if total > 0 else 0.0
-        whole = np.array([c.whole(target) for c in costs], dtype=np.float64)
-        self.options = [(rank, np.array([c.factored(target, rank) for c in costs], dtype=np.float64),
-                         float(residuals[rank])) for rank in range(1, break_even_rank(target) + 1)]
-        self.options = [option for option in self.options if np.any(option[1] < whole)]
-        self.options.append((None, whole, 0.0))
+        ranks = list(range(1, break_even_rank(target) + 1))
+        cost = np.array([[c.factored(target, rank) for c in costs] for rank in ranks]
+                        + [[c.whole(target) for c in costs]], dtype=np.float64)
+        lost = np.array([residuals[rank] for rank in ranks] + [0.0])
+        # Kept: the options that every higher option costs more than, in some entry.
+        kept = [i for i in range(len(cost)) if not np.any(np.all(cost[i + 1:] <= cost[i], axis=1))]
+        self.ranks = [(ranks + [None])[i] for i in kept]
+        self.costs, self.lost = cost[kept], lost[kept]
         self.position = 0
 
     def keep_cheaper_than_whole(self, budgets: np.ndarray) -> None:
         """Drops the factored options whose scalar cost is not below the whole matrix's."""
-        whole = self.scalar(self.options[-1][1], budgets)
-        self.options = [o for o in self.options[:-1] if self.scalar(o[1], budgets) < whole] + self.options[-1:]
+        kept = [i for i in range(len(self.ranks) - 1) if _scalar(self.costs[i], budgets)
+                < _scalar(self.costs[-1], budgets)] + [len(self.ranks) - 1]
+        self.ranks, self.costs, self.lost = [self.ranks[i] for i in kept], self.costs[kept], self.lost[kept]
 
-    @staticmethod
-    def scalar(cost: np.ndarray, budgets: np.ndarray) -> float:
-        return float(np.sum(cost / budgets))
-
-    def start_at(self, floor: float) -> None:
-        """Starts at the cheapest option keeping at least ``floor`` of the variance."""
-        self.position = next(i for i, (_, _, lost) in enumerate(self.options)
-                             if lost <= (1.0 - floor) * self.own_total + 1e-12)
+    def start_at(self, floor: float, min_rank: int = 1) -> None:
+        """Starts at the cheapest option of at least ``min_rank`` keeping at least ``floor`` of the variance."""
+        self.position = next(i for i, (rank, lost) in enumerate(zip(self.ranks, self.lost))
+                             if (rank is None or rank >= min_rank) and lost <= (1.0 - floor) * self.own_total + 1e-12)
 
     @property
     def cost(self) -> np.ndarray:
-        return self.options[self.position][1]
+        return self.costs[self.position]
 
     @property
     def rank(self) -> int | None:
-        return self.options[self.position][0]
+        return self.ranks[self.position]
 
-    def next_step(self, budgets: np.ndarray) -> tuple[float, np.ndarray] | None:
-        """``(variance bought per unit of scalar cost, cost vector added)`` of the next option,
-        or None at the whole matrix."""
-        if self.position + 1 >= len(self.options):
+    def best_step(self, room: np.ndarray) -> tuple[float, int] | None:
+        """``(variance bought per unit of cost, option)`` of the best move to a higher option
+        whose extra cost fits ``room``, or None when none does. A move's cost is each entry
+        over what is left of its budget, summed: a budget running out grows dear, so the
+        last of it goes to the moves that need little of it."""
+        extra = self.costs[self.position + 1:] - self.cost
+        fits = np.flatnonzero(np.all(extra <= room + 1e-9, axis=1))
+        if not len(fits):
             return None
-        _, cost, lost = self.options[self.position]
-        _, next_cost, next_lost = self.options[self.position + 1]
-        extra = next_cost - cost
-        return (lost - next_lost) / max(self.scalar(extra, budgets), 1e-12), extra
+        gain = self.lost[self.position] - self.lost[self.position + 1:][fits]
+        price = (extra[fits] / np.maximum(room, 1e-9)).sum(axis=1)
+        value = gain / np.maximum(price, 1e-12)
+        best = int(np.argmax(value))
+        return float(value[best]), self.position + 1 + int(fits[best])
+
+
+def _scalar(cost: np.ndarray, budgets: np.ndarray) -> float:
+    return float(np.sum(cost / budgets))
 
 
 def ranks_for_ratio(
@@ -199,29 +206,37 @@ def ranks_for_ratio(
     spectra: Mapping[str, np.ndarray],
     target_ratio: float,
     costs: CostModel | Sequence[CostModel] | None = None,
+    file_bytes: float | None = None,
 ) -> dict[str, int]:
-    """Ranks whose total cost is at most ``1 / target_ratio`` of the candidates' whole cost,
-    under each of ``costs`` (default: parameter bytes; give a params and a latency
-    :class:`CostModel` to shrink both). When the budgets cannot all hold with every
-    matrix keeping half its variance (a small model, whose fixed cost per op
-    dominates its reads; a model whose reads are mostly one big matrix), only the
-    first one is kept.
+    """Ranks whose total cost is at most ``1 / target_ratio`` of the whole cost, under each
+    of ``costs`` (default: parameter bytes; give a params and a latency
+    :class:`CostModel` to shrink both). The whole cost is the factorable candidates', except
+    for a params cost given ``file_bytes``, the whole model's file
+    (:func:`~tfafm.compression.report.estimated_file_bytes`): then what is not a
+    candidate (first-order weights, biases, layers left whole, the file's records)
+    counts in the budget and never shrinks, so the file shrinks by ``target_ratio``.
+    When the budgets cannot all hold with every matrix keeping half its variance (a
+    small model, whose fixed cost per op dominates its reads; a model whose reads are
+    mostly one big matrix), only the first one is kept.
 
-    Candidates that cost no less factored (at any rank up to break-even) than
-    whole stay whole and are not part of the budget.
+    Candidates that cost no less factored (at any rank up to break-even) than whole
+    stay whole (outside the budget, unless counted in ``file_bytes``).
 
-    Each matrix starts at the cheapest rank keeping a floor of its variance
-    (50%, lowered to 25%, 10%, 0% until every matrix fits the budget); the rest
-    of the budget is spent greedily on the step (one more rank, or the whole
-    matrix once past break-even) that buys the most variance per unit of cost
-    (each cost over its budget, summed), while every budget holds.
+    Each matrix starts at the cheapest rank of at least :data:`MIN_RANK` keeping a
+    floor of its variance (50%, lowered to 25%, 10%, 0% until every matrix fits the
+    budget); only when even that does not fit are matrices lowered to rank 1, those
+    losing the least variance per byte saved first. The rest of the budget is spent
+    greedily on the move (to a higher rank, or the whole matrix) that buys the most
+    variance per unit of cost (each cost over its budget, summed) and fits, until no
+    move fits: the budget is spent up to less than one move.
     Variance counts as a fraction of the matrix's total, except that all
     embedding tables count as one: together they are the one wide input of
     the layers they feed, so a field's share of it is what a rank of that
     field buys. Matrices the allocator leaves whole are absent from the result.
 
     Raises:
-        UserError: if even the cheapest option of every matrix exceeds the budget.
+        UserError: if even the cheapest option of every matrix exceeds the budget
+            (the message names the largest reachable ratio).
     """
     if target_ratio <= 1.0:
         raise UserError(f"target_ratio must be > 1, got {target_ratio}.")
@@ -230,46 +245,68 @@ def ranks_for_ratio(
     tables_total = sum(float(np.sum(spectra[name])) for name, c in candidates.items() if c.lookups)
     choices = {name: _Choices(c, spectra[name], costs, tables_total if c.lookups else float(np.sum(spectra[name])))
                for name, c in candidates.items()}
-    choices = {name: choice for name, choice in choices.items() if len(choice.options) > 1}
+    choices = {name: choice for name, choice in choices.items() if len(choice.ranks) > 1}
     if not choices:
         raise UserError(f"No matrix costs less factored than whole ({objectives}, quantization "
                         f"{costs[0].quantization}): nothing to compress.")
-    budgets = sum(choice.options[-1][1] for choice in choices.values()) / target_ratio
-    for choice in choices.values():  # a matrix left with its whole option only stays whole, within the budget
-        choice.keep_cheaper_than_whole(budgets)
-    # With several budgets, the later ones (latency) hold only where every matrix can keep the first
-    # floor of its variance; otherwise the first budget (params) alone decides.
-    for floor in _ENERGY_FLOORS[:1] if len(costs) > 1 else _ENERGY_FLOORS:
-        for choice in choices.values():
-            choice.start_at(floor)
-        spent = sum(choice.cost for choice in choices.values())
+    whole = sum(choice.costs[-1] for choice in choices.values())
+    total = np.where([file_bytes is not None and c.objective == "params" for c in costs], file_bytes or 0, whole)
+    fixed = total - whole  # what never shrinks
+    budgets = total / target_ratio - fixed
+    cheapest = fixed + sum(choice.costs[0] for choice in choices.values())
+    if np.all(budgets > 0):
+        for choice in choices.values():  # a matrix left with its whole option only stays whole, within the budget
+            choice.keep_cheaper_than_whole(budgets)
+        # With several budgets, the later ones (latency) hold only where every matrix can keep the first
+        # floor of its variance; otherwise the first budget (params) alone decides.
+        for floor in _ENERGY_FLOORS[:1] if len(costs) > 1 else _ENERGY_FLOORS:
+            for choice in choices.values():
+                choice.start_at(floor, MIN_RANK)
+            spent = sum(choice.cost for choice in choices.values())
+            if np.all(spent <= budgets):
+                break
+        else:
+            spent = spent if len(costs) > 1 else _lowered(choices, spent, budgets)
+    if not np.all(budgets > 0) or not np.all(spent <= budgets):
+        if len(costs) > 1:
+            return ranks_for_ratio(candidates, spectra, target_ratio, costs[:1], file_bytes)
+        quantization = costs[0].quantization or "float32"
+        raise UserError(
+            f"target_ratio={target_ratio:g} is out of reach: the cheapest choice for every matrix and what "
+            f"never shrinks already cost {int(cheapest[0]):,} bytes ({objectives}), the budget is "
+            f"{int(total[0] / target_ratio):,}; the largest reachable ratio for this model under {quantization} "
+            f"is {np.floor(10 * total[0] / cheapest[0]) / 10:.1f}x."
+        )
+    _fill(choices, spent, budgets)
+    return {name: choice.rank for name, choice in choices.items() if choice.rank is not None}
+
+
+def _lowered(choices: Mapping[str, _Choices], spent: np.ndarray, budgets: np.ndarray) -> np.ndarray:
+    """Lowers matrices to their cheapest option (rank 1), those losing the least variance per
+    unit of scalar cost saved first, until ``spent`` fits ``budgets``; returns what is spent."""
+    def loss_per_saving(choice: _Choices) -> float:
+        saved = _scalar(choice.cost - choice.costs[0], budgets)
+        return (choice.lost[0] - choice.lost[choice.position]) / max(saved, 1e-12)
+
+    for choice in sorted((c for c in choices.values() if c.position > 0), key=loss_per_saving):
         if np.all(spent <= budgets):
             break
-    else:
-        if len(costs) > 1:
-            return ranks_for_ratio(candidates, spectra, target_ratio, costs[:1])
-        raise UserError(
-            f"target_ratio={target_ratio} is out of reach: the cheapest choice for every matrix already costs "
-            f"{', '.join(f'{int(x):,}' for x in spent)} bytes ({objectives}), the budget is "
-            f"{', '.join(f'{int(x):,}' for x in budgets)}."
-        )
+        spent = spent - choice.cost + choice.costs[0]
+        choice.position = 0
+    return spent
 
-    heap = []
 
-    def push(name: str) -> None:
-        step = choices[name].next_step(budgets)
-        if step is not None:
-            heapq.heappush(heap, (-step[0], name))
-
-    for name in choices:
-        push(name)
-    while heap:
-        _, name = heapq.heappop(heap)
+def _fill(choices: Mapping[str, _Choices], spent: np.ndarray, budgets: np.ndarray) -> None:
+    """Spends what is left of ``budgets`` greedily: the move buying the most variance per unit
+    of cost (:meth:`_Choices.best_step`) among those that fit, until none fits; a matrix at
+    rank 1 moves up first, so rank 1 stays only where the budget demands it."""
+    while True:
+        room = budgets - spent
+        moves = [(choices[name].rank == 1, step, name) for name, choice in choices.items()
+                 if (step := choice.best_step(room)) is not None]
+        if not moves:
+            return
+        _, (_, option), name = max(moves)
         choice = choices[name]
-        _, extra = choice.next_step(budgets)
-        if np.any(spent + extra > budgets):
-            continue
-        choice.position += 1
-        spent = spent + extra
-        push(name)
-    return {name: choice.rank for name, choice in choices.items() if choice.rank is not None}
+        spent = spent + choice.costs[option] - choice.cost
+        choice.position = option
