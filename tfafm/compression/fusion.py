@@ -170,7 +170,8 @@ class _Fuser:
             return self._flatten(op, original, *args, **kwargs)
         if isinstance(original, (StackFields, keras_rs.layers.DotInteraction)) and not kwargs and len(args) == 1:
             return self._vector_list(op, original, list(args[0]))
-        if isinstance(original, FactorizationMachine) and original.reduce_sum and id(args[0]) in self.fields:
+        if (isinstance(original, FactorizationMachine) and original.reduce_sum and id(args[0]) in self.fields
+                and self._fm_on_codes_pays(self.fields[id(args[0])])):
             return self._factorization_machine(original, self.fields[id(args[0])])
         if isinstance(original, (keras.layers.Dense, LowRankDense)) and not kwargs and len(args) == 1:
             segments = self.segments.get(id(args[0]))
@@ -329,6 +330,13 @@ class _Fuser:
             return fields
         pieces = dict(zip((i for i, _ in codes), keras.ops.unstack(fields, axis=1)))
         return op([pieces.get(i, v) for i, v in enumerate(vectors)])
+
+    def _fm_on_codes_pays(self, fields: list[_Segment]) -> bool:
+        """Whether the FM on codes stores few zeros: its ``(K, K)`` root is block-diagonal over the
+        fields' codes (K their total width), so with many fields left whole (identity codes) it would
+        add more to the file than the per-field projections it replaces."""
+        ranks = [s.projection.shape[0] for s in fields]
+        return 4 * (sum(ranks) ** 2 - sum(k * k for k in ranks)) <= self.SPARSE_LIMIT
 
     def _factorization_machine(self, layer, fields: list[_Segment]):
         """FM over projected codes, without the d-wide field vectors (:class:`CodeFactorizationMachine`)."""
