@@ -24,6 +24,7 @@ measured here with numpy (BLAS and OpenMP held to one thread, OpenBLAS free
 to pick its own kernel). ``x above floor`` is batch-1 p50 / floor.
 
     python benchmarks/bench_export.py [--quick] [--objective both|params|latency] [--out DIR]
+                                      [--doc docs/benchmarks.md]   # writes its "export" section there
 """
 
 from __future__ import annotations
@@ -39,8 +40,10 @@ for _variable in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
     os.environ.pop(_variable, None)
 
 import argparse  # noqa: E402
+import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 from sklearn.metrics import roc_auc_score  # noqa: E402
@@ -51,6 +54,9 @@ from tfafm.data.synthetic import SyntheticCriteo  # noqa: E402
 from tfafm.export import LiteRTRunner, litert, litert_ops  # noqa: E402
 from tfafm.export.bench import benchmark, results_table, sample_features  # noqa: E402
 from tfafm.export.request_cost import RequestCost, request_cost  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import environment, write_section  # noqa: E402
 
 BUILDERS = ("deepfm", "dcnv2", "autoint", "xdeepfm")
 QUANTIZATIONS = (None, "dynamic")
@@ -64,6 +70,7 @@ def parse_args():
     parser.add_argument("--objective", choices=("both", "params", "latency"), default="both",
                         help="the rank allocator's objective (tfafm.compress(objective=...))")
     parser.add_argument("--out", help="directory for the .tflite files (default: a temporary one)")
+    parser.add_argument("--doc", help="markdown file whose 'export' section the tables replace")
     return parser.parse_args()
 
 
@@ -245,7 +252,21 @@ def run(args, out):
             for batch_size, calls in ((1, iterations), (256, max(iterations // 10, 5))):
                 paired[(name, q, batch_size)] = interleaved(pair, schema, batch_size, rounds=10, calls=calls)
     print("\nCompressed vs original under the same quantization (1 thread, interleaved in one process):\n")
-    print(summary(rows, paired, aucs, ops, unfused_ops, floors_us))
+    compared = summary(rows, paired, aucs, ops, unfused_ops, floors_us)
+    print(compared)
+    if args.doc:
+        command = "python benchmarks/bench_export.py" + (" --quick" if args.quick else "") + (
+            f" --objective {args.objective}" if args.objective != "both" else "") + f" --doc {args.doc}"
+        write_section(args.doc, "export", "\n".join([
+            "## LiteRT size, speed and ops (4 architectures, synthetic Criteo-like schema)", "",
+            f"Command: `{command}` ({environment()}; {train_rows:,} training rows, AFM at `target_ratio=4`, "
+            f"objective {args.objective}, each quantization's model ranked in that quantization's bytes; fused; "
+            "1 thread). Ratios are compressed / original under the same quantization, timed interleaved in one "
+            "process; ops as total (GATHERs): original -> compressed without fusion -> fused.", "",
+            compared, "",
+            f"Batch-1 latency against this machine's floor (read bandwidth {bandwidth / 1e9:.1f} GB/s, float32 "
+            f"matmul peak {peak / 1e9:.1f} GFLOP/s, 1 thread):", "",
+            floor_table(rows, costs, floors_us)]))
 
 
 if __name__ == "__main__":
