@@ -14,6 +14,7 @@ MODULES = [
     "tfafm.compression.inspect",
     "tfafm.data.keyed",
     "tfafm.data.sources",
+    "tfafm.export.litert_export",
     "tfafm.export.verify",
     "tfafm.layers.low_rank",
     "tfafm.metrics",

@@ -93,6 +93,17 @@ def litert(
     every weight of a quantized op is int8 regardless of its size (biases
     int32); ``"float16"`` converts all float weights.
 
+    Example:
+
+    >>> import os, tempfile, numpy as np, keras, tfafm
+    >>> inputs = keras.Input((4,), name="x")
+    >>> model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(inputs))
+    >>> path = tfafm.export.litert(model, os.path.join(tempfile.mkdtemp(), "m.tflite"))
+    >>> runner = tfafm.export.LiteRTRunner(path)
+    >>> x = np.ones((2, 4), "float32")
+    >>> bool(np.allclose(runner({"x": x}), model(x), atol=1e-6))
+    True
+
     Returns:
         ``path``.
 
