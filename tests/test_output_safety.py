@@ -286,12 +286,13 @@ def test_killed_train_leaves_the_previous_run(runs):
 
 def test_compress_killed_right_after_the_swap_leaves_the_new_run(runs, tmp_path):
     target = runs / "small"
-    assert main(["compress", str(runs / "run"), "--ratio", "2", "--out", str(target), "--quiet"]) == 0
+    # The tiny run's whole file reaches 1.6x at most.
+    assert main(["compress", str(runs / "run"), "--ratio", "1.2", "--out", str(target), "--quiet"]) == 0
     old = digest(target)
-    kill_command(runs, "after-swap", ["compress", "run", "--ratio", "3", "--out", "small"], runs)
+    kill_command(runs, "after-swap", ["compress", "run", "--ratio", "1.5", "--out", "small"], runs)
     assert digest(target) != old
     assert_complete_run(target)
-    assert json.loads((target / "report.json").read_text())["totals"]["compressible_ratio"] >= 3
+    assert json.loads((target / "report.json").read_text())["totals"]["compressible_ratio"] >= 1.5
 
 
 def test_killed_export_leaves_the_previous_file_and_the_next_run_cleans_up(runs):

@@ -26,7 +26,8 @@ def _predict(model, data) -> np.ndarray:
 def case(request):
     keras.utils.set_random_seed(0)
     model, data = request.param(np.random.default_rng(0))
-    compressed, report = tfafm.compress(model, data, target_ratio=2, progress=False)
+    # Small models whose whole files reach 1.1x-1.6x: ranks by energy rather than a file ratio.
+    compressed, report = tfafm.compress(model, data, energy=0.9, progress=False)
     return request.param, model, data, compressed, report
 
 

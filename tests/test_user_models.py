@@ -390,7 +390,7 @@ def test_constrained_layer_is_left_alone_with_the_reason():
     hidden = keras.layers.Dense(16, kernel_constraint=keras.constraints.NonNeg(), name="nonneg")(inputs)
     model = keras.Model(inputs, keras.layers.Dense(1)(keras.layers.Dense(16, name="free")(hidden)))
     data = np.random.default_rng(0).normal(size=(256, 20)).astype("float32")
-    _, report = tfafm.compress(model, data, target_ratio=1.5, progress=False)
+    _, report = tfafm.compress(model, data, target_ratio=1.1, progress=False)  # its whole file reaches 1.2x
     assert "constraint" in {s.name: s.reason for s in report.skipped}["nonneg"]
     assert [row.name for row in report.layers] == ["free"]
 
