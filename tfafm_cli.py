@@ -173,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
                                "(default: the run's validation split, or every 10th row of --data)")
     budget = compress.add_mutually_exclusive_group()
     budget.add_argument("--ratio", type=ratio,
-                        help="shrink the compressible parameters this many times (default 4)")
+                        help="shrink the LiteRT file (under --quantization) this many times (default 4)")
     budget.add_argument("--energy", type=fraction,
                         help="instead of --ratio, keep this fraction of each layer's output variance")
     budget.add_argument("--max-auc-drop", type=auc_drop, metavar="DROP",

@@ -133,10 +133,10 @@ def test_fuse_without_low_rank_layers_is_a_faithful_copy(data):
 def test_fm_runs_on_codes_only_when_its_root_stores_few_zeros():
     """The FM on codes stores a (K, K) block-diagonal root: with 26 fields, 18 of them left whole (16-wide
     identity codes), its zeros would outweigh the file bytes the factored tables saved."""
-    from tfafm.compression.fusion import _Fuser, _Segment
+    from tfafm.compression.fusion import _Fuser, _fm_on_codes_pays, _Segment
 
     def fields(ranks):
         return [_Segment(None, np.zeros((k, 16)), np.zeros(16)) for k in ranks]
 
-    assert _Fuser._fm_on_codes_pays(_Fuser, fields([4, 3, 2, 2]))
-    assert not _Fuser._fm_on_codes_pays(_Fuser, fields([16] * 18 + [5, 5, 4, 4, 3, 3, 4, 9]))
+    assert _fm_on_codes_pays(fields([4, 3, 2, 2]), _Fuser.SPARSE_LIMIT)
+    assert not _fm_on_codes_pays(fields([16] * 18 + [5, 5, 4, 4, 3, 3, 4, 9]), _Fuser.SPARSE_LIMIT)

@@ -125,6 +125,14 @@ def _merge_plan(model: keras.Model, calls: dict[int, int]) -> dict[str, list[tup
     return plans
 
 
+def _fm_on_codes_pays(fields: list[_Segment], zero_bytes_limit: int) -> bool:
+    """Whether an FM on the fields' codes stores at most ``zero_bytes_limit`` bytes of zeros: its
+    ``(K, K)`` root is block-diagonal over the codes (K their total width), so with many fields left
+    whole (identity codes) it would add more to the file than the per-field projections it replaces."""
+    ranks = [s.projection.shape[0] for s in fields]
+    return 4 * (sum(ranks) ** 2 - sum(k * k for k in ranks)) <= zero_bytes_limit
+
+
 def _weights(layer) -> dict[str, np.ndarray]:
     return {w.path.split("/")[-1]: np.asarray(w.numpy(), dtype=np.float64) for w in layer.weights}
 
@@ -171,7 +179,7 @@ class _Fuser:
         if isinstance(original, (StackFields, keras_rs.layers.DotInteraction)) and not kwargs and len(args) == 1:
             return self._vector_list(op, original, list(args[0]))
         if (isinstance(original, FactorizationMachine) and original.reduce_sum and id(args[0]) in self.fields
-                and self._fm_on_codes_pays(self.fields[id(args[0])])):
+                and _fm_on_codes_pays(self.fields[id(args[0])], self.SPARSE_LIMIT)):
             return self._factorization_machine(original, self.fields[id(args[0])])
         if isinstance(original, (keras.layers.Dense, LowRankDense)) and not kwargs and len(args) == 1:
             segments = self.segments.get(id(args[0]))
@@ -330,13 +338,6 @@ class _Fuser:
             return fields
         pieces = dict(zip((i for i, _ in codes), keras.ops.unstack(fields, axis=1)))
         return op([pieces.get(i, v) for i, v in enumerate(vectors)])
-
-    def _fm_on_codes_pays(self, fields: list[_Segment]) -> bool:
-        """Whether the FM on codes stores few zeros: its ``(K, K)`` root is block-diagonal over the
-        fields' codes (K their total width), so with many fields left whole (identity codes) it would
-        add more to the file than the per-field projections it replaces."""
-        ranks = [s.projection.shape[0] for s in fields]
-        return 4 * (sum(ranks) ** 2 - sum(k * k for k in ranks)) <= self.SPARSE_LIMIT
 
     def _factorization_machine(self, layer, fields: list[_Segment]):
         """FM over projected codes, without the d-wide field vectors (:class:`CodeFactorizationMachine`)."""
