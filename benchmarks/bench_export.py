@@ -21,7 +21,8 @@ weight bytes and FLOPs one request needs at least
 (:func:`tfafm.export.request_cost.request_cost`) at the machine's
 single-thread cache-resident read bandwidth and float32 matmul peak, both
 measured here with numpy (BLAS and OpenMP held to one thread, OpenBLAS free
-to pick its own kernel). ``x above floor`` is batch-1 p50 / floor.
+to pick its own kernel). ``x above floor`` is batch-1 p50 / floor. Per file, the ops
+LiteRT's XNNPACK delegate runs and those left to LiteRT's own kernels are listed.
 
     python benchmarks/bench_export.py [--quick] [--objective both|params|latency] [--out DIR]
                                       [--doc docs/benchmarks.md]   # writes its "export" section there
@@ -51,7 +52,7 @@ from threadpoolctl import threadpool_info  # noqa: E402
 
 import tfafm  # noqa: E402
 from tfafm.data.synthetic import SyntheticCriteo  # noqa: E402
-from tfafm.export import LiteRTRunner, litert, litert_ops  # noqa: E402
+from tfafm.export import LiteRTRunner, litert, litert_ops, xnnpack_partition  # noqa: E402
 from tfafm.export.bench import benchmark, results_table, sample_features  # noqa: E402
 from tfafm.export.request_cost import RequestCost, request_cost  # noqa: E402
 
@@ -179,6 +180,16 @@ def floor_table(rows, costs: dict[str, RequestCost], floors_us: dict[str, float]
     return "\n".join(lines)
 
 
+def partition_table(paths) -> str:
+    """Per file: how many ops LiteRT's default XNNPACK delegate runs and which are left to LiteRT's kernels."""
+    lines = ["| file | ops | run by XNNPACK | left to LiteRT kernels |", "|---|---:|---:|---|"]
+    for path in paths:
+        delegated, fallback = xnnpack_partition(path)
+        left = ", ".join(f"{op} {fallback.count(op)}" for op in sorted(set(fallback), key=lambda o: -fallback.count(o)))
+        lines.append(f"| {os.path.basename(path)} | {len(delegated) + len(fallback)} | {len(delegated)} | {left} |")
+    return "\n".join(lines)
+
+
 def op_counts(ops: list[str]) -> str:
     """``total (GATHERs)`` of a file's op list."""
     return f"{len(ops)} ({ops.count('GATHER')})"
@@ -251,6 +262,9 @@ def run(args, out):
             pair = [files[f"{name}-{variant}-{q}"] for variant in ("original", "compressed")]
             for batch_size, calls in ((1, iterations), (256, max(iterations // 10, 5))):
                 paired[(name, q, batch_size)] = interleaved(pair, schema, batch_size, rounds=10, calls=calls)
+    partition = partition_table(files.values())
+    print("\nOps run by XNNPACK and ops left to LiteRT's own kernels:\n")
+    print(partition)
     print("\nCompressed vs original under the same quantization (1 thread, interleaved in one process):\n")
     compared = summary(rows, paired, aucs, ops, unfused_ops, floors_us)
     print(compared)
@@ -266,7 +280,10 @@ def run(args, out):
             compared, "",
             f"Batch-1 latency against this machine's floor (read bandwidth {bandwidth / 1e9:.1f} GB/s, float32 "
             f"matmul peak {peak / 1e9:.1f} GFLOP/s, 1 thread):", "",
-            floor_table(rows, costs, floors_us)]))
+            floor_table(rows, costs, floors_us), "",
+            "Ops run by LiteRT's default XNNPACK delegate and ops left to LiteRT's own kernels "
+            "(`tfafm.export.xnnpack_partition`; the Python LiteRT packages expose no per-op timer):", "",
+            partition]))
 
 
 if __name__ == "__main__":

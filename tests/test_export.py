@@ -309,3 +309,39 @@ def test_a_users_big_keras_embedding_is_written_outside_the_converter_with_keras
     explicit = {"ids": np.array([[0, rows - 1], [rows // 2, 5], [rows - 1, 0], [rows - 7, 3]], dtype="int32")}
     np.testing.assert_allclose(got, export.LiteRTRunner(path)(explicit), atol=1e-7)
     assert (rows, 8) in {t.shape for t in export.litert_tensor_types(path)}
+
+
+@pytest.mark.parametrize("fmt", ["litert", "onnx"])
+def test_dense_over_fields_and_flatten_export_without_runtime_shape_ops(fmt, tmp_path):
+    """A Dense over (batch, fields, d) and a Flatten export as static reshapes around one matmul,
+    with the Keras model's outputs."""
+    inputs = keras.Input((5, 8), name="x")
+    projected = keras.layers.Dense(6, activation="relu", name="projection")(inputs)
+    logit = keras.layers.Dense(1, activation="sigmoid", name="head")(keras.layers.Flatten(name="flat")(projected))
+    model = keras.Model(inputs, logit)
+    x = np.random.default_rng(0).normal(size=(7, 5, 8)).astype("float32")
+    expected = model.predict(x, verbose=0)
+    if fmt == "litert":
+        path = export.litert(model, str(tmp_path / "m.tflite"))
+        ops = export.litert_ops(path)
+        assert not {"SHAPE", "REDUCE_PROD", "PACK", "STRIDED_SLICE", "GATHER"} & set(ops), ops
+        assert ops.count("FULLY_CONNECTED") == 2
+        got = export.LiteRTRunner(path)({"x": x})
+    else:
+        path = export.onnx(model, str(tmp_path / "m.onnx"))
+        got = export.OnnxRunner(path)({"x": x})
+    np.testing.assert_allclose(got.reshape(expected.shape), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_xnnpack_partition_splits_the_op_list(tmp_path):
+    """Every op is either run by XNNPACK or left to LiteRT's kernels; a float MLP runs in XNNPACK,
+    an id lookup does not."""
+    ids = keras.Input((1,), dtype="int32", name="ids")
+    vectors = keras.layers.Flatten()(keras.layers.Embedding(50, 4, name="table")(ids))
+    model = keras.Model(ids, keras.layers.Dense(1, activation="sigmoid", name="head")(
+        keras.layers.Dense(8, activation="relu", name="hidden")(vectors)))
+    path = export.litert(model, str(tmp_path / "m.tflite"))
+    delegated, fallback = export.xnnpack_partition(path)
+    assert sorted(delegated + fallback) == sorted(export.litert_ops(path))
+    assert delegated.count("FULLY_CONNECTED") == 2 and "LOGISTIC" in delegated
+    assert "GATHER" in fallback and "GATHER" not in delegated

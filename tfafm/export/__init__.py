@@ -16,6 +16,7 @@ from tfafm.export.litert_file import (
     litert_ops,
     litert_tensor_types,
     read_interface,
+    xnnpack_partition,
 )
 from tfafm.export.onnx_export import OnnxRunner, onnx
 from tfafm.export.request_cost import RequestCost, request_cost
@@ -38,4 +39,5 @@ __all__ = [
     "read_interface",
     "request_cost",
     "saved_model",
+    "xnnpack_partition",
 ]

@@ -118,6 +118,35 @@ def litert_ops(path: str) -> list[str]:
     return [detail["op_name"] for detail in _interpreter(path)._get_ops_details()]
 
 
+def xnnpack_partition(path: str, num_threads: int = 1) -> tuple[list[str], list[str]]:
+    """The ops of a ``.tflite`` file that LiteRT's default XNNPACK delegate takes over, and those
+    left to LiteRT's own (reference or optimized) kernels, as this machine's interpreter
+    partitions the graph.
+
+    Returns ``(delegated, fallback)``, op names with one entry per op; together they are
+    :func:`litert_ops`. A delegate node covers the ops between its input and output tensors.
+    """
+    interpreter = _interpreter(path, num_threads)
+    interpreter.allocate_tensors()  # the default delegates apply here
+    details = interpreter._get_ops_details()
+    producer = {int(t): d["index"] for d in details if d["op_name"] != "DELEGATE" for t in d["outputs"]}
+    by_index = {d["index"]: d for d in details}
+    covered: set[int] = set()
+    for delegate in (d for d in details if d["op_name"] == "DELEGATE"):
+        boundary = {int(t) for t in delegate["inputs"]}
+        pending = [int(t) for t in delegate["outputs"]]
+        while pending:
+            tensor = pending.pop()
+            node = producer.get(tensor)
+            if tensor in boundary or node is None or node in covered:
+                continue
+            covered.add(node)
+            pending.extend(int(t) for t in by_index[node]["inputs"] if t >= 0)
+    ops = [d for d in details if d["op_name"] != "DELEGATE"]
+    return ([d["op_name"] for d in ops if d["index"] in covered],
+            [d["op_name"] for d in ops if d["index"] not in covered])
+
+
 def builtin_op_names() -> frozenset[str]:
     """Names of the LiteRT builtin operators (``CUSTOM`` and ``DELEGATE`` excluded)."""
     names = {name for name in vars(_schema().BuiltinOperator) if name.isupper()}
