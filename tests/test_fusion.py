@@ -140,3 +140,22 @@ def test_fm_runs_on_codes_only_when_its_root_stores_few_zeros():
 
     assert _fm_on_codes_pays(fields([4, 3, 2, 2]), _Fuser.SPARSE_LIMIT)
     assert not _fm_on_codes_pays(fields([16] * 18 + [5, 5, 4, 4, 3, 3, 4, 9]), _Fuser.SPARSE_LIMIT)
+
+
+def test_codes_split_by_fields_left_whole_are_projected_run_by_run(data, monkeypatch):
+    """A consumer fusion cannot fold (DCN-V2's cross network) gets its vectors from one projection per
+    run of adjacent codes, never from a block-diagonal matrix storing zeros: the fused model holds no
+    more weights than the compressed one but the zero rows padding each run's codes to its widest."""
+    from tfafm.compression.fusion import _Fuser
+
+    schema, features, _ = data
+    chosen = _every_field(schema)
+    del chosen[list(chosen)[2]]  # a field left whole between factored ones
+    compressed = _compressed("dcnv2", data, ranks=chosen, target_ratio=None)
+    monkeypatch.setattr(_Fuser, "SPARSE_LIMIT", 0)
+    fused, _ = tfafm.fuse(compressed)
+    ranks = list(chosen.values())
+    runs = [ranks[:2], ranks[2:]]  # the codes before and after the whole field
+    padding = 6 * sum(max(run) - rank for run in runs for rank in run)  # CodeProjections pads to the widest code
+    assert fused.count_params() <= compressed.count_params() + padding
+    np.testing.assert_allclose(fused.predict(features, verbose=0), compressed.predict(features, verbose=0), atol=1e-5)

@@ -32,6 +32,7 @@ two factors are merged into one ``Dense`` instead; the returned
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from typing import Any
 
 import keras
@@ -266,25 +267,29 @@ class _Fuser:
 
         The matrix is block-diagonal (each code's projection, an identity
         block for raw tensors) when its zeros are few (at most
-        ``SPARSE_LIMIT`` bytes). Otherwise, when the codes are adjacent, only
-        they are projected (recursively: one block-diagonal matmul of the
-        codes alone, or a :class:`CodeProjections`, one batched matmul
-        storing only the projections, for codes of one width) and the raw
-        tensors are placed around them.
+        ``SPARSE_LIMIT`` bytes). Otherwise each run of adjacent codes is
+        projected on its own (recursively: one block-diagonal matmul of the
+        run, or a :class:`CodeProjections`, one batched matmul storing only
+        the projections, for codes of one width) and the raw tensors are
+        placed between them, so the file never stores the zeros.
         """
         rows = [s.tensor.shape[-1] for s in segments]
         widths = [s.width for s in segments]
         zero_bytes = 4 * (sum(rows) * sum(widths) - sum(r * w for r, w in zip(rows, widths)))
         is_code = [s.projection is not None for s in segments]
-        first, count = is_code.index(True), sum(is_code)
-        codes = segments[first:first + count]
-        if zero_bytes > self.SPARSE_LIMIT and all(is_code[first:first + count]):
-            if count < len(segments):
-                parts = ([s.tensor for s in segments[:first]] + [self._joint_projection(codes, name)]
-                         + [s.tensor for s in segments[first + count:]])
+        if zero_bytes > self.SPARSE_LIMIT:
+            runs = [list(group) for _, group in itertools.groupby(range(len(segments)), key=is_code.__getitem__)]
+            if len(runs) > 1:
+                parts = []
+                for number, run in enumerate(runs):
+                    if is_code[run[0]]:
+                        parts.append(self._joint_projection([segments[i] for i in run], f"{name}_{number}"))
+                    else:
+                        parts.extend(segments[i].tensor for i in run)
                 return self._join(parts, f"{name}_vectors")
-            if len({s.width for s in codes}) == 1:
-                return keras.ops.reshape(self._fields(codes, name), (-1, count * codes[0].width))
+            codes = segments
+            if all(is_code) and len({s.width for s in codes}) == 1 and len(codes) > 1:
+                return keras.ops.reshape(self._fields(codes, name), (-1, len(codes) * codes[0].width))
         kernel = np.zeros((sum(rows), sum(widths)))
         bias, row, column = [], 0, 0
         for segment, rows_, width in zip(segments, rows, widths):
