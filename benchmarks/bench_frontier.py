@@ -44,12 +44,12 @@ from tfafm import models
 from tfafm.data import load_data
 from tfafm.data.synthetic import SyntheticCriteo
 from tfafm.errors import UserError
-from tfafm.export import LiteRTRunner, litert
+from tfafm.export import litert
 from tfafm.metrics import scores
 from tfafm.training import compile_for_ctr, fit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import environment, write_section  # noqa: E402
+from common import environment, litert_scores, write_section  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 SHARED_DATA = {
@@ -91,14 +91,6 @@ def load(dataset: str, rows: int):
     test = load_data(f"{dataset}:{','.join(map(str, held_out))}", batch_size=512, preprocessor=bundle.preprocessor)
     return bundle, test.validation
 
-
-def litert_scores(path: str, dataset) -> dict:
-    runner = LiteRTRunner(path)
-    predictions, labels = [], []
-    for features, batch_labels in dataset:
-        predictions.append(runner({k: v.numpy() for k, v in features.items()}).reshape(-1))
-        labels.append(batch_labels.numpy().reshape(-1))
-    return scores(np.concatenate(labels), np.concatenate(predictions))
 
 
 def keras_scores(model, dataset) -> dict:

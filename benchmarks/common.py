@@ -44,3 +44,18 @@ def write_section(path: str, name: str, text: str) -> None:
     pattern = re.compile(rf"<!-- begin {re.escape(name)} -->\n.*?<!-- end {re.escape(name)} -->\n", re.S)
     new = pattern.sub(lambda _: section, old, count=1) if pattern.search(old) else old + ("\n" if old else "") + section
     atomic_write_text(path, new)
+
+
+def litert_scores(path: str, dataset) -> dict:
+    """AUC and LogLoss of a ``.tflite`` file on a dataset of ``(features, labels)`` batches, through the interpreter."""
+    import numpy as np
+
+    from tfafm.export import LiteRTRunner
+    from tfafm.metrics import scores
+
+    runner = LiteRTRunner(path)
+    predictions, labels = [], []
+    for features, batch_labels in dataset:
+        predictions.append(runner({k: v.numpy() for k, v in features.items()}).reshape(-1))
+        labels.append(batch_labels.numpy().reshape(-1))
+    return scores(np.concatenate(labels), np.concatenate(predictions))

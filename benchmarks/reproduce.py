@@ -41,12 +41,11 @@ from tfafm import models
 from tfafm.data import load_data
 from tfafm.export import litert
 from tfafm.export.bench import benchmark
-from tfafm.export.litert_file import LiteRTRunner
-from tfafm.metrics import evaluate, scores
+from tfafm.metrics import evaluate
 from tfafm.training import compile_for_ctr, fine_tune, fit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import environment, write_section  # noqa: E402
+from common import environment, litert_scores, write_section  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 DEFAULT_DATA = {
@@ -63,14 +62,6 @@ DEFAULT_DATA = {
 ARMS = ("original", "SVD x4 ft", "AFM x4", "AFM x4 ft", "AFM-relu x4 ft", "AFM x4 ft int8")
 HIDDEN = (400, 400, 400)
 
-
-def _litert_scores(path: str, dataset) -> dict:
-    runner = LiteRTRunner(path)
-    predictions, labels = [], []
-    for features, batch_labels in dataset:
-        predictions.append(runner({k: v.numpy() for k, v in features.items()}).reshape(-1))
-        labels.append(batch_labels.numpy().reshape(-1))
-    return scores(np.concatenate(labels), np.concatenate(predictions))
 
 
 def run_cell(model_name, bundle, test, seed, args, tmp) -> dict[str, dict]:
@@ -95,7 +86,7 @@ def run_cell(model_name, bundle, test, seed, args, tmp) -> dict[str, dict]:
         results[arm] = {**evaluate(model, test.validation), "params": model.count_params(),
                         "size_bytes": os.path.getsize(path), "path": path}
     path = litert(variants["AFM x4 ft"], os.path.join(tmp, f"{model_name}-{seed}-int8.tflite"), quantization="dynamic")
-    results["AFM x4 ft int8"] = {**_litert_scores(path, test.validation), "params": results["AFM x4 ft"]["params"],
+    results["AFM x4 ft int8"] = {**litert_scores(path, test.validation), "params": results["AFM x4 ft"]["params"],
                                  "size_bytes": os.path.getsize(path), "path": path}
     return results
 
