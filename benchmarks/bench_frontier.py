@@ -15,6 +15,8 @@ LiteRT interpreter unless said otherwise:
     SVD xR, AFM xR ``tfafm.compress(method=..., target_ratio=R, quantization="dynamic")``,
                    exported as dynamic int8, for R in ``--ratios``; a ratio out of reach
                    is listed as such with the largest reachable one.
+    AFM-loss xR    the same with ``allocation="loss"`` (ranks by what each direction costs
+                   the predictions, from the same calibration).
 
 Prints the measured tables and, per data set and model, the smallest file within
 ``--tolerance`` AUC of the float32 original (mean over seeds); with ``--doc`` it
@@ -59,6 +61,8 @@ SHARED_DATA = {
               [SHARED / "avazu/wide-resdnn/test.csv"]),
 }
 HIDDEN = (400, 400, 400)
+METHODS = {"afm": ("AFM", "afm", "variance"), "afm-loss": ("AFM-loss", "afm", "loss"),
+           "svd": ("SVD", "svd", "variance")}
 REACH = re.compile(r"largest reachable ratio for this model under \w+ is ([0-9.]+)x")
 
 
@@ -69,7 +73,7 @@ def parse_args():
     parser.add_argument("--models", nargs="+", default=["deepfm", "dcnv2"])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--ratios", nargs="+", type=float, default=[2, 4, 6, 8, 16, 32, 64])
-    parser.add_argument("--methods", nargs="+", default=["afm", "svd"], choices=["afm", "svd"])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--synthetic-rows", type=int, default=100_000)
     parser.add_argument("--tolerance", type=float, default=0.001, help="AUC loss allowed for 'within'")
@@ -121,7 +125,7 @@ def run_cell(model_name, bundle, test, seed, args, tmp) -> list[dict]:
     original = models.build(model_name, bundle.schema, hidden_units=HIDDEN)
     compile_for_ctr(original, 1e-3)
     fit(original, bundle, args.epochs, patience=1, verbose=0)
-    statistics = tfafm.calibrate(original, bundle.train.take(40), progress=False)
+    statistics = tfafm.calibrate(original, bundle.train.take(40), progress=False, fisher=True)
     results = []
 
     def exported(name, model, quantization, ratio=None):
@@ -134,17 +138,17 @@ def run_cell(model_name, bundle, test, seed, args, tmp) -> list[dict]:
     int8 = exported("int8", original, "dynamic")
     quantized, estimated = int4_tables(original, int8["bytes"])
     results.append({"variant": "int4 tables", "ratio": None, "bytes": estimated, **keras_scores(quantized, test)})
-    for method in args.methods:
+    for name, method, allocation in (METHODS[m] for m in args.methods):
         for ratio in args.ratios:
             try:
                 small, _ = tfafm.compress(original, method=method, target_ratio=ratio, quantization="dynamic",
-                                          statistics=statistics if method == "afm" else None, progress=False)
+                                          statistics=statistics, allocation=allocation, progress=False)
             except UserError as error:
                 reach = REACH.search(str(error))
-                results.append({"variant": method.upper(), "ratio": ratio, "bytes": None,
+                results.append({"variant": name, "ratio": ratio, "bytes": None,
                                 "reach": float(reach.group(1)) if reach else None})
                 continue
-            exported(method.upper(), small, "dynamic", ratio)
+            exported(name, small, "dynamic", ratio)
     return results
 
 
@@ -220,7 +224,8 @@ def main() -> None:
         "## Size/accuracy frontier (file bytes against held-out AUC)", "",
         f"Command: `python {' '.join(shlex.quote(a) for a in sys.argv)}` ({environment()}).", "",
         f"Protocol: MLP {'-'.join(map(str, HIDDEN))}, embedding 16, Adam 1e-3, batch 512, at most {args.epochs} "
-        "epochs with early stopping on validation AUC; AFM calibrated on 40 training batches; no fine-tuning. "
+        "epochs with early stopping on validation AUC; calibrated on 40 training batches (with Fisher information, "
+        "for AFM-loss); no fine-tuning. "
         "Compressed models are ranked in dynamic-int8 bytes and exported as dynamic-int8 LiteRT files; AUC and "
         f"LogLoss through the LiteRT interpreter on held-out rows, mean ± std over {args.seeds} seed(s); 'x "
         "smaller' against the float32 original's file. int4 tables: Keras AUC and estimated bytes (see "

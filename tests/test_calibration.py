@@ -244,3 +244,28 @@ def test_subclassed_model_raises_type_error(subclassed_model):
     with pytest.raises(TypeError, match="from_dense"):
         tfafm.calibrate(model, {"x": np.zeros((2, 8), "float32")}, progress=False)
 
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", None])
+def test_fisher_information_matches_numpy(activation, tmp_path):
+    """calibrate(fisher=True) sums w g g^T per row: g the gradient of the prediction with respect to
+    the layer's output, w = 1 / (p (1 - p)) for a probability, p (1 - p) for a logit; saved and
+    loaded with the other moments."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 5)).astype("float32")
+    inputs = keras.Input((5,))
+    hidden = keras.layers.Dense(4, name="hidden")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(1, activation=activation, name="head")(hidden))
+    statistics = tfafm.calibrate(model, x, layers=["hidden"], batch_size=100, progress=False, fisher=True)
+    v = model.get_layer("head").kernel.numpy()[:, 0]
+    out = model.predict(x, verbose=0)[:, 0].astype(np.float64)
+    p = out if activation else 1 / (1 + np.exp(-out))
+    if activation:  # dp/dh = p (1 - p) v, weighted by 1 / (p (1 - p))
+        g = (p * (1 - p))[:, None] * v
+        expected = (g / (p * (1 - p))[:, None]).T @ g
+    else:  # dz/dh = v, weighted by p (1 - p)
+        expected = np.sum(p * (1 - p)) * np.outer(v, v)
+    np.testing.assert_allclose(statistics["hidden"].fisher, expected, rtol=1e-4)
+    statistics.save(str(tmp_path / "s.npz"))
+    np.testing.assert_allclose(tfafm.Statistics.load(str(tmp_path / "s.npz"))["hidden"].fisher, expected, rtol=1e-4)
+    assert tfafm.calibrate(model, x, layers=["hidden"], progress=False)["hidden"].fisher is None

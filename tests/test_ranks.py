@@ -200,3 +200,25 @@ def test_refusal_names_the_largest_reachable_ratio():
     assert largest == pytest.approx(file_bytes / _cheapest(candidates, costs, rest), abs=0.1)
     ranks = ranks_for_ratio(candidates, spectra, largest, costs, file_bytes)
     assert 1 in ranks.values() and file_bytes / _spent(candidates, ranks, costs, rest) >= largest
+
+
+def test_loss_allocation_compares_matrices_in_one_currency():
+    """Two like matrices, one of which moves the predictions 100x less per unit of variance: by
+    variance (each its own share) they get one rank; by loss the one that matters gets more, and
+    the other may go down to rank 1."""
+    candidates = {"matters": dense("matters", 256, 256), "idle": dense("idle", 256, 256)}
+    shape = 1.0 / np.arange(1, 257) ** 1.5
+    variance = {"matters": shape, "idle": shape}
+    by_variance = ranks_for_ratio(candidates, variance, 6.0)
+    assert abs(by_variance["matters"] - by_variance["idle"]) <= 1  # the last step goes to one of them
+    loss = {"matters": shape, "idle": shape / 100}
+    by_loss = ranks_for_ratio(candidates, loss, 6.0, allocation="loss")
+    assert by_loss["matters"] > max(by_variance.values()) >= min(by_variance.values()) > by_loss["idle"] >= 1
+    cost = CostModel()
+    spent = sum(cost.factored(candidates[name], rank) for name, rank in by_loss.items())
+    assert spent <= sum(cost.whole(c) for c in candidates.values()) / 6.0
+
+
+def test_unknown_allocation_is_a_user_error():
+    with pytest.raises(UserError, match="allocation must be one of"):
+        ranks_for_ratio({"a": dense("a", 64, 64)}, {"a": np.ones(64)}, 2.0, allocation="fisher")

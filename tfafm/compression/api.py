@@ -13,14 +13,14 @@ from tfafm.compression.budget import compare_on, sample_agreement, smallest_with
 from tfafm.compression.calibration import calibrate
 from tfafm.compression.check import check_input_layers, failures_named, run_checked
 from tfafm.graph import require_graph_model, resolve_names
-from tfafm.compression.ranks import cost_models, energy_kept, ranks_for_energy, ranks_for_ratio
+from tfafm.compression.ranks import ALLOCATIONS, cost_models, energy_kept, ranks_for_energy, ranks_for_ratio
 from tfafm.compression.report import CompressionReport, LayerReport, SkippedLayer, estimated_file_bytes
 from tfafm.compression.rewrite import rebuild
 from tfafm.compression.samples import generated_rows, sample_rows
 from tfafm.compression.targets import Target, adapter_for, find_targets
 from tfafm.errors import UserError
-from tfafm.linalg.factorize import check_method, factor, weight_spectrum
-from tfafm.linalg.statistics import Statistics
+from tfafm.linalg.factorize import check_method, factor, weight_basis, weight_spectrum
+from tfafm.linalg.statistics import Statistics, loss_weighted
 
 KINDS = {"embeddings": ("embedding",), "dense": ("dense", "einsum", "attention", "cross", "custom")}
 
@@ -82,10 +82,15 @@ def _explicit_ranks(model, ranks: Mapping[str, int], targets: list[Target]) -> d
     return resolved
 
 
-def _spectrum(target: Target, method: str, statistics) -> np.ndarray:
+def _spectrum(target: Target, method: str, statistics, allocation: str = "variance") -> np.ndarray:
+    """Per rank, what a matrix's next direction keeps: its variance, or with ``allocation="loss"``
+    what dropping it costs the predictions (variance times Fisher information)."""
+    stats = statistics[target.name] if statistics is not None else None
     if method == "afm":
-        return statistics[target.name].principal(target.name)[0]
+        return stats.loss_spectrum(target.name) if allocation == "loss" else stats.principal(target.name)[0]
     kernel, _ = adapter_for(target.layer).weights(target.layer, target.matrix)
+    if allocation == "loss":
+        return loss_weighted(*weight_basis(kernel, lookups=target.lookups), stats.fisher / stats.count)
     return weight_spectrum(kernel, lookups=target.lookups)
 
 
@@ -117,6 +122,7 @@ def compress(
     min_calibration_rows: int | None = None,
     objective: str = "both",
     quantization: str | None = None,
+    allocation: str = "variance",
 ) -> tuple[keras.Model, CompressionReport]:
     """Replaces a model's compressible matrices by low-rank factors.
 
@@ -189,6 +195,13 @@ def compress(
             (``None``, ``"float16"``, ``"dynamic"``, ``"int8"``), so costs are
             counted in its bytes (under ``"dynamic"``, factors of fewer than
             1024 elements stay float32).
+        allocation: how ``target_ratio`` and ``max_auc_drop`` split the budget
+            between matrices: ``"variance"`` (each matrix's share of its own
+            variance, all tables as one) or ``"loss"`` (what each direction
+            costs the predictions: its variance times the Fisher information
+            of the predictions, collected by calibration, in one currency for
+            all matrices; needs calibration data or statistics from
+            ``calibrate(..., fisher=True)``, for SVD too).
 
     Returns:
         ``(compressed_model, report)``. Automatic rank choices never factor a
@@ -218,6 +231,8 @@ def compress(
         raise UserError("Give exactly one of ranks, energy, target_ratio or max_auc_drop (got "
                         f"{chosen_options or 'none'}).")
     check_inner_activation(inner_activation)
+    if allocation not in ALLOCATIONS:
+        raise UserError(f"allocation must be one of {ALLOCATIONS}, got {allocation!r}.")
     costs = cost_models(objective, quantization)
     all_targets, skipped = find_targets(model)
     targets = _select(model, all_targets, include, exclude)
@@ -225,21 +240,28 @@ def compress(
         ranks = _explicit_ranks(model, ranks, targets)
         targets = [t for t in targets if t.name in ranks]
 
-    if method == "afm":
+    by_loss = allocation == "loss" and (target_ratio is not None or max_auc_drop is not None)
+    if method == "afm" or by_loss:
+        needs = f"method={method!r}" + (" with allocation='loss'" if by_loss else "")
         if statistics is None:
             if calibration_data is None:
-                raise UserError("method='afm' needs calibration_data (or precomputed statistics).")
+                raise UserError(f"{needs} needs calibration_data (or precomputed statistics).")
             statistics = calibrate(model, calibration_data, layers=[t.name for t in targets],
                                    calibration_steps=calibration_steps, progress=progress,
-                                   min_calibration_rows=min_calibration_rows)
+                                   min_calibration_rows=min_calibration_rows, fisher=by_loss)
         missing = [t.name for t in targets if t.name not in statistics]
         if missing:
             raise UserError(f"statistics have no entry for layer(s) {missing}.")
         for target in targets:
             statistics[target.name].check(target.name)
+        without = [t.name for t in targets if statistics[t.name].fisher is None]
+        if by_loss and without:
+            raise UserError(f"allocation='loss' needs the Fisher information of every matrix; the statistics of "
+                            f"{without[:3]} have none: calibrate(..., fisher=True).")
     rows = sample_rows(model, calibration_data) if calibration_data is not None else generated_rows(model)
     reference = run_checked(model, rows, f"Model {model.name!r}")
-    plan = _Plan(model, targets, skipped, method, statistics, inner_activation, costs)
+    plan = _Plan(model, targets, skipped, method, statistics, inner_activation, costs,
+                 allocation if by_loss else "variance")
     search = None
     if energy is not None:
         ranks = ranks_for_energy(plan.by_name, plan.spectra, energy)
@@ -249,6 +271,7 @@ def compress(
         search = smallest_within_budget(plan, validation_data, max_auc_drop, quantization)
         ranks = search.chosen.ranks
 
+    ranks_chosen_by_budget = target_ratio is not None or max_auc_drop is not None
     compressed, report = plan.build(ranks)
     check_input_layers(model, plan.copies, rows)
     checked = run_checked(compressed, rows, "The compressed model")
@@ -259,24 +282,30 @@ def compress(
         accuracy["budget"] = search.summary()
     elif validation_data is not None:
         accuracy["validation"] = compare_on(model, compressed, validation_data)
-    return compressed, dataclasses.replace(report, accuracy=accuracy, quantization=quantization)
+    return compressed, dataclasses.replace(report, accuracy=accuracy, quantization=quantization,
+                                           allocation=plan.allocation if ranks_chosen_by_budget else None)
 
 
 class _Plan:
     """One calibration's worth of compression: the targets, their spectra and how to build
     the compressed model and its report at any ranks (the budget search builds several)."""
 
-    def __init__(self, model, targets: list[Target], skipped, method: str, statistics, inner_activation, costs):
+    def __init__(self, model, targets: list[Target], skipped, method: str, statistics, inner_activation, costs,
+                 allocation: str = "variance"):
         self.model, self.targets, self.skipped = model, targets, skipped
         self.method, self.statistics, self.inner_activation, self.costs = method, statistics, inner_activation, costs
-        self.spectra = {t.name: _spectrum(t, method, statistics) for t in targets}
+        self.allocation = allocation
+        self.spectra = {t.name: _spectrum(t, method, statistics, allocation) for t in targets}
+        self.variance = (self.spectra if allocation == "variance"
+                         else {t.name: _spectrum(t, method, statistics) for t in targets})
         self.by_name = {t.name: t for t in targets}
         self.file_bytes = estimated_file_bytes(model, costs[0].quantization)
         self.copies: list = []  # (original, copy) layers re-created by the last build()
 
     def ranks_for_ratio(self, target_ratio: float) -> dict[str, int]:
         """Ranks shrinking the model's file (and, with a latency cost, the candidates' reads) by ``target_ratio``."""
-        return ranks_for_ratio(self.by_name, self.spectra, target_ratio, self.costs, self.file_bytes)
+        return ranks_for_ratio(self.by_name, self.spectra, target_ratio, self.costs, self.file_bytes,
+                               self.allocation)
 
     def build(self, ranks: Mapping[str, int]) -> tuple[keras.Model, CompressionReport]:
         """The compressed model at ``ranks`` and its report."""
@@ -301,7 +330,7 @@ class _Plan:
                 name=target.name, kind=target.kind, input_dim=target.input_dim, output_dim=target.output_dim,
                 rank=rank, params_before=target.params(),
                 params_after=target.params(rank) if rank else target.params(),
-                variance_kept=energy_kept(self.spectra[target.name], rank) if rank else None,
+                variance_kept=energy_kept(self.variance[target.name], rank) if rank else None,
             ))
         notes = tuple(f"layer {name!r} could not be re-created from its config and is shared with the original "
                       "model (give it a get_config)" for name in shared)

@@ -119,13 +119,16 @@ class _Moments:
     chosen in advance and batches need no extra pass.
     """
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, fisher: bool = False):
         self.count = tf.Variable(tf.zeros((), tf.float64), trainable=False)
         self.mean = tf.Variable(tf.zeros((dim,), tf.float64), trainable=False)
         self.outer = tf.Variable(tf.zeros((dim, dim), tf.float64), trainable=False)
+        self.fisher = tf.Variable(tf.zeros((dim, dim), tf.float64), trainable=False) if fisher else None
 
-    def merge(self, count, mean, outer) -> None:
-        """Adds a batch's moments (graph-mode friendly)."""
+    def merge(self, count, mean, outer, fisher=None) -> None:
+        """Adds a batch's moments (graph-mode friendly); ``fisher``, a sum, adds as it is."""
+        if fisher is not None:
+            self.fisher.assign_add(fisher)
         total = self.count + count
         weight = tf.math.divide_no_nan(count, total)
         delta = mean - self.mean
@@ -134,12 +137,14 @@ class _Moments:
         self.count.assign(total)
 
     def reset(self) -> None:
-        for variable in (self.count, self.mean, self.outer):
-            variable.assign(tf.zeros_like(variable))
+        for variable in (self.count, self.mean, self.outer, self.fisher):
+            if variable is not None:
+                variable.assign(tf.zeros_like(variable))
 
     def statistics(self) -> LayerStatistics:
         dim = int(self.mean.shape[0])
-        return LayerStatistics(float(self.count.numpy()), np.zeros(dim), self.outer.numpy(), self.mean.numpy())
+        return LayerStatistics(float(self.count.numpy()), np.zeros(dim), self.outer.numpy(), self.mean.numpy(),
+                               None if self.fisher is None else self.fisher.numpy())
 
 
 def _batch_moments(rows, weights):
@@ -157,13 +162,28 @@ def _batch_moments(rows, weights):
     return tf.cast(count, tf.float64), tf.cast(mean, tf.float64), tf.cast(outer, tf.float64)
 
 
+def _prediction_scale(output):
+    """Per element of a model output, ``sqrt`` of its Bernoulli Fisher weight, held constant:
+    ``1 / sqrt(p (1 - p))`` for outputs in [0, 1] (probabilities), ``sqrt(p (1 - p))`` with
+    ``p = sigmoid(output)`` otherwise (logits). The gradient of ``sum(scale * output)`` with
+    respect to a row is then ``sqrt(w) g`` for each row's own prediction."""
+    output = tf.cast(output, tf.float32)
+    probability = tf.reduce_min(output) >= 0.0
+    probability = tf.logical_and(probability, tf.reduce_max(output) <= 1.0)
+    p = tf.where(probability, output, tf.sigmoid(output))
+    variance = tf.clip_by_value(p * (1.0 - p), 1e-6, 0.25)
+    return tf.stop_gradient(tf.where(probability, tf.math.rsqrt(variance), tf.sqrt(variance)))
+
+
 class _Calibrator:
     """A model's probe, float64 accumulators and traced update step for one list of targets,
     one strategy and one batch structure (kept between calls by :func:`_calibrator`, so that
     only the first call builds the probe and traces). ``labelled``: batches may be ``(features,
-    labels)`` (see :func:`features_of`)."""
+    labels)`` (see :func:`features_of`). ``fisher``: also sum, per target, the Fisher information
+    of the predictions with respect to its rows (one backward pass per model output)."""
 
-    def __init__(self, model: keras.Model, targets: list[Target], strategy, element_spec, labelled: bool):
+    def __init__(self, model: keras.Model, targets: list[Target], strategy, element_spec, labelled: bool,
+                 fisher: bool = False):
         taps: dict[int, tuple] = {}
         for target in targets:
             adapter, keys = taps.setdefault(id(target.layer), (adapter_for(target.layer), []))
@@ -172,7 +192,7 @@ class _Calibrator:
         names = {(id(t.layer), t.matrix): t.name for t in targets}
         self.strategy = strategy  # held: its id is part of the cache key
         self.lock = threading.Lock()
-        self.accumulators = accumulators = {t.name: _Moments(t.output_dim) for t in targets}
+        self.accumulators = accumulators = {t.name: _Moments(t.output_dim, fisher) for t in targets}
         moments = [accumulators[names[key]] for key in probe.recorded]  # a shared layer: one per call
         # Weak: the cache must not keep the model alive (tracing only happens inside calibrate(model, ...)).
         model_ref = weakref.ref(model)
@@ -180,8 +200,23 @@ class _Calibrator:
         def replica_moments(element):
             features = features_of(element) if labelled else element
             inputs = pack_inputs(model_ref(), model_inputs(model_ref(), features))
-            results = keras.tree.flatten(probe.model(inputs, training=False))[probe.num_outputs:]
-            return [_batch_moments(results[i], results[i + 1]) for i in range(0, len(results), 2)]
+            with tf.GradientTape(persistent=True) as tape:
+                flat = keras.tree.flatten(probe.model(inputs, training=False))
+                scaled = [tf.reduce_sum(_prediction_scale(o) * tf.cast(o, tf.float32))
+                          for o in flat[:probe.num_outputs]] if fisher else []
+            results = flat[probe.num_outputs:]
+            moments = [_batch_moments(results[i], results[i + 1]) for i in range(0, len(results), 2)]
+            if not fisher:
+                return moments
+            rows = probe.rows_of_last_call()
+            sums = [tf.zeros((r.shape[-1], r.shape[-1]), tf.float64) for r in rows]
+            for total in scaled:  # the Fisher information of several outputs adds up
+                grads = tape.gradient(total, rows, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+                for i, g in enumerate(grads):
+                    g = tf.reshape(tf.cast(g, tf.float32), (-1, g.shape[-1]))
+                    sums[i] += tf.cast(tf.matmul(g, g, transpose_a=True), tf.float64)
+            del tape
+            return [(*m, f) for m, f in zip(moments, sums)]
 
         # One trace for all batch sizes; nothing branches on tensor values, so AutoGraph is off.
         @tf.function(autograph=False, input_signature=[element_spec])
@@ -189,8 +224,8 @@ class _Calibrator:
             per_replica = strategy.run(replica_moments, args=(element,))
             for accumulator, replicated in zip(moments, per_replica):
                 local = [strategy.experimental_local_results(value) for value in replicated]
-                for count, mean, outer in zip(*local):
-                    accumulator.merge(count, mean, outer)
+                for values in zip(*local):
+                    accumulator.merge(*values)
 
         @tf.function(autograph=False)
         def reset():
@@ -209,16 +244,16 @@ _calibrators: "weakref.WeakKeyDictionary[keras.Model, tuple]" = weakref.WeakKeyD
 
 @contextlib.contextmanager
 def _calibrator(model: keras.Model, targets: list[Target], strategy, element_spec,
-                labelled: bool) -> Iterator[_Calibrator]:
+                labelled: bool, fisher: bool = False) -> Iterator[_Calibrator]:
     """A :class:`_Calibrator` with zeroed accumulators: the one kept from the model's last call
     when that had the same targets, strategy and batch structure, else a new one (also when
     the kept one is in use by another thread). One is kept per model, while the model lives:
     its float64 accumulators (``8 d^2`` bytes per target) stay allocated until then."""
     key = (tuple(t.name for t in targets), id(strategy), tuple(keras.tree.flatten_with_path(element_spec)),
-           labelled)
+           labelled, fisher)
     kept_key, calibrator = _calibrators.get(model, (None, None))
     if kept_key != key or not calibrator.lock.acquire(blocking=False):
-        calibrator = _Calibrator(model, targets, strategy, element_spec, labelled)
+        calibrator = _Calibrator(model, targets, strategy, element_spec, labelled, fisher)
         calibrator.lock.acquire()
         _calibrators[model] = key, calibrator
     try:
@@ -248,6 +283,7 @@ def _merged_across_workers(strategy, stats: LayerStatistics, local_replicas: int
         _sum_across_workers(strategy, local.total, local_replicas),
         _sum_across_workers(strategy, local.outer, local_replicas),
         common,
+        None if local.fisher is None else _sum_across_workers(strategy, local.fisher, local_replicas),
     )
 
 
@@ -260,6 +296,7 @@ def calibrate(
     batch_size: int = 1024,
     progress: bool = True,
     min_calibration_rows: int | None = None,
+    fisher: bool = False,
 ) -> Statistics:
     """Collects output-feature statistics of ``model``'s compressible matrices.
 
@@ -277,6 +314,10 @@ def calibrate(
         progress: show progress (a bar on a terminal, periodic lines otherwise).
         min_calibration_rows: refuse a matrix seen on fewer rows than this (default: twice
             its output width; 0 disables the check).
+        fisher: also sum, per matrix, the Fisher information of the model's predictions with
+            respect to its output rows (``LayerStatistics.fisher``: how much a change of each
+            output direction moves the predictions, which ``compress(allocation="loss")`` ranks
+            by). Costs one backward pass per model output on every batch; no labels needed.
 
     Returns:
         :class:`Statistics` keyed by target name (the layer's qualified name,
@@ -313,7 +354,7 @@ def calibrate(
     cardinality = int(dataset.cardinality())
     total = steps if cardinality < 0 else cardinality
     batches = 0
-    with _calibrator(model, targets, strategy, distributed.element_spec, labelled) as calibrator, \
+    with _calibrator(model, targets, strategy, distributed.element_spec, labelled, fisher) as calibrator, \
             progress_bar("calibrating", total if total and total > 0 else None, enabled=progress) as advance:
         for features in distributed:
             calibrator.step(features)

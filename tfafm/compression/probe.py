@@ -39,9 +39,11 @@ class FeatureTap(keras.layers.Layer):
     def call(self, *args, **kwargs):
         outputs, features = self.adapter.tap(self.target, *args, **kwargs)
         recorded = []
+        self.last = {}  # the rows as computed, before any reshape: what the outputs depend on
         for key in self.keys:
             value = features[key]
             rows, weights = value if isinstance(value, tuple) else (value, None)
+            self.last[key] = rows
             rows = ops.cast(ops.reshape(rows, (-1, rows.shape[-1])), "float32")
             weights = ops.ones(()) if weights is None else ops.reshape(ops.cast(weights, "float32"), (-1,))
             recorded += [rows, weights]
@@ -54,18 +56,27 @@ class Probe:
 
     ``model(inputs)`` returns the original outputs (``num_outputs`` of them,
     flattened) followed by ``(rows, weights)`` pairs, one per entry of
-    ``recorded``: ``(layer id, matrix key)``.
+    ``recorded``: ``(layer id, matrix key)``. ``taps`` holds, per entry, the
+    :class:`FeatureTap` and key whose ``last`` rows (after a call, the tensors
+    the outputs were computed from) are that entry's: gradients of the outputs
+    are taken with respect to them.
     """
 
     model: keras.Model
     num_outputs: int
     recorded: list[tuple[int, str]]
+    taps: list[tuple[FeatureTap, str]]
+
+    def rows_of_last_call(self) -> list:
+        """Per entry of ``recorded``, the rows as the last call computed them."""
+        return [tap.last[key] for tap, key in self.taps]
 
 
 def build_probe(model: keras.Model, taps: dict[int, tuple[Adapter, list[str]]]) -> Probe:
     """A probe of ``model`` recording the layers in ``taps`` (``id(layer) -> (adapter, keys)``)."""
     recorded_tensors: list = []
     recorded: list[tuple[int, str]] = []
+    taps_in_order: list[tuple[FeatureTap, str]] = []
     sub_probes: dict[int, Probe] = {}
 
     def call(layer, *args, **kwargs):
@@ -76,18 +87,21 @@ def build_probe(model: keras.Model, taps: dict[int, tuple[Adapter, list[str]]]) 
             results = keras.tree.flatten(sub.model(*args, **kwargs))
             recorded_tensors.extend(results[sub.num_outputs:])
             recorded.extend(sub.recorded)
+            taps_in_order.extend(sub.taps)
             outputs = results[:sub.num_outputs]
             return keras.tree.pack_sequence_as(layer.output, outputs)
         if id(layer) not in taps:
             return layer(*args, **kwargs)
         adapter, keys = taps[id(layer)]
-        outputs, pairs = FeatureTap(adapter, layer, keys)(*args, **kwargs)
+        tap = FeatureTap(adapter, layer, keys)
+        outputs, pairs = tap(*args, **kwargs)
         recorded_tensors.extend(pairs)
         recorded.extend((id(layer), key) for key in keys)
+        taps_in_order.extend((tap, key) for key in keys)
         return outputs
 
     replayed = keras.models.clone_model(as_functional(model), clone_function=lambda layer: layer,
                                         call_function=call)
     outputs = list(replayed.outputs)
     probe = keras.Model(replayed.input, outputs + recorded_tensors, name=f"{model.name}_probe")
-    return Probe(probe, len(outputs), recorded)
+    return Probe(probe, len(outputs), recorded, taps_in_order)

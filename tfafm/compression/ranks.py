@@ -37,6 +37,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from tfafm_choices import ALLOCATIONS
 from tfafm.compression.report import weight_bytes
 from tfafm.compression.targets import Target
 from tfafm.errors import UserError
@@ -207,6 +208,7 @@ def ranks_for_ratio(
     target_ratio: float,
     costs: CostModel | Sequence[CostModel] | None = None,
     file_bytes: float | None = None,
+    allocation: str = "variance",
 ) -> dict[str, int]:
     """Ranks whose total cost is at most ``1 / target_ratio`` of the whole cost, under each
     of ``costs`` (default: parameter bytes; give a params and a latency
@@ -234,16 +236,26 @@ def ranks_for_ratio(
     the layers they feed, so a field's share of it is what a rank of that
     field buys. Matrices the allocator leaves whole are absent from the result.
 
+    With ``allocation="loss"`` the spectra are in one currency for all matrices (what each
+    direction costs the predictions, :meth:`~tfafm.linalg.LayerStatistics.loss_spectrum`):
+    no per-matrix or per-table normalisation, no variance floors, every matrix starts at its
+    cheapest option and the budget goes, step by step, to the largest loss avoided per byte.
+
     Raises:
         UserError: if even the cheapest option of every matrix exceeds the budget
             (the message names the largest reachable ratio).
     """
     if target_ratio <= 1.0:
         raise UserError(f"target_ratio must be > 1, got {target_ratio}.")
+    if allocation not in ALLOCATIONS:
+        raise UserError(f"allocation must be one of {ALLOCATIONS}, got {allocation!r}.")
+    by_loss = allocation == "loss"
     costs = [CostModel()] if costs is None else [costs] if isinstance(costs, CostModel) else list(costs)
     objectives = "+".join(c.objective for c in costs)
     tables_total = sum(float(np.sum(spectra[name])) for name, c in candidates.items() if c.lookups)
-    choices = {name: _Choices(c, spectra[name], costs, tables_total if c.lookups else float(np.sum(spectra[name])))
+    everything = sum(float(np.sum(spectra[name])) for name in candidates)
+    choices = {name: _Choices(c, spectra[name], costs, everything if by_loss else tables_total if c.lookups
+                              else float(np.sum(spectra[name])))
                for name, c in candidates.items()}
     choices = {name: choice for name, choice in choices.items() if len(choice.ranks) > 1}
     if not choices:
@@ -259,9 +271,10 @@ def ranks_for_ratio(
             choice.keep_cheaper_than_whole(budgets)
         # With several budgets, the later ones (latency) hold only where every matrix can keep the first
         # floor of its variance; otherwise the first budget (params) alone decides.
-        for floor in _ENERGY_FLOORS[:1] if len(costs) > 1 else _ENERGY_FLOORS:
+        floors = (0.0,) if by_loss else _ENERGY_FLOORS
+        for floor in floors[:1] if len(costs) > 1 else floors:
             for choice in choices.values():
-                choice.start_at(floor, MIN_RANK)
+                choice.start_at(floor, 1 if by_loss else MIN_RANK)
             spent = sum(choice.cost for choice in choices.values())
             if np.all(spent <= budgets):
                 break
@@ -269,7 +282,7 @@ def ranks_for_ratio(
             spent = spent if len(costs) > 1 else _lowered(choices, spent, budgets)
     if not np.all(budgets > 0) or not np.all(spent <= budgets):
         if len(costs) > 1:
-            return ranks_for_ratio(candidates, spectra, target_ratio, costs[:1], file_bytes)
+            return ranks_for_ratio(candidates, spectra, target_ratio, costs[:1], file_bytes, allocation)
         quantization = costs[0].quantization or "float32"
         raise UserError(
             f"target_ratio={target_ratio:g} is out of reach: the cheapest choice for every matrix and what "
@@ -277,7 +290,7 @@ def ranks_for_ratio(
             f"{int(total[0] / target_ratio):,}; the largest reachable ratio for this model under {quantization} "
             f"is {np.floor(10 * total[0] / cheapest[0]) / 10:.1f}x."
         )
-    _fill(choices, spent, budgets)
+    _fill(choices, spent, budgets, rank_one_first=not by_loss)
     return {name: choice.rank for name, choice in choices.items() if choice.rank is not None}
 
 
@@ -296,13 +309,15 @@ def _lowered(choices: Mapping[str, _Choices], spent: np.ndarray, budgets: np.nda
     return spent
 
 
-def _fill(choices: Mapping[str, _Choices], spent: np.ndarray, budgets: np.ndarray) -> None:
+def _fill(choices: Mapping[str, _Choices], spent: np.ndarray, budgets: np.ndarray,
+          rank_one_first: bool = True) -> None:
     """Spends what is left of ``budgets`` greedily: the move buying the most variance per unit
-    of cost (:meth:`_Choices.best_step`) among those that fit, until none fits; a matrix at
-    rank 1 moves up first, so rank 1 stays only where the budget demands it."""
+    of cost (:meth:`_Choices.best_step`) among those that fit, until none fits; with
+    ``rank_one_first``, a matrix at rank 1 moves up first, so rank 1 stays only where the
+    budget demands it."""
     while True:
         room = budgets - spent
-        moves = [(choices[name].rank == 1, step, name) for name, choice in choices.items()
+        moves = [(rank_one_first and choices[name].rank == 1, step, name) for name, choice in choices.items()
                  if (step := choice.best_step(room)) is not None]
         if not moves:
             return

@@ -94,11 +94,16 @@ def eigen(symmetric: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.clip(values[order], 0.0, None), vectors[:, order]
 
 
-def weight_spectrum(matrix: np.ndarray, lookups: bool = False) -> np.ndarray:
-    """The variance SVD keeps per rank: squared singular values of ``W`` (of ``E`` minus its
-    mean row for an embedding table, whose mean becomes the bias)."""
+def weight_basis(matrix: np.ndarray, lookups: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Squared singular values of ``W`` (of ``E`` minus its mean row for an embedding table, whose
+    mean becomes the bias), descending, and the output directions they belong to (columns)."""
     centre = column_mean(matrix) if lookups else None
-    return eigen(gram(matrix, centre))[0]
+    return eigen(gram(matrix, centre))
+
+
+def weight_spectrum(matrix: np.ndarray, lookups: bool = False) -> np.ndarray:
+    """The variance SVD keeps per rank (see :func:`weight_basis`)."""
+    return weight_basis(matrix, lookups)[0]
 
 
 def _afm_basis(name: str, stats: LayerStatistics | None, dim: int, rank: int):

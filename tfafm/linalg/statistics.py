@@ -10,6 +10,13 @@ import numpy as np
 from tfafm.errors import MissingFileError, UserError
 
 
+def loss_weighted(values: np.ndarray, vectors: np.ndarray, fisher: np.ndarray) -> np.ndarray:
+    """``values_j * u_j^T fisher u_j`` per direction ``u_j`` (the columns of ``vectors``): what
+    removing each direction costs the predictions, given its variance ``values_j`` and the mean
+    Fisher information ``fisher`` of the predictions with respect to the output."""
+    return np.asarray(values) * np.clip(np.einsum("ij,ik,kj->j", vectors, fisher, vectors), 0.0, None)
+
+
 @dataclasses.dataclass
 class LayerStatistics:
     """Streaming moments of a layer's output features ``y`` (one row per sample).
@@ -22,12 +29,18 @@ class LayerStatistics:
         total: ``sum(y - shift)``, shape ``(d,)``.
         outer: ``sum((y - shift)(y - shift)^T)``, shape ``(d, d)``.
         shift: the constant subtracted from every row, shape ``(d,)`` (zeros by default).
+        fisher: ``sum(w g g^T)`` over the rows, shape ``(d, d)``, or None: ``g`` is the gradient
+            of the model's prediction with respect to the row and ``w`` the Bernoulli Fisher
+            weight (``1 / (p (1 - p))`` for a probability, ``p (1 - p)`` for a logit), so
+            ``e^T (fisher / count) e`` is twice the expected KL divergence a change ``e`` of the
+            rows causes in the predictions, to second order (see :func:`tfafm.calibrate`).
     """
 
     count: float
     total: np.ndarray
     outer: np.ndarray
     shift: np.ndarray | None = None
+    fisher: np.ndarray | None = None
 
     @property
     def dim(self) -> int:
@@ -52,7 +65,7 @@ class LayerStatistics:
         total = self.total + self.count * delta
         outer = (self.outer + np.outer(delta, self.total) + np.outer(self.total, delta)
                  + self.count * np.outer(delta, delta))
-        return LayerStatistics(self.count, total, outer, np.asarray(shift, dtype=np.float64))
+        return LayerStatistics(self.count, total, outer, np.asarray(shift, dtype=np.float64), self.fisher)
 
     def principal(self, name: str = "layer") -> tuple[np.ndarray, np.ndarray]:
         """Eigenvalues (descending, clipped at 0) and eigenvectors (columns) of the covariance."""
@@ -60,6 +73,15 @@ class LayerStatistics:
         values, vectors = np.linalg.eigh(self.covariance)
         order = np.argsort(values)[::-1]
         return np.clip(values[order], 0.0, None), vectors[:, order]
+
+    def loss_spectrum(self, name: str = "layer") -> np.ndarray:
+        """Per principal direction ``u_j`` (as :meth:`principal` orders them), the prediction loss
+        its removal costs: ``lambda_j u_j^T F u_j`` with ``F = fisher / count`` (twice the expected
+        KL divergence, to second order, assuming the code and the gradient independent)."""
+        if self.fisher is None:
+            raise UserError(f"Layer {name!r}: these statistics hold no Fisher information "
+                            "(calibrate with fisher=True).")
+        return loss_weighted(*self.principal(name), self.fisher / self.count)
 
     def check(self, name: str, min_rows: int = 1) -> None:
         """Raises :class:`~tfafm.errors.UserError` naming the layer when these moments cannot
@@ -99,6 +121,8 @@ class Statistics(dict):
             arrays[f"{name}/total"] = stats.total
             arrays[f"{name}/outer"] = stats.outer
             arrays[f"{name}/shift"] = np.zeros(stats.dim) if stats.shift is None else stats.shift
+            if stats.fisher is not None:
+                arrays[f"{name}/fisher"] = stats.fisher
         if not path.endswith(".npz"):
             path += ".npz"
         with atomic_path(path) as tmp:
@@ -120,6 +144,7 @@ class Statistics(dict):
                     stats[name] = LayerStatistics(
                         float(data[f"{name}/count"]), data[f"{name}/total"], data[f"{name}/outer"],
                         data[f"{name}/shift"],
+                        data[f"{name}/fisher"] if f"{name}/fisher" in data.files else None,
                     )
         except (OSError, ValueError, KeyError) as error:
             raise UserError(f"{path}: not a tfafm statistics file ({error}).") from None
