@@ -10,7 +10,7 @@ tuples.
 MODEL_NAMES = ("autoint", "dcn", "dcnv2", "deepfm", "dlrm", "fibinet", "nfm", "widedeep", "xdeepfm")
 METHODS = ("afm", "svd")
 OBJECTIVES = ("both", "params", "latency")
-ALLOCATIONS = ("variance", "loss")  # how a size budget is split between matrices (tfafm.compress(allocation=))
+CRITERIA = ("variance", "loss")  # what the factors keep (tfafm.compress(criterion=))
 QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")  # the library also takes None for float32
 EXPORT_FORMATS = ("litert", "saved_model", "onnx")
 

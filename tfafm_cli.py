@@ -16,7 +16,7 @@ import os
 import sys
 from typing import Iterator, NoReturn, Optional, Sequence
 
-from tfafm_choices import (ALLOCATIONS, DATA_KINDS, EXPORT_FORMATS, METHODS, MODEL_NAMES, OBJECTIVES, QUANTIZATIONS,
+from tfafm_choices import (CRITERIA, DATA_KINDS, EXPORT_FORMATS, METHODS, MODEL_NAMES, OBJECTIVES, QUANTIZATIONS,
                            WITH_OPTIONS)
 
 DESCRIPTION = """Compress Keras click-through-rate models with low-rank factorization (AFM or weight SVD)
@@ -188,11 +188,11 @@ def build_parser() -> argparse.ArgumentParser:
                           help="what --ratio shrinks: both (the file and the bytes read per batch-1 request), "
                                "params (the file only) or latency (the bytes read per request plus a cost per "
                                "op only; tables mostly stay whole) (default both)")
-    compress.add_argument("--allocation", choices=ALLOCATIONS, default="variance",
-                          help="how --ratio and --max-auc-drop split the size between layers: variance (each "
-                               "layer's share of its own output variance) or loss (what each direction costs the "
-                               "predictions: variance times the Fisher information calibration collects, one "
-                               "currency for all layers) (default variance)")
+    compress.add_argument("--criterion", choices=CRITERIA, default="variance",
+                          help="what the factors keep: variance (each layer's output variance, AFM as published) "
+                               "or loss (what the predictions see: directions and ranks weighted by the Fisher "
+                               "information calibration also collects, one backward pass per batch, no labels) "
+                               "(default variance)")
     compress.add_argument("--quantization", choices=QUANTIZATIONS, default="float32",
                           help="count costs in the bytes of the LiteRT quantization you will export with "
                                "(tfafm export --quantization) (default float32)")
@@ -367,10 +367,8 @@ def _check_and_fill(args: argparse.Namespace) -> None:
             suffix = suffix or (f"-{args.quantization}.tflite" if args.quantization else ".tflite")
             args.out = _beside(_model_stem(args.run), suffix)
     elif args.command == "compress":
-        if args.energy is not None and (args.objective != "both" or args.quantization != "float32"
-                                        or args.allocation != "variance"):
-            raise UsageError("--objective, --allocation and --quantization apply to --ratio and --max-auc-drop, "
-                             "not --energy")
+        if args.energy is not None and (args.objective != "both" or args.quantization != "float32"):
+            raise UsageError("--objective and --quantization apply to --ratio and --max-auc-drop, not --energy")
         if args.ratio is None and args.energy is None and args.max_auc_drop is None:
             args.ratio = 4.0
         if args.out is None:

@@ -15,7 +15,7 @@ LiteRT interpreter unless said otherwise:
     SVD xR, AFM xR ``tfafm.compress(method=..., target_ratio=R, quantization="dynamic")``,
                    exported as dynamic int8, for R in ``--ratios``; a ratio out of reach
                    is listed as such with the largest reachable one.
-    AFM-loss xR    the same with ``allocation="loss"`` (ranks by what each direction costs
+    AFM-loss xR    the same with ``criterion="loss"`` (directions and ranks by what they cost
                    the predictions, from the same calibration).
 
 Prints the measured tables and, per data set and model, the smallest file within
@@ -138,11 +138,11 @@ def run_cell(model_name, bundle, test, seed, args, tmp) -> list[dict]:
     int8 = exported("int8", original, "dynamic")
     quantized, estimated = int4_tables(original, int8["bytes"])
     results.append({"variant": "int4 tables", "ratio": None, "bytes": estimated, **keras_scores(quantized, test)})
-    for name, method, allocation in (METHODS[m] for m in args.methods):
+    for name, method, criterion in (METHODS[m] for m in args.methods):
         for ratio in args.ratios:
             try:
                 small, _ = tfafm.compress(original, method=method, target_ratio=ratio, quantization="dynamic",
-                                          statistics=statistics, allocation=allocation, progress=False)
+                                          statistics=statistics, criterion=criterion, progress=False)
             except UserError as error:
                 reach = REACH.search(str(error))
                 results.append({"variant": name, "ratio": ratio, "bytes": None,

@@ -104,10 +104,8 @@ case("ratio not a number")(lambda c: (["compress", c.run, "--ratio", "four"], r"
 case("ratio and energy together")(lambda c: (["compress", c.run, "--ratio", "2", "--energy", "0.9"],
                                              r"argument --energy: not allowed with argument --ratio"))
 case("objective with energy")(lambda c: (["compress", c.run, "--energy", "0.9", "--objective", "latency"],
-                                         r"--objective, --allocation and --quantization apply to --ratio and "
-                                         r"--max-auc-drop, not --energy"))
-case("allocation with energy")(lambda c: (["compress", c.run, "--energy", "0.9", "--allocation", "loss"],
-                                          r"--objective, --allocation and --quantization apply to --ratio"))
+                                         r"--objective and --quantization apply to --ratio and --max-auc-drop, "
+                                         r"not --energy"))
 case("energy above 1")(lambda c: (["compress", c.run, "--energy", "1.5"], r"argument --energy: expected a fraction"))
 case("negative calibration steps")(lambda c: (["compress", c.run, "--calibration-steps", "-5"],
                                               r"argument --calibration-steps: expected a positive integer, got '-5'"))

@@ -370,9 +370,9 @@ def test_dynamic_int8_file_shrinks_by_the_ratio_asked(generator, train_data, cal
     assert sizes[0] / sizes[1] == pytest.approx(4, rel=0.15), sizes
 
 
-def test_loss_allocation_ranks_by_fisher_information_and_needs_it(tmp_path):
-    """allocation="loss" calibrates with Fisher information (AFM and SVD alike), says so in the
-    report, holds the budget, and refuses statistics collected without it."""
+def test_loss_criterion_keeps_what_the_predictions_see_and_needs_fisher_information():
+    """criterion="loss" calibrates with Fisher information (AFM and SVD alike), says so in the
+    report, shrinks the model, is exact at full rank, and refuses statistics collected without it."""
     rng = np.random.default_rng(0)
     x = rng.normal(size=(2048, 32)).astype("float32")
     inputs = keras.Input((32,), name="x")
@@ -380,11 +380,13 @@ def test_loss_allocation_ranks_by_fisher_information_and_needs_it(tmp_path):
     hidden = keras.layers.Dense(64, activation="relu", name="hidden2")(hidden)
     model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid", name="head")(hidden))
     for method in ("afm", "svd"):
-        small, report = tfafm.compress(model, x, method=method, target_ratio=2, allocation="loss", progress=False)
-        assert report.allocation == "loss" and "ranks by loss" in report.to_markdown()
+        small, report = tfafm.compress(model, x, method=method, target_ratio=2, criterion="loss", progress=False)
+        assert report.criterion == "loss" and "loss criterion" in report.to_markdown()
         assert small.count_params() < model.count_params()
+    full, _ = tfafm.compress(model, x, ranks={"hidden2": 64}, criterion="loss", progress=False)
+    np.testing.assert_allclose(full.predict(x[:64], verbose=0), model.predict(x[:64], verbose=0), atol=1e-5)
     plain = tfafm.calibrate(model, x, progress=False)
     with pytest.raises(tfafm.UserError, match=r"fisher=True"):
-        tfafm.compress(model, statistics=plain, target_ratio=2, allocation="loss", progress=False)
+        tfafm.compress(model, statistics=plain, target_ratio=2, criterion="loss", progress=False)
     _, by_energy = tfafm.compress(model, statistics=plain, energy=0.9, progress=False)
-    assert by_energy.allocation is None and "ranks by" not in by_energy.to_markdown()
+    assert by_energy.criterion == "variance"

@@ -240,3 +240,38 @@ def test_from_embedding_low_rank_matches_numpy_reference():
 def test_public_exports():
     assert tfafm.LowRankDense is tfafm.layers.LowRankDense is LowRankDense
     assert tfafm.LowRankEmbedding is LowRankEmbedding
+
+
+# ---------------------------------------------------------------- Fisher-weighted directions
+
+
+def test_weighted_bases_minimise_the_fisher_weighted_error():
+    """Under a metric F the kept rank-k map loses exactly the dropped eigenvalues of L^T M L, no more
+    than any other rank-k projection (the variance-optimal one included); down @ up is the identity,
+    and without F the bases are the plain eigenvectors."""
+    from tfafm.linalg.factorize import FISHER_RIDGE, weighted_bases
+
+    rng = np.random.default_rng(3)
+    d, k = 6, 2
+    rows = rng.normal(size=(500, d)) @ rng.normal(size=(d, d))
+    moment = np.cov(rows.T, bias=True)
+    half = rng.normal(size=(d, d))
+    fisher = half @ half.T
+    values, down, up = weighted_bases(moment, fisher)
+    np.testing.assert_allclose(down @ up, np.eye(d), atol=1e-9)
+    metric = fisher + FISHER_RIDGE * np.trace(fisher) / d * np.eye(d)
+
+    def weighted_error(projection):
+        residual = np.eye(d) - projection
+        return float(np.trace(metric @ residual.T @ moment @ residual))  # rows y: error y (I - P)
+
+    best = weighted_error(down[:, :k] @ up[:k])
+    np.testing.assert_allclose(best, values[k:].sum(), rtol=1e-8)
+    plain = _top_eigenvectors(moment, k)
+    assert best < weighted_error(plain @ plain.T)
+    for _ in range(20):
+        q = np.linalg.qr(rng.normal(size=(d, k)))[0]
+        assert best <= weighted_error(q @ q.T) + 1e-9
+    values0, down0, up0 = weighted_bases(moment, None)
+    np.testing.assert_allclose(up0, down0.T)
+    np.testing.assert_allclose(np.abs(down0[:, :k].T @ plain), np.eye(k), atol=1e-8)

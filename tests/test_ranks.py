@@ -1,4 +1,4 @@
-"""Rank allocation on hand-made spectra: break-even, costs per objective and quantization, budgets."""
+"""Rank criterion on hand-made spectra: break-even, costs per objective and quantization, budgets."""
 
 from __future__ import annotations
 
@@ -202,7 +202,7 @@ def test_refusal_names_the_largest_reachable_ratio():
     assert 1 in ranks.values() and file_bytes / _spent(candidates, ranks, costs, rest) >= largest
 
 
-def test_loss_allocation_compares_matrices_in_one_currency():
+def test_loss_criterion_compares_matrices_in_one_currency():
     """Two like matrices, one of which moves the predictions 100x less per unit of variance: by
     variance (each its own share) they get one rank; by loss the one that matters gets more, and
     the other may go down to rank 1."""
@@ -212,13 +212,13 @@ def test_loss_allocation_compares_matrices_in_one_currency():
     by_variance = ranks_for_ratio(candidates, variance, 6.0)
     assert abs(by_variance["matters"] - by_variance["idle"]) <= 1  # the last step goes to one of them
     loss = {"matters": shape, "idle": shape / 100}
-    by_loss = ranks_for_ratio(candidates, loss, 6.0, allocation="loss")
+    by_loss = ranks_for_ratio(candidates, loss, 6.0, criterion="loss")
     assert by_loss["matters"] > max(by_variance.values()) >= min(by_variance.values()) > by_loss["idle"] >= 1
     cost = CostModel()
     spent = sum(cost.factored(candidates[name], rank) for name, rank in by_loss.items())
     assert spent <= sum(cost.whole(c) for c in candidates.values()) / 6.0
 
 
-def test_unknown_allocation_is_a_user_error():
-    with pytest.raises(UserError, match="allocation must be one of"):
-        ranks_for_ratio({"a": dense("a", 64, 64)}, {"a": np.ones(64)}, 2.0, allocation="fisher")
+def test_unknown_criterion_is_a_user_error():
+    with pytest.raises(UserError, match="criterion must be one of"):
+        ranks_for_ratio({"a": dense("a", 64, 64)}, {"a": np.ones(64)}, 2.0, criterion="fisher")

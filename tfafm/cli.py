@@ -238,7 +238,7 @@ def cmd_compress(args, out: Output) -> int:
     with destination.staged() as staged:
         result = compress_run(
             run, run_data, out=staged, method=args.method, target_ratio=args.ratio, energy=args.energy,
-            max_auc_drop=args.max_auc_drop, objective=args.objective, allocation=args.allocation,
+            max_auc_drop=args.max_auc_drop, objective=args.objective, criterion=args.criterion,
             quantization=None if args.quantization == "float32" else args.quantization,
             inner_activation=args.inner_activation, finetune_epochs=args.finetune_epochs,
             calibration_steps=args.calibration_steps, verbose=out.keras_verbose,

@@ -13,14 +13,14 @@ from tfafm.compression.budget import compare_on, sample_agreement, smallest_with
 from tfafm.compression.calibration import calibrate
 from tfafm.compression.check import check_input_layers, failures_named, run_checked
 from tfafm.graph import require_graph_model, resolve_names
-from tfafm.compression.ranks import ALLOCATIONS, cost_models, energy_kept, ranks_for_energy, ranks_for_ratio
+from tfafm.compression.ranks import CRITERIA, cost_models, energy_kept, ranks_for_energy, ranks_for_ratio
 from tfafm.compression.report import CompressionReport, LayerReport, SkippedLayer, estimated_file_bytes
 from tfafm.compression.rewrite import rebuild
 from tfafm.compression.samples import generated_rows, sample_rows
 from tfafm.compression.targets import Target, adapter_for, find_targets
 from tfafm.errors import UserError
-from tfafm.linalg.factorize import check_method, factor, weight_basis, weight_spectrum
-from tfafm.linalg.statistics import Statistics, loss_weighted
+from tfafm.linalg.factorize import check_method, column_mean, factor, gram, weight_spectrum, weighted_bases
+from tfafm.linalg.statistics import Statistics
 
 KINDS = {"embeddings": ("embedding",), "dense": ("dense", "einsum", "attention", "cross", "custom")}
 
@@ -82,15 +82,25 @@ def _explicit_ranks(model, ranks: Mapping[str, int], targets: list[Target]) -> d
     return resolved
 
 
-def _spectrum(target: Target, method: str, statistics, allocation: str = "variance") -> np.ndarray:
-    """Per rank, what a matrix's next direction keeps: its variance, or with ``allocation="loss"``
-    what dropping it costs the predictions (variance times Fisher information)."""
-    stats = statistics[target.name] if statistics is not None else None
+def _fisher(target: Target, statistics, criterion: str) -> np.ndarray | None:
+    """The mean Fisher information of the predictions with respect to the matrix's outputs, under ``criterion="loss"``."""
+    if criterion != "loss":
+        return None
+    stats = statistics[target.name]
+    return stats.fisher / stats.count
+
+
+def _spectrum(target: Target, method: str, statistics, criterion: str = "variance") -> np.ndarray:
+    """Per rank, what a matrix's next direction keeps: its variance, or with ``criterion="loss"``
+    what dropping it costs the predictions (:func:`~tfafm.linalg.factorize.weighted_bases`)."""
+    fisher = _fisher(target, statistics, criterion)
     if method == "afm":
-        return stats.loss_spectrum(target.name) if allocation == "loss" else stats.principal(target.name)[0]
+        stats = statistics[target.name]
+        return weighted_bases(stats.covariance, fisher)[0] if fisher is not None else stats.principal(target.name)[0]
     kernel, _ = adapter_for(target.layer).weights(target.layer, target.matrix)
-    if allocation == "loss":
-        return loss_weighted(*weight_basis(kernel, lookups=target.lookups), stats.fisher / stats.count)
+    if fisher is not None:
+        centre = column_mean(kernel) if target.lookups else None
+        return weighted_bases(gram(kernel, centre), fisher)[0]
     return weight_spectrum(kernel, lookups=target.lookups)
 
 
@@ -122,7 +132,7 @@ def compress(
     min_calibration_rows: int | None = None,
     objective: str = "both",
     quantization: str | None = None,
-    allocation: str = "variance",
+    criterion: str = "variance",
 ) -> tuple[keras.Model, CompressionReport]:
     """Replaces a model's compressible matrices by low-rank factors.
 
@@ -195,13 +205,17 @@ def compress(
             (``None``, ``"float16"``, ``"dynamic"``, ``"int8"``), so costs are
             counted in its bytes (under ``"dynamic"``, factors of fewer than
             1024 elements stay float32).
-        allocation: how ``target_ratio`` and ``max_auc_drop`` split the budget
-            between matrices: ``"variance"`` (each matrix's share of its own
-            variance, all tables as one) or ``"loss"`` (what each direction
-            costs the predictions: its variance times the Fisher information
-            of the predictions, collected by calibration, in one currency for
-            all matrices; needs calibration data or statistics from
-            ``calibrate(..., fisher=True)``, for SVD too).
+        criterion: what the factors keep. ``"variance"`` (AFM as published):
+            each matrix keeps the directions of most output variance, and a
+            budget goes to each matrix by its share of its own variance (all
+            tables as one). ``"loss"``: what the predictions see; each
+            matrix keeps the directions whose loss would cost the
+            predictions most (output variance weighted by the Fisher
+            information of the predictions with respect to the outputs,
+            :func:`~tfafm.linalg.factorize.weighted_bases`), and a budget
+            goes where it avoids the most of that loss, in one currency for
+            all matrices. Needs calibration data, or statistics from
+            ``calibrate(..., fisher=True)``; for SVD too.
 
     Returns:
         ``(compressed_model, report)``. Automatic rank choices never factor a
@@ -231,8 +245,8 @@ def compress(
         raise UserError("Give exactly one of ranks, energy, target_ratio or max_auc_drop (got "
                         f"{chosen_options or 'none'}).")
     check_inner_activation(inner_activation)
-    if allocation not in ALLOCATIONS:
-        raise UserError(f"allocation must be one of {ALLOCATIONS}, got {allocation!r}.")
+    if criterion not in CRITERIA:
+        raise UserError(f"criterion must be one of {CRITERIA}, got {criterion!r}.")
     costs = cost_models(objective, quantization)
     all_targets, skipped = find_targets(model)
     targets = _select(model, all_targets, include, exclude)
@@ -240,9 +254,9 @@ def compress(
         ranks = _explicit_ranks(model, ranks, targets)
         targets = [t for t in targets if t.name in ranks]
 
-    by_loss = allocation == "loss" and (target_ratio is not None or max_auc_drop is not None)
+    by_loss = criterion == "loss"
     if method == "afm" or by_loss:
-        needs = f"method={method!r}" + (" with allocation='loss'" if by_loss else "")
+        needs = f"method={method!r}" + (" with criterion='loss'" if by_loss else "")
         if statistics is None:
             if calibration_data is None:
                 raise UserError(f"{needs} needs calibration_data (or precomputed statistics).")
@@ -256,12 +270,12 @@ def compress(
             statistics[target.name].check(target.name)
         without = [t.name for t in targets if statistics[t.name].fisher is None]
         if by_loss and without:
-            raise UserError(f"allocation='loss' needs the Fisher information of every matrix; the statistics of "
+            raise UserError(f"criterion='loss' needs the Fisher information of every matrix; the statistics of "
                             f"{without[:3]} have none: calibrate(..., fisher=True).")
     rows = sample_rows(model, calibration_data) if calibration_data is not None else generated_rows(model)
     reference = run_checked(model, rows, f"Model {model.name!r}")
     plan = _Plan(model, targets, skipped, method, statistics, inner_activation, costs,
-                 allocation if by_loss else "variance")
+                 criterion)
     search = None
     if energy is not None:
         ranks = ranks_for_energy(plan.by_name, plan.spectra, energy)
@@ -271,7 +285,6 @@ def compress(
         search = smallest_within_budget(plan, validation_data, max_auc_drop, quantization)
         ranks = search.chosen.ranks
 
-    ranks_chosen_by_budget = target_ratio is not None or max_auc_drop is not None
     compressed, report = plan.build(ranks)
     check_input_layers(model, plan.copies, rows)
     checked = run_checked(compressed, rows, "The compressed model")
@@ -283,7 +296,7 @@ def compress(
     elif validation_data is not None:
         accuracy["validation"] = compare_on(model, compressed, validation_data)
     return compressed, dataclasses.replace(report, accuracy=accuracy, quantization=quantization,
-                                           allocation=plan.allocation if ranks_chosen_by_budget else None)
+                                           criterion=criterion)
 
 
 class _Plan:
@@ -291,12 +304,12 @@ class _Plan:
     the compressed model and its report at any ranks (the budget search builds several)."""
 
     def __init__(self, model, targets: list[Target], skipped, method: str, statistics, inner_activation, costs,
-                 allocation: str = "variance"):
+                 criterion: str = "variance"):
         self.model, self.targets, self.skipped = model, targets, skipped
         self.method, self.statistics, self.inner_activation, self.costs = method, statistics, inner_activation, costs
-        self.allocation = allocation
-        self.spectra = {t.name: _spectrum(t, method, statistics, allocation) for t in targets}
-        self.variance = (self.spectra if allocation == "variance"
+        self.criterion = criterion
+        self.spectra = {t.name: _spectrum(t, method, statistics, criterion) for t in targets}
+        self.variance = (self.spectra if criterion == "variance"
                          else {t.name: _spectrum(t, method, statistics) for t in targets})
         self.by_name = {t.name: t for t in targets}
         self.file_bytes = estimated_file_bytes(model, costs[0].quantization)
@@ -305,7 +318,7 @@ class _Plan:
     def ranks_for_ratio(self, target_ratio: float) -> dict[str, int]:
         """Ranks shrinking the model's file (and, with a latency cost, the candidates' reads) by ``target_ratio``."""
         return ranks_for_ratio(self.by_name, self.spectra, target_ratio, self.costs, self.file_bytes,
-                               self.allocation)
+                               self.criterion)
 
     def build(self, ranks: Mapping[str, int]) -> tuple[keras.Model, CompressionReport]:
         """The compressed model at ``ranks`` and its report."""
@@ -318,7 +331,8 @@ class _Plan:
                 kernel, bias = adapter.weights(layer, target.matrix)
                 stats = self.statistics.get(target.name) if self.statistics is not None else None
                 factors[target.matrix] = factor(target.name, kernel, bias, ranks[target.name], stats, self.method,
-                                                lookups=target.lookups)
+                                                lookups=target.lookups,
+                                                fisher=_fisher(target, self.statistics, self.criterion))
                 del kernel
             replacements[id(layer)] = adapter.factored(layer, factors, inner_activation=self.inner_activation)
         with failures_named(f"Rebuilding model {self.model.name!r} with its layers re-created from their configs fails"):

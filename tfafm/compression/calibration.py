@@ -194,6 +194,7 @@ class _Calibrator:
         self.lock = threading.Lock()
         self.accumulators = accumulators = {t.name: _Moments(t.output_dim, fisher) for t in targets}
         moments = [accumulators[names[key]] for key in probe.recorded]  # a shared layer: one per call
+        dims = [int(accumulator.mean.shape[0]) for accumulator in moments]
         # Weak: the cache must not keep the model alive (tracing only happens inside calibrate(model, ...)).
         model_ref = weakref.ref(model)
 
@@ -209,11 +210,11 @@ class _Calibrator:
             if not fisher:
                 return moments
             rows = probe.rows_of_last_call()
-            sums = [tf.zeros((r.shape[-1], r.shape[-1]), tf.float64) for r in rows]
+            sums = [tf.zeros((dim, dim), tf.float64) for dim in dims]
             for total in scaled:  # the Fisher information of several outputs adds up
                 grads = tape.gradient(total, rows, unconnected_gradients=tf.UnconnectedGradients.ZERO)
                 for i, g in enumerate(grads):
-                    g = tf.reshape(tf.cast(g, tf.float32), (-1, g.shape[-1]))
+                    g = tf.reshape(tf.cast(g, tf.float32), (-1, dims[i]))
                     sums[i] += tf.cast(tf.matmul(g, g, transpose_a=True), tf.float64)
             del tape
             return [(*m, f) for m, f in zip(moments, sums)]
@@ -316,7 +317,7 @@ def calibrate(
             its output width; 0 disables the check).
         fisher: also sum, per matrix, the Fisher information of the model's predictions with
             respect to its output rows (``LayerStatistics.fisher``: how much a change of each
-            output direction moves the predictions, which ``compress(allocation="loss")`` ranks
+            output direction moves the predictions, which ``compress(criterion="loss")`` ranks
             by). Costs one backward pass per model output on every batch; no labels needed.
 
     Returns:

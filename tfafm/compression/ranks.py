@@ -37,7 +37,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from tfafm_choices import ALLOCATIONS
+from tfafm_choices import CRITERIA
 from tfafm.compression.report import weight_bytes
 from tfafm.compression.targets import Target
 from tfafm.errors import UserError
@@ -208,7 +208,7 @@ def ranks_for_ratio(
     target_ratio: float,
     costs: CostModel | Sequence[CostModel] | None = None,
     file_bytes: float | None = None,
-    allocation: str = "variance",
+    criterion: str = "variance",
 ) -> dict[str, int]:
     """Ranks whose total cost is at most ``1 / target_ratio`` of the whole cost, under each
     of ``costs`` (default: parameter bytes; give a params and a latency
@@ -236,7 +236,7 @@ def ranks_for_ratio(
     the layers they feed, so a field's share of it is what a rank of that
     field buys. Matrices the allocator leaves whole are absent from the result.
 
-    With ``allocation="loss"`` the spectra are in one currency for all matrices (what each
+    With ``criterion="loss"`` the spectra are in one currency for all matrices (what each
     direction costs the predictions, :meth:`~tfafm.linalg.LayerStatistics.loss_spectrum`):
     no per-matrix or per-table normalisation, no variance floors, every matrix starts at its
     cheapest option and the budget goes, step by step, to the largest loss avoided per byte.
@@ -247,9 +247,9 @@ def ranks_for_ratio(
     """
     if target_ratio <= 1.0:
         raise UserError(f"target_ratio must be > 1, got {target_ratio}.")
-    if allocation not in ALLOCATIONS:
-        raise UserError(f"allocation must be one of {ALLOCATIONS}, got {allocation!r}.")
-    by_loss = allocation == "loss"
+    if criterion not in CRITERIA:
+        raise UserError(f"criterion must be one of {CRITERIA}, got {criterion!r}.")
+    by_loss = criterion == "loss"
     costs = [CostModel()] if costs is None else [costs] if isinstance(costs, CostModel) else list(costs)
     objectives = "+".join(c.objective for c in costs)
     tables_total = sum(float(np.sum(spectra[name])) for name, c in candidates.items() if c.lookups)
@@ -282,7 +282,7 @@ def ranks_for_ratio(
             spent = spent if len(costs) > 1 else _lowered(choices, spent, budgets)
     if not np.all(budgets > 0) or not np.all(spent <= budgets):
         if len(costs) > 1:
-            return ranks_for_ratio(candidates, spectra, target_ratio, costs[:1], file_bytes, allocation)
+            return ranks_for_ratio(candidates, spectra, target_ratio, costs[:1], file_bytes, criterion)
         quantization = costs[0].quantization or "float32"
         raise UserError(
             f"target_ratio={target_ratio:g} is out of reach: the cheapest choice for every matrix and what "

@@ -85,7 +85,7 @@ class CompressionReport:
     bytes_per_param: int = 4
     accuracy: dict[str, Any] | None = None
     quantization: str | None = None
-    allocation: str | None = None
+    criterion: str = "variance"
 
     @property
     def compressible_before(self) -> int:
@@ -121,7 +121,7 @@ class CompressionReport:
             "notes": list(self.notes),
             "accuracy": self.accuracy,
             "quantization": self.quantization or "float32",
-            "allocation": self.allocation,
+            "criterion": self.criterion,
             "totals": {
                 "params_before": self.params_before,
                 "params_after": self.params_after,
@@ -139,7 +139,7 @@ class CompressionReport:
 
     def to_markdown(self) -> str:
         lines = [
-            f"# Compression report ({self.method}" + (f", ranks by {self.allocation}" if self.allocation else "") + ")",
+            f"# Compression report ({self.method}, {self.criterion} criterion)",
             "",
             "| matrix | kind | shape | rank | params before | params after | ratio | variance kept |",
             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",

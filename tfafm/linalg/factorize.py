@@ -23,6 +23,9 @@ from tfafm.errors import UserError
 from tfafm.linalg.statistics import LayerStatistics
 
 METHODS = ("afm", "svd")
+# Added to a Fisher metric, as a fraction of its mean diagonal: directions the predictions do not
+# see at all still count a little, so the metric is invertible.
+FISHER_RIDGE = 1e-2
 _CHUNK_ROWS = 1 << 16
 
 
@@ -94,25 +97,43 @@ def eigen(symmetric: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.clip(values[order], 0.0, None), vectors[:, order]
 
 
-def weight_basis(matrix: np.ndarray, lookups: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Squared singular values of ``W`` (of ``E`` minus its mean row for an embedding table, whose
-    mean becomes the bias), descending, and the output directions they belong to (columns)."""
-    centre = column_mean(matrix) if lookups else None
-    return eigen(gram(matrix, centre))
-
-
 def weight_spectrum(matrix: np.ndarray, lookups: bool = False) -> np.ndarray:
-    """The variance SVD keeps per rank (see :func:`weight_basis`)."""
-    return weight_basis(matrix, lookups)[0]
+    """The variance SVD keeps per rank: squared singular values of ``W`` (of ``E`` minus its
+    mean row for an embedding table, whose mean becomes the bias)."""
+    centre = column_mean(matrix) if lookups else None
+    return eigen(gram(matrix, centre))[0]
 
 
-def _afm_basis(name: str, stats: LayerStatistics | None, dim: int, rank: int):
+def weighted_bases(second_moment: np.ndarray, fisher: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(values, down, up)``: the directions of the outputs ``y`` (second moment ``M``, ``d x d``)
+    that matter most under the metric ``F`` (the mean Fisher information of the predictions with
+    respect to ``y``), best first.
+
+    With ``F = L L^T`` (plus :data:`FISHER_RIDGE` of its mean diagonal) and ``W`` the eigenvectors
+    of ``L^T M L`` (eigenvalues ``values``), ``down = L W`` and ``up = W^T L^{-1}``: keeping the
+    first ``k`` columns of ``down`` and rows of ``up``, ``y -> y down_k up_k`` is the rank-k
+    projection minimising ``E[e^T F e]`` for the error ``e`` (twice the KL divergence it causes in
+    the predictions, to second order), and ``values[k:]`` sum to that minimum. ``down @ up`` is the
+    identity. Without ``F`` these are the eigenvectors of ``M`` (``up = down^T``).
+    """
+    if fisher is None:
+        values, vectors = eigen(second_moment)
+        return values, vectors, vectors.T
+    dim = len(fisher)
+    metric = 0.5 * (fisher + fisher.T)
+    metric = metric + FISHER_RIDGE * max(float(np.trace(metric)) / dim, 1e-30) * np.eye(dim)
+    lower = np.linalg.cholesky(metric)
+    values, vectors = eigen(lower.T @ second_moment @ lower)
+    return values, lower @ vectors, np.linalg.solve(lower.T, vectors).T
+
+
+def _checked(name: str, stats: LayerStatistics | None, dim: int) -> LayerStatistics:
     if stats is None:
         raise UserError(f"Layer {name!r}: method='afm' needs calibration statistics for this layer.")
     if stats.dim != dim:
         raise UserError(f"Layer {name!r}: statistics have dimension {stats.dim}, the layer outputs {dim}.")
-    _, vectors = stats.principal(name)
-    return stats.mean, vectors[:, :rank]
+    stats.check(name)
+    return stats
 
 
 def factor(
@@ -123,6 +144,7 @@ def factor(
     stats: LayerStatistics | None,
     method: str,
     lookups: bool = False,
+    fisher: np.ndarray | None = None,
 ) -> Factors:
     """Factors ``y = x W + b`` at ``rank``.
 
@@ -130,7 +152,10 @@ def factor(
     ``U = Q_k^T``, ``b_U = mu - mu Q_k Q_k^T``; for a table, ``D = (E - mu) Q_k``,
     ``b_U = mu``. SVD (right singular vectors ``B_k``): ``D = W B_k``, ``U = B_k^T``,
     ``b_U = b``; for a table the mean row ``m`` is taken out first: ``D = (E - m) B_k``,
-    ``b_U = m``. All are exact at full rank.
+    ``b_U = m``. With ``fisher`` (the mean Fisher information of the predictions with
+    respect to the outputs) the directions are those of :func:`weighted_bases` (``Q_k`` down,
+    its ``up_k`` up): the rank-k map losing the least in the predictions rather than in the
+    outputs. All are exact at full rank.
     """
     check_method(method)
     d_out = kernel.shape[1]
@@ -138,13 +163,17 @@ def factor(
         raise UserError(f"Layer {name!r}: rank must be an integer in [1, {min(kernel.shape)}], got {rank!r}.")
     bias64 = np.zeros(d_out) if bias is None else np.asarray(bias, dtype=np.float64)
     if method == "afm":
-        mean, basis = _afm_basis(name, stats, d_out, rank)
+        stats = _checked(name, stats, d_out)
+        _, basis, up = weighted_bases(stats.covariance, fisher)
+        basis, up = basis[:, :rank], up[:rank]
+        mean = stats.mean
         centre = mean if lookups else None
-        up_bias = mean if lookups else mean - (mean @ basis) @ basis.T
+        up_bias = mean if lookups else mean - (mean @ basis) @ up
     else:
         centre = column_mean(kernel) if lookups else None
-        basis = eigen(gram(kernel, centre))[1][:, :rank]
+        _, basis, up = weighted_bases(gram(kernel, centre), fisher)
+        basis, up = basis[:, :rank], up[:rank]
         up_bias = centre if lookups else bias64
     down = project(kernel, basis, centre)
     down_bias = np.zeros(rank) if lookups or method == "svd" else bias64 @ basis
-    return Factors(down, basis.T.astype(np.float32), down_bias.astype(np.float32), up_bias.astype(np.float32))
+    return Factors(down, up.astype(np.float32), down_bias.astype(np.float32), up_bias.astype(np.float32))

@@ -10,13 +10,6 @@ import numpy as np
 from tfafm.errors import MissingFileError, UserError
 
 
-def loss_weighted(values: np.ndarray, vectors: np.ndarray, fisher: np.ndarray) -> np.ndarray:
-    """``values_j * u_j^T fisher u_j`` per direction ``u_j`` (the columns of ``vectors``): what
-    removing each direction costs the predictions, given its variance ``values_j`` and the mean
-    Fisher information ``fisher`` of the predictions with respect to the output."""
-    return np.asarray(values) * np.clip(np.einsum("ij,ik,kj->j", vectors, fisher, vectors), 0.0, None)
-
-
 @dataclasses.dataclass
 class LayerStatistics:
     """Streaming moments of a layer's output features ``y`` (one row per sample).
@@ -73,15 +66,6 @@ class LayerStatistics:
         values, vectors = np.linalg.eigh(self.covariance)
         order = np.argsort(values)[::-1]
         return np.clip(values[order], 0.0, None), vectors[:, order]
-
-    def loss_spectrum(self, name: str = "layer") -> np.ndarray:
-        """Per principal direction ``u_j`` (as :meth:`principal` orders them), the prediction loss
-        its removal costs: ``lambda_j u_j^T F u_j`` with ``F = fisher / count`` (twice the expected
-        KL divergence, to second order, assuming the code and the gradient independent)."""
-        if self.fisher is None:
-            raise UserError(f"Layer {name!r}: these statistics hold no Fisher information "
-                            "(calibrate with fisher=True).")
-        return loss_weighted(*self.principal(name), self.fisher / self.count)
 
     def check(self, name: str, min_rows: int = 1) -> None:
         """Raises :class:`~tfafm.errors.UserError` naming the layer when these moments cannot
