@@ -188,11 +188,11 @@ def build_parser() -> argparse.ArgumentParser:
                           help="what --ratio shrinks: both (the file and the bytes read per batch-1 request), "
                                "params (the file only) or latency (the bytes read per request plus a cost per "
                                "op only; tables mostly stay whole) (default both)")
-    compress.add_argument("--criterion", choices=CRITERIA, default="variance",
+    compress.add_argument("--criterion", choices=CRITERIA,
                           help="what the factors keep: variance (each layer's output variance, AFM as published) "
                                "or loss (what the predictions see: directions and ranks weighted by the Fisher "
                                "information calibration also collects, one backward pass per batch, no labels) "
-                               "(default variance)")
+                               "(default: loss for afm, variance for svd)")
     compress.add_argument("--quantization", choices=QUANTIZATIONS, default="float32",
                           help="count costs in the bytes of the LiteRT quantization you will export with "
                                "(tfafm export --quantization) (default float32)")

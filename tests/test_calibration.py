@@ -248,7 +248,7 @@ def test_subclassed_model_raises_type_error(subclassed_model):
 
 @pytest.mark.parametrize("activation", ["sigmoid", None])
 def test_fisher_information_matches_numpy(activation, tmp_path):
-    """calibrate(fisher=True) sums w g g^T per row: g the gradient of the prediction with respect to
+    """calibrate() (fisher=True by default) sums w g g^T per row: g the gradient of the prediction with respect to
     the layer's output, w = 1 / (p (1 - p)) for a probability, p (1 - p) for a logit; saved and
     loaded with the other moments."""
     rng = np.random.default_rng(0)
@@ -256,7 +256,7 @@ def test_fisher_information_matches_numpy(activation, tmp_path):
     inputs = keras.Input((5,))
     hidden = keras.layers.Dense(4, name="hidden")(inputs)
     model = keras.Model(inputs, keras.layers.Dense(1, activation=activation, name="head")(hidden))
-    statistics = tfafm.calibrate(model, x, layers=["hidden"], batch_size=100, progress=False, fisher=True)
+    statistics = tfafm.calibrate(model, x, layers=["hidden"], batch_size=100, progress=False)
     v = model.get_layer("head").kernel.numpy()[:, 0]
     out = model.predict(x, verbose=0)[:, 0].astype(np.float64)
     p = out if activation else 1 / (1 + np.exp(-out))
@@ -268,4 +268,4 @@ def test_fisher_information_matches_numpy(activation, tmp_path):
     np.testing.assert_allclose(statistics["hidden"].fisher, expected, rtol=1e-4)
     statistics.save(str(tmp_path / "s.npz"))
     np.testing.assert_allclose(tfafm.Statistics.load(str(tmp_path / "s.npz"))["hidden"].fisher, expected, rtol=1e-4)
-    assert tfafm.calibrate(model, x, layers=["hidden"], progress=False)["hidden"].fisher is None
+    assert tfafm.calibrate(model, x, layers=["hidden"], progress=False, fisher=False)["hidden"].fisher is None

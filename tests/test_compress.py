@@ -165,7 +165,8 @@ def _assert_profitable(report, excluded=()):
 
 def test_energy_keeps_variance(trained_deepfm, calib_features):
     stats = tfafm.calibrate(trained_deepfm, calib_features, progress=False)
-    compressed, report = tfafm.compress(trained_deepfm, energy=0.95, statistics=stats, progress=False)
+    compressed, report = tfafm.compress(trained_deepfm, energy=0.95, statistics=stats, criterion="variance",
+                                        progress=False)
     factored = _assert_profitable(report)
     layers = _layers(compressed)
     for row in factored:
@@ -385,8 +386,10 @@ def test_loss_criterion_keeps_what_the_predictions_see_and_needs_fisher_informat
         assert small.count_params() < model.count_params()
     full, _ = tfafm.compress(model, x, ranks={"hidden2": 64}, criterion="loss", progress=False)
     np.testing.assert_allclose(full.predict(x[:64], verbose=0), model.predict(x[:64], verbose=0), atol=1e-5)
-    plain = tfafm.calibrate(model, x, progress=False)
+    plain = tfafm.calibrate(model, x, progress=False, fisher=False)
     with pytest.raises(tfafm.UserError, match=r"fisher=True"):
         tfafm.compress(model, statistics=plain, target_ratio=2, criterion="loss", progress=False)
-    _, by_energy = tfafm.compress(model, statistics=plain, energy=0.9, progress=False)
+    _, by_energy = tfafm.compress(model, statistics=plain, energy=0.9, criterion="variance", progress=False)
     assert by_energy.criterion == "variance"
+    _, svd = tfafm.compress(model, method="svd", target_ratio=2, progress=False)  # no data: SVD from the weights
+    assert svd.criterion == "variance"

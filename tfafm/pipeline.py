@@ -98,7 +98,7 @@ def compress_run(
     energy: Optional[float] = None,
     max_auc_drop: Optional[float] = None,
     objective: str = "both",
-    criterion: str = "variance",
+    criterion: Optional[str] = None,
     quantization: Optional[str] = None,
     inner_activation: Optional[str] = None,
     finetune_epochs: int = 0,

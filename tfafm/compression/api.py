@@ -132,7 +132,7 @@ def compress(
     min_calibration_rows: int | None = None,
     objective: str = "both",
     quantization: str | None = None,
-    criterion: str = "variance",
+    criterion: str | None = None,
 ) -> tuple[keras.Model, CompressionReport]:
     """Replaces a model's compressible matrices by low-rank factors.
 
@@ -165,7 +165,9 @@ def compress(
         ranks: explicit ``{name: rank}``; only these matrices are factored.
             Names are layer names (qualified ``outer/inner`` when not unique)
             or, for layers with several matrices, ``layer/matrix``.
-        energy: keep this fraction of each matrix's output variance.
+        energy: keep this fraction of each matrix's output variance (under
+            ``criterion="loss"``, of its variance weighted by the Fisher
+            information, what the report's ``variance_kept`` counts too).
         target_ratio: shrink the model's LiteRT file under ``quantization``
             (as :func:`tfafm.compression.report.estimated_file_bytes` counts
             it: every weight, not only the compressible matrices) and, with
@@ -205,7 +207,8 @@ def compress(
             (``None``, ``"float16"``, ``"dynamic"``, ``"int8"``), so costs are
             counted in its bytes (under ``"dynamic"``, factors of fewer than
             1024 elements stay float32).
-        criterion: what the factors keep. ``"variance"`` (AFM as published):
+        criterion: what the factors keep (default: ``"loss"`` for AFM,
+            ``"variance"`` for SVD, which then needs no data). ``"variance"`` (AFM as published):
             each matrix keeps the directions of most output variance, and a
             budget goes to each matrix by its share of its own variance (all
             tables as one). ``"loss"``: what the predictions see; each
@@ -215,7 +218,9 @@ def compress(
             :func:`~tfafm.linalg.factorize.weighted_bases`), and a budget
             goes where it avoids the most of that loss, in one currency for
             all matrices. Needs calibration data, or statistics from
-            ``calibrate(..., fisher=True)``; for SVD too.
+            :func:`tfafm.calibrate` with its default ``fisher=True``; for SVD
+            too (``criterion="variance"`` gives SVD as published, from the
+            weights alone).
 
     Returns:
         ``(compressed_model, report)``. Automatic rank choices never factor a
@@ -245,6 +250,8 @@ def compress(
         raise UserError("Give exactly one of ranks, energy, target_ratio or max_auc_drop (got "
                         f"{chosen_options or 'none'}).")
     check_inner_activation(inner_activation)
+    if criterion is None:
+        criterion = "loss" if method == "afm" else "variance"
     if criterion not in CRITERIA:
         raise UserError(f"criterion must be one of {CRITERIA}, got {criterion!r}.")
     costs = cost_models(objective, quantization)
@@ -309,8 +316,6 @@ class _Plan:
         self.method, self.statistics, self.inner_activation, self.costs = method, statistics, inner_activation, costs
         self.criterion = criterion
         self.spectra = {t.name: _spectrum(t, method, statistics, criterion) for t in targets}
-        self.variance = (self.spectra if criterion == "variance"
-                         else {t.name: _spectrum(t, method, statistics) for t in targets})
         self.by_name = {t.name: t for t in targets}
         self.file_bytes = estimated_file_bytes(model, costs[0].quantization)
         self.copies: list = []  # (original, copy) layers re-created by the last build()
@@ -344,7 +349,7 @@ class _Plan:
                 name=target.name, kind=target.kind, input_dim=target.input_dim, output_dim=target.output_dim,
                 rank=rank, params_before=target.params(),
                 params_after=target.params(rank) if rank else target.params(),
-                variance_kept=energy_kept(self.variance[target.name], rank) if rank else None,
+                variance_kept=energy_kept(self.spectra[target.name], rank) if rank else None,
             ))
         notes = tuple(f"layer {name!r} could not be re-created from its config and is shared with the original "
                       "model (give it a get_config)" for name in shared)

@@ -114,7 +114,9 @@ def weighted_bases(second_moment: np.ndarray, fisher: np.ndarray | None) -> tupl
     first ``k`` columns of ``down`` and rows of ``up``, ``y -> y down_k up_k`` is the rank-k
     projection minimising ``E[e^T F e]`` for the error ``e`` (twice the KL divergence it causes in
     the predictions, to second order), and ``values[k:]`` sum to that minimum. ``down @ up`` is the
-    identity. Without ``F`` these are the eigenvectors of ``M`` (``up = down^T``).
+    identity, and the rows of ``up`` have unit norm (each pair rescaled), so the codes keep the
+    outputs' own scale, as int8 activations need. Without ``F`` these are the eigenvectors of
+    ``M`` (``up = down^T``).
     """
     if fisher is None:
         values, vectors = eigen(second_moment)
@@ -124,7 +126,9 @@ def weighted_bases(second_moment: np.ndarray, fisher: np.ndarray | None) -> tupl
     metric = metric + FISHER_RIDGE * max(float(np.trace(metric)) / dim, 1e-30) * np.eye(dim)
     lower = np.linalg.cholesky(metric)
     values, vectors = eigen(lower.T @ second_moment @ lower)
-    return values, lower @ vectors, np.linalg.solve(lower.T, vectors).T
+    down, up = lower @ vectors, np.linalg.solve(lower.T, vectors).T
+    norms = np.linalg.norm(up, axis=1)  # the codes in the outputs' own scale, as without F
+    return values, down * norms, up / norms[:, None]
 
 
 def _checked(name: str, stats: LayerStatistics | None, dim: int) -> LayerStatistics:
