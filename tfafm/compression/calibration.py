@@ -16,6 +16,12 @@ while it lives) for later calls with the same targets, strategy and batch
 structure, so a repeated calibration costs what its batches cost, as a
 repeated ``model.predict`` does.
 
+With ``fisher=True`` (the default) the same step also takes, per model output,
+the gradient of the predictions (each scaled by the square root of its
+Bernoulli Fisher weight) with respect to every target's output rows, and adds
+``g^T g`` of those rows to a float64 sum per target: the Fisher information
+``compress(criterion="loss")`` weighs the output directions by.
+
 Under a ``tf.distribute`` strategy the batches are split across replicas and
 each local replica's moments are merged the same way; with several workers
 (``MultiWorkerMirroredStrategy``) every worker's totals are summed once at
@@ -201,7 +207,7 @@ class _Calibrator:
         def replica_moments(element):
             features = features_of(element) if labelled else element
             inputs = pack_inputs(model_ref(), model_inputs(model_ref(), features))
-            with tf.GradientTape(persistent=True) as tape:
+            with tf.GradientTape(persistent=True) if fisher else contextlib.nullcontext() as tape:
                 flat = keras.tree.flatten(probe.model(inputs, training=False))
                 scaled = [tf.reduce_sum(_prediction_scale(o) * tf.cast(o, tf.float32))
                           for o in flat[:probe.num_outputs]] if fisher else []
