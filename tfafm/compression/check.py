@@ -74,7 +74,10 @@ def run_checked(model: keras.Model, rows: dict[str, np.ndarray], what: str) -> d
     for name, value in result.items():
         if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
             raise UserError(f"{what} gives non-finite values (NaN or inf) in output {name!r} on "
-                            f"{len(next(iter(rows.values())))} sample rows.")
+                            f"{len(next(iter(rows.values())))} sample rows (rows generated within each input's "
+                            "type when no data was given: a model that only accepts part of that range, such as "
+                            "log1p of a positive price, needs rows of its own data: --data, verification_data= "
+                            "or calibration data).")
     return result
 
 
