@@ -142,6 +142,25 @@ def test_fm_runs_on_codes_only_when_its_root_stores_few_zeros():
     assert not _fm_on_codes_pays(fields([16] * 18 + [5, 5, 4, 4, 3, 3, 4, 9]), _Fuser.SPARSE_LIMIT)
 
 
+@pytest.mark.parametrize("share, on_codes", [(0.25, True), (0.0, False)])
+def test_fm_on_codes_may_store_zeros_up_to_a_share_of_the_model(data, monkeypatch, share, on_codes):
+    """Past the fixed limit, the FM's root may still store zeros up to FM_ZERO_SHARE of the model's
+    weights (3 ops instead of the per-field projections and the FM over d-wide fields)."""
+    from tfafm.compression.fusion import _Fuser
+    from tfafm.models.layers import CodeFactorizationMachine
+
+    compressed = _compressed("deepfm", data, ranks=_every_field(data[0]), target_ratio=None)
+    ranks = list(_every_field(data[0]).values())
+    zero_bytes = 4 * (sum(ranks) ** 2 - sum(k * k for k in ranks))
+    assert 0 < zero_bytes <= 4 * compressed.count_params() * 0.25
+    monkeypatch.setattr(_Fuser, "SPARSE_LIMIT", 0)
+    monkeypatch.setattr(_Fuser, "FM_ZERO_SHARE", share)
+    fused, _ = tfafm.fuse(compressed)
+    assert any(isinstance(layer, CodeFactorizationMachine) for layer in fused.layers) == on_codes
+    np.testing.assert_allclose(fused.predict(data[1], verbose=0), compressed.predict(data[1], verbose=0),
+                               atol=1e-5)
+
+
 def test_codes_split_by_fields_left_whole_are_projected_run_by_run(data, monkeypatch):
     """A consumer fusion cannot fold (DCN-V2's cross network) gets its vectors from one projection per
     run of adjacent codes, never from a block-diagonal matrix storing zeros: the fused model holds no

@@ -140,9 +140,13 @@ def _weights(layer) -> dict[str, np.ndarray]:
 
 class _Fuser:
     SPARSE_LIMIT = 64 * 1024  # bytes of zeros a block-diagonal projection matrix may hold
+    # The FM on codes (3 ops) replaces the per-field projections and the FM over d-wide fields (~14 ops):
+    # its block-diagonal root may store zeros up to this share of the model's weights as well.
+    FM_ZERO_SHARE = 1 / 32
 
     def __init__(self, model: keras.Model):
         self.calls = call_counts(model)
+        self.fm_zero_limit = max(self.SPARSE_LIMIT, 4 * model.count_params() * self.FM_ZERO_SHARE)
         self.originals: dict[int, Any] = {}
         self.copies: list[tuple[Any, Any]] = []
         self.segments: dict[int, list[_Segment]] = {}
@@ -180,7 +184,7 @@ class _Fuser:
         if isinstance(original, (StackFields, keras_rs.layers.DotInteraction)) and not kwargs and len(args) == 1:
             return self._vector_list(op, original, list(args[0]))
         if (isinstance(original, FactorizationMachine) and original.reduce_sum and id(args[0]) in self.fields
-                and _fm_on_codes_pays(self.fields[id(args[0])], self.SPARSE_LIMIT)):
+                and _fm_on_codes_pays(self.fields[id(args[0])], self.fm_zero_limit)):
             return self._factorization_machine(original, self.fields[id(args[0])])
         if isinstance(original, (keras.layers.Dense, LowRankDense)) and not kwargs and len(args) == 1:
             segments = self.segments.get(id(args[0]))
