@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tfafm.compression.ranks import (BREAK_EVEN, OP_BYTES, CostModel, break_even_rank, cost_models, ranks_for_energy,
-                                     ranks_for_ratio)
+from tfafm.compression.ranks import (BREAK_EVEN, LATENCY_RELAX, OP_BYTES, CostModel, break_even_rank, cost_models,
+                                     ranks_for_energy, ranks_for_ratio)
 from tfafm.compression.report import DYNAMIC_MIN_ELEMENTS, SCALE_BYTES
 from tfafm.compression.targets import Target
 from tfafm.errors import UserError
@@ -140,6 +140,30 @@ def test_both_falls_back_to_params_rather_than_starve_a_layer():
     spectra = {"flat": np.ones(400), "emb": 1.2 ** -np.arange(16)}
     both = ranks_for_ratio(candidates, spectra, 4, cost_models("both"))
     assert both == ranks_for_ratio(candidates, spectra, 4, cost_models("params"))
+
+
+def test_both_lowers_a_latency_ratio_out_of_reach_instead_of_dropping_it():
+    # Eight small matrices whose factors cost two ops each: at rank 1 they and the big layer read
+    # more than a quarter of the whole, so the bytes read cannot shrink 4x; they can shrink 3.2x
+    # (one relaxation step), which "both" then holds besides the parameter budget.
+    candidates = {"big": dense("big", 400, 400), **{f"s{i}": dense(f"s{i}", 100, 100) for i in range(8)},
+                  "emb": table("emb", 100_000, 16)}
+    spectra = {name: 1.5 ** -np.arange(min(c.input_dim, c.output_dim)) for name, c in candidates.items()}
+    params, latency = cost_models("both")
+
+    def spent(model, ranks):
+        return sum(model.whole(c) if ranks.get(name) is None else model.factored(c, ranks[name])
+                   for name, c in candidates.items())
+
+    whole = {name: None for name in candidates}
+    cheapest = {name: 1 for name in candidates}
+    assert spent(latency, cheapest) > spent(latency, whole) / 4  # 4x out of reach
+    assert spent(latency, cheapest) <= spent(latency, whole) / (4 * LATENCY_RELAX)
+    both = ranks_for_ratio(candidates, spectra, 4, [params, latency], criterion="loss")
+    assert spent(params, both) <= spent(params, whole) / 4
+    assert spent(latency, both) <= spent(latency, whole) / (4 * LATENCY_RELAX)
+    only_params = ranks_for_ratio(candidates, spectra, 4, [params], criterion="loss")
+    assert spent(latency, only_params) > spent(latency, whole) / (4 * LATENCY_RELAX)
 
 
 def _ctr_like():

@@ -25,8 +25,11 @@ will be exported with, under one of two objectives:
     projection into the layer that reads the vectors.
 ``"both"``
     both budgets hold: the file and the bytes read per request shrink by the
-    target ratio (the latency budget is dropped where it cannot be reached
-    with every matrix keeping half its variance).
+    target ratio. Where the latency budget cannot be reached (with every
+    matrix keeping half its variance, under the variance criterion), the bytes
+    read shrink by as much as can be reached instead: its ratio is lowered
+    step by step (:data:`LATENCY_RELAX`), and dropped below
+    :data:`MIN_LATENCY_RATIO`.
 """
 
 from __future__ import annotations
@@ -54,6 +57,10 @@ OP_BYTES = 16_384
 _ENERGY_FLOORS = (0.5, 0.25, 0.1, 0.0)
 # The smallest rank a matrix starts at unless the budget demands rank 1 (one direction).
 MIN_RANK = 2
+# Under "both", a latency ratio out of reach is multiplied by this until it can be reached; below
+# MIN_LATENCY_RATIO the parameter budget alone decides.
+LATENCY_RELAX = 0.8
+MIN_LATENCY_RATIO = 1.25
 
 
 def cost_models(objective: str, quantization: str | None = None) -> list["CostModel"]:
@@ -209,6 +216,7 @@ def ranks_for_ratio(
     costs: CostModel | Sequence[CostModel] | None = None,
     file_bytes: float | None = None,
     criterion: str = "variance",
+    later_ratio: float | None = None,
 ) -> dict[str, int]:
     """Ranks whose total cost is at most ``1 / target_ratio`` of the whole cost, under each
     of ``costs`` (default: parameter bytes; give a params and a latency
@@ -219,7 +227,10 @@ def ranks_for_ratio(
     counts in the budget and never shrinks, so the file shrinks by ``target_ratio``.
     When the budgets cannot all hold with every matrix keeping half its variance (a
     small model, whose fixed cost per op dominates its reads; a model whose reads are
-    mostly one big matrix), only the first one is kept.
+    mostly one big matrix, or whose matrices left whole read a large share), the later
+    budgets shrink by ``later_ratio`` instead, lowered from ``target_ratio`` by
+    :data:`LATENCY_RELAX` until they hold; below :data:`MIN_LATENCY_RATIO` only the
+    first one is kept.
 
     Candidates that cost no less factored (at any rank up to break-even) than whole
     stay whole (outside the budget, unless counted in ``file_bytes``).
@@ -264,7 +275,8 @@ def ranks_for_ratio(
     whole = sum(choice.costs[-1] for choice in choices.values())
     total = np.where([file_bytes is not None and c.objective == "params" for c in costs], file_bytes or 0, whole)
     fixed = total - whole  # what never shrinks
-    budgets = total / target_ratio - fixed
+    later_ratio = target_ratio if later_ratio is None else later_ratio
+    budgets = total / np.array([target_ratio] + [later_ratio] * (len(costs) - 1)) - fixed
     cheapest = fixed + sum(choice.costs[0] for choice in choices.values())
     if np.all(budgets > 0):
         for choice in choices.values():  # a matrix left with its whole option only stays whole, within the budget
@@ -282,7 +294,9 @@ def ranks_for_ratio(
             spent = spent if len(costs) > 1 else _lowered(choices, spent, budgets)
     if not np.all(budgets > 0) or not np.all(spent <= budgets):
         if len(costs) > 1:
-            return ranks_for_ratio(candidates, spectra, target_ratio, costs[:1], file_bytes, criterion)
+            relaxed = later_ratio * LATENCY_RELAX
+            return ranks_for_ratio(candidates, spectra, target_ratio, costs if relaxed >= MIN_LATENCY_RATIO
+                                   else costs[:1], file_bytes, criterion, relaxed)
         quantization = costs[0].quantization or "float32"
         raise UserError(
             f"target_ratio={target_ratio:g} is out of reach: the cheapest choice for every matrix and what "
