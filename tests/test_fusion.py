@@ -109,7 +109,8 @@ def test_fields_left_whole_join_the_codes(data):
     fm = fused.get_layer("fm")
     assert isinstance(fm, tfafm.models.layers.CodeFactorizationMachine)
     codes = sum(chosen.values()) + 6  # the whole field's 6-wide vector as its code
-    assert fm.kernel.shape == (codes, 6 + codes)
+    assert fm.raw_columns == list(range(codes - 6, codes))  # the last field: squared as it is, no root
+    assert fm.kernel.shape == (codes, 6 + codes - 6)
     np.testing.assert_allclose(fused.predict(features, verbose=0), compressed.predict(features, verbose=0), atol=1e-5)
 
 
@@ -131,15 +132,18 @@ def test_fuse_without_low_rank_layers_is_a_faithful_copy(data):
 
 
 def test_fm_runs_on_codes_only_when_its_root_stores_few_zeros():
-    """The FM on codes stores a (K, K) block-diagonal root: with 26 fields, 18 of them left whole (16-wide
-    identity codes), its zeros would outweigh the file bytes the factored tables saved."""
+    """The FM on codes stores a (K, K_f) root, block-diagonal over the factored fields' codes: with 26
+    factored fields, 18 of them 12 wide, its zeros would outweigh the file bytes the tables saved."""
     from tfafm.compression.fusion import _Fuser, _fm_on_codes_pays, _Segment
 
     def fields(ranks):
         return [_Segment(None, np.zeros((k, 16)), np.zeros(16)) for k in ranks]
 
     assert _fm_on_codes_pays(fields([4, 3, 2, 2]), _Fuser.SPARSE_LIMIT)
-    assert not _fm_on_codes_pays(fields([16] * 18 + [5, 5, 4, 4, 3, 3, 4, 9]), _Fuser.SPARSE_LIMIT)
+    assert not _fm_on_codes_pays(fields([12] * 18 + [5, 5, 4, 4, 3, 3, 4, 9]), _Fuser.SPARSE_LIMIT)
+    # Fields left whole (identity codes) need no root: 18 of them beside 8 small codes pay.
+    whole = [_Segment(None, np.eye(16), np.zeros(16)) for _ in range(18)]
+    assert _fm_on_codes_pays(whole + fields([5, 5, 4, 4, 3, 3, 4, 9]), _Fuser.SPARSE_LIMIT)
 
 
 @pytest.mark.parametrize("share, on_codes", [(0.25, True), (0.0, False)])

@@ -53,6 +53,21 @@ def test_code_factorization_machine():
     assert CodeFactorizationMachine.from_config(layer.get_config()).dim == 2
 
 
+def test_code_factorization_machine_with_a_field_as_it_is():
+    # v_1 = c_1 [1, 1] (a code, R_1 = sqrt(2)); v_2 = (c_2, c_3), a field left whole: raw columns 1 and 2,
+    # no root for them. C = [2, 3, 4]: v_1 = [2, 2], v_2 = [3, 4], FM = v_1 . v_2 = 14.
+    layer = CodeFactorizationMachine(dim=2, raw_columns=[1, 2])
+    layer.build((None, 3))
+    assert layer.kernel.shape == (3, 3)
+    layer.kernel.assign(np.array([[1.0, 1.0, math.sqrt(2)], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], "float32"))
+    codes = np.array([[2.0, 3.0, 4.0]], "float32")
+    # x = [5, 6, 2 sqrt(2)], raw [3, 4] -> 0.5 * (25 + 36) - 0.5 * (8 + 9 + 16) = 14
+    np.testing.assert_allclose(_np(layer(codes)), [[14.0]], rtol=1e-6)
+    fields = np.array([[[2.0, 2.0], [3.0, 4.0]]], "float32")
+    np.testing.assert_allclose(_np(layer(codes)), _np(FactorizationMachine()(fields)), rtol=1e-6)
+    assert CodeFactorizationMachine.from_config(layer.get_config()).raw_columns == [1, 2]
+
+
 def test_cross_layer_v1():
     layer = CrossLayerV1()
     x0 = np.array([[1.0, 2.0]], "float32")

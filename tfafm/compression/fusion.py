@@ -126,12 +126,21 @@ def _merge_plan(model: keras.Model, calls: dict[int, int]) -> dict[str, list[tup
     return plans
 
 
-def _fm_on_codes_pays(fields: list[_Segment], zero_bytes_limit: int) -> bool:
+def _is_raw(segment: _Segment) -> bool:
+    """Whether a field's "code" is the field itself (a table left whole: identity projection, no bias)."""
+    projection = segment.projection
+    return (projection.shape[0] == projection.shape[1] and np.array_equal(projection, np.eye(len(projection)))
+            and not np.any(segment.bias))
+
+
+def _fm_on_codes_pays(fields: list[_Segment], zero_bytes_limit: float) -> bool:
     """Whether an FM on the fields' codes stores at most ``zero_bytes_limit`` bytes of zeros: its
-    ``(K, K)`` root is block-diagonal over the codes (K their total width), so with many fields left
-    whole (identity codes) it would add more to the file than the per-field projections it replaces."""
+    ``(K, K_f)`` root (K the codes' total width, K_f that of the factored fields' codes; fields left
+    whole need none) is block-diagonal over the factored codes, so with many factored fields it
+    could add more to the file than the per-field projections it replaces."""
     ranks = [s.projection.shape[0] for s in fields]
-    return 4 * (sum(ranks) ** 2 - sum(k * k for k in ranks)) <= zero_bytes_limit
+    factored = [k for k, s in zip(ranks, fields) if not _is_raw(s)]
+    return 4 * (sum(ranks) * sum(factored) - sum(k * k for k in factored)) <= zero_bytes_limit
 
 
 def _weights(layer) -> dict[str, np.ndarray]:
@@ -349,17 +358,30 @@ class _Fuser:
         return op([pieces.get(i, v) for i, v in enumerate(vectors)])
 
     def _factorization_machine(self, layer, fields: list[_Segment]):
-        """FM over projected codes, without the d-wide field vectors (:class:`CodeFactorizationMachine`)."""
+        """FM over projected codes, without the d-wide field vectors (:class:`CodeFactorizationMachine`);
+        fields left whole enter as raw columns, without a root."""
         projections = [s.projection for s in fields]
-        shifts = [np.linalg.lstsq(p.T, s.bias, rcond=None)[0] for p, s in zip(projections, fields)]  # h_f
-        rest = sum(float(np.sum((s.bias - h @ p) ** 2)) for p, s, h in zip(projections, fields, shifts))
-        root = _block_diagonal([np.linalg.qr(p.T, mode="r").T for p in projections])  # P P^T = R R^T
-        fm = CodeFactorizationMachine(projections[0].shape[1], name=layer.name)
+        raw = [_is_raw(s) for s in fields]
+        starts = np.cumsum([0] + [p.shape[0] for p in projections])
+        factored = [(p, s, start) for p, s, start, is_raw in zip(projections, fields, starts, raw) if not is_raw]
+        shifts = [np.linalg.lstsq(p.T, s.bias, rcond=None)[0] for p, s, _ in factored]  # h_f
+        rest = sum(float(np.sum((s.bias - h @ p) ** 2)) for (p, s, _), h in zip(factored, shifts))
+        blocks = [np.linalg.qr(p.T, mode="r").T for p, _, _ in factored]  # P P^T = R R^T
+        root = np.zeros((starts[-1], sum(len(b) for b in blocks)))
+        column = 0
+        for block, (_, _, start) in zip(blocks, factored):
+            root[start:start + len(block), column:column + len(block)] = block
+            column += len(block)
+        shift = np.concatenate(shifts) @ _block_diagonal(blocks) if blocks else np.zeros(0)
+        raw_columns = [int(c) for start, p, is_raw in zip(starts, projections, raw) if is_raw
+                       for c in range(start, start + p.shape[0])]
+        fm = CodeFactorizationMachine(projections[0].shape[1], raw_columns=raw_columns, name=layer.name)
         outputs = fm(self._join([s.tensor for s in fields], f"{layer.name}_codes"))
         fm.set_weights([np.concatenate([np.concatenate(projections), root], axis=1).astype(np.float32),
-                        np.concatenate([sum(s.bias for s in fields), np.concatenate(shifts) @ root]).astype(np.float32),
+                        np.concatenate([sum(s.bias for s in fields), shift]).astype(np.float32),
                         np.array([rest], dtype=np.float32)])
-        self.report.notes.append(f"{layer.name}: FM computed on the {len(fields)} fields' codes")
+        self.report.notes.append(f"{layer.name}: FM computed on the {len(fields)} fields' codes"
+                                 + (f" ({sum(raw)} of them left whole)" if any(raw) else ""))
         return outputs
 
     def _concatenate(self, op, layer, inputs, **kwargs):

@@ -142,25 +142,37 @@ class CodeFactorizationMachine(keras.layers.Layer):
     ops (matmul, square, matmul). :func:`tfafm.fuse` builds it for an FM fed
     by low-rank embeddings.
 
+    A field given as it is (``v_f = c_f``, a table left whole) needs no root:
+    its columns of ``C`` are listed in ``raw_columns``, ``R`` covers the other
+    ``K - len(raw_columns)`` code columns only, and the squares of the raw
+    columns are taken off directly (two more ops: a gather, a concatenation),
+    so the kernel stores no ``(K, K)`` block for them.
+
     Args:
         dim: the field width ``d``.
+        raw_columns: indices of the columns of ``C`` that are fields as they are.
 
-    Weights: ``kernel`` ``(K, d + K)``, ``bias`` ``(d + K,)``, ``constant`` ``(1,)``.
+    Weights: ``kernel`` ``(K, d + K - len(raw_columns))``, ``bias`` of its width,
+    ``constant`` ``(1,)``.
     """
 
-    def __init__(self, dim: int, **kwargs: Any):
+    def __init__(self, dim: int, raw_columns: Sequence[int] = (), **kwargs: Any):
         super().__init__(**kwargs)
         self.dim = int(dim)
+        self.raw_columns = [int(c) for c in raw_columns]
 
     def build(self, input_shape):
-        codes = input_shape[-1]
-        self.kernel = self.add_weight(name="kernel", shape=(codes, self.dim + codes))
-        self.bias = self.add_weight(name="bias", shape=(self.dim + codes,), initializer="zeros")
+        width = self.dim + input_shape[-1] - len(self.raw_columns)
+        self.kernel = self.add_weight(name="kernel", shape=(input_shape[-1], width))
+        self.bias = self.add_weight(name="bias", shape=(width,), initializer="zeros")
         self.constant = self.add_weight(name="constant", shape=(1,), initializer="zeros")
 
     def call(self, codes):
         x = ops.matmul(codes, self.kernel) + self.bias
-        halves = [0.5] * self.dim + [-0.5] * (self.kernel.shape[1] - self.dim)
+        if self.raw_columns:
+            x = ops.concatenate([x, ops.take(codes, ops.convert_to_tensor(self.raw_columns, "int32"), axis=1)],
+                                axis=-1)
+        halves = [0.5] * self.dim + [-0.5] * (self.kernel.shape[1] - self.dim + len(self.raw_columns))
         signs = ops.convert_to_tensor([[h] for h in halves], dtype=self.compute_dtype)
         return ops.matmul(ops.square(x), signs) - 0.5 * self.constant
 
@@ -168,7 +180,7 @@ class CodeFactorizationMachine(keras.layers.Layer):
         return (input_shape[0], 1)
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "dim": self.dim}
+        return {**super().get_config(), "dim": self.dim, "raw_columns": self.raw_columns}
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
