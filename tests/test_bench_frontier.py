@@ -58,3 +58,26 @@ def test_int4_tables_estimate_counts_packed_rows_and_scales(frontier):
     x = np.array([[3], [7]], dtype="int32")
     np.testing.assert_allclose(quantized.predict(x, verbose=0), model.predict(x, verbose=0), atol=0.01)
     assert model.layers[1].quantization_mode is None  # the original is untouched
+
+
+def test_plot_lays_panels_out_two_per_row(frontier, tmp_path):
+    pytest.importorskip("matplotlib")
+    summary = [{"label": "AFM x4", "variant": "AFM", "bytes": 1024.0, "smaller": 4.0, "delta": -0.001},
+               {"label": "AFM x8", "variant": "AFM", "bytes": 512.0, "smaller": 8.0, "delta": -0.003}]
+    path = tmp_path / "frontier.png"
+    frontier.plot({"a": summary, "b": summary, "c": summary}, str(path))
+    from PIL import Image
+
+    width, height = Image.open(path).size
+    assert width == 2 * 6 * 90 and height == 2 * 4 * 90  # 2 columns, 2 rows at 90 dpi
+
+
+def test_criteo_attribution_sample_loads_with_its_own_held_out_rows(frontier):
+    loaded = frontier.load("criteo_attribution", 0)
+    if loaded is None:
+        pytest.skip("../shared/data/criteo_attribution is absent")
+    bundle, test = loaded
+    assert [f.name for f in bundle.schema.sparse] == ["cat1", "cat4", "cat6", "cat8", "cat9"]
+    assert not bundle.schema.dense
+    held_out = sum(int(labels.shape[0]) for _, labels in test)
+    assert held_out == 49_770
