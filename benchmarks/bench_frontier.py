@@ -68,6 +68,7 @@ SHARED_DATA = {  # (format, training files, held-out files, spec options)
 }
 HIDDEN = (400, 400, 400)
 LEARNING_RATE = 1e-3
+SYNTHETIC_VOCABULARY = 100_000
 METHODS = {"afm": ("AFM", "afm", "variance"), "afm-loss": ("AFM-loss", "afm", "loss"),
            "svd": ("SVD", "svd", "variance")}
 REACH = re.compile(r"largest reachable ratio for this model under \w+ is ([0-9.]+)x")
@@ -94,8 +95,9 @@ def parse_args():
 def load(dataset: str, rows: int):
     """``(training bundle, held-out dataset)`` of a data set; None when its shared files are absent."""
     if dataset == "synthetic":
-        bundle = load_data(f"synthetic:{rows}", batch_size=512)
-        test = SyntheticCriteo().dataset(max(rows // 5, 1000), 512, "test")
+        bundle = load_data(f"synthetic:{rows}", batch_size=512, synthetic_max_vocabulary=SYNTHETIC_VOCABULARY)
+        # The held-out rows come from the same generator (seed and vocabularies: the same hidden teacher).
+        test = SyntheticCriteo(max_vocabulary=SYNTHETIC_VOCABULARY).dataset(max(rows // 5, 1000), 512, "test")
         return bundle, test
     form, train, held_out, options = SHARED_DATA[dataset]
     if not all(path.exists() for path in train + held_out):

@@ -81,3 +81,14 @@ def test_criteo_attribution_sample_loads_with_its_own_held_out_rows(frontier):
     assert not bundle.schema.dense
     held_out = sum(int(labels.shape[0]) for _, labels in test)
     assert held_out == 49_770
+
+
+def test_synthetic_held_out_rows_come_from_the_training_generator(frontier):
+    """Same seed and vocabularies as the training rows: the same hidden teacher (a different generator
+    would make every model look like a coin flip on the held-out rows)."""
+    bundle, test = frontier.load("synthetic", 2000)
+    train_ids = next(iter(bundle.train))[0]
+    test_ids = next(iter(test))[0]
+    for feature in bundle.schema.sparse:
+        assert int(np.max(test_ids[feature.name])) < feature.vocabulary_size
+    assert set(train_ids) == set(test_ids)
