@@ -185,7 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="afm: factor each layer's output covariance (needs calibration data); "
                                "svd: factor the weights (default afm)")
     compress.add_argument("--objective", choices=OBJECTIVES, default="both",
-                          help="what --ratio shrinks: both (the file and the bytes read per batch-1 request), "
+                          help="what --ratio shrinks: both (the file, and the bytes read per batch-1 request as far "
+                               "as that costs the predictions next to nothing), "
                                "params (the file only) or latency (the bytes read per request plus a cost per "
                                "op only; tables mostly stay whole) (default both)")
     compress.add_argument("--criterion", choices=CRITERIA,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tfafm.compression.ranks import (BREAK_EVEN, LATENCY_RELAX, OP_BYTES, CostModel, break_even_rank, cost_models,
+from tfafm.compression.ranks import (BREAK_EVEN, LATENCY_LOSS_SHARE, LATENCY_RELAX, OP_BYTES, CostModel, break_even_rank, cost_models,
                                      ranks_for_energy, ranks_for_ratio)
 from tfafm.compression.report import DYNAMIC_MIN_ELEMENTS, SCALE_BYTES
 from tfafm.compression.targets import Target
@@ -55,17 +55,46 @@ def test_unknown_objective_or_quantization_is_a_user_error(options):
         cost_models(**{"objective": "params", **options})
 
 
-def test_both_keeps_the_file_and_the_reads_within_budget():
+def _mlp_and_table(decay):
     candidates = {"mlp": dense("mlp", 400, 400), "mlp2": dense("mlp2", 400, 400), "emb": table("emb", 100_000, 16)}
-    spectra = {"mlp": 0.95 ** np.arange(400), "mlp2": 0.9 ** np.arange(400), "emb": 1.2 ** -np.arange(16)}
+    spectra = {"mlp": decay ** np.arange(400), "mlp2": (decay - 0.05) ** np.arange(400),
+               "emb": 1.2 ** -np.arange(16)}
+    return candidates, spectra
+
+
+def _lost(candidates, spectra, ranks):
+    """What the allocator counts as lost under the variance criterion: each MLP's share of its own
+    variance, the table's of its own (the only table)."""
+    return sum(1 - np.sum(spectra[n][:ranks[n]]) / np.sum(spectra[n]) for n in candidates if n in ranks)
+
+
+def test_both_keeps_the_file_and_the_reads_within_budget():
+    # Steep MLP spectra: a few directions keep almost all, so the reads shrink at almost no loss.
+    candidates, spectra = _mlp_and_table(0.6)
     models = cost_models("both")
     ranks = ranks_for_ratio(candidates, spectra, 4, models)
     for costs in models:
         spent = sum(costs.factored(c, ranks[n]) if n in ranks else costs.whole(c) for n, c in candidates.items())
         assert spent <= sum(costs.whole(c) for c in candidates.values()) / 4, costs.objective
-    # Under params alone the budget is mostly the table's, and the MLP keeps more rank.
     params_only = ranks_for_ratio(candidates, spectra, 4, models[0])
-    assert params_only.get("mlp", 400) + params_only.get("mlp2", 400) > ranks["mlp"] + ranks["mlp2"]
+    assert _lost(candidates, spectra, ranks) - _lost(candidates, spectra, params_only) <= LATENCY_LOSS_SHARE
+
+
+def test_both_does_not_buy_speed_with_accuracy():
+    # Slowly decaying MLP spectra: 4x fewer bytes read would squeeze the MLPs (a quarter of the reads
+    # each, whole) far below what the file budget alone leaves them, losing much of their variance; the
+    # reads budget is lowered until it costs at most LATENCY_LOSS_SHARE more than the file budget alone.
+    candidates, spectra = _mlp_and_table(0.95)
+    params, latency = cost_models("both")
+    both = ranks_for_ratio(candidates, spectra, 4, [params, latency])
+    alone = ranks_for_ratio(candidates, spectra, 4, [params])
+
+    def reads(ranks):
+        return sum(latency.factored(c, ranks[n]) if n in ranks else latency.whole(c) for n, c in candidates.items())
+
+    assert _lost(candidates, spectra, both) - _lost(candidates, spectra, alone) <= LATENCY_LOSS_SHARE
+    assert reads(both) > sum(latency.whole(c) for c in candidates.values()) / 4
+    assert reads(both) <= reads(alone)
 
 
 def test_no_rank_above_break_even_and_the_budget_holds():
@@ -145,10 +174,11 @@ def test_both_falls_back_to_params_rather_than_starve_a_layer():
 def test_both_lowers_a_latency_ratio_out_of_reach_instead_of_dropping_it():
     # Eight small matrices whose factors cost two ops each: at rank 1 they and the big layer read
     # more than a quarter of the whole, so the bytes read cannot shrink 4x; they can shrink 3.2x
-    # (one relaxation step), which "both" then holds besides the parameter budget.
+    # (one relaxation step), which "both" then holds besides the parameter budget (steep spectra: holding it
+    # loses next to nothing).
     candidates = {"big": dense("big", 400, 400), **{f"s{i}": dense(f"s{i}", 100, 100) for i in range(8)},
                   "emb": table("emb", 100_000, 16)}
-    spectra = {name: 1.5 ** -np.arange(min(c.input_dim, c.output_dim)) for name, c in candidates.items()}
+    spectra = {name: 4.0 ** -np.arange(min(c.input_dim, c.output_dim)) for name, c in candidates.items()}
     params, latency = cost_models("both")
 
     def spent(model, ranks):

@@ -198,8 +198,9 @@ def compress(
         progress: show calibration progress.
         min_calibration_rows: see :func:`tfafm.calibrate`.
         objective: what ``target_ratio`` shrinks: ``"both"`` (default: the
-            file and the bytes read per batch-1 request each shrink by
-            ``target_ratio``), ``"params"`` (bytes stored, the file size
+            file shrinks by ``target_ratio``, and the bytes read per batch-1
+            request by as much of it as costs the predictions next to
+            nothing, :data:`~tfafm.compression.ranks.LATENCY_LOSS_SHARE`), ``"params"`` (bytes stored, the file size
             only) or ``"latency"`` (bytes read per batch-1 request plus a
             fixed cost per op only: MLP matrices are read whole, a table one
             row per lookup, so tables mostly stay whole).
