@@ -201,8 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="Keras activation between the two factors of Dense layers, e.g. relu (default "
                                "none: exact at full rank)")
     compress.add_argument("--finetune-epochs", type=non_negative_int, default=0, metavar="N",
-                          help="fine-tuning epochs after compression; the starting weights are kept if no "
-                               "epoch improves validation AUC (default 0)")
+                          help="fine-tuning epochs after compression; the fine-tuned weights are kept only if "
+                               "their validation AUC gain is significant (paired DeLong test, z >= 1.645), "
+                               "else the compressed weights (default 0)")
     compress.add_argument("--calibration-steps", type=positive_int, metavar="N",
                           help="calibrate on at most N batches (default: the whole training split)")
     _add_skip_bad_lines(compress)

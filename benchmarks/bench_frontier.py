@@ -18,8 +18,9 @@ LiteRT interpreter unless said otherwise:
     AFM-loss xR    the same with ``criterion="loss"`` (directions and ranks by what they cost
                    the predictions, from the same calibration).
     AFM-loss+ft xR AFM-loss xR fine-tuned for ``--finetune-epochs`` epochs (Adam at half the
-                   training rate; early stopping on validation AUC, never ending worse than it
-                   started, as ``tfafm compress --finetune-epochs``), then exported the same way.
+                   training rate; early stopping on validation AUC; kept only for a significant
+                   validation AUC gain, as ``tfafm compress --finetune-epochs``), then exported the
+                   same way.
 
 Prints the measured tables and, per data set and model, the smallest file within
 ``--tolerance`` AUC of the float32 original (mean over seeds); with ``--doc`` it
@@ -248,7 +249,8 @@ def main() -> None:
         f"Protocol: MLP {'-'.join(map(str, HIDDEN))}, embedding 16, Adam 1e-3, batch 512, at most {args.epochs} "
         "epochs with early stopping on validation AUC; calibrated on 40 training batches (with Fisher information, "
         "for AFM-loss); no fine-tuning, except the AFM-loss+ft rows "
-        f"({args.finetune_epochs} epoch(s) at half the learning rate, early stopping on validation AUC). "
+        f"({args.finetune_epochs} epoch(s) at half the learning rate, early stopping on validation AUC, kept only "
+        "when the validation AUC gain is significant: paired DeLong z >= 1.645). "
         "Compressed models are ranked in dynamic-int8 bytes and exported as dynamic-int8 LiteRT files; AUC and "
         f"LogLoss through the LiteRT interpreter on held-out rows, mean ± std over {args.seeds} seed(s); 'x "
         "smaller' against the float32 original's file. int4 tables: Keras AUC and estimated bytes (see "

@@ -116,8 +116,8 @@ def main() -> None:
     lines = ["## AFM vs SVD under the same rank allocator", "",
              f"Command: `python {' '.join(shlex.quote(a) for a in sys.argv)}`", "", environment(), "",
              f"{description}. Objective {args.objective}; AUC/LogLoss mean ± std over {args.seeds} seed(s); ft = "
-             f"after {args.finetune_epochs} fine-tuning epoch(s) (starting weights kept when no epoch improves "
-             "validation AUC). Ranks: tables min/median/max (and how many stayed whole), then the other "
+             f"after {args.finetune_epochs} fine-tuning epoch(s) (starting weights kept unless the validation AUC "
+             "gain is significant, paired DeLong z >= 1.645). Ranks: tables min/median/max (and how many stayed whole), then the other "
              "matrices in model order."]
     print("\n".join(lines), flush=True)
     for model_name in args.models:

@@ -76,6 +76,7 @@ def test_compress_writes_model_and_reports(trained_run, tmp_path, capsys):
     assert report["totals"]["compressible_ratio"] >= 1.5
     stages = json.loads((out / "run.json").read_text())["stages"]
     assert set(stages) == {"original", "compressed", "finetuned"}
+    assert isinstance(stages["finetuned"]["kept"], bool) and "gain_z" in stages["finetuned"]
     printed = capsys.readouterr().out
     assert "original" in printed and "finetuned" in printed and "deep_dense_0" in printed
 

@@ -17,7 +17,8 @@ import tfafm
 from tfafm.compression.budget import MAX_EVALUATIONS
 from tfafm.errors import UserError
 from tfafm.export import verify
-from tfafm.metrics import agreement, ranks
+from tfafm.metrics import agreement, paired_auc_difference, ranks
+from tfafm.training import FINE_TUNE_MIN_Z, fine_tune
 
 ROWS = 512
 
@@ -50,6 +51,75 @@ def test_ranks_average_ties_and_agreement_is_spearman():
     assert result["max_abs_diff"] == pytest.approx(0.1)
     # ranks (0, 2, 1, 3) vs (2, 0, 3, 1): d = (-2, 2, -2, 2), rho = 1 - 6 * 16 / (4 * 15)
     assert agreement(a, np.array([0.4, 0.1, 0.9, 0.2]))["rank_correlation"] == pytest.approx(-0.6)
+
+
+def _delong_by_hand(labels, reference, candidate):
+    """DeLong's variance of AUC(candidate) - AUC(reference) from its definition, pair by pair."""
+    positive = labels > 0.5
+    components = []
+    for scores in (reference, candidate):
+        x, y = scores[positive], scores[~positive]
+        psi = (x[:, None] > y[None, :]) + 0.5 * (x[:, None] == y[None, :])
+        components.append((psi.mean(axis=1), psi.mean(axis=0)))  # per positive, per negative
+    s10 = np.cov(np.stack([components[0][0], components[1][0]]))
+    s01 = np.cov(np.stack([components[0][1], components[1][1]]))
+    m, n = positive.sum(), (~positive).sum()
+    return (s10[0, 0] + s10[1, 1] - 2 * s10[0, 1]) / m + (s01[0, 0] + s01[1, 1] - 2 * s01[0, 1]) / n
+
+
+def test_paired_auc_difference_is_delongs_test():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(3)
+    labels = (rng.random(400) < 0.3).astype(float)
+    reference = np.round(rng.normal(size=400) + labels, 1)  # rounded: ties count half
+    candidate = np.round(reference + 0.7 * rng.normal(size=400), 1)
+    result = paired_auc_difference(labels, reference, candidate)
+    assert result["difference"] == pytest.approx(roc_auc_score(labels, candidate) - roc_auc_score(labels, reference))
+    assert result["std_error"] ** 2 == pytest.approx(_delong_by_hand(labels, reference, candidate))
+    assert result["z"] == pytest.approx(result["difference"] / result["std_error"])
+    # The same predictions: no difference, no spread.
+    assert paired_auc_difference(labels, reference, reference) == {"difference": 0.0, "std_error": 0.0, "z": 0.0}
+    with pytest.raises(UserError, match="two positive"):
+        paired_auc_difference([0, 0, 1], [0.1, 0.2, 0.3], [0.1, 0.2, 0.3])
+    with pytest.raises(UserError, match="3 predictions for 4 labels"):
+        paired_auc_difference([0, 0, 1, 1], [0.1, 0.2, 0.3, 0.4], [0.1, 0.2, 0.3])
+
+
+def _tuning(x, y, validation):
+    import types
+
+    return types.SimpleNamespace(train=tf.data.Dataset.from_tensor_slices((x, y)).batch(64), validation=validation)
+
+
+def test_fine_tuning_keeps_only_a_significant_gain(mlp):
+    model, x, validation = mlp
+    rng = np.random.default_rng(1)
+    # Labels that are noise: whatever an epoch on them changes on the validation rows is not a gain.
+    noise = (rng.random((len(x), 1)) < 0.5).astype("float32")
+    tuned = keras.models.clone_model(model)
+    tuned.set_weights(model.get_weights())
+    result = fine_tune(tuned, _tuning(x, noise, validation), epochs=1, learning_rate=1e-4)
+    assert result["kept"] is False and result["gain_z"] < FINE_TUNE_MIN_Z
+    for kept, start in zip(tuned.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(kept, start)
+    # A model whose last layer was reset learns its labels back: a gain far beyond noise is kept.
+    y = np.concatenate([labels for _, labels in validation])
+    broken = keras.models.clone_model(model)
+    broken.set_weights(model.get_weights()[:2] + [np.zeros_like(w) for w in model.get_weights()[2:]])
+    truth = model.predict(x, verbose=0) > 0.5
+    result = fine_tune(broken, _tuning(x, truth.astype("float32"), validation), epochs=1, learning_rate=0.01)
+    assert result["kept"] is True and result["gain_z"] >= FINE_TUNE_MIN_Z and result["auc_gain"] > 0.1
+    assert result["rows"] == len(y)
+
+
+def test_fine_tuning_refuses_validation_rows_that_move_between_passes(mlp):
+    model, x, validation = mlp
+    shuffled = validation.unbatch().shuffle(10_000, seed=None, reshuffle_each_iteration=True).batch(128)
+    tuned = keras.models.clone_model(model)
+    tuned.set_weights(model.get_weights())
+    with pytest.raises(UserError, match="another order"):
+        fine_tune(tuned, _tuning(x, model.predict(x, verbose=0), shuffled), epochs=1, learning_rate=1e-4)
 
 
 def test_tolerances_accept_rounding_and_refuse_broken_outputs():
@@ -229,17 +299,24 @@ def test_budget_search_finds_the_exact_low_rank_model():
     for layer in (a, b):
         low = rng.normal(size=(256, 4)) @ rng.normal(size=(4, 256)) / 32
         layer.set_weights([low.astype("float32"), np.zeros(256, "float32")])
-    logits = np.asarray(model(x)).reshape(-1)
-    y = (rng.uniform(size=len(x)) < logits).astype("float32")[:, None]
+    model.get_layer("click").set_weights([rng.normal(size=(256, 1)).astype("float32") / 16, np.zeros(1, "float32")])
+    # Labels the original ranks perfectly (AUC 1): any model that reorders a pair loses AUC, so only
+    # the exact rank-4 factors keep a zero budget (whatever the tests before left in Keras' seed).
+    probabilities = np.asarray(model(x)).reshape(-1)
+    y = (probabilities > np.median(probabilities)).astype("float32")[:, None]
     validation = (x[1024:], y[1024:])
+    # Under the variance criterion: the loss criterion sees that the logit, linear in x, reads one
+    # direction of each layer's outputs, and keeps the predictions at rank 1 (asserted at the end).
     small, report = tfafm.compress(model, x[:1024], max_auc_drop=0.0, validation_data=validation, progress=False,
-                                   objective="params")
+                                   objective="params", criterion="variance")
     budget = report.accuracy["budget"]
     assert 1 <= budget["evaluations"] <= MAX_EVALUATIONS
     assert report.accuracy["validation"]["outputs"]["click"]["auc_drop"] <= 1e-9
     assert {row.name: row.rank for row in report.layers} == {"a": 4, "b": 4}
     assert report.ratio > 6
     assert all(not r["within_budget"] for r in budget["frontier"] if r["reachable"] and r["ratio"] > budget["chosen_ratio"])
+    by_loss, _ = tfafm.compress(model, x[:1024], ranks={"a": 1, "b": 1}, progress=False)
+    np.testing.assert_allclose(by_loss.predict(x[1024:], verbose=0), model.predict(x[1024:], verbose=0), atol=1e-3)
 
 
 def test_budget_search_needs_labelled_validation_data(mlp):

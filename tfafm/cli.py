@@ -222,6 +222,7 @@ def cmd_compress(args, out: Output) -> int:
     from tfafm.compression.api import check_inner_activation
     from tfafm.pipeline import compress_run, load_run_data
     from tfafm.runs import load_source
+    from tfafm.training import FINE_TUNE_MIN_Z
 
     check_inner_activation(args.inner_activation, "--inner-activation")
     run = load_source(args.run)
@@ -246,6 +247,11 @@ def cmd_compress(args, out: Output) -> int:
     out.result(result.report.to_markdown())
     if result.metrics:
         _show_metrics(out, "validation", result.metrics)
+    tuned = result.metrics.get("finetuned")
+    if tuned is not None:
+        z = "n/a" if tuned["gain_z"] is None else f"{tuned['gain_z']:.2f}"
+        out.note(f"Fine-tuning {'kept' if tuned['kept'] else 'discarded (the compressed weights are kept)'}: "
+                 f"validation AUC {tuned['auc_gain']:+.4f}, z = {z} (kept from {FINE_TUNE_MIN_Z})")
     out.result(f"Saved compressed run to {args.out}")
     return 0
 

@@ -110,6 +110,47 @@ def ranks(values: np.ndarray) -> np.ndarray:
     return result
 
 
+def paired_auc_difference(labels: np.ndarray, reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
+    """``AUC(candidate) - AUC(reference)`` on the same rows, with the standard error of that
+    difference by DeLong's test for correlated ROC curves (DeLong, DeLong & Clarke-Pearson,
+    1988; midrank form of Sun & Xu, 2014) and ``z = difference / std_error``.
+
+    Two models scored on the same rows make correlated errors, so their AUC
+    difference is much less noisy than either AUC: this is the test that says
+    whether a change of a few 0.001 on a validation set is more than noise.
+
+    >>> labels = np.array([0, 0, 1, 1, 0, 1, 0, 1])
+    >>> before = [0.1, 0.5, 0.4, 0.8, 0.3, 0.6, 0.7, 0.2]
+    >>> after = [0.1, 0.3, 0.4, 0.8, 0.2, 0.6, 0.5, 0.7]
+    >>> result = paired_auc_difference(labels, before, after)  # AUC 0.5625 -> 0.875
+    >>> round(result["difference"], 4), round(result["z"], 2)  # a large gain, but on 8 rows: not significant
+    (0.3125, 1.58)
+    """
+    labels = np.asarray(labels, dtype=np.float64).reshape(-1)
+    positive = labels > 0.5
+    m, n = int(positive.sum()), int((~positive).sum())
+    if m < 2 or n < 2:
+        raise UserError(f"A paired AUC test needs at least two positive and two negative labels, got {m} and {n}.")
+    per_model = []
+    for predictions in (reference, candidate):
+        predictions = np.asarray(predictions, dtype=np.float64).reshape(-1)
+        if predictions.shape != labels.shape:
+            raise UserError(f"{predictions.size} predictions for {labels.size} labels.")
+        x, y = predictions[positive], predictions[~positive]
+        joint = ranks(np.concatenate([x, y]))
+        # Per positive: the share of negatives it outranks; per negative: the share of positives
+        # that outrank it (ties count half). Their means are the AUC.
+        per_positive = (joint[:m] - ranks(x)) / n
+        per_negative = 1.0 - (joint[m:] - ranks(y)) / m
+        per_model.append((per_positive, per_negative))
+    difference = float(per_model[1][0].mean() - per_model[0][0].mean())
+    variance = (np.var(per_model[1][0] - per_model[0][0], ddof=1) / m
+                + np.var(per_model[1][1] - per_model[0][1], ddof=1) / n)
+    error = float(np.sqrt(max(variance, 0.0)))
+    z = difference / error if error > 0 else (0.0 if difference == 0 else float(np.sign(difference) * np.inf))
+    return {"difference": difference, "std_error": error, "z": float(z)}
+
+
 def agreement(reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
     """How closely ``candidate`` predictions follow ``reference`` ones on the same rows: mean and
     max absolute difference, and Spearman's rank correlation (1.0 when both are constant).

@@ -112,8 +112,8 @@ def compress_run(
     (``energy`` or ``max_auc_drop`` given: ``target_ratio`` is ignored); the
     others are those of :func:`tfafm.compress`. Fine-tuning, if any, runs
     ``finetune_epochs`` epochs of ``model.fit`` at ``finetune_learning_rate``
-    (default: half the run's learning rate) and keeps the starting weights if
-    no epoch improves validation AUC (:func:`tfafm.training.fine_tune`). The
+    (default: half the run's learning rate) and keeps the starting weights
+    unless the validation AUC gain is significant (:func:`tfafm.training.fine_tune`). The
     result is saved as a run directory with ``report.md``, ``report.json``
     (and ``frontier.png`` for a budget search) when ``out`` is given.
     """
