@@ -271,65 +271,104 @@ def ranks_for_ratio(
         raise UserError(f"target_ratio must be > 1, got {target_ratio}.")
     if criterion not in CRITERIA:
         raise UserError(f"criterion must be one of {CRITERIA}, got {criterion!r}.")
-    by_loss = criterion == "loss"
     costs = [CostModel()] if costs is None else [costs] if isinstance(costs, CostModel) else list(costs)
-    objectives = "+".join(c.objective for c in costs)
-    tables_total = sum(float(np.sum(spectra[name])) for name, c in candidates.items() if c.lookups)
-    everything = sum(float(np.sum(spectra[name])) for name in candidates)
-    choices = {name: _Choices(c, spectra[name], costs, everything if by_loss else tables_total if c.lookups
-                              else float(np.sum(spectra[name])))
-               for name, c in candidates.items()}
-    choices = {name: choice for name, choice in choices.items() if len(choice.ranks) > 1}
-    if not choices:
-        raise UserError(f"No matrix costs less factored than whole ({objectives}, quantization "
-                        f"{costs[0].quantization}): nothing to compress.")
-    whole = sum(choice.costs[-1] for choice in choices.values())
-    total = np.where([file_bytes is not None and c.objective == "params" for c in costs], file_bytes or 0, whole)
-    fixed = total - whole  # what never shrinks
+    allocate = _Allocator(candidates, spectra, target_ratio, file_bytes, criterion)
     later_ratio = target_ratio if later_ratio is None else later_ratio
-    budgets = total / np.array([target_ratio] + [later_ratio] * (len(costs) - 1)) - fixed
-    cheapest = fixed + sum(choice.costs[0] for choice in choices.values())
-    if np.all(budgets > 0):
-        for choice in choices.values():  # a matrix left with its whole option only stays whole, within the budget
-            choice.keep_cheaper_than_whole(budgets)
-        # With several budgets, the later ones (latency) hold only where every matrix can keep the first
-        # floor of its variance; otherwise the first budget (params) alone decides.
-        floors = (0.0,) if by_loss else _ENERGY_FLOORS
-        for floor in floors[:1] if len(costs) > 1 else floors:
-            for choice in choices.values():
-                choice.start_at(floor, 1 if by_loss else MIN_RANK)
-            spent = sum(choice.cost for choice in choices.values())
-            if np.all(spent <= budgets):
-                break
+    if len(costs) == 1 or later_ratio < MIN_LATENCY_RATIO:
+        return allocate(costs[:1])
+    alone: list[dict[str, int]] = []  # the allocation under the first budget alone, once needed
+    held: dict[int, dict[str, int]] = {}
+
+    def holds(step: int) -> bool:
+        """Whether the later budgets at ``later_ratio * LATENCY_RELAX ** step`` hold at little loss."""
+        ranks = allocate(costs, later_ratio * LATENCY_RELAX ** step)
+        if ranks is None:
+            return False
+        if not alone:
+            alone.append(allocate(costs[:1]))
+        if allocate.predicted_loss(ranks) - allocate.predicted_loss(alone[0]) > LATENCY_LOSS_SHARE:
+            return False
+        held[step] = ranks
+        return True
+
+    # The first relaxation step that holds: the budgets only loosen step by step, so bisect.
+    steps = int(np.floor(np.log(MIN_LATENCY_RATIO / later_ratio) / np.log(LATENCY_RELAX) + 1e-9)) + 1
+    if holds(0):
+        return held[0]
+    low, high = 1, steps  # step ``steps``: the first budget alone
+    while low < high:
+        middle = (low + high) // 2
+        if holds(middle):
+            high = middle
         else:
-            spent = spent if len(costs) > 1 else _lowered(choices, spent, budgets)
-    def relaxed() -> dict[str, int]:
-        lower = later_ratio * LATENCY_RELAX
-        return ranks_for_ratio(candidates, spectra, target_ratio, costs if lower >= MIN_LATENCY_RATIO
-                               else costs[:1], file_bytes, criterion, lower)
+            low = middle + 1
+    return held[low] if low < steps else (alone[0] if alone else allocate(costs[:1]))
 
-    if not np.all(budgets > 0) or not np.all(spent <= budgets):
-        if len(costs) > 1:
-            return relaxed()
-        quantization = costs[0].quantization or "float32"
-        raise UserError(
-            f"target_ratio={target_ratio:g} is out of reach: the cheapest choice for every matrix and what "
-            f"never shrinks already cost {int(cheapest[0]):,} bytes ({objectives}), the budget is "
-            f"{int(total[0] / target_ratio):,}; the largest reachable ratio for this model under {quantization} "
-            f"is {np.floor(10 * total[0] / cheapest[0]) / 10:.1f}x."
-        )
-    _fill(choices, spent, budgets, rank_one_first=not by_loss)
-    ranks = {name: choice.rank for name, choice in choices.items() if choice.rank is not None}
-    if len(costs) > 1:
-        def predicted_loss(chosen: Mapping[str, int]) -> float:
-            return sum(float(_residuals(spectra[name], everything if by_loss else tables_total
-                                        if candidates[name].lookups else None)[rank])
-                       for name, rank in chosen.items())
 
-        alone = ranks_for_ratio(candidates, spectra, target_ratio, costs[:1], file_bytes, criterion)
-        if predicted_loss(ranks) - predicted_loss(alone) > LATENCY_LOSS_SHARE:
-            return relaxed()
-    return ranks
+class _Allocator:
+    """One allocation problem (candidates, spectra, target ratio) solved under given cost models."""
+
+    def __init__(self, candidates: Mapping[str, Target], spectra: Mapping[str, np.ndarray], target_ratio: float,
+                 file_bytes: float | None, criterion: str):
+        self.candidates, self.spectra, self.target_ratio = candidates, spectra, target_ratio
+        self.file_bytes, self.by_loss = file_bytes, criterion == "loss"
+        tables_total = sum(float(np.sum(spectra[name])) for name, c in candidates.items() if c.lookups)
+        everything = sum(float(np.sum(spectra[name])) for name in candidates)
+        # What a matrix's losses are counted against (see ranks_for_ratio).
+        self.totals = {name: everything if self.by_loss else tables_total if c.lookups else float(np.sum(spectra[name]))
+                       for name, c in candidates.items()}
+
+    def predicted_loss(self, ranks: Mapping[str, int]) -> float:
+        """The variance (or, under the loss criterion, the loss) ``ranks`` give up, in the allocator's units."""
+        return sum(float(_residuals(self.spectra[name], self.totals[name])[rank]) for name, rank in ranks.items())
+
+    def __call__(self, costs: Sequence[CostModel], later_ratio: float | None = None) -> dict[str, int] | None:
+        """The ranks under ``costs`` (the later ones at ``later_ratio``); None where the later budgets
+        cannot hold.
+
+        Raises:
+            UserError: under one cost model, if even the cheapest option of every matrix exceeds its budget.
+        """
+        objectives = "+".join(c.objective for c in costs)
+        choices = {name: _Choices(c, self.spectra[name], costs, self.totals[name])
+                   for name, c in self.candidates.items()}
+        choices = {name: choice for name, choice in choices.items() if len(choice.ranks) > 1}
+        if not choices:
+            raise UserError(f"No matrix costs less factored than whole ({objectives}, quantization "
+                            f"{costs[0].quantization}): nothing to compress.")
+        whole = sum(choice.costs[-1] for choice in choices.values())
+        total = np.where([self.file_bytes is not None and c.objective == "params" for c in costs],
+                         self.file_bytes or 0, whole)
+        fixed = total - whole  # what never shrinks
+        later_ratio = self.target_ratio if later_ratio is None else later_ratio
+        budgets = total / np.array([self.target_ratio] + [later_ratio] * (len(costs) - 1)) - fixed
+        cheapest = fixed + sum(choice.costs[0] for choice in choices.values())
+        if np.all(budgets > 0):
+            for choice in choices.values():  # a matrix left with its whole option only stays whole, within the budget
+                choice.keep_cheaper_than_whole(budgets)
+            # With several budgets, the later ones (latency) hold only where every matrix can keep the first
+            # floor of its variance; otherwise the first budget (params) alone decides.
+            floors = (0.0,) if self.by_loss else _ENERGY_FLOORS
+            for floor in floors[:1] if len(costs) > 1 else floors:
+                for choice in choices.values():
+                    choice.start_at(floor, 1 if self.by_loss else MIN_RANK)
+                spent = sum(choice.cost for choice in choices.values())
+                if np.all(spent <= budgets):
+                    break
+            else:
+                spent = spent if len(costs) > 1 else _lowered(choices, spent, budgets)
+        if not np.all(budgets > 0) or not np.all(spent <= budgets):
+            if len(costs) > 1:
+                return None
+            quantization = costs[0].quantization or "float32"
+            raise UserError(
+                f"target_ratio={self.target_ratio:g} is out of reach: the cheapest choice for every matrix and "
+                f"what never shrinks already cost {int(cheapest[0]):,} bytes ({objectives}), the budget is "
+                f"{int(total[0] / self.target_ratio):,}; the largest reachable ratio for this model under "
+                f"{quantization} is {np.floor(10 * total[0] / cheapest[0]) / 10:.1f}x."
+            )
+        _fill(choices, spent, budgets, rank_one_first=not self.by_loss)
+        return {name: choice.rank for name, choice in choices.items() if choice.rank is not None}
 
 
 def _lowered(choices: Mapping[str, _Choices], spent: np.ndarray, budgets: np.ndarray) -> np.ndarray:
