@@ -158,6 +158,34 @@ def test_sigterm_stops_training_and_leaves_nothing(tmp_path, monkeypatch, capsys
     assert snapshot(tmp_path) == before
 
 
+def test_sigterm_that_lands_in_a_finalizer_still_stops_the_command(monkeypatch, capsys):
+    """Python drops an exception raised while a finalizer runs (CI once saw SIGTERM land in a weakref
+    callback during training, and the command ran to its end with exit code 0): it is delivered again."""
+    import tfafm.cli as cli
+
+    class DeliversSigtermWhenCollected:
+        def __del__(self):
+            signal.raise_signal(signal.SIGTERM)  # the handler runs here, inside the finalizer
+
+    finished = []
+
+    def command(args, output):
+        DeliversSigtermWhenCollected()  # collected at once: Terminated is raised in __del__ and dropped
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            time.sleep(0.01)
+        finished.append(True)
+        return 0
+
+    monkeypatch.setitem(cli.COMMANDS, "train", command)
+    hook = sys.unraisablehook
+    start = time.monotonic()
+    code = cli.run(cli.argparse.Namespace(command="train", quiet=True))
+    assert (code, capsys.readouterr().err.strip().splitlines()) == (143, ["tfafm train: terminated by SIGTERM"])
+    assert time.monotonic() - start < 5 and not finished
+    assert sys.unraisablehook is hook and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
 def start_worker(cwd: Path, index: int, ports: list[int], cache: Path) -> subprocess.Popen:
     env = {**os.environ, "TF_CONFIG": tf_config(ports, index=index),
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}

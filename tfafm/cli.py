@@ -410,6 +410,30 @@ def _raise_terminated(signum, frame) -> None:
     raise Terminated(signal.Signals(signum).name)
 
 
+REDELIVERY_DELAY_S = 0.1
+
+
+def _redelivering_termination(previous_hook: Callable) -> Callable:
+    """A ``sys.unraisablehook`` for the time a command runs. A signal handler's exception raised while a
+    finalizer or a weakref callback runs is dropped by Python ("Exception ignored in ..."), and the command
+    would run on to its end as if no SIGTERM had come: a dropped :class:`Terminated` is delivered again
+    shortly after, from a timer thread, until it lands where it unwinds the command. Anything else goes to
+    ``previous_hook``."""
+
+    def hook(unraisable) -> None:
+        if not isinstance(unraisable.exc_value, Terminated):
+            previous_hook(unraisable)
+            return
+        import _thread
+        import threading
+
+        timer = threading.Timer(REDELIVERY_DELAY_S, _thread.interrupt_main, args=(signal.SIGTERM,))
+        timer.daemon = True
+        timer.start()
+
+    return hook
+
+
 def _stop_on_sigterm():
     """Makes SIGTERM raise :class:`Terminated` in the main thread; returns the handler it replaced
     (None outside the main thread, where Python cannot install one)."""
@@ -445,6 +469,8 @@ def run(args: argparse.Namespace) -> int:
     """
     warnings.filterwarnings("ignore", category=UserWarning, module="keras")
     previous = _stop_on_sigterm()
+    previous_unraisablehook = sys.unraisablehook
+    sys.unraisablehook = _redelivering_termination(previous_unraisablehook)
     try:
         with _python_logs_quiet(args.quiet):
             return COMMANDS[args.command](args, Output(args.quiet))
@@ -465,5 +491,6 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     finally:
+        sys.unraisablehook = previous_unraisablehook
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
