@@ -276,3 +276,13 @@ def test_loss_criterion_compares_matrices_in_one_currency():
 def test_unknown_criterion_is_a_user_error():
     with pytest.raises(UserError, match="criterion must be one of"):
         ranks_for_ratio({"a": dense("a", 64, 64)}, {"a": np.ones(64)}, 2.0, criterion="fisher")
+
+
+def test_fill_breaks_ties_towards_the_name_that_sorts_last():
+    # Two identical matrices: every move of one is worth exactly the same as the other's, so each tie
+    # goes to "b"; whatever the budget, "b" is never below "a", and an odd number of moves leaves it ahead.
+    candidates = {"a": dense("a", 300, 300), "b": dense("b", 300, 300)}
+    spectra = {"a": 0.9 ** np.arange(300), "b": 0.9 ** np.arange(300)}
+    allocations = [ranks_for_ratio(candidates, spectra, ratio) for ratio in np.linspace(3, 12, 19)]
+    assert all(ranks["b"] >= ranks["a"] for ranks in allocations)
+    assert any(ranks["b"] > ranks["a"] for ranks in allocations)

@@ -37,8 +37,8 @@ will be exported with, under one of two objectives:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-import heapq
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -180,8 +180,8 @@ class _Choices:
 
     def keep_cheaper_than_whole(self, budgets: np.ndarray) -> None:
         """Drops the factored options whose scalar cost is not below the whole matrix's."""
-        kept = [i for i in range(len(self.ranks) - 1) if _scalar(self.costs[i], budgets)
-                < _scalar(self.costs[-1], budgets)] + [len(self.ranks) - 1]
+        scalar = np.sum(self.costs / budgets, axis=1)  # _scalar of every option
+        kept = [int(i) for i in np.flatnonzero(scalar[:-1] < scalar[-1])] + [len(self.ranks) - 1]
         self.ranks, self.costs, self.lost = [self.ranks[i] for i in kept], self.costs[kept], self.lost[kept]
 
     def start_at(self, floor: float, min_rank: int = 1) -> None:
@@ -196,21 +196,6 @@ class _Choices:
     @property
     def rank(self) -> int | None:
         return self.ranks[self.position]
-
-    def best_step(self, room: np.ndarray) -> tuple[float, int] | None:
-        """``(variance bought per unit of cost, option)`` of the best move to a higher option
-        whose extra cost fits ``room``, or None when none does. A move's cost is each entry
-        over what is left of its budget, summed: a budget running out grows dear, so the
-        last of it goes to the moves that need little of it."""
-        extra = self.costs[self.position + 1:] - self.cost
-        fits = np.flatnonzero(np.all(extra <= room + 1e-9, axis=1))
-        if not len(fits):
-            return None
-        gain = self.lost[self.position] - self.lost[self.position + 1:][fits]
-        price = (extra[fits] / np.maximum(room, 1e-9)).sum(axis=1)
-        value = gain / np.maximum(price, 1e-12)
-        best = int(np.argmax(value))
-        return float(value[best]), self.position + 1 + int(fits[best])
 
 
 def _scalar(cost: np.ndarray, budgets: np.ndarray) -> float:
@@ -317,6 +302,7 @@ class _Allocator:
         # What a matrix's losses are counted against (see ranks_for_ratio).
         self.totals = {name: everything if self.by_loss else tables_total if c.lookups else float(np.sum(spectra[name]))
                        for name, c in candidates.items()}
+        self.options: dict[tuple[CostModel, ...], dict[str, _Choices]] = {}
 
     def predicted_loss(self, ranks: Mapping[str, int]) -> float:
         """The variance (or, under the loss criterion, the loss) ``ranks`` give up, in the allocator's units."""
@@ -330,8 +316,10 @@ class _Allocator:
             UserError: under one cost model, if even the cheapest option of every matrix exceeds its budget.
         """
         objectives = "+".join(c.objective for c in costs)
-        choices = {name: _Choices(c, self.spectra[name], costs, self.totals[name])
-                   for name, c in self.candidates.items()}
+        if tuple(costs) not in self.options:  # the options under these cost models, kept for the next call
+            self.options[tuple(costs)] = {name: _Choices(c, self.spectra[name], costs, self.totals[name])
+                                          for name, c in self.candidates.items()}
+        choices = {name: copy.copy(choice) for name, choice in self.options[tuple(costs)].items()}
         choices = {name: choice for name, choice in choices.items() if len(choice.ranks) > 1}
         if not choices:
             raise UserError(f"No matrix costs less factored than whole ({objectives}, quantization "
@@ -388,17 +376,50 @@ def _lowered(choices: Mapping[str, _Choices], spent: np.ndarray, budgets: np.nda
 
 def _fill(choices: Mapping[str, _Choices], spent: np.ndarray, budgets: np.ndarray,
           rank_one_first: bool = True) -> None:
-    """Spends what is left of ``budgets`` greedily: the move buying the most variance per unit
-    of cost (:meth:`_Choices.best_step`) among those that fit, until none fits; with
-    ``rank_one_first``, a matrix at rank 1 moves up first, so rank 1 stays only where the
-    budget demands it."""
+    """Spends what is left of ``budgets`` greedily: the move (of one matrix, to a higher option)
+    buying the most variance per unit of cost among those whose extra cost fits what is left,
+    until none fits; with ``rank_one_first``, a matrix at rank 1 moves up first, so rank 1
+    stays only where the budget demands it. Ties go to the higher option, then to the name
+    that sorts last.
+
+    A move's cost is each entry over what is left of its budget, summed: a budget running out
+    grows dear, so the last of it goes to the moves that need little of it. So every step
+    prices every move anew, all matrices at once: their options are padded into one
+    ``(matrices, options, cost models)`` array, missing options costing infinity.
+    """
+    names = list(choices)
+    if not names:
+        return
+    options = max(len(choice.ranks) for choice in choices.values())
+    costs = np.full((len(spent), len(names), options), np.inf)  # per cost model, a (matrices, options) array
+    lost = np.zeros((len(names), options))
+    rank_one = np.zeros((len(names), options), dtype=bool)
+    for row, name in enumerate(names):
+        choice = choices[name]
+        costs[:, row, :len(choice.ranks)] = choice.costs.T
+        lost[row, :len(choice.ranks)] = choice.lost
+        rank_one[row, :len(choice.ranks)] = [rank == 1 for rank in choice.ranks]
+    position = np.array([choices[name].position for name in names])
+    rows, columns = np.arange(len(names)), np.arange(options)
+    name_order = np.argsort(np.argsort(np.array(names)))
     while True:
         room = budgets - spent
-        moves = [(rank_one_first and choices[name].rank == 1, step, name) for name, choice in choices.items()
-                 if (step := choice.best_step(room)) is not None]
-        if not moves:
-            return
-        _, (_, option), name = max(moves)
-        choice = choices[name]
-        spent = spent + choice.costs[option] - choice.cost
-        choice.position = option
+        fits = columns[None, :] > position[:, None]
+        price = np.zeros(lost.shape)
+        for cost, left in zip(costs, room):
+            extra = cost - cost[rows, position][:, None]
+            fits &= extra <= left + 1e-9
+            price += extra / max(left, 1e-9)
+        movable = np.flatnonzero(fits.any(axis=1))
+        if not len(movable):
+            break
+        gain = lost[rows, position][:, None] - lost
+        value = np.where(fits, gain / np.maximum(price, 1e-12), -np.inf)
+        best = np.argmax(value, axis=1)  # per matrix, the lowest of its best options
+        first = rank_one_first & rank_one[rows, position]
+        chosen = movable[np.lexsort((name_order[movable], best[movable], value[movable, best[movable]],
+                                     first[movable]))[-1]]
+        spent = spent + costs[:, chosen, best[chosen]] - costs[:, chosen, position[chosen]]
+        position[chosen] = best[chosen]
+    for row, name in enumerate(names):
+        choices[name].position = int(position[row])
