@@ -385,7 +385,7 @@ def _fill(choices: Mapping[str, _Choices], spent: np.ndarray, budgets: np.ndarra
     A move's cost is each entry over what is left of its budget, summed: a budget running out
     grows dear, so the last of it goes to the moves that need little of it. So every step
     prices every move anew, all matrices at once: their options are padded into one
-    ``(matrices, options, cost models)`` array, missing options costing infinity.
+    ``(cost models, matrices, options)`` array, missing options costing infinity.
     """
     names = list(choices)
     if not names:
