@@ -130,9 +130,11 @@ def test_tolerances_accept_rounding_and_refuse_broken_outputs():
     int8 = verify.TOLERANCES["dynamic"]
     noisy = reference + np.random.default_rng(0).normal(scale=0.01, size=200)
     assert int8.violation(reference, noisy) is None
-    narrow = np.linspace(0.2, 0.3, 200)  # reversed: small differences, opposite order
+    narrow = np.linspace(0.25, 0.26, 200)  # reversed: small differences, opposite order
     assert "rank correlation" in int8.violation(narrow, narrow[::-1].copy())
     assert "mean abs diff" in int8.violation(reference, reference + 0.2)
+    assert "mean abs diff" in int8.violation(reference, reference + 0.02)  # dynamic int8 is held closer ...
+    assert verify.TOLERANCES["int8"].violation(reference, reference + 0.02) is None  # ... than full integer
     assert "non-finite" in int8.violation(reference, np.full(200, np.nan))
 
 
@@ -219,6 +221,77 @@ def test_exports_are_checked_on_the_given_rows(mlp, tmp_path):
     path = tfafm.export.litert(model, str(tmp_path / "m.tflite"), quantization="dynamic", verification_data=x)
     got = tfafm.export.LiteRTRunner(path)({"x": x[:64]})
     assert agreement(np.asarray(model(x[:64])), got)["rank_correlation"] > 0.99
+
+
+# ---------------------------------------------------------------- tables written outside the converter
+
+
+@pytest.fixture(scope="module")
+def big_table_model():
+    """A DeepFM whose one table is big enough to be written into the file after conversion."""
+    from tfafm.export.litert_export import _TablePatch
+    from tfafm.schema import Schema, SparseFeature
+
+    rows = _TablePatch.MIN_ELEMENTS // 8 + 7
+    keras.utils.set_random_seed(3)
+    model = tfafm.models.build("deepfm", Schema([SparseFeature("big", rows, 8), SparseFeature("small", 50, 8)]),
+                               hidden_units=(16,))
+    table = model.get_layer("big_embedding")
+    table.embeddings.assign(np.random.default_rng(0).normal(0, 0.05, table.embeddings.shape).astype("float32"))
+    assert _TablePatch(model).layers == [table]
+    return model
+
+
+def _sabotaged_int8(monkeypatch, wrong):
+    """Makes the table writer's int8 quantization return ``wrong(scale, data)``."""
+    module = importlib.import_module("tfafm.export.litert_export")
+    quantize = module._int8_symmetric
+    monkeypatch.setattr(module, "_int8_symmetric", lambda table: wrong(*quantize(table)))
+
+
+def test_int8_table_with_a_wrong_scale_is_refused(big_table_model, tmp_path, monkeypatch):
+    _sabotaged_int8(monkeypatch, lambda scale, data: (scale * 1.5, data))
+    with pytest.raises(UserError, match=r"\(dynamic\) does not hold the embedding table of layer 'big_embedding': "
+                                        r"values off by up to"):
+        tfafm.export.litert(big_table_model, str(tmp_path / "m.tflite"), quantization="dynamic")
+    _assert_nothing_written(tmp_path)
+
+
+@pytest.mark.parametrize("quantization", [None, "float16", "dynamic"])
+def test_table_with_a_damaged_last_row_is_refused(quantization, big_table_model, tmp_path, monkeypatch):
+    """One wrong row among 32,775 escapes any check of outputs; reading the table back does not let it pass."""
+    from tfafm.export.litert_export import _TablePatch
+
+    patcher = _TablePatch.patcher
+
+    def damaging(self, quantization):
+        edit = patcher(self, quantization)
+
+        def edit_then_damage(flat):
+            edit(flat)
+            for index in self.written:
+                buffer = flat.buffers[flat.subgraphs[0].tensors[index].buffer]
+                buffer.data = np.array(buffer.data, dtype=np.uint8)
+                buffer.data[-4:] = 17
+        return edit_then_damage
+
+    monkeypatch.setattr(_TablePatch, "patcher", damaging)
+    with pytest.raises(UserError, match="does not hold the embedding table of layer 'big_embedding'"):
+        tfafm.export.litert(big_table_model, str(tmp_path / "m.tflite"), quantization=quantization)
+    _assert_nothing_written(tmp_path)
+
+
+def test_output_check_alone_refuses_a_wrongly_scaled_int8_table(big_table_model, tmp_path, monkeypatch):
+    """The comparison of outputs is a backstop of its own: without the table read-back, a 3x scale still fails
+    (mean |difference| about 0.019 (1 + mean |keras|) and rank correlation 0.987 here, which the former
+    dynamic-int8 tolerance, 0.05 and 0.9, let through)."""
+    from tfafm.export.litert_export import _TablePatch
+
+    monkeypatch.setattr(_TablePatch, "check", lambda self, path, quantization: None)
+    _sabotaged_int8(monkeypatch, lambda scale, data: (scale * 3, data))
+    with pytest.raises(UserError, match="LiteRT file \\(dynamic\\) disagrees with the Keras model"):
+        tfafm.export.litert(big_table_model, str(tmp_path / "m.tflite"), quantization="dynamic")
+    _assert_nothing_written(tmp_path)
 
 
 # ---------------------------------------------------------------- compress checks what it returns

@@ -160,6 +160,8 @@ def litert(
     edit = tables.patcher(quantization) if tables is not None and tables.layers else None
     with atomic_path(path) as tmp:
         write_with_signature(flatbuffer, description.to_dict(), tmp, edit=edit)
+        if edit is not None:
+            tables.check(tmp, quantization)
         verify_export(tmp, "litert", keras_model, rows, quantization)
     return path
 
@@ -175,7 +177,8 @@ class _TablePatch:
     (``1031 + i``: enough elements to be quantized like the real table; a
     merged table is 1-D); the real rows are written into the flatbuffer
     afterwards (cast to float16, or int8 with the converter's per-tensor
-    symmetric scale, as the placeholder was). A plain gather is indifferent to
+    symmetric scale, as the placeholder was), and read back through LiteRT
+    before the file is verified (:meth:`check`). A plain gather is indifferent to
     the row count; Keras' ``Embedding`` is not (its negative-id wrap reads the
     table's length), so a user's plain ``Embedding`` is stood in for by a
     :class:`~tfafm.layers.lookup.WrappedEmbedding` that wraps by the real row count.
@@ -192,6 +195,7 @@ class _TablePatch:
                        if (type(layer) in (InRangeEmbedding, MergedEmbedding) or _plain_keras_embedding(layer))
                        and int(np.prod(layer.embeddings.shape)) >= self.MIN_ELEMENTS]
         self.shapes = {(1031 + i, *layer.embeddings.shape[1:]): layer for i, layer in enumerate(self.layers)}
+        self.written: dict[int, object] = {}  # tensor index in the file -> the layer whose table it holds
 
     def light_model(self):
         """A copy of the model with placeholder tables."""
@@ -229,6 +233,7 @@ class _TablePatch:
                                        f"graph ({len(constants)} matches).")
                 table = np.ascontiguousarray(layer.embeddings.numpy(), dtype=np.float32)
                 tensor = graph.tensors[constants[0]]
+                self.written[constants[0]] = layer
                 if quantization == "float16":
                     data = table.astype(np.float16)
                 elif quantization == "dynamic":
@@ -244,6 +249,48 @@ class _TablePatch:
                     graph.tensors[i].shape = np.array(table.shape, dtype=np.int32)
 
         return edit
+
+    def check(self, path: str, quantization: str | None, chunk: int = 1 << 16) -> None:
+        """Reads every written table back as LiteRT's interpreter reads the file at ``path`` and
+        compares it with its layer's weights: float32 equal, float16 equal to the rounded table,
+        int8 within half a quantization step (at the scale the interpreter reports, which every
+        op reading the table must share).
+
+        Raises:
+            UserError: a table (named by its layer) that does not hold the layer's weights.
+        """
+        from tfafm.export.litert_file import _interpreter
+
+        interpreter = _interpreter(path, delegates=False)
+        details = interpreter.get_tensor_details()
+        readers = interpreter._get_ops_details()  # private, pinned with ai-edge-litert (requirements.txt)
+        for index, layer in self.written.items():
+            expected = layer.embeddings.numpy()
+            stored = interpreter.get_tensor(index)
+            problem = None
+            scales = details[index]["quantization_parameters"]["scales"]
+            if stored.shape != expected.shape:
+                problem = f"shape {stored.shape} instead of {expected.shape}"
+            elif quantization == "dynamic":
+                scale = float(scales[0]) if scales.size == 1 else None
+                outputs = {int(t) for op in readers if index in op["inputs"] for t in op["outputs"]}
+                shared = all(np.array_equal(details[t]["quantization_parameters"]["scales"], scales)
+                             for t in outputs if details[t]["dtype"] == np.int8)
+                if stored.dtype != np.int8 or scale is None or not shared:
+                    problem = f"{stored.dtype} with scales {scales[:3]} (one int8 scale shared by its readers expected)"
+                else:
+                    worst = max(float(np.max(np.abs(stored[i:i + chunk] * scale - expected[i:i + chunk]),
+                                             initial=0.0)) for i in range(0, len(expected), chunk))
+                    if worst > 0.5 * scale * (1 + 1e-5) + 1e-7:
+                        problem = f"values off by up to {worst:.3g} (half an int8 step is {0.5 * scale:.3g})"
+            else:
+                want = np.float16 if quantization == "float16" else np.float32
+                if stored.dtype != want or not all(np.array_equal(stored[i:i + chunk], expected[i:i + chunk].astype(want))
+                                                   for i in range(0, len(expected), chunk)):
+                    problem = f"{stored.dtype} values that differ from the layer's {np.dtype(want).name} weights"
+            if problem:
+                raise UserError(f"The exported LiteRT file ({quantization or 'float32'}) does not hold the embedding "
+                                f"table of layer {layer.name!r}: {problem}. It was not written.")
 
 
 def _plain_keras_embedding(layer) -> bool:

@@ -15,11 +15,22 @@ Tolerances (:data:`TOLERANCES`), on every output and row:
 
 * float32: ``|file - keras| <= 1e-4 + 1e-4 |keras|``;
 * float16 weights: ``<= 2e-2 + 2e-2 |keras|``;
-* int8 (dynamic range or full integer) is approximate: the outputs must agree
-  rather than match: mean ``|file - keras|`` at most ``0.05 (1 + mean |keras|)``
-  and, where the Keras outputs vary, a Spearman rank correlation of at least
-  0.9. A broken file (wrong weights, wrong scales, a misread input) fails
-  these by far.
+* dynamic-range int8 (int8 weights, float activations): mean ``|file - keras|``
+  at most ``0.01 (1 + mean |keras|)`` and, where the Keras outputs vary, a
+  Spearman rank correlation of at least 0.99. Correct files stay far inside:
+  on the frontier benchmark's files (DeepFM and DCN-V2, 4x to 64x, real and
+  synthetic data) and every dynamic file of the test suite, at most 0.0023
+  and at least 0.9995. A table written at 3x its int8 scale fails it;
+* full-integer int8 (activations too, calibrated on representative data) is
+  further from Keras wherever the rows leave the calibrated range: mean at
+  most ``0.05 (1 + mean |keras|)`` and a rank correlation of at least 0.9
+  (correct test-suite files reach 0.027 and 0.905 on generated rows).
+
+Those are backstops for what the converter writes. The embedding tables tfafm
+writes into the file itself (:class:`~tfafm.export.litert_export._TablePatch`)
+are read back through LiteRT and compared with the layer's weights element by
+element first, so a wrong scale or a damaged row is refused even where it
+moves no output measurably.
 """
 
 from __future__ import annotations
@@ -80,8 +91,14 @@ class Tolerance:
 TOLERANCES: dict[str | None, Tolerance] = {
     None: Tolerance(absolute=1e-4, relative=1e-4),
     "float16": Tolerance(absolute=2e-2, relative=2e-2),
-    "dynamic": Tolerance(mean=0.05, rank_correlation=0.9),
+    "dynamic": Tolerance(mean=0.01, rank_correlation=0.99),
     "int8": Tolerance(mean=0.05, rank_correlation=0.9),
+}
+
+_QUANTIZATION_HINTS = {
+    "dynamic": (" Dynamic-range int8 quantizes each row of a layer's inputs with one scale, which loses small "
+                "values that sit beside large ones (for example embedding products concatenated with raw dense "
+                "features); export with quantization 'float16' or None instead."),
 }
 
 _ORT_NODE = re.compile(r'In Node, \("([^"]*)", (\w+),')
@@ -246,5 +263,6 @@ def verify_export(path: str, export_format: str, model, rows: Mapping[str, np.nd
         if problem:
             label = quantization or "float32"
             raise UserError(f"The exported {name} file ({label}) disagrees with the Keras model {model.name!r} on "
-                            f"output {output!r} over {count} sample rows: {problem}. It was not written.")
+                            f"output {output!r} over {count} sample rows: {problem}. It was not written."
+                            + _QUANTIZATION_HINTS.get(quantization, ""))
     return {output: agreement(reference[output], got[output]) for output in expected_names}
