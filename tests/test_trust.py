@@ -294,6 +294,44 @@ def test_output_check_alone_refuses_a_wrongly_scaled_int8_table(big_table_model,
     _assert_nothing_written(tmp_path)
 
 
+def _mixed_magnitudes():
+    """A Dense over 400 tiny features (which carry the signal) concatenated with 4 large ones, and rows."""
+    small, dense = keras.Input((400,), name="small"), keras.Input((4,), name="dense")
+    joined = keras.layers.Concatenate(name="joined")([small, dense])
+    hidden = keras.layers.Dense(16, activation="relu", name="hidden")(joined)
+    model = keras.Model([small, dense], keras.layers.Dense(1, activation="sigmoid", name="click")(hidden),
+                        name="mixed")
+    rng = np.random.default_rng(0)
+    kernel = np.concatenate([rng.normal(0, 30, (400, 16)), rng.normal(0, 0.1, (4, 16))]).astype("float32")
+    model.get_layer("hidden").set_weights([kernel, np.zeros(16, "float32")])
+    rows = {"small": rng.normal(0, 1e-3, (256, 400)).astype("float32"),
+            "dense": rng.normal(0, 3, (256, 4)).astype("float32")}
+    return model, rows
+
+
+def test_dynamic_int8_that_loses_small_inputs_is_refused_with_the_reason(tmp_path, monkeypatch):
+    """Without the block split, dynamic int8 rounds the tiny block away: the file is refused, not handed back."""
+    hybrid = importlib.import_module("tfafm.export.hybrid")
+    monkeypatch.setattr(hybrid, "split_coarse_inputs", lambda model, rows: (model, []))
+    model, rows = _mixed_magnitudes()
+    with pytest.raises(verify.Disagreement, match=r"mean abs diff .* one scale, which loses small values"):
+        tfafm.export.litert(model, str(tmp_path / "m.tflite"), quantization="dynamic", verification_data=rows)
+    _assert_nothing_written(tmp_path)
+
+
+def test_dynamic_int8_splits_a_dense_over_blocks_of_different_magnitudes(tmp_path):
+    model, rows = _mixed_magnitudes()
+    path = tfafm.export.litert(model, str(tmp_path / "m.tflite"), quantization="dynamic", verification_data=rows)
+    got = agreement(np.asarray(model(rows)), tfafm.export.LiteRTRunner(path)(rows))
+    assert got["mean_abs_diff"] < 0.005 and got["rank_correlation"] > 0.999
+    assert tfafm.export.litert_ops(path).count("FULLY_CONNECTED") == 3  # hidden as two blocks, then click
+    # A model that agrees as it is keeps its one matmul per layer.
+    inputs = keras.Input((16,), name="x")
+    plain = keras.Model(inputs, keras.layers.Dense(1)(keras.layers.Dense(96, activation="relu")(inputs)))
+    path = tfafm.export.litert(plain, str(tmp_path / "plain.tflite"), quantization="dynamic")
+    assert tfafm.export.litert_ops(path).count("FULLY_CONNECTED") == 2
+
+
 # ---------------------------------------------------------------- compress checks what it returns
 
 

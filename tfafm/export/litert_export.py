@@ -93,6 +93,12 @@ def litert(
     every weight of a quantized op is int8 regardless of its size (biases
     int32); ``"float16"`` converts all float weights.
 
+    Dynamic-range int8 quantizes each row of a layer's input with one scale. If
+    the file disagrees with ``model`` and a Dense over a concatenation of blocks
+    of very different magnitudes is why (simulated on the verification rows,
+    :mod:`tfafm.export.hybrid`), it is converted once more with that Dense
+    computed block by block, and that file is verified instead.
+
     Example:
 
     >>> import os, tempfile, numpy as np, keras, tfafm
@@ -114,12 +120,11 @@ def litert(
             (the message names the op and the Keras layer(s) it comes from),
             or a written file that does not load or agree with ``model``.
     """
-    import tensorflow as tf
-
     from tfafm.graph import require_graph_model
+    from tfafm.export.hybrid import split_coarse_inputs
     from tfafm.export.portable import servable
     from tfafm.export.signature import interface
-    from tfafm.export.verify import verification_rows, verify_export
+    from tfafm.export.verify import Disagreement, verification_rows, verify_export
     from tfafm.io_utils import atomic_path
 
     if quantize is not None:
@@ -138,6 +143,25 @@ def litert(
     model = _maybe_fuse(model, fuse)
     _check_size(model, quantization)
     description = interface(model, schema)
+    with atomic_path(path) as tmp:
+        _write(model, tmp, quantization, description, representative_data, representative_steps)
+        try:
+            verify_export(tmp, "litert", keras_model, rows, quantization)
+        except Disagreement:
+            split = split_coarse_inputs(model, rows)[0] if quantization == "dynamic" else model
+            if split is model:
+                raise
+            _write(split, tmp, quantization, description, representative_data, representative_steps)
+            verify_export(tmp, "litert", keras_model, rows, quantization)
+    return path
+
+
+def _write(model, tmp: str, quantization: str | None, description, representative_data,
+           representative_steps: int) -> None:
+    """Converts ``model`` and writes the file, with its signature and metadata, at ``tmp``; the big
+    tables written outside the converter are read back (:meth:`_TablePatch.check`)."""
+    import tensorflow as tf
+
     tables = _TablePatch(model) if quantization != "int8" else None
     if tables is not None and tables.layers:
         model = tables.light_model()
@@ -158,12 +182,9 @@ def litert(
     except Exception as error:  # ConverterError and friends
         raise _unsupported_error(error, model, frozen) from error
     edit = tables.patcher(quantization) if tables is not None and tables.layers else None
-    with atomic_path(path) as tmp:
-        write_with_signature(flatbuffer, description.to_dict(), tmp, edit=edit)
-        if edit is not None:
-            tables.check(tmp, quantization)
-        verify_export(tmp, "litert", keras_model, rows, quantization)
-    return path
+    write_with_signature(flatbuffer, description.to_dict(), tmp, edit=edit)
+    if edit is not None:
+        tables.check(tmp, quantization)
 
 
 class _TablePatch:

@@ -46,6 +46,10 @@ from tfafm.errors import UserError
 FORMAT_NAMES = {"litert": "LiteRT", "onnx": "ONNX", "saved_model": "SavedModel"}
 
 
+class Disagreement(UserError):
+    """An exported file that runs but whose outputs disagree with its Keras model beyond tolerance."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Tolerance:
     """How closely an exported file must follow its Keras model (see the module docstring)."""
@@ -242,8 +246,9 @@ def verify_export(path: str, export_format: str, model, rows: Mapping[str, np.nd
 
     Raises:
         UserError: the file does not load or run (naming the op and layer where
-            the runtime says which), lacks an output, or disagrees with the
-            Keras model beyond :data:`TOLERANCES` ``[quantization]``.
+            the runtime says which) or lacks an output; :class:`Disagreement` (a
+            ``UserError``) when it disagrees with the Keras model beyond
+            :data:`TOLERANCES` ``[quantization]``.
     """
     from tfafm.compression.check import run_checked
     from tfafm.export.signature import interface
@@ -262,7 +267,7 @@ def verify_export(path: str, export_format: str, model, rows: Mapping[str, np.nd
         problem = tolerance.violation(reference[output], got[output])
         if problem:
             label = quantization or "float32"
-            raise UserError(f"The exported {name} file ({label}) disagrees with the Keras model {model.name!r} on "
+            raise Disagreement(f"The exported {name} file ({label}) disagrees with the Keras model {model.name!r} on "
                             f"output {output!r} over {count} sample rows: {problem}. It was not written."
                             + _QUANTIZATION_HINTS.get(quantization, ""))
     return {output: agreement(reference[output], got[output]) for output in expected_names}
