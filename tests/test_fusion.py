@@ -8,6 +8,7 @@ import tfafm
 from tfafm import models
 from tfafm.data.synthetic import SyntheticCriteo
 from tfafm.layers.low_rank import LowRankDense, LowRankEmbedding
+from tfafm.models.layers import LinearTerms
 
 pytestmark = pytest.mark.slow
 
@@ -36,9 +37,15 @@ def test_fused_model_predicts_like_the_compressed_one(name, data):
     fused, _ = tfafm.fuse(compressed)
     np.testing.assert_allclose(fused.predict(features, verbose=0),
                                compressed.predict(features, verbose=0), atol=1e-5)
-    assert not any(isinstance(layer, (LowRankEmbedding, keras.layers.Embedding)) for layer in fused.layers)
+    assert not any(isinstance(layer, (LowRankEmbedding, keras.layers.Embedding, LinearTerms))
+                   for layer in fused.layers)
+    # One gather reads every field's table and, where the model has them, its first-order weights.
+    first_order = any(isinstance(layer, LinearTerms) for layer in compressed.layers)
+    fields = len(data[0].sparse)
     merged = [layer for layer in fused.layers if isinstance(layer, tfafm.layers.lookup.MergedEmbedding)]
-    assert len(merged) == 1 and len(merged[0].widths) == len(data[0].sparse)
+    assert len(merged) == 1 and len(merged[0].widths) == fields * (2 if first_order else 1)
+    if first_order:
+        assert merged[0].widths[fields:] == [1] * fields and merged[0].sources == list(range(fields)) * 2
 
 
 def _every_field(schema) -> dict[str, int]:
@@ -58,11 +65,20 @@ def test_deepfm_first_dense_reads_the_k_wide_rows(data):
     assert first.kernel.shape[0] == sum(ranks.values()) + len(schema.dense)
     # All tables are one, read by one gather; its output is the codes side by side.
     tables = fused.get_layer("sparse_ids_tables")
-    assert isinstance(tables, tfafm.layers.lookup.MergedEmbedding) and tables.widths == list(ranks.values())
+    assert isinstance(tables, tfafm.layers.lookup.MergedEmbedding)
+    assert tables.widths == list(ranks.values()) + [1] * len(ranks)  # the first-order weights last
+    # The first-order weights are stored at the codes' peak (one int8 scale serves both) and the Dense
+    # summing them divides that factor out.
+    codes = sum(ranks.values())
+    flat = tables.embeddings.numpy()
+    weights = compressed.get_layer("linear_terms").weights_table.numpy()[:, 0]
+    factor = np.max(np.abs(flat[:len(flat) - len(weights)])) / np.max(np.abs(weights))
+    np.testing.assert_allclose(flat[len(flat) - len(weights):], factor * weights, rtol=1e-6)
+    np.testing.assert_allclose(fused.get_layer("linear_terms").kernel.numpy()[codes:, 0], 1 / factor, rtol=1e-6)
+    assert not np.any(fused.get_layer("linear_terms").kernel.numpy()[:codes])
     assert not [layer for layer in fused.layers if isinstance(layer, keras.layers.Embedding)]
     # The FM runs on the codes themselves: no d-wide field vector is ever formed.
     fm = fused.get_layer("fm")
-    codes = sum(ranks.values())
     assert isinstance(fm, tfafm.models.layers.CodeFactorizationMachine) and fm.kernel.shape == (codes, 6 + codes)
     assert not [layer for layer in fused.layers if "projection" in layer.name]
     assert fused.count_params() < compressed.count_params()

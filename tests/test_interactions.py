@@ -162,3 +162,18 @@ def test_merged_embedding_reads_every_field_with_one_gather(tmp_path):
     assert MergedEmbedding.from_config(layer.get_config()).get_config() == layer.get_config()
     with pytest.raises(ValueError, match="positive"):
         MergedEmbedding([3], [2, 1])
+
+
+def test_merged_embedding_tables_can_read_one_field_twice():
+    # table 0 (field 0): 3 rows of width 2; table 1 (field 1): 2 rows of width 1; table 2 reads field 0
+    # again: 3 rows of width 1 (e.g. its first-order weights).
+    tables = [np.arange(6, dtype="float32").reshape(3, 2), np.array([[6.0], [7.0]], "float32"),
+              np.array([[10.0], [20.0], [30.0]], "float32")]
+    layer = MergedEmbedding.from_tables(tables, sources=[0, 1, 0])
+    ids = [np.array([2, 0], "int32"), np.array([1, 0], "int32")]
+    np.testing.assert_allclose(_np(layer(ids)), [[4.0, 5.0, 7.0, 30.0], [0.0, 1.0, 6.0, 10.0]])
+    assert MergedEmbedding.from_config(layer.get_config()).sources == [0, 1, 0]
+    with pytest.raises(ValueError, match="sources"):
+        MergedEmbedding([3, 2], [2, 1], sources=[0])
+    with pytest.raises(ValueError, match="inputs up to 2"):
+        MergedEmbedding.from_tables(tables, sources=[0, 1, 2])(ids)

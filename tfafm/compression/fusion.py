@@ -17,7 +17,14 @@ or whole) behind a :class:`ClipToVocabulary` guard become one
 :class:`MergedEmbedding` whose output is the fields' rows side by side;
 consumers that take all of them in field order read that output as it is,
 with no per-field concatenation. The guard stays in front of it, so an
-out-of-range id still reads row 0 of its own field.
+out-of-range id still reads row 0 of its own field. A :class:`LinearTerms`
+(the first-order weights) reading the same guard joins that gather: its
+per-field weights become one more column per field at the end of the merged
+output, summed by a ``Dense(1)`` (instead of a gather, a dequantization and a
+sum of its own). They are stored multiplied by one factor that brings their
+peak to that of the embedding tables (the Dense divides it out), so an int8
+file with one scale for the merged table keeps them as precise as their own
+int8 table would.
 
 The model is rebuilt with ``keras.models.clone_model``. Each embedding's
 projection is applied right away and the result remembered as *segments*
@@ -46,6 +53,7 @@ from tfafm.models.layers import (
     CodeFactorizationMachine,
     CodeProjections,
     FactorizationMachine,
+    LinearTerms,
     StackFields,
 )
 from tfafm.layers.lookup import InRangeEmbedding, MergedEmbedding
@@ -126,6 +134,27 @@ def _merge_plan(model: keras.Model, calls: dict[int, int]) -> dict[str, list[tup
     return plans
 
 
+def _linear_plan(model: keras.Model, calls: dict[int, int], plan: dict) -> dict[str, tuple[Any, list[int]]]:
+    """Per planned guard: the :class:`LinearTerms` (called once, of the lookups' dtype policy) reading
+    only that guard's outputs, each field's weights as many rows as the guard lets ids through, with
+    the guard output index of each of its inputs."""
+    layers = {layer.name: layer for layer in model.layers}
+    linear = {}
+    for name, sources in call_sources(model).items():
+        layer = layers.get(name)
+        if type(layer) is not LinearTerms or calls.get(id(layer)) != 1 or not sources:
+            continue
+        guard = sources[0][0]
+        if guard not in plan or any(source != guard for source, _ in sources) or guard in linear:
+            continue
+        indices = [index for _, index in sources]
+        sizes = layers[guard].vocabulary_sizes
+        if (layer.vocabulary_sizes == [sizes[i] for i in indices]
+                and layer.dtype_policy.name == plan[guard][0][1].dtype_policy.name):
+            linear[guard] = (layer, indices)
+    return linear
+
+
 def _is_raw(segment: _Segment) -> bool:
     """Whether a field's "code" is the field itself (a table left whole: identity projection, no bias)."""
     projection = segment.projection
@@ -162,8 +191,10 @@ class _Fuser:
         self.tables: dict[int, tuple] = {}
         self.fields: dict[int, list[_Segment]] = {}  # stacked (batch, F, d) fields -> their code segments
         self.plan = _merge_plan(model, self.calls)
+        self.linear = _linear_plan(model, self.calls, self.plan)
         self.codes: dict[int, Any] = {}  # lookup layer -> its slice of a MergedEmbedding's output
         self.slices: dict[int, tuple[Any, int, int]] = {}  # such a slice -> (merged output, start, stop)
+        self.runs: dict[tuple[int, int, int], Any] = {}  # (merged output, start, stop) -> the slice made for it
         self.pieces: dict[int, list] = {}  # output of a plain 2-D Concatenate -> its inputs
         self.report = FusionReport()
 
@@ -213,13 +244,31 @@ class _Fuser:
     # --------------------------------------------------------------- handlers
 
     def _guard(self, op, guard: ClipToVocabulary, ids):
-        """Runs the id guard, then all lookups planned behind it as one :class:`MergedEmbedding`."""
+        """Runs the id guard, then all lookups planned behind it (and its first-order weights) as one
+        :class:`MergedEmbedding`."""
         guarded = op(ids)
         fields = self.plan[guard.name]
         layers = [layer for _, layer in fields]
-        merged = MergedEmbedding.from_tables([layer.embeddings.numpy() for layer in layers],
-                                             name=f"{guard.name}_tables", dtype=layers[0].dtype_policy)
-        codes = merged([guarded[i] for i, _ in fields])
+        tables = [layer.embeddings.numpy() for layer in layers]
+        inputs = [guarded[i] for i, _ in fields]
+        sources = list(range(len(inputs)))
+        linear, indices = self.linear.get(guard.name, (None, []))
+        if linear is not None:
+            weights = linear.weights_table.numpy()
+            peak = float(np.max(np.abs(weights)))
+            factor = max(float(np.max(np.abs(t))) for t in tables) / peak if peak > 0 else 1.0
+            factor = factor if np.isfinite(factor) and factor > 0 else 1.0
+            tables += [factor * weights[start:start + size] for start, size in zip(linear.offsets,
+                                                                                    linear.vocabulary_sizes)]
+            positions = {index: position for position, (index, _) in enumerate(fields)}
+            for index in indices:
+                if index not in positions:
+                    positions[index] = len(inputs)
+                    inputs.append(guarded[index])
+            sources += [positions[index] for index in indices]
+        merged = MergedEmbedding.from_tables(tables, sources=sources, name=f"{guard.name}_tables",
+                                             dtype=layers[0].dtype_policy)
+        codes = merged(inputs)
         start = 0
         for layer, width in zip(layers, merged.widths):
             code = codes[:, start:start + width]
@@ -227,7 +276,16 @@ class _Fuser:
             self.slices[id(code)] = (codes, start, start + width)
             start += width
         self.report.tables.extend(layer.name for layer in layers)
-        self.report.notes.append(f"{merged.name}: the tables of {len(layers)} fields read by one gather")
+        if linear is not None:
+            kernel = np.zeros((codes.shape[-1], 1), dtype=np.float32)
+            kernel[start:] = 1.0 / factor
+            terms = keras.layers.Dense(1, use_bias=False, name=linear.name, dtype=linear.dtype_policy)
+            self.codes[id(linear)] = terms(codes)
+            terms.set_weights([kernel])
+            self.report.tables.append(linear.name)
+        self.report.notes.append(f"{merged.name}: the tables of {len(layers)} fields"
+                                 + (" and their first-order weights" if linear is not None else "")
+                                 + " read by one gather")
         return guarded
 
     def _join(self, tensors: list, name: str):
@@ -245,9 +303,16 @@ class _Fuser:
         parts = []
         for tensor, codes, start, stop in runs:
             if tensor is None:
-                tensor = codes if (start, stop) == (0, codes.shape[-1]) else codes[:, start:stop]
+                tensor = codes if (start, stop) == (0, codes.shape[-1]) else self._slice(codes, start, stop)
             parts.append(tensor)
         return parts[0] if len(parts) == 1 else keras.layers.Concatenate(name=name)(parts)
+
+    def _slice(self, codes, start: int, stop: int):
+        """``codes[:, start:stop]``, one op however many consumers read it."""
+        key = (id(codes), start, stop)
+        if key not in self.runs:
+            self.runs[key] = codes[:, start:stop]
+        return self.runs[key]
 
     def _embed(self, layer: LowRankEmbedding, ids, **kwargs):
         if id(layer) not in self.tables:  # built once per embedding, shared by all its calls

@@ -86,9 +86,11 @@ class MergedEmbedding(keras.layers.Layer):
     columns of all fields with one gather, so a quantized table is dequantized
     only where it was read.
 
-    Input: a list of ``F`` int ``(batch,)`` id tensors (the output of
-    :class:`~tfafm.models.layers.ClipToVocabulary`). Output ``(batch, sum_f k_f)``:
-    the fields' rows side by side, ``concat_f table_f[id_f]``.
+    Input: a list of int ``(batch,)`` id tensors (the output of
+    :class:`~tfafm.models.layers.ClipToVocabulary`); table ``f`` reads input
+    ``sources[f]`` (by default input ``f``), so several tables may read one
+    field's ids. Output ``(batch, sum_f k_f)``: the tables' rows side by side,
+    ``concat_f table_f[ids[sources[f]]]``.
 
     Ids must lie in ``[0, V_f)`` as for :class:`InRangeEmbedding`: put a
     :class:`~tfafm.models.layers.ClipToVocabulary` in front of it (an id outside its
@@ -99,10 +101,11 @@ class MergedEmbedding(keras.layers.Layer):
         vocabulary_sizes: ``V_f`` per field.
         widths: ``k_f`` per field (the width of its stored rows).
         embeddings_initializer: for the flat table.
+        sources: the input each table reads (default: table ``f`` reads input ``f``).
     """
 
     def __init__(self, vocabulary_sizes: Sequence[int], widths: Sequence[int],
-                 embeddings_initializer="uniform", **kwargs: Any):
+                 embeddings_initializer="uniform", sources: Sequence[int] | None = None, **kwargs: Any):
         super().__init__(**kwargs)
         self.vocabulary_sizes = [int(v) for v in vocabulary_sizes]
         self.widths = [int(k) for k in widths]
@@ -110,12 +113,16 @@ class MergedEmbedding(keras.layers.Layer):
                 or min(self.vocabulary_sizes + self.widths) < 1):
             raise UserError(f"Layer {self.name!r}: vocabulary_sizes and widths must be as many positive integers, "
                             f"got {vocabulary_sizes} and {widths}.")
+        self.sources = list(range(len(self.widths))) if sources is None else [int(i) for i in sources]
+        if len(self.sources) != len(self.widths) or min(self.sources) < 0:
+            raise UserError(f"Layer {self.name!r}: sources must give a non-negative input index per table, "
+                            f"got {sources} for {len(self.widths)} tables.")
         self.table_size = sum(v * k for v, k in zip(self.vocabulary_sizes, self.widths))
         if self.table_size >= 2**31:
             raise UserError(f"Layer {self.name!r}: {self.table_size:,} table values exceed int32 indexing.")
         self.embeddings_initializer = keras.initializers.get(embeddings_initializer)
         starts = np.cumsum([0] + [v * k for v, k in zip(self.vocabulary_sizes, self.widths)])[:-1]
-        self._column_field = np.repeat(np.arange(len(self.widths)), self.widths).astype(np.int32)
+        self._column_field = np.repeat(self.sources, self.widths).astype(np.int32)
         self._column_stride = np.repeat(self.widths, self.widths).astype(np.int32)
         self._column_start = np.concatenate(
             [start + np.arange(k) for start, k in zip(starts, self.widths)]).astype(np.int32)
@@ -125,6 +132,9 @@ class MergedEmbedding(keras.layers.Layer):
                                           initializer=self.embeddings_initializer)
 
     def call(self, ids):
+        if len(ids) <= max(self.sources):
+            raise UserError(f"Layer {self.name!r}: its tables read inputs up to {max(self.sources)}, "
+                            f"but {len(ids)} id tensors were given.")
         stacked = ops.stack([ops.cast(x, "int32") for x in ids], axis=1)
         spread = ops.take(stacked, ops.convert_to_tensor(self._column_field), axis=1)
         index = spread * ops.convert_to_tensor(self._column_stride) + ops.convert_to_tensor(self._column_start)
@@ -138,6 +148,7 @@ class MergedEmbedding(keras.layers.Layer):
             **super().get_config(),
             "vocabulary_sizes": self.vocabulary_sizes,
             "widths": self.widths,
+            "sources": self.sources,
             "embeddings_initializer": keras.initializers.serialize(self.embeddings_initializer),
         }
 
