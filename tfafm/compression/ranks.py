@@ -245,8 +245,9 @@ def ranks_for_ratio(
 
     With ``criterion="loss"`` the spectra are in one currency for all matrices (what each
     direction costs the predictions, :meth:`~tfafm.linalg.LayerStatistics.loss_spectrum`):
-    no per-matrix or per-table normalisation, no variance floors, every matrix starts at its
-    cheapest option and the budget goes, step by step, to the largest loss avoided per byte.
+    no per-matrix or per-table normalisation, no variance floors: every matrix starts at its
+    cheapest option of at least :data:`MIN_RANK` (rank 1 only where the budget demands it, as
+    above) and the budget goes, step by step, to the largest loss avoided per byte.
 
     Raises:
         UserError: if even the cheapest option of every matrix exceeds the budget
@@ -339,7 +340,7 @@ class _Allocator:
             floors = (0.0,) if self.by_loss else _ENERGY_FLOORS
             for floor in floors[:1] if len(costs) > 1 else floors:
                 for choice in choices.values():
-                    choice.start_at(floor, 1 if self.by_loss else MIN_RANK)
+                    choice.start_at(floor, MIN_RANK)
                 spent = sum(choice.cost for choice in choices.values())
                 if np.all(spent <= budgets):
                     break
@@ -355,7 +356,7 @@ class _Allocator:
                 f"{int(total[0] / self.target_ratio):,}; the largest reachable ratio for this model under "
                 f"{quantization} is {np.floor(10 * total[0] / cheapest[0]) / 10:.1f}x."
             )
-        _fill(choices, spent, budgets, rank_one_first=not self.by_loss)
+        _fill(choices, spent, budgets)
         return {name: choice.rank for name, choice in choices.items() if choice.rank is not None}
 
 
@@ -374,11 +375,10 @@ def _lowered(choices: Mapping[str, _Choices], spent: np.ndarray, budgets: np.nda
     return spent
 
 
-def _fill(choices: Mapping[str, _Choices], spent: np.ndarray, budgets: np.ndarray,
-          rank_one_first: bool = True) -> None:
+def _fill(choices: Mapping[str, _Choices], spent: np.ndarray, budgets: np.ndarray) -> None:
     """Spends what is left of ``budgets`` greedily: the move (of one matrix, to a higher option)
     buying the most variance per unit of cost among those whose extra cost fits what is left,
-    until none fits; with ``rank_one_first``, a matrix at rank 1 moves up first, so rank 1
+    until none fits; a matrix at rank 1 moves up first, so rank 1
     stays only where the budget demands it. Ties go to the higher option, then to the name
     that sorts last.
 
@@ -416,7 +416,7 @@ def _fill(choices: Mapping[str, _Choices], spent: np.ndarray, budgets: np.ndarra
         gain = lost[rows, position][:, None] - lost
         value = np.where(fits, gain / np.maximum(price, 1e-12), -np.inf)
         best = np.argmax(value, axis=1)  # per matrix, the lowest of its best options
-        first = rank_one_first & rank_one[rows, position]
+        first = rank_one[rows, position]
         chosen = movable[np.lexsort((name_order[movable], best[movable], value[movable, best[movable]],
                                      first[movable]))[-1]]
         spent = spent + costs[:, chosen, best[chosen]] - costs[:, chosen, position[chosen]]
