@@ -16,7 +16,12 @@ LiteRT interpreter unless said otherwise:
                    exported as dynamic int8, for R in ``--ratios``; a ratio out of reach
                    is listed as such with the largest reachable one.
     AFM-loss xR    the same with ``criterion="loss"`` (directions and ranks by what they cost
-                   the predictions, from the same calibration).
+                   the predictions, from the same calibration) and the default
+                   ``first_order="codes"`` (a first-order table read from the embeddings where
+                   that costs the predictions less than keeping it).
+    AFM-loss, first-order kept xR
+                   AFM-loss with ``first_order="keep"`` (``--methods afm-loss-keep``): the
+                   first-order table as it is.
     AFM-loss+ft xR AFM-loss xR fine-tuned for ``--finetune-epochs`` epochs (Adam at half the
                    training rate; early stopping on validation AUC; kept only for a significant
                    validation AUC gain, as ``tfafm compress --finetune-epochs``), then exported the
@@ -70,8 +75,9 @@ SHARED_DATA = {  # (format, training files, held-out files, spec options)
 HIDDEN = (400, 400, 400)
 LEARNING_RATE = 1e-3
 SYNTHETIC_VOCABULARY = 100_000
-METHODS = {"afm": ("AFM", "afm", "variance"), "afm-loss": ("AFM-loss", "afm", "loss"),
-           "svd": ("SVD", "svd", "variance")}
+METHODS = {"afm": ("AFM", "afm", "variance", "keep"), "afm-loss": ("AFM-loss", "afm", "loss", "codes"),
+           "afm-loss-keep": ("AFM-loss, first-order kept", "afm", "loss", "keep"),
+           "svd": ("SVD", "svd", "variance", "keep")}
 REACH = re.compile(r"largest reachable ratio for this model under \w+ is ([0-9.]+)x")
 
 
@@ -141,7 +147,8 @@ def run_cell(model_name, bundle, test, seed, args, tmp) -> list[dict]:
     original = models.build(model_name, bundle.schema, hidden_units=HIDDEN)
     compile_for_ctr(original, LEARNING_RATE)
     fit(original, bundle, args.epochs, patience=1, verbose=0)
-    statistics = tfafm.calibrate(original, bundle.train.take(40), progress=False, fisher=True)
+    calibration = bundle.train.take(40)
+    statistics = tfafm.calibrate(original, calibration, progress=False, fisher=True)
     results = []
 
     def exported(name, model, quantization, ratio=None):
@@ -154,11 +161,12 @@ def run_cell(model_name, bundle, test, seed, args, tmp) -> list[dict]:
     int8 = exported("int8", original, "dynamic")
     quantized, estimated = int4_tables(original, int8["bytes"])
     results.append({"variant": "int4 tables", "ratio": None, "bytes": estimated, **keras_scores(quantized, test)})
-    for name, method, criterion in (METHODS[m] for m in args.methods):
+    for name, method, criterion, first_order in (METHODS[m] for m in args.methods):
         for ratio in args.ratios:
             try:
-                small, _ = tfafm.compress(original, method=method, target_ratio=ratio, quantization="dynamic",
-                                          statistics=statistics, criterion=criterion, progress=False)
+                small, _ = tfafm.compress(original, calibration, method=method, target_ratio=ratio,
+                                          quantization="dynamic", statistics=statistics, criterion=criterion,
+                                          first_order=first_order, progress=False)
             except UserError as error:
                 reach = REACH.search(str(error))
                 results.append({"variant": name, "ratio": ratio, "bytes": None,

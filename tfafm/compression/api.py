@@ -12,6 +12,7 @@ from tfafm.compression.arguments import check_budget
 from tfafm.compression.budget import compare_on, sample_agreement, smallest_within_budget
 from tfafm.compression.calibration import calibrate
 from tfafm.compression.check import check_input_layers, failures_named, run_checked
+from tfafm.compression import first_order as first_orders
 from tfafm.graph import require_graph_model, resolve_names
 from tfafm.compression.ranks import CRITERIA, cost_models, energy_kept, ranks_for_energy, ranks_for_ratio
 from tfafm.compression.report import CompressionReport, LayerReport, SkippedLayer, estimated_file_bytes
@@ -133,6 +134,7 @@ def compress(
     objective: str = "both",
     quantization: str | None = None,
     criterion: str | None = None,
+    first_order: str = "codes",
 ) -> tuple[keras.Model, CompressionReport]:
     """Replaces a model's compressible matrices by low-rank factors.
 
@@ -222,6 +224,18 @@ def compress(
             :func:`tfafm.calibrate` with its default ``fisher=True``; for SVD
             too (``criterion="variance"`` gives SVD as published, from the
             weights alone).
+        first_order: ``"codes"`` (default) or ``"keep"``. A first-order term
+            (tfafm's ``LinearTerms``: one weight per field and id, as in DeepFM,
+            Wide&Deep, NFM, xDeepFM, FiBiNET) whose fields' ids each feed one
+            embedding is, under ``"codes"``, read from those embeddings' outputs
+            by one ``Dense(1)`` fitted on the ids of ``calibration_data``
+            (:mod:`tfafm.compression.first_order`) wherever that costs the
+            predictions less than keeping its table (which, at one value per id,
+            would take bytes from the codes). Needs AFM with
+            ``criterion="loss"``, ``target_ratio`` or ``max_auc_drop``, and
+            ``calibration_data`` (also with ``statistics``); the report's notes
+            say what was chosen and how much of the term's variance the fit
+            keeps. ``"keep"``: the table stays as it is.
 
     Returns:
         ``(compressed_model, report)``. Automatic rank choices never factor a
@@ -255,6 +269,8 @@ def compress(
         criterion = "loss" if method == "afm" else "variance"
     if criterion not in CRITERIA:
         raise UserError(f"criterion must be one of {CRITERIA}, got {criterion!r}.")
+    if first_order not in first_orders.CHOICES:
+        raise UserError(f"first_order must be one of {first_orders.CHOICES}, got {first_order!r}.")
     costs = cost_models(objective, quantization)
     all_targets, skipped = find_targets(model)
     targets = _select(model, all_targets, include, exclude)
@@ -282,8 +298,14 @@ def compress(
                             f"{without[:3]} have none: calibrate(..., fisher=True).")
     rows = sample_rows(model, calibration_data) if calibration_data is not None else generated_rows(model)
     reference = run_checked(model, rows, f"Model {model.name!r}")
+    linear = None
+    if (first_order == "codes" and method == "afm" and by_loss and calibration_data is not None
+            and (target_ratio is not None or max_auc_drop is not None)):
+        found = first_orders.find_plan(model)
+        if found is not None:
+            linear = (found, first_orders.count_ids(model, found, calibration_data, calibration_steps))
     plan = _Plan(model, targets, skipped, method, statistics, inner_activation, costs,
-                 criterion)
+                 criterion, linear)
     search = None
     if energy is not None:
         ranks = ranks_for_energy(plan.by_name, plan.spectra, energy)
@@ -307,27 +329,72 @@ def compress(
                                            criterion=criterion)
 
 
+class Allocation(dict):
+    """Ranks by matrix name (as a dict), and the first-order term they were allocated with:
+    ``first_order`` the fit reading it from the embeddings (None: its table is kept), ``note``
+    what was weighed."""
+
+    def __init__(self, ranks: Mapping[str, int], first_order=None, note: str | None = None):
+        super().__init__(ranks)
+        self.first_order, self.note = first_order, note
+
+
 class _Plan:
     """One calibration's worth of compression: the targets, their spectra and how to build
-    the compressed model and its report at any ranks (the budget search builds several)."""
+    the compressed model and its report at any ranks (the budget search builds several).
+    ``linear``: a first-order term that may be read from the embeddings, with its id counts."""
 
     def __init__(self, model, targets: list[Target], skipped, method: str, statistics, inner_activation, costs,
-                 criterion: str = "variance"):
+                 criterion: str = "variance", linear=None):
         self.model, self.targets, self.skipped = model, targets, skipped
         self.method, self.statistics, self.inner_activation, self.costs = method, statistics, inner_activation, costs
-        self.criterion = criterion
+        self.criterion, self.linear = criterion, linear
         self.spectra = {t.name: _spectrum(t, method, statistics, criterion) for t in targets}
         self.by_name = {t.name: t for t in targets}
         self.file_bytes = estimated_file_bytes(model, costs[0].quantization)
         self.copies: list = []  # (original, copy) layers re-created by the last build()
 
-    def ranks_for_ratio(self, target_ratio: float) -> dict[str, int]:
-        """Ranks shrinking the model's file (and, with a latency cost, the candidates' reads) by ``target_ratio``."""
-        return ranks_for_ratio(self.by_name, self.spectra, target_ratio, self.costs, self.file_bytes,
-                               self.criterion)
+    def ranks_for_ratio(self, target_ratio: float) -> Allocation:
+        """Ranks shrinking the model's file (and, with a latency cost, the candidates' reads) by
+        ``target_ratio``; with a first-order term that may be read from the embeddings, the
+        allocation with or without its table that costs the predictions less."""
+        def allocate(freed: float = 0.0) -> dict[str, int]:
+            return ranks_for_ratio(self.by_name, self.spectra, target_ratio, self.costs, self.file_bytes,
+                                   self.criterion, freed_bytes=freed)
+
+        if self.linear is None:
+            return Allocation(allocate())
+        plan, counts = self.linear
+        try:
+            kept = allocate()
+        except UserError:
+            kept = None
+        folded = allocate(plan.freed_bytes(self.costs[0].quantization))  # out of reach: its error names the reach
+        fit = first_orders.fit(plan, counts, lambda layer, rows: self._factors_on(layer, rows, folded))
+        name = plan.linear.name
+        if kept is not None and self._lost(kept) <= self._lost(folded) + fit.loss:
+            return Allocation(kept, None, f"first-order weights of {name!r} kept whole: reading them from the "
+                              f"fields' embeddings (keeping {fit.kept:.1%} of their variance) would cost the "
+                              "predictions more than the bytes they free buy the codes")
+        return Allocation(folded, fit, f"first-order weights of {name!r} ({sum(plan.linear.vocabulary_sizes):,} "
+                          f"values) read from the fields' embeddings by one Dense(1), keeping {fit.kept:.1%} of their "
+                          f"variance on {counts.rows:,} calibration rows")
+
+    def _lost(self, ranks: Mapping[str, int]) -> float:
+        """What ``ranks`` cost the predictions, by the spectra (the loss criterion's currency)."""
+        return sum(float(np.sum(self.spectra[name][rank:])) for name, rank in ranks.items())
+
+    def _factors_on(self, layer, rows: np.ndarray, ranks: Mapping[str, int]):
+        """The factors of embedding ``layer`` at ``ranks``, computed on ``rows`` of its table (None: left whole)."""
+        target = next((t for t in self.targets if t.layer is layer and t.name in ranks), None)
+        if target is None:
+            return None
+        return factor(target.name, rows, None, ranks[target.name], self.statistics[target.name], self.method,
+                      lookups=True, fisher=_fisher(target, self.statistics, self.criterion))
 
     def build(self, ranks: Mapping[str, int]) -> tuple[keras.Model, CompressionReport]:
-        """The compressed model at ``ranks`` and its report."""
+        """The compressed model at ``ranks`` (an :class:`Allocation` may read a first-order term from
+        the embeddings) and its report."""
         replacements = {}
         for layer_targets in _by_layer([t for t in self.targets if t.name in ranks]):
             layer = layer_targets[0].layer
@@ -341,8 +408,10 @@ class _Plan:
                                                 fisher=_fisher(target, self.statistics, self.criterion))
                 del kernel
             replacements[id(layer)] = adapter.factored(layer, factors, inner_activation=self.inner_activation)
+        fit = getattr(ranks, "first_order", None)
+        hook = first_orders.rewire(self.linear[0], fit) if fit is not None else None
         with failures_named(f"Rebuilding model {self.model.name!r} with its layers re-created from their configs fails"):
-            compressed, shared, self.copies = rebuild(self.model, replacements)
+            compressed, shared, self.copies = rebuild(self.model, replacements, hook)
         rows = []
         for target in self.targets:
             rank = ranks.get(target.name)
@@ -354,6 +423,8 @@ class _Plan:
             ))
         notes = tuple(f"layer {name!r} could not be re-created from its config and is shared with the original "
                       "model (give it a get_config)" for name in shared)
+        if getattr(ranks, "note", None):
+            notes += (ranks.note,)
         report = CompressionReport(self.method, tuple(rows), self.model.count_params(), compressed.count_params(),
                                    skipped=tuple(self.skipped), notes=notes)
         return compressed, report

@@ -68,7 +68,7 @@ def _is_array_data(data) -> bool:
     return hasattr(data, "shape") and not isinstance(data, tf.data.Dataset)
 
 
-def _as_dataset(data, batch_size: int) -> tuple[tf.data.Dataset, bool]:
+def as_dataset(data, batch_size: int) -> tuple[tf.data.Dataset, bool]:
     """``data`` as a dataset of batches, and whether its elements may hold labels too (a user's
     dataset: the step picks the features with :func:`features_of`, no ``map`` to trace)."""
     if isinstance(data, tf.data.Dataset):
@@ -352,7 +352,7 @@ def calibrate(
     if not targets:
         raise UserError(f"Model {model.name!r} has no compressible layers to calibrate.")
     strategy = strategy or tf.distribute.get_strategy()
-    dataset, labelled = _as_dataset(data, batch_size)
+    dataset, labelled = as_dataset(data, batch_size)
     if steps is None and int(dataset.cardinality()) == int(tf.data.INFINITE_CARDINALITY):
         raise UserError("Calibration data is an infinite dataset (a .repeat() without a count?): give "
                         "calibration_steps= to bound it.")

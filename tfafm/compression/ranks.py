@@ -210,6 +210,7 @@ def ranks_for_ratio(
     file_bytes: float | None = None,
     criterion: str = "variance",
     later_ratio: float | None = None,
+    freed_bytes: float = 0.0,
 ) -> dict[str, int]:
     """Ranks whose total cost is at most ``1 / target_ratio`` of the whole cost, under each
     of ``costs`` (default: parameter bytes; give a params and a latency
@@ -229,7 +230,9 @@ def ranks_for_ratio(
     budget alone: the later budgets never buy speed with accuracy.
 
     Candidates that cost no less factored (at any rank up to break-even) than whole
-    stay whole (outside the budget, unless counted in ``file_bytes``).
+    stay whole (outside the budget, unless counted in ``file_bytes``). ``freed_bytes``:
+    what of ``file_bytes`` outside the candidates the compressed model will not store
+    (a first-order table read from the embeddings instead): the budget may spend it.
 
     Each matrix starts at the cheapest rank of at least :data:`MIN_RANK` keeping a
     floor of its variance (50%, lowered to 25%, 10%, 0% until every matrix fits the
@@ -258,7 +261,7 @@ def ranks_for_ratio(
     if criterion not in CRITERIA:
         raise UserError(f"criterion must be one of {CRITERIA}, got {criterion!r}.")
     costs = [CostModel()] if costs is None else [costs] if isinstance(costs, CostModel) else list(costs)
-    allocate = _Allocator(candidates, spectra, target_ratio, file_bytes, criterion)
+    allocate = _Allocator(candidates, spectra, target_ratio, file_bytes, criterion, freed_bytes)
     later_ratio = target_ratio if later_ratio is None else later_ratio
     if len(costs) == 1 or later_ratio < MIN_LATENCY_RATIO:
         return allocate(costs[:1])
@@ -295,9 +298,9 @@ class _Allocator:
     """One allocation problem (candidates, spectra, target ratio) solved under given cost models."""
 
     def __init__(self, candidates: Mapping[str, Target], spectra: Mapping[str, np.ndarray], target_ratio: float,
-                 file_bytes: float | None, criterion: str):
+                 file_bytes: float | None, criterion: str, freed_bytes: float = 0.0):
         self.candidates, self.spectra, self.target_ratio = candidates, spectra, target_ratio
-        self.file_bytes, self.by_loss = file_bytes, criterion == "loss"
+        self.file_bytes, self.by_loss, self.freed_bytes = file_bytes, criterion == "loss", freed_bytes
         tables_total = sum(float(np.sum(spectra[name])) for name, c in candidates.items() if c.lookups)
         everything = sum(float(np.sum(spectra[name])) for name in candidates)
         # What a matrix's losses are counted against (see ranks_for_ratio).
@@ -326,9 +329,9 @@ class _Allocator:
             raise UserError(f"No matrix costs less factored than whole ({objectives}, quantization "
                             f"{costs[0].quantization}): nothing to compress.")
         whole = sum(choice.costs[-1] for choice in choices.values())
-        total = np.where([self.file_bytes is not None and c.objective == "params" for c in costs],
-                         self.file_bytes or 0, whole)
-        fixed = total - whole  # what never shrinks
+        whole_file = np.array([self.file_bytes is not None and c.objective == "params" for c in costs])
+        total = np.where(whole_file, self.file_bytes or 0, whole)
+        fixed = total - whole - np.where(whole_file, self.freed_bytes, 0.0)  # what never shrinks
         later_ratio = self.target_ratio if later_ratio is None else later_ratio
         budgets = total / np.array([self.target_ratio] + [later_ratio] * (len(costs) - 1)) - fixed
         cheapest = fixed + sum(choice.costs[0] for choice in choices.values())

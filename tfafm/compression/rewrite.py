@@ -15,11 +15,13 @@ Keras version note: the sub-layers are listed with ``Layer._flatten_layers``
 from __future__ import annotations
 
 import tempfile
+from typing import Callable
 
 import keras
 
 
-def rebuild(model: keras.Model, replacements: dict[int, keras.layers.Layer]) -> tuple[keras.Model, list[str], list]:
+def rebuild(model: keras.Model, replacements: dict[int, keras.layers.Layer],
+            call_hook: Callable | None = None) -> tuple[keras.Model, list[str], list]:
     """A copy of ``model`` in which each layer whose ``id`` is in ``replacements`` is swapped
     for its replacement (already built, with its weights).
 
@@ -32,27 +34,44 @@ def rebuild(model: keras.Model, replacements: dict[int, keras.layers.Layer]) -> 
     ``model``; its name is returned in the second element. The third lists
     the ``(original, copy)`` pairs of re-created layers. The copy is not
     compiled (see :func:`clone`).
+
+    ``call_hook(original, new, layer_for, *args, **kwargs)``, when given, sees every
+    layer call of the copy: it returns the tensor(s) that call produces, or None to
+    call ``new`` as usual; ``layer_for(original)`` is the copy of any layer.
     """
     copies: list[tuple[keras.layers.Layer, keras.layers.Layer]] = []
     shared: list[str] = []
+    made: dict[int, keras.layers.Layer] = {}
+    originals: dict[int, keras.layers.Layer] = {}
 
     def clone_layer(layer):
         if not isinstance(layer, keras.layers.Layer):
             return layer
-        if id(layer) in replacements:
-            return replacements[id(layer)]
-        try:
-            copy = layer.__class__.from_config(layer.get_config())
-        except (NotImplementedError, TypeError, ValueError):
-            shared.append(layer.name)
-            return layer
-        copies.append((layer, copy))
-        return copy
+        if id(layer) not in made:
+            made[id(layer)] = _copy_of(layer, replacements, copies, shared)
+            originals[id(made[id(layer)])] = layer
+        return made[id(layer)]
 
-    new_model = clone(model, clone_function=clone_layer, recursive=True)
+    def call(new, *args, **kwargs):
+        result = call_hook(originals.get(id(new), new), new, clone_layer, *args, **kwargs)
+        return new(*args, **kwargs) if result is None else result
+
+    new_model = clone(model, clone_function=clone_layer, call_function=call if call_hook else None, recursive=True)
     for original, copy in copies:
         copy_state(original, copy)
     return new_model, shared, copies
+
+
+def _copy_of(layer, replacements, copies: list, shared: list[str]):
+    if id(layer) in replacements:
+        return replacements[id(layer)]
+    try:
+        copy = layer.__class__.from_config(layer.get_config())
+    except (NotImplementedError, TypeError, ValueError):
+        shared.append(layer.name)
+        return layer
+    copies.append((layer, copy))
+    return copy
 
 
 def clone(model: keras.Model, **clone_kwargs) -> keras.Model:

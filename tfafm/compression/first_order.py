@@ -1,0 +1,247 @@
+"""A first-order term read from the fields' embeddings (``compress(first_order="codes")``).
+
+DeepFM, Wide&Deep, NFM, xDeepFM and FiBiNET add one weight per sparse field and
+id to their logit (:class:`~tfafm.models.layers.LinearTerms`): a table as long as
+all vocabularies together, which no factorisation shrinks and which, at one int8
+byte per id beside a few bytes of codes, caps how small such a model can get. In a
+trained model those weights are mostly a linear function of the same id's
+embedding, so the term can be read from the fields' (compressed) embedding
+outputs ``v_f``::
+
+    sum_f w_f[id_f]  ~  concat_f(v_f) @ a + c
+
+one ``Dense(1)`` on the concatenated embedding outputs instead of the table; a
+fused export folds it into the codes (no table and no gather of its own).
+
+``a`` and ``c`` are the least-squares fit over the ids of calibration data, each
+id weighted by how often it occurs there, field by field, on the embeddings as
+compression leaves them (their codes, for a factored table). What the fit misses
+is an error ``e`` added to the logit, which costs the predictions ``E[p (1 - p)]
+E[e^2]`` in the currency of ``criterion="loss"``: :func:`fit` reports it, and
+compression reads the term from the embeddings only where that, plus what the
+freed bytes cost the tables, is below what keeping the table costs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import keras
+import numpy as np
+
+from tfafm.compression.calibration import as_dataset, features_of
+from tfafm.compression.report import LAYER_BYTES, weight_bytes
+from tfafm.graph import call_counts, call_sources, model_inputs, pack_inputs
+from tfafm.linalg.factorize import Factors
+from tfafm.models.layers import ClipToVocabulary, LinearTerms
+
+CHOICES = ("codes", "keep")
+
+
+@dataclasses.dataclass(frozen=True)
+class FirstOrderPlan:
+    """A :class:`LinearTerms` whose every field's ids also feed one embedding.
+
+    Attributes:
+        linear: the first-order layer.
+        guard: the :class:`ClipToVocabulary` whose outputs it reads.
+        embeddings: per input of ``linear`` (its field order), the embedding layer reading
+            the same guarded ids.
+    """
+
+    linear: Any
+    guard: Any
+    embeddings: tuple
+
+    @property
+    def width(self) -> int:
+        """Width of the concatenated embedding outputs the term is read from."""
+        return sum(int(layer.output_dim) for layer in self.embeddings)
+
+    def freed_bytes(self, quantization: str | None) -> int:
+        """File bytes saved by reading the term from the embeddings: its table, less the Dense(1)."""
+        table = weight_bytes((sum(self.linear.vocabulary_sizes), 1), quantization)
+        dense = weight_bytes((self.width, 1), quantization) + weight_bytes((1,), quantization)
+        return table - dense
+
+
+@dataclasses.dataclass(frozen=True)
+class IdCounts:
+    """How often each guarded id of each field occurs in calibration data, and the mean
+    Bernoulli Fisher weight ``p (1 - p)`` of the model's predictions there."""
+
+    counts: tuple  # per field, a float64 vector as long as its vocabulary
+    fisher_weight: float
+    rows: int
+
+
+@dataclasses.dataclass(frozen=True)
+class FirstOrderFit:
+    """``sum_f w_f[id_f] ~ concat_f(v_f) @ kernel + bias`` and what it misses.
+
+    Attributes:
+        kernel: ``(width, 1)`` float32.
+        bias: ``(1,)`` float32.
+        variance: the term's variance on calibration data (fields taken as independent).
+        residual: the variance the fit misses there.
+        loss: what that costs the predictions (``E[p (1 - p)] * residual``).
+    """
+
+    kernel: np.ndarray
+    bias: np.ndarray
+    variance: float
+    residual: float
+    loss: float
+
+    @property
+    def kept(self) -> float:
+        """Share of the term's variance the fit keeps."""
+        return 1.0 - self.residual / self.variance if self.variance > 0 else 1.0
+
+
+def find_plan(model: keras.Model) -> FirstOrderPlan | None:
+    """The model's :class:`LinearTerms` read from its fields' embeddings, or None.
+
+    Needs a functional single-output model in which the first-order layer is called
+    once on outputs of one :class:`ClipToVocabulary` guard, and each of those guarded
+    id tensors feeds exactly one ``keras.layers.Embedding`` (called once, no
+    ``mask_zero``, not quantized) whose output is ``(batch, dim)``.
+    """
+    if isinstance(model, keras.Sequential) or len(model.outputs) != 1:
+        return None
+    calls, sources = call_counts(model), call_sources(model)
+    layers = {layer.name: layer for layer in model.layers}
+    readers: dict[tuple[str, int], list] = {}
+    for name, inputs in sources.items():
+        layer = layers.get(name)
+        if len(inputs) == 1 and isinstance(layer, keras.layers.Embedding):
+            readers.setdefault(inputs[0], []).append(layer)
+    for name, inputs in sources.items():
+        linear = layers.get(name)
+        if type(linear) is not LinearTerms or calls.get(id(linear)) != 1 or not inputs:
+            continue
+        guard = layers.get(inputs[0][0])
+        if (not isinstance(guard, ClipToVocabulary) or calls.get(id(guard)) != 1
+                or any(source != guard.name for source, _ in inputs)):
+            continue
+        embeddings = []
+        for field, source in enumerate(inputs):
+            found = readers.get(source, [])
+            if len(found) != 1 or not _plain_lookup(found[0], calls, linear.vocabulary_sizes[field]):
+                break
+            embeddings.append(found[0])
+        else:
+            return FirstOrderPlan(linear, guard, tuple(embeddings))
+    return None
+
+
+def _plain_lookup(layer, calls: dict[int, int], vocabulary: int) -> bool:
+    return (calls.get(id(layer)) == 1 and not layer.mask_zero and not layer.quantization_mode
+            and layer.input_dim >= vocabulary and len(layer.output.shape) == 2)
+
+
+def count_ids(model: keras.Model, plan: FirstOrderPlan, data, steps: int | None = None,
+              batch_size: int = 1024) -> IdCounts:
+    """Counts each field's guarded ids over ``data`` (at most ``steps`` batches), and the mean
+    Fisher weight ``p (1 - p)`` of the model's prediction (a probability, or ``sigmoid`` of a
+    logit) on those rows."""
+    indices = [index for _, index in _sources_of(model, plan)]
+    guarded = plan.guard.output
+    probe = keras.Model(model.input, [guarded[i] for i in indices] + [model.outputs[0]])
+    counts = [np.zeros(size) for size in plan.linear.vocabulary_sizes]
+    weight, rows = 0.0, 0
+    dataset, _ = as_dataset(data, batch_size)
+    for step, element in enumerate(dataset):
+        if steps is not None and step >= steps:
+            break
+        results = probe(pack_inputs(model, model_inputs(model, features_of(element))), training=False)
+        for field, ids in enumerate(results[:-1]):
+            counts[field] += np.bincount(np.asarray(ids).reshape(-1), minlength=len(counts[field]))
+        output = np.asarray(results[-1], dtype=np.float64).reshape(-1)
+        p = output if output.min() >= 0.0 and output.max() <= 1.0 else 1.0 / (1.0 + np.exp(-output))
+        weight += float(np.sum(p * (1.0 - p)))
+        rows += len(output)
+    return IdCounts(tuple(counts), weight / max(rows, 1), rows)
+
+
+def _sources_of(model: keras.Model, plan: FirstOrderPlan) -> list[tuple[str, int]]:
+    return call_sources(model)[plan.linear.name]
+
+
+def fit(plan: FirstOrderPlan, counts: IdCounts, factors_of: Callable[[Any, np.ndarray], Factors | None]) -> FirstOrderFit:
+    """Fits the term on the embeddings as compression leaves them.
+
+    ``factors_of(embedding, rows)`` gives the factors of an embedding computed on
+    ``rows`` of its table (its down factor then holds those rows' codes), or None
+    for a table left whole.
+    """
+    weights = np.asarray(plan.linear.weights_table.numpy(), dtype=np.float64)[:, 0]
+    kernels, bias, variance, residual = [], 0.0, 0.0, 0.0
+    for field, embedding in enumerate(plan.embeddings):
+        ids = np.flatnonzero(counts.counts[field])
+        share = counts.counts[field][ids] / counts.counts[field][ids].sum() if len(ids) else ids.astype(float)
+        start = plan.linear.offsets[field]
+        targets = weights[start + ids]
+        table = np.asarray(embedding.embeddings.numpy(), dtype=np.float64)
+        rows = table[ids]
+        factors = factors_of(embedding, rows) if len(ids) else None
+        if factors is None:
+            codes, up, up_bias = rows, np.eye(rows.shape[1]), np.zeros(rows.shape[1])
+        else:
+            codes = factors.down.astype(np.float64)
+            up, up_bias = factors.up.astype(np.float64), factors.up_bias.astype(np.float64)
+        kernel_f, bias_f, variance_f, residual_f = _least_squares(codes, targets, share, up, up_bias)
+        kernels.append(kernel_f)
+        bias += bias_f
+        variance += variance_f
+        residual += residual_f
+    kernel = np.concatenate(kernels)[:, None].astype(np.float32)
+    return FirstOrderFit(kernel, np.array([bias], dtype=np.float32), variance, residual,
+                         counts.fisher_weight * residual)
+
+
+def _least_squares(codes, targets, share, up, up_bias) -> tuple[np.ndarray, float, float, float]:
+    """Weighted least squares of ``targets`` on ``codes`` (rows weighted by ``share``), expressed on
+    the embedding outputs ``v = codes @ up + up_bias``: ``(kernel (d,), bias, variance, residual)``."""
+    if len(targets) == 0:
+        return np.zeros(up.shape[1]), 0.0, 0.0, 0.0
+    code_mean, target_mean = share @ codes, float(share @ targets)
+    centred, deviation = codes - code_mean, targets - target_mean
+    gram = (centred * share[:, None]).T @ centred
+    moment = (centred * share[:, None]).T @ deviation
+    on_codes = np.linalg.lstsq(gram, moment, rcond=1e-10)[0]
+    missed = deviation - centred @ on_codes
+    # v - up_bias = codes @ up, and ``up`` has independent rows: the kernel on v with up @ kernel = on_codes.
+    kernel = np.linalg.lstsq(up, on_codes, rcond=None)[0]
+    bias = target_mean - float(code_mean @ on_codes) - float(up_bias @ kernel)
+    return kernel, bias, float(share @ deviation ** 2), float(share @ missed ** 2)
+
+
+def rewire(plan: FirstOrderPlan, first_order: FirstOrderFit):
+    """A ``call_hook`` for :func:`~tfafm.compression.rewrite.rebuild`: the first-order layer's call
+    becomes ``Dense(1)`` on the concatenated outputs of the (re-created) embeddings of its fields."""
+    fields = {id(layer): i for i, layer in enumerate(plan.embeddings)}
+    outputs: dict[int, Any] = {}  # field -> its embedding's output in the new graph
+
+    def hook(original, new, layer_for, *args, **kwargs):
+        if id(original) in fields:
+            field = fields[id(original)]
+            if field not in outputs:
+                outputs[field] = new(*args, **kwargs)
+            return outputs[field]
+        if original is not plan.linear:
+            return None
+        # Each field's embedding reads exactly these guarded ids: one the graph has not reached yet
+        # is called here, and its own call later returns the same output.
+        for field, ids in enumerate(args[0]):
+            if field not in outputs:
+                outputs[field] = layer_for(plan.embeddings[field])(ids)
+        linear = plan.linear
+        joined = keras.layers.Concatenate(name=f"{linear.name}_fields")([outputs[f] for f in range(len(fields))])
+        dense = keras.layers.Dense(1, name=linear.name, dtype=linear.dtype_policy)
+        result = dense(joined)
+        dense.set_weights([first_order.kernel, first_order.bias])
+        return result
+
+    return hook
