@@ -11,6 +11,7 @@ MODEL_NAMES = ("autoint", "dcn", "dcnv2", "deepfm", "dlrm", "fibinet", "nfm", "w
 METHODS = ("afm", "svd")
 OBJECTIVES = ("both", "params", "latency")
 CRITERIA = ("variance", "loss")  # what the factors keep (tfafm.compress(criterion=))
+FIRST_ORDER = ("codes", "keep")  # a first-order table read from the embeddings, or kept (tfafm.compress(first_order=))
 QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")  # the library also takes None for float32
 EXPORT_FORMATS = ("litert", "saved_model", "onnx")
 

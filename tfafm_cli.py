@@ -16,7 +16,7 @@ import os
 import sys
 from typing import Iterator, NoReturn, Optional, Sequence
 
-from tfafm_choices import (CRITERIA, DATA_KINDS, EXPORT_FORMATS, METHODS, MODEL_NAMES, OBJECTIVES, QUANTIZATIONS,
+from tfafm_choices import (CRITERIA, DATA_KINDS, FIRST_ORDER, EXPORT_FORMATS, METHODS, MODEL_NAMES, OBJECTIVES, QUANTIZATIONS,
                            WITH_OPTIONS)
 
 DESCRIPTION = """Compress Keras click-through-rate models with low-rank factorization (AFM or weight SVD)
@@ -194,6 +194,11 @@ def build_parser() -> argparse.ArgumentParser:
                                "or loss (what the predictions see: directions and ranks weighted by the Fisher "
                                "information calibration also collects, one backward pass per batch, no labels) "
                                "(default: loss for afm, variance for svd)")
+    compress.add_argument("--first-order", choices=FIRST_ORDER, default="codes",
+                          help="a first-order term (one weight per field and id: DeepFM, Wide&Deep, NFM, xDeepFM, "
+                               "FiBiNET) under --ratio or --max-auc-drop with afm and the loss criterion: codes "
+                               "(read it from the fields' embeddings where that costs the predictions less than "
+                               "keeping its table) or keep (default codes)")
     compress.add_argument("--quantization", choices=QUANTIZATIONS, default="float32",
                           help="count costs in the bytes of the LiteRT quantization you will export with "
                                "(tfafm export --quantization) (default float32)")

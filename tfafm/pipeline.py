@@ -99,6 +99,7 @@ def compress_run(
     max_auc_drop: Optional[float] = None,
     objective: str = "both",
     criterion: Optional[str] = None,
+    first_order: str = "codes",
     quantization: Optional[str] = None,
     inner_activation: Optional[str] = None,
     finetune_epochs: int = 0,
@@ -125,6 +126,7 @@ def compress_run(
         model, report = compress(
             run.model, data.calibration, method=method, target_ratio=target_ratio, energy=energy,
             max_auc_drop=max_auc_drop, validation_data=data.validation, objective=objective, criterion=criterion,
+            first_order=first_order,
             quantization=quantization, inner_activation=inner_activation, calibration_steps=calibration_steps,
             progress=verbose > 0,
         )
@@ -137,7 +139,7 @@ def compress_run(
     if out is not None:
         info: dict[str, Any] = {
             **run.info, "kind": "compressed", "source_run": run.path, "data": data.spec, "method": method,
-            "objective": objective, "criterion": criterion, "quantization": quantization,
+            "objective": objective, "criterion": criterion, "first_order": first_order, "quantization": quantization,
             "inner_activation": inner_activation,
             "finetune_epochs": finetune_epochs, "stages": metrics,
             "metrics": metrics.get("finetuned", metrics.get("compressed")),

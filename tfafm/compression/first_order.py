@@ -30,13 +30,12 @@ from typing import Any, Callable
 import keras
 import numpy as np
 
+from tfafm_choices import FIRST_ORDER as CHOICES
 from tfafm.compression.calibration import as_dataset, features_of
 from tfafm.compression.report import LAYER_BYTES, weight_bytes
 from tfafm.graph import call_counts, call_sources, model_inputs, pack_inputs
 from tfafm.linalg.factorize import Factors
 from tfafm.models.layers import ClipToVocabulary, LinearTerms
-
-CHOICES = ("codes", "keep")
 
 
 @dataclasses.dataclass(frozen=True)
