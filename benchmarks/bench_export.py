@@ -2,12 +2,14 @@
 
 For each model: train briefly on synthetic Criteo-like data (embedding dim 16,
 MLP 400-400-400), compress with ``tfafm.compress(method="afm",
-target_ratio=4, objective=--objective)`` on calibration data, once per
+target_ratio=4, objective=--objective)`` on calibration data (first-order weights read from the
+embeddings where that costs the predictions less, the default), once per
 quantization (ranks counted in that quantization's bytes), export LiteRT
 float32 and dynamic-range int8 for the original and the compressed model, then measure file size,
 batch-1 single-thread p50 latency and batch-256 single-thread throughput (each
 file in a fresh process) and validation AUC. Prints what it measured; asserts
-nothing.
+nothing. Full-integer int8 (activations int8 too) is measured beside dynamic int8:
+each variant's file verified on held-out rows, or the reason it was refused.
 
 Compressed against original under the same quantization is measured a second
 time with the two files interleaved in one process (1 thread): rounds of
@@ -53,6 +55,7 @@ from threadpoolctl import threadpool_info  # noqa: E402
 import tfafm  # noqa: E402
 from tfafm.data.synthetic import SyntheticCriteo  # noqa: E402
 from tfafm.export import LiteRTRunner, litert, litert_ops, xnnpack_partition  # noqa: E402
+from tfafm.export.verify import Disagreement  # noqa: E402
 from tfafm.export.bench import benchmark, results_table, sample_features  # noqa: E402
 from tfafm.export.request_cost import RequestCost, request_cost  # noqa: E402
 
@@ -76,16 +79,18 @@ def parse_args():
 
 
 def train_and_compress(name, gen, schema, train_rows, calibration_rows, objective):
-    """The trained original and ``{quantization: compressed model}``."""
+    """The trained original and ``{quantization: compressed model}`` (full int8 included)."""
     start = time.time()
     model = tfafm.models.build(name, schema, hidden_units=(400, 400, 400))
     model.compile("adam", "binary_crossentropy")
     model.fit(gen.dataset(train_rows, 256), epochs=1, verbose=0)
-    statistics = tfafm.calibrate(model, gen.dataset(calibration_rows, 1024, split="calibration"), progress=False)
+    calibration = gen.dataset(calibration_rows, 1024, split="calibration")
+    statistics = tfafm.calibrate(model, calibration, progress=False)
     compressed = {}
-    for quantization in QUANTIZATIONS:
-        compressed[quantization], report = tfafm.compress(model, statistics=statistics, method="afm", target_ratio=4,
-                                                      objective=objective, quantization=quantization, progress=False)
+    for quantization in (*QUANTIZATIONS, "int8"):
+        compressed[quantization], report = tfafm.compress(model, calibration, statistics=statistics, method="afm",
+                                                      target_ratio=4, objective=objective, quantization=quantization,
+                                                      progress=False)
         ranks = [row.rank for row in report.layers if row.kind != "embedding"]
         print(f"{name} ({quantization or 'float32'}): {model.count_params():,} -> {compressed[quantization].count_params():,} "
               f"parameters ({model.count_params() / compressed[quantization].count_params():.2f}x); ranks of the "
@@ -106,7 +111,35 @@ def export_all(name, model, compressed, out):
     return files, unfused_ops
 
 
-def interleaved(paths, schema, batch_size: int, rounds: int, calls: int) -> list[dict]:
+def full_integer(name, model, compressed, files, gen, out, verification, features, labels, iterations) -> list[str]:
+    """Rows of the full-integer int8 table: each variant exported with int8 activations too (representative
+    data: calibration rows; verified on held-out rows), against its dynamic-int8 file, or why it was refused."""
+    rows = []
+    for variant, m in (("original", model), ("compressed", compressed["int8"])):
+        dynamic = files[f"{name}-{variant}-dynamic"]
+        try:
+            path = litert(m, os.path.join(out, f"{name}-{variant}-int8.tflite"), quantization="int8",
+                          representative_data=gen.dataset(2048, 64, split="calibration"),
+                          verification_data=verification)
+        except Disagreement as error:
+            reason = str(error).split(":", 1)[-1].split(". It was not written")[0].strip()
+            rows.append(f"| {name} | {variant} | refused: {reason} | | | | |")
+            continue
+        delegated, fallback = xnnpack_partition(path)
+        (dynamic_p50, int8_p50) = [r["p50_ms"] for r in interleaved([dynamic, path], None, 1, rounds=10,
+                                                                    calls=iterations, features=verification)]
+        rows.append(f"| {name} | {variant} | verified | {os.path.getsize(path) / 1024:,.1f} "
+                    f"| {len(delegated) + len(fallback)} ({len(delegated)}) "
+                    f"| {dynamic_p50:.3f} -> {int8_p50:.3f} ({int8_p50 / dynamic_p50:.2f}) "
+                    f"| {validation_auc(dynamic, features, labels):.4f} / {validation_auc(path, features, labels):.4f} |")
+    return rows
+
+
+FULL_INTEGER_HEADER = ("| model | variant | full int8 | size KiB | ops (XNNPACK) | batch-1 p50 ms dynamic -> full int8 "
+                       "(ratio) | AUC dynamic / full int8 |")
+
+
+def interleaved(paths, schema, batch_size: int, rounds: int, calls: int, features=None) -> list[dict]:
     """``p50_ms`` and ``throughput_rps`` of each file at ``batch_size``, 1 thread, timed in alternation.
 
     Each of ``rounds`` rounds runs ``calls`` timed ``invoke()`` calls of every
@@ -114,7 +147,8 @@ def interleaved(paths, schema, batch_size: int, rounds: int, calls: int) -> list
     does), the order reversed every other round.
     """
     runners = [LiteRTRunner(path, num_threads=1) for path in paths]
-    batches = [sample_features(schema, batch_size, seed=i) for i in range(4)]
+    batches = ([sample_features(schema, batch_size, seed=i) for i in range(4)] if features is None else
+               [{key: value[i * batch_size:(i + 1) * batch_size] for key, value in features.items()} for i in range(4)])
     times = [[] for _ in runners]
     for runner in runners:  # warm-up
         for batch in batches:
@@ -233,12 +267,15 @@ def run(args, out):
           f"{max(f.vocabulary_size for f in schema.sparse)}), {len(schema.dense)} dense; files in {out}; "
           f"{os.cpu_count()} CPUs")
     features, labels = next(gen.batches(10_000, 10_000, split="validation"))
-    files, unfused_ops, aucs = {}, {}, {}
+    verification = {key: value[:1024] for key, value in features.items()}
+    files, unfused_ops, aucs, integer_rows = {}, {}, {}, []
     for name in BUILDERS:
         model, compressed = train_and_compress(name, gen, schema, train_rows, calibration_rows, args.objective)
         exported, unfused = export_all(name, model, compressed, out)
         files.update(exported)
         unfused_ops.update(unfused)
+        integer_rows += full_integer(name, model, compressed, exported, gen, out, verification, features, labels,
+                                     iterations)
     costs, ops = {}, {}
     for path in files.values():
         aucs[os.path.basename(path)] = validation_auc(path, features, labels)
@@ -268,6 +305,9 @@ def run(args, out):
     print("\nCompressed vs original under the same quantization (1 thread, interleaved in one process):\n")
     compared = summary(rows, paired, aucs, ops, unfused_ops, floors_us)
     print(compared)
+    integer = "\n".join([FULL_INTEGER_HEADER, "|" + "---|" * (FULL_INTEGER_HEADER.count("|") - 1), *integer_rows])
+    print("\nFull-integer int8 beside dynamic int8 (batch 1, 1 thread, interleaved; held-out rows):\n")
+    print(integer)
     if args.doc:
         command = "python benchmarks/bench_export.py" + (" --quick" if args.quick else "") + (
             f" --objective {args.objective}" if args.objective != "both" else "") + f" --doc {args.doc}"
@@ -283,7 +323,12 @@ def run(args, out):
             floor_table(rows, costs, floors_us), "",
             "Ops run by LiteRT's default XNNPACK delegate and ops left to LiteRT's own kernels "
             "(`tfafm.export.xnnpack_partition`; the Python LiteRT packages expose no per-op timer):", "",
-            partition]))
+            partition, "",
+            "Full-integer int8 (`quantization=\"int8\"`: activations int8 too, calibrated on 2,048 calibration rows; "
+            "the compressed model ranked in full-int8 bytes) beside each variant's dynamic-int8 file, verified on "
+            "1,024 held-out rows as `tfafm.export.litert` does before writing anything (a refused file is not "
+            "written); batch-1 p50 timed interleaved with the dynamic file, 1 thread:", "",
+            integer]))
 
 
 if __name__ == "__main__":

@@ -259,6 +259,26 @@ def test_refusal_names_the_largest_reachable_ratio():
     assert 1 in ranks.values() and file_bytes / _spent(candidates, ranks, costs, rest) >= largest
 
 
+def test_freed_bytes_are_spent_on_the_matrices_and_extend_the_reach():
+    # A first-order table read from the embeddings frees its bytes: the file (what is not a candidate
+    # less those bytes, plus the candidates) still shrinks by the ratio asked, and the reach grows.
+    candidates, spectra, rest = _ctr_like()
+    costs = CostModel(quantization="dynamic")
+    file_bytes = _spent(candidates, {}, costs, rest)
+    freed = rest // 2
+    reach = file_bytes / _cheapest(candidates, costs, rest)
+    reach_freed = file_bytes / _cheapest(candidates, costs, rest - freed)
+    assert reach_freed > reach
+    ratio = 0.5 * (reach + reach_freed)
+    with pytest.raises(UserError, match="out of reach"):
+        ranks_for_ratio(candidates, spectra, ratio, costs, file_bytes, "loss")
+    ranks = ranks_for_ratio(candidates, spectra, ratio, costs, file_bytes, "loss", freed_bytes=freed)
+    assert ratio <= file_bytes / _spent(candidates, ranks, costs, rest - freed) <= 1.02 * ratio
+    with_table = ranks_for_ratio(candidates, spectra, 4, costs, file_bytes, "loss")
+    without = ranks_for_ratio(candidates, spectra, 4, costs, file_bytes, "loss", freed_bytes=freed)
+    assert sum(without.values()) > sum(with_table.values())
+
+
 def test_loss_criterion_compares_matrices_in_one_currency():
     """Two like matrices, one of which moves the predictions 100x less per unit of variance: by
     variance (each its own share) they get one rank; by loss the one that matters gets more, and
