@@ -128,10 +128,11 @@ def full_integer(name, model, compressed, files, gen, out, verification, feature
         delegated, fallback = xnnpack_partition(path)
         (dynamic_p50, int8_p50) = [r["p50_ms"] for r in interleaved([dynamic, path], None, 1, rounds=10,
                                                                     calls=iterations, features=verification)]
+        aucs = [validation_auc(file, features, labels) for file in (dynamic, path)]
         rows.append(f"| {name} | {variant} | verified | {os.path.getsize(path) / 1024:,.1f} "
                     f"| {len(delegated) + len(fallback)} ({len(delegated)}) "
                     f"| {dynamic_p50:.3f} -> {int8_p50:.3f} ({int8_p50 / dynamic_p50:.2f}) "
-                    f"| {validation_auc(dynamic, features, labels):.4f} / {validation_auc(path, features, labels):.4f} |")
+                    f"| {aucs[0]:.4f} / {aucs[1]:.4f} |")
     return rows
 
 

@@ -32,7 +32,8 @@ import numpy as np
 
 from tfafm_choices import FIRST_ORDER as CHOICES
 from tfafm.compression.calibration import as_dataset, features_of
-from tfafm.compression.report import LAYER_BYTES, weight_bytes
+from tfafm.compression.report import weight_bytes
+from tfafm.errors import UserError
 from tfafm.graph import call_counts, call_sources, model_inputs, pack_inputs
 from tfafm.linalg.factorize import Factors
 from tfafm.models.layers import ClipToVocabulary, LinearTerms
@@ -122,7 +123,8 @@ def find_plan(model: keras.Model) -> FirstOrderPlan | None:
             continue
         guard = layers.get(inputs[0][0])
         if (not isinstance(guard, ClipToVocabulary) or calls.get(id(guard)) != 1
-                or any(source != guard.name for source, _ in inputs)):
+                or any(source != guard.name for source, _ in inputs)
+                or [guard.vocabulary_sizes[index] for _, index in inputs] != linear.vocabulary_sizes):
             continue
         embeddings = []
         for field, source in enumerate(inputs):
@@ -145,7 +147,7 @@ def count_ids(model: keras.Model, plan: FirstOrderPlan, data, steps: int | None 
     """Counts each field's guarded ids over ``data`` (at most ``steps`` batches), and the mean
     Fisher weight ``p (1 - p)`` of the model's prediction (a probability, or ``sigmoid`` of a
     logit) on those rows."""
-    indices = [index for _, index in _sources_of(model, plan)]
+    indices = [index for _, index in call_sources(model)[plan.linear.name]]
     guarded = plan.guard.output
     probe = keras.Model(model.input, [guarded[i] for i in indices] + [model.outputs[0]])
     counts = [np.zeros(size) for size in plan.linear.vocabulary_sizes]
@@ -161,29 +163,27 @@ def count_ids(model: keras.Model, plan: FirstOrderPlan, data, steps: int | None 
         p = output if output.min() >= 0.0 and output.max() <= 1.0 else 1.0 / (1.0 + np.exp(-output))
         weight += float(np.sum(p * (1.0 - p)))
         rows += len(output)
-    return IdCounts(tuple(counts), weight / max(rows, 1), rows)
+    if rows == 0:
+        raise UserError("The calibration data is empty: no ids to read the first-order weights from.")
+    return IdCounts(tuple(counts), weight / rows, rows)
 
 
-def _sources_of(model: keras.Model, plan: FirstOrderPlan) -> list[tuple[str, int]]:
-    return call_sources(model)[plan.linear.name]
-
-
-def fit(plan: FirstOrderPlan, counts: IdCounts, factors_of: Callable[[Any, np.ndarray], Factors | None]) -> FirstOrderFit:
+def fit(plan: FirstOrderPlan, counts: IdCounts,
+        factors_of: Callable[[Any, np.ndarray], Factors | None]) -> FirstOrderFit:
     """Fits the term on the embeddings as compression leaves them.
 
     ``factors_of(embedding, rows)`` gives the factors of an embedding computed on
     ``rows`` of its table (its down factor then holds those rows' codes), or None
     for a table left whole.
     """
-    weights = np.asarray(plan.linear.weights_table.numpy(), dtype=np.float64)[:, 0]
+    weights = plan.linear.weights_table.numpy()[:, 0]
     kernels, bias, variance, residual = [], 0.0, 0.0, 0.0
     for field, embedding in enumerate(plan.embeddings):
         ids = np.flatnonzero(counts.counts[field])
         share = counts.counts[field][ids] / counts.counts[field][ids].sum() if len(ids) else ids.astype(float)
         start = plan.linear.offsets[field]
-        targets = weights[start + ids]
-        table = np.asarray(embedding.embeddings.numpy(), dtype=np.float64)
-        rows = table[ids]
+        targets = weights[start + ids].astype(np.float64)
+        rows = embedding.embeddings.numpy()[ids].astype(np.float64)  # only the ids seen: no float64 table
         factors = factors_of(embedding, rows) if len(ids) else None
         if factors is None:
             codes, up, up_bias = rows, np.eye(rows.shape[1]), np.zeros(rows.shape[1])
