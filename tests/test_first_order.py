@@ -54,6 +54,8 @@ def test_the_plan_pairs_every_field_with_its_embedding(data):
     table = sum(f.vocabulary_size for f in data[0].sparse)
     assert plan.freed_bytes(None) == 4 * table - 4 * (plan.width + 1)
     assert plan.freed_bytes("dynamic") == table + 12 - 4 * (plan.width + 1)  # an int8 table, a float32 Dense
+    with pytest.raises(tfafm.errors.UserError, match="calibration data is empty"):
+        first_order.count_ids(model, plan, {name: values[:0] for name, values in data[1].items()})
     # Models without a first-order term have no plan.
     assert first_order.find_plan(_dcnv2(data)) is None
 
