@@ -21,7 +21,7 @@ LiteRT interpreter unless said otherwise:
                    that costs the predictions less than keeping it).
     AFM-loss, first-order kept xR
                    AFM-loss with ``first_order="keep"`` (``--methods afm-loss-keep``): the
-                   first-order table as it is.
+                   first-order table as it is (only for models that have one).
     AFM-loss+ft xR AFM-loss xR fine-tuned for ``--finetune-epochs`` epochs (Adam at half the
                    training rate; early stopping on validation AUC; kept only for a significant
                    validation AUC gain, as ``tfafm compress --finetune-epochs``), then exported the
@@ -51,6 +51,7 @@ import numpy as np
 import tensorflow as tf
 
 import tfafm
+from tfafm.compression.first_order import find_plan
 from tfafm import models
 from tfafm.data import load_data
 from tfafm.data.synthetic import SyntheticCriteo
@@ -161,7 +162,10 @@ def run_cell(model_name, bundle, test, seed, args, tmp) -> list[dict]:
     int8 = exported("int8", original, "dynamic")
     quantized, estimated = int4_tables(original, int8["bytes"])
     results.append({"variant": "int4 tables", "ratio": None, "bytes": estimated, **keras_scores(quantized, test)})
+    has_first_order = find_plan(original) is not None
     for name, method, criterion, first_order in (METHODS[m] for m in args.methods):
+        if first_order == "keep" and method == "afm" and criterion == "loss" and not has_first_order:
+            continue  # the same model as AFM-loss
         for ratio in args.ratios:
             try:
                 small, _ = tfafm.compress(original, calibration, method=method, target_ratio=ratio,
@@ -173,7 +177,7 @@ def run_cell(model_name, bundle, test, seed, args, tmp) -> list[dict]:
                                 "reach": float(reach.group(1)) if reach else None})
                 continue
             exported(name, small, "dynamic", ratio)
-            if criterion == "loss" and method == "afm" and args.finetune_epochs:
+            if criterion == "loss" and method == "afm" and first_order == "codes" and args.finetune_epochs:
                 fine_tune(small, bundle, args.finetune_epochs, LEARNING_RATE / 2)
                 exported(f"{name}+ft", small, "dynamic", ratio)
     return results
@@ -256,7 +260,9 @@ def main() -> None:
         f"Command: `python {' '.join(shlex.quote(a) for a in sys.argv)}` ({environment()}).", "",
         f"Protocol: MLP {'-'.join(map(str, HIDDEN))}, embedding 16, Adam 1e-3, batch 512, at most {args.epochs} "
         "epochs with early stopping on validation AUC; calibrated on 40 training batches (with Fisher information, "
-        "for AFM-loss); no fine-tuning, except the AFM-loss+ft rows "
+        "for AFM-loss); AFM-loss reads a first-order table (DeepFM) from the embeddings where that costs the "
+        "predictions less than its bytes buy the codes (the default `first_order=\"codes\"`; the 'first-order kept' "
+        "rows keep it); no fine-tuning, except the AFM-loss+ft rows "
         f"({args.finetune_epochs} epoch(s) at half the learning rate, early stopping on validation AUC, kept only "
         "when the validation AUC gain is significant: paired DeLong z >= 1.645). "
         "Compressed models are ranked in dynamic-int8 bytes and exported as dynamic-int8 LiteRT files; AUC and "
