@@ -144,3 +144,18 @@ def test_keep_and_explicit_ranks_leave_the_table(data):
     assert any(isinstance(layer, LinearTerms) for layer in ranked.layers)
     with pytest.raises(tfafm.errors.UserError, match="first_order must be one of"):
         tfafm.compress(model, data[1], target_ratio=4, first_order="drop", progress=False)
+
+
+def test_a_term_wired_wrongly_is_refused(data, monkeypatch):
+    # Sabotage: the fitted Dense gets the opposite sign. The check against the original term on sample
+    # rows refuses the model instead of handing it back.
+    model = _deepfm(data, _linear_in_embeddings)
+    honest = first_order.fit
+
+    def flipped(*args, **kwargs):
+        fitted = honest(*args, **kwargs)
+        return first_order.FirstOrderFit(-fitted.kernel, fitted.bias, fitted.variance, fitted.residual, fitted.loss)
+
+    monkeypatch.setattr(first_order, "fit", flipped)
+    with pytest.raises(tfafm.errors.UserError, match="first-order term 'linear_terms' read from the fields"):
+        tfafm.compress(model, data[1], target_ratio=8, quantization="dynamic", progress=False)

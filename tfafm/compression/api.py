@@ -317,6 +317,8 @@ def compress(
 
     compressed, report = plan.build(ranks)
     check_input_layers(model, plan.copies, rows)
+    if getattr(ranks, "first_order", None) is not None:
+        first_orders.check(model, compressed, plan.linear[0], ranks.first_order, rows)
     checked = run_checked(compressed, rows, "The compressed model")
     accuracy = {"check": sample_agreement(reference, checked, len(next(iter(rows.values()))),
                                           "calibration data" if calibration_data is not None else "generated inputs")}

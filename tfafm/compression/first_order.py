@@ -244,3 +244,30 @@ def rewire(plan: FirstOrderPlan, first_order: FirstOrderFit):
         return result
 
     return hook
+
+
+def check(model: keras.Model, compressed: keras.Model, plan: FirstOrderPlan, first_order: FirstOrderFit,
+          rows: dict[str, np.ndarray]) -> float:
+    """The mean squared difference, on ``rows``, between the original first-order term and what the
+    compressed model reads in its place; returns it.
+
+    Raises:
+        UserError: it exceeds the term's own variance plus the residual the fit predicted (worse than
+            dropping the term's variation altogether; measured honest errors are 0.3-0.7 of the variance,
+            1-4x the predicted residual, as errors of different fields correlate): the term was wired or
+            fitted wrongly, and the compressed model is not handed back.
+    """
+    terms = []
+    for source, layer in ((model, plan.linear), (compressed, compressed.get_layer(plan.linear.name))):
+        probe = keras.Model(source.input, layer.output)
+        terms.append(np.asarray(probe(pack_inputs(source, model_inputs(source, rows)), training=False),
+                                dtype=np.float64).reshape(-1))
+    error = float(np.mean((terms[0] - terms[1]) ** 2))
+    limit = first_order.variance + first_order.residual + 1e-8
+    if not error <= limit:
+        raise UserError(
+            f"The first-order term {plan.linear.name!r} read from the fields' embeddings differs from the "
+            f"original's by {error:.3g} (mean squared, {len(terms[0])} sample rows) where the fit predicted "
+            f"{first_order.residual:.3g}; the compressed model was not returned. Compress with "
+            "first_order='keep' (--first-order keep), and report this.")
+    return error
