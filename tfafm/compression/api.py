@@ -379,8 +379,10 @@ class _Plan:
                               f"fields' embeddings (keeping {fit.kept:.1%} of their variance) would cost the "
                               "predictions more than the bytes they free buy the codes")
         return Allocation(folded, fit, f"first-order weights of {name!r} ({sum(plan.linear.vocabulary_sizes):,} "
-                          f"values) read from the fields' embeddings by one Dense(1), keeping {fit.kept:.1%} of their "
-                          f"variance on {counts.rows:,} calibration rows")
+                          f"values) read from the fields' embeddings by one Dense(1) fitted "
+                          f"{'jointly across fields' if fit.joint else 'field by field'} on {counts.rows:,} "
+                          f"calibration rows, keeping {fit.kept:.1%} of their variance"
+                          + (f" on {fit.held_out:,} held-out ones" if fit.held_out else " (predicted)"))
 
     def _lost(self, ranks: Mapping[str, int]) -> float:
         """What ``ranks`` cost the predictions, by the spectra (the loss criterion's currency)."""
