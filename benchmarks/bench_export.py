@@ -24,7 +24,9 @@ weight bytes and FLOPs one request needs at least
 single-thread cache-resident read bandwidth and float32 matmul peak, both
 measured here with numpy (BLAS and OpenMP held to one thread, OpenBLAS free
 to pick its own kernel). ``x above floor`` is batch-1 p50 / floor. Per file, the ops
-LiteRT's XNNPACK delegate runs and those left to LiteRT's own kernels are listed.
+LiteRT's XNNPACK delegate runs and those left to LiteRT's own kernels are listed, and
+LiteRT's own profiler times the nodes by op (:mod:`litert_profile`): under XNNPACK
+those left to LiteRT's kernels, and with LiteRT's builtin kernels only, every node.
 
     python benchmarks/bench_export.py [--quick] [--objective both|params|latency] [--out DIR]
                                       [--doc docs/benchmarks.md]   # writes its "export" section there
@@ -61,6 +63,7 @@ from tfafm.export.request_cost import RequestCost, request_cost  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import environment, write_section  # noqa: E402
+import litert_profile  # noqa: E402
 
 BUILDERS = ("deepfm", "dcnv2", "autoint", "xdeepfm")
 QUANTIZATIONS = (None, "dynamic")
@@ -225,6 +228,27 @@ def partition_table(paths) -> str:
     return "\n".join(lines)
 
 
+def profile_table(paths, runs: int) -> str:
+    """Per file, from LiteRT's own profiler (:mod:`litert_profile`): microseconds per batch-1 run of the nodes
+    left to LiteRT's kernels under XNNPACK, and of every node with LiteRT's builtin kernels only, by op."""
+    reason = litert_profile.unavailable()
+    if reason:
+        return f"(not measured: {reason})"
+    lines = ["| file | XNNPACK: nodes left to LiteRT kernels, us (by op) | builtin kernels only: all nodes, us "
+             "(by op, top 5) | builtin kernels only: Invoke us |", "|---|---|---|---:|"]
+    for path in paths:
+        ops, cells = litert_ops(path), []
+        for builtin in (False, True):
+            times = litert_profile.node_times(path, runs=runs, builtin_kernels=builtin)
+            by_op: dict[str, float] = {}
+            for node, micros in times["nodes"]:
+                by_op[ops[node]] = by_op.get(ops[node], 0.0) + micros
+            ranked = sorted(by_op.items(), key=lambda item: -item[1])[:5 if builtin else None]
+            cells.append(f"{sum(by_op.values()):.1f} ({', '.join(f'{op} {us:.1f}' for op, us in ranked)})")
+        lines.append(f"| {os.path.basename(path)} | {cells[0]} | {cells[1]} | {times['invoke']:.1f} |")
+    return "\n".join(lines)
+
+
 def op_counts(ops: list[str]) -> str:
     """``total (GATHERs)`` of a file's op list."""
     return f"{len(ops)} ({ops.count('GATHER')})"
@@ -303,6 +327,9 @@ def run(args, out):
     partition = partition_table(files.values())
     print("\nOps run by XNNPACK and ops left to LiteRT's own kernels:\n")
     print(partition)
+    profile = profile_table(files.values(), runs=iterations * 5)
+    print("\nPer-node times from LiteRT's profiler (batch 1, 1 thread, zero inputs):\n")
+    print(profile)
     print("\nCompressed vs original under the same quantization (1 thread, interleaved in one process):\n")
     compared = summary(rows, paired, aucs, ops, unfused_ops, floors_us)
     print(compared)
@@ -323,8 +350,14 @@ def run(args, out):
             f"matmul peak {peak / 1e9:.1f} GFLOP/s, 1 thread):", "",
             floor_table(rows, costs, floors_us), "",
             "Ops run by LiteRT's default XNNPACK delegate and ops left to LiteRT's own kernels "
-            "(`tfafm.export.xnnpack_partition`; the Python LiteRT packages expose no per-op timer):", "",
+            "(`tfafm.export.xnnpack_partition`):", "",
             partition, "",
+            "Per-node times from LiteRT's own profiler (`benchmarks/litert_profile.py`: the LiteRT C API's "
+            "profiler through ctypes, as the Python packages expose none; batch 1, 1 thread, zero inputs, mean "
+            f"of {iterations * 5} runs; whole microseconds per node and run, so small nodes read low). Under "
+            "XNNPACK only the nodes left to LiteRT's kernels are timed (XNNPACK's own per-op times are rounded "
+            "down to whole microseconds); with LiteRT's builtin kernels only, every node is:", "",
+            profile, "",
             "Full-integer int8 (`quantization=\"int8\"`: activations int8 too, calibrated on 2,048 calibration rows; "
             "the compressed model ranked in full-int8 bytes) beside each variant's dynamic-int8 file, verified on "
             "1,024 held-out rows as `tfafm.export.litert` does before writing anything (a refused file is not "
