@@ -12,7 +12,7 @@ not otherwise): options are passed as TOML strings under the identifiers ``"xnnp
 ``"runtime_options_string"`` (``enable_profiling``); an event record is 104 bytes
 (tag pointer at 0, event type at 8, elapsed microseconds at 24, node index at 80);
 a ranked tensor type keeps its rank in the low 7 bits at offset 4 and its int32 dims
-from offset 8. Events are whole microseconds per node and run (averages over many
+from offset 8; a host-memory buffer type is 1. Events are whole microseconds per node and run (averages over many
 runs are meaningful), and XNNPACK reports its ops rounded down to whole microseconds,
 so under XNNPACK only the nodes left to LiteRT's kernels and the whole ``Invoke`` are
 timed usefully; with ``builtin_kernels=True`` every node is.
@@ -25,11 +25,15 @@ import os
 import struct
 from importlib.metadata import PackageNotFoundError, version
 
+import numpy as np
+
 VERIFIED = "2.3.0"
 _EVENT = struct.Struct("<Qi4xQQ48xQ16x")  # tag, type, start, elapsed, (memory), node, (rest): 104 bytes
 _OPERATOR_EVENT, _DEFAULT_EVENT = 2, 1
 _TENSOR_TYPE_BYTES = 256  # room for LiteRtRankedTensorType (72 bytes in this build)
 _CPU = 1
+_HOST_MEMORY = 1  # kLiteRtTensorBufferTypeHostMemory
+_MAX_ELEMENT_BYTES = 8  # a hand-sized buffer holds any element type
 _libc = ctypes.CDLL(None)
 _libc.strdup.restype, _libc.strdup.argtypes = ctypes.c_void_p, [ctypes.c_char_p]
 _FREE = ctypes.cast(_libc.free, ctypes.c_void_p).value
@@ -76,8 +80,10 @@ def _option(api: _Api, options, identifier: str, toml: str) -> None:
     api("LiteRtAddOpaqueOptions", options, opaque)
 
 
-def node_times(path: str, runs: int = 200, warmup: int = 20, builtin_kernels: bool = False) -> dict:
-    """Mean microseconds per run of each node LiteRT's kernels run (1 thread, zero inputs).
+def node_times(path: str, runs: int = 200, warmup: int = 20, builtin_kernels: bool = False,
+               batch_size: int = 1) -> dict:
+    """Mean microseconds per run of each node LiteRT's kernels run (1 thread, zero inputs, the
+    inputs' dynamic dimensions taken as ``batch_size``).
 
     Returns ``{"nodes": [(node index, microseconds)], "invoke": microseconds}``; with
     ``builtin_kernels`` every node is run by LiteRT's builtin kernels (no XNNPACK).
@@ -106,7 +112,8 @@ def node_times(path: str, runs: int = 200, warmup: int = 20, builtin_kernels: bo
             count = ctypes.c_size_t()
             api(f"LiteRtGetNumSignature{kind}s", signature, ctypes.byref(count))
             tensors[kind] = (ctypes.c_void_p * count.value)(
-                *[_zero_buffer(api, environment, compiled, signature, kind, i, buffers) for i in range(count.value)])
+                *[_zero_buffer(api, environment, compiled, signature, kind, i, buffers, batch_size)
+                  for i in range(count.value)])
         arguments = (compiled, ctypes.c_size_t(0), ctypes.c_size_t(len(tensors["Input"])), tensors["Input"],
                      ctypes.c_size_t(len(tensors["Output"])), tensors["Output"])
         for _ in range(warmup):
@@ -133,20 +140,35 @@ def node_times(path: str, runs: int = 200, warmup: int = 20, builtin_kernels: bo
     return {"nodes": sorted((node, total / runs) for node, total in totals.items()), "invoke": invoke / runs}
 
 
-def _zero_buffer(api: _Api, environment, compiled, signature, kind: str, index: int, buffers: list):
-    """A managed tensor buffer for one signature input or output, zeroed (dynamic dims taken as 1)."""
-    tensor, requirements, buffer = ctypes.c_void_p(), ctypes.c_void_p(), ctypes.c_void_p()
+def _zero_buffer(api: _Api, environment, compiled, signature, kind: str, index: int, buffers: list,
+                 batch_size: int):
+    """A zeroed tensor buffer for one signature input or output, its dynamic dims taken as ``batch_size``
+    (an input is resized to that first; a buffer for a resized tensor is sized by hand, as the compiled
+    model's requirements stay those of the stored shape)."""
+    tensor, buffer = ctypes.c_void_p(), ctypes.c_void_p()
     api(f"LiteRtGetSignature{kind}TensorByIndex", signature, ctypes.c_size_t(index), ctypes.byref(tensor))
     tensor_type = ctypes.create_string_buffer(_TENSOR_TYPE_BYTES)
     api("LiteRtGetRankedTensorType", tensor, tensor_type)
     rank = struct.unpack_from("<I", tensor_type, 4)[0] & 0x7F
+    dims, resized = [], False
     for dim in range(min(rank, 8)):
         if struct.unpack_from("<i", tensor_type, 8 + 4 * dim)[0] < 0:
-            struct.pack_into("<i", tensor_type, 8 + 4 * dim, 1)
-    api(f"LiteRtGetCompiledModel{kind}BufferRequirements", compiled, ctypes.c_size_t(0), ctypes.c_size_t(index),
-        ctypes.byref(requirements))
-    api("LiteRtCreateManagedTensorBufferFromRequirements", environment, tensor_type, requirements,
-        ctypes.byref(buffer))
+            struct.pack_into("<i", tensor_type, 8 + 4 * dim, batch_size)
+            resized = batch_size != 1
+        dims.append(struct.unpack_from("<i", tensor_type, 8 + 4 * dim)[0])
+    if kind == "Input" and resized:
+        api("LiteRtCompiledModelResizeInputTensor", compiled, ctypes.c_size_t(0), ctypes.c_size_t(index),
+            (ctypes.c_int * len(dims))(*dims), ctypes.c_size_t(len(dims)))
+    if resized or (kind == "Output" and batch_size != 1):
+        size = _MAX_ELEMENT_BYTES * max(1, int(np.prod(dims)))
+        api("LiteRtCreateManagedTensorBuffer", environment, _HOST_MEMORY, tensor_type, ctypes.c_size_t(size),
+            ctypes.byref(buffer))
+    else:
+        requirements = ctypes.c_void_p()
+        api(f"LiteRtGetCompiledModel{kind}BufferRequirements", compiled, ctypes.c_size_t(0), ctypes.c_size_t(index),
+            ctypes.byref(requirements))
+        api("LiteRtCreateManagedTensorBufferFromRequirements", environment, tensor_type, requirements,
+            ctypes.byref(buffer))
     buffers.append(buffer)
     api("LiteRtClearTensorBuffer", buffer)
     return buffer.value

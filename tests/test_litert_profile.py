@@ -54,3 +54,10 @@ def test_under_xnnpack_the_nodes_timed_are_those_left_to_litert_kernels(profile,
     _, fallback = xnnpack_partition(tflite)
     assert Counter(ops[node] for node, _ in times["nodes"]) == Counter(fallback)
     assert len(times["nodes"]) < len(ops)  # the Dense layers run in XNNPACK, untimed per node here
+
+
+def test_a_batch_of_rows_is_timed_too(profile, tflite):
+    one = profile.node_times(tflite, runs=30, warmup=3, builtin_kernels=True)
+    many = profile.node_times(tflite, runs=30, warmup=3, builtin_kernels=True, batch_size=512)
+    assert [node for node, _ in many["nodes"]] == [node for node, _ in one["nodes"]]
+    assert many["invoke"] > one["invoke"]  # 512 rows through a 16-wide Dense cost more than one
