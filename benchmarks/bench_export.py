@@ -103,15 +103,16 @@ def train_and_compress(name, gen, schema, train_rows, calibration_rows, objectiv
 
 
 def export_all(name, model, compressed, out):
-    """The benchmarked files, and the op counts of the compressed models exported without fusion."""
-    files, unfused_ops = {}, {}
+    """The benchmarked files, and per quantization the compressed model exported without fusion."""
+    files, unfused = {}, {}
     for quantization in QUANTIZATIONS:
+        q = quantization or "float32"
         for variant, m in (("original", model), ("compressed", compressed[quantization])):
-            label = f"{name}-{variant}-{quantization or 'float32'}"
+            label = f"{name}-{variant}-{q}"
             files[label] = litert(m, os.path.join(out, f"{label}.tflite"), quantization=quantization)
-        unfused = litert(compressed[quantization], os.path.join(out, "unfused.tflite"), quantization=quantization, fuse=False)
-        unfused_ops[f"{name}-compressed-{quantization or 'float32'}.tflite"] = litert_ops(unfused)
-    return files, unfused_ops
+        unfused[q] = litert(compressed[quantization], os.path.join(out, f"{name}-unfused-{q}.tflite"),
+                            quantization=quantization, fuse=False)
+    return files, unfused
 
 
 def full_integer(name, model, compressed, files, gen, out, verification, features, labels, iterations) -> list[str]:
@@ -229,23 +230,25 @@ def partition_table(paths) -> str:
 
 
 def profile_table(paths, runs: int) -> str:
-    """Per file, from LiteRT's own profiler (:mod:`litert_profile`): microseconds per batch-1 run of the nodes
-    left to LiteRT's kernels under XNNPACK, and of every node with LiteRT's builtin kernels only, by op."""
+    """Per file, from LiteRT's own profiler (:mod:`litert_profile`): microseconds per run of the nodes left to
+    LiteRT's kernels under XNNPACK, at batch 1 and 256, and of every node with LiteRT's builtin kernels only."""
     reason = litert_profile.unavailable()
     if reason:
         return f"(not measured: {reason})"
-    lines = ["| file | XNNPACK: nodes left to LiteRT kernels, us (by op) | builtin kernels only: all nodes, us "
-             "(by op, top 5) | builtin kernels only: Invoke us |", "|---|---|---|---:|"]
+    lines = ["| file | XNNPACK batch 1: nodes left to LiteRT kernels, us (by op) | XNNPACK batch 256: the same "
+             "| builtin kernels only, batch 1: Invoke us; all nodes (by op, top 5) |", "|---|---|---|---|"]
     for path in paths:
         ops, cells = litert_ops(path), []
-        for builtin in (False, True):
-            times = litert_profile.node_times(path, runs=runs, builtin_kernels=builtin)
+        for builtin, batch_size in ((False, 1), (False, 256), (True, 1)):
+            times = litert_profile.node_times(path, runs=runs if batch_size == 1 else max(runs // 50, 10),
+                                              builtin_kernels=builtin, batch_size=batch_size)
             by_op: dict[str, float] = {}
             for node, micros in times["nodes"]:
                 by_op[ops[node]] = by_op.get(ops[node], 0.0) + micros
-            ranked = sorted(by_op.items(), key=lambda item: -item[1])[:5 if builtin else None]
-            cells.append(f"{sum(by_op.values()):.1f} ({', '.join(f'{op} {us:.1f}' for op, us in ranked)})")
-        lines.append(f"| {os.path.basename(path)} | {cells[0]} | {cells[1]} | {times['invoke']:.1f} |")
+            ranked = sorted(by_op.items(), key=lambda item: -item[1])[:5 if builtin else 4]
+            cells.append((f"{times['invoke']:.1f}; " if builtin else "")
+                         + f"{sum(by_op.values()):,.1f} ({', '.join(f'{op} {us:,.1f}' for op, us in ranked)})")
+        lines.append(f"| {os.path.basename(path)} | {' | '.join(cells)} |")
     return "\n".join(lines)
 
 
@@ -256,24 +259,25 @@ def op_counts(ops: list[str]) -> str:
 
 def summary(rows, paired, aucs, ops: dict[str, list[str]], unfused_ops: dict[str, list[str]],
             floors_us: dict[str, float]):
-    """One line per model and quantization; latency and throughput from the interleaved runs (``paired``)."""
+    """One line per model and quantization; latency and throughput from the interleaved runs (``paired``:
+    original, compressed and compressed without fusion)."""
     by = {(r["name"], r["batch_size"]): r for r in rows}
     header = ("| model | quantization | size MiB orig -> comp (ratio) | ops (GATHERs) orig -> comp unfused -> comp "
-              "| floor us orig -> comp | batch-1 p50 ms orig -> comp (ratio) "
-              "| batch-256 rows/s orig -> comp (ratio) | AUC orig / comp |")
+              "| floor us orig -> comp | batch-1 p50 ms orig -> comp (ratio) [unfused ratio] "
+              "| batch-256 rows/s orig -> comp (ratio) [unfused ratio] | AUC orig / comp |")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for name in BUILDERS:
         for quantization in QUANTIZATIONS:
             q = quantization or "float32"
             o, c = f"{name}-original-{q}.tflite", f"{name}-compressed-{q}.tflite"
             so, sc = by[(o, 1)]["size_bytes"] / 2**20, by[(c, 1)]["size_bytes"] / 2**20
-            (lo, lc), (to, tc) = ([r["p50_ms"] for r in paired[(name, q, 1)]],
-                                  [r["throughput_rps"] for r in paired[(name, q, 256)]])
+            (lo, lc, lu), (to, tc, tu) = ([r["p50_ms"] for r in paired[(name, q, 1)]],
+                                          [r["throughput_rps"] for r in paired[(name, q, 256)]])
             lines.append(
                 f"| {name} | {q} | {so:.2f} -> {sc:.2f} ({sc / so:.2f}) "
                 f"| {op_counts(ops[o])} -> {op_counts(unfused_ops[c])} -> {op_counts(ops[c])} "
-                f"| {floors_us[o]:.2f} -> {floors_us[c]:.2f} | {lo:.3f} -> {lc:.3f} ({lc / lo:.2f}) "
-                f"| {to:,.0f} -> {tc:,.0f} ({tc / to:.2f}) | {aucs[o]:.4f} / {aucs[c]:.4f} |"
+                f"| {floors_us[o]:.2f} -> {floors_us[c]:.2f} | {lo:.3f} -> {lc:.3f} ({lc / lo:.2f}) [{lu / lo:.2f}] "
+                f"| {to:,.0f} -> {tc:,.0f} ({tc / to:.2f}) [{tu / to:.2f}] | {aucs[o]:.4f} / {aucs[c]:.4f} |"
             )
     return "\n".join(lines)
 
@@ -293,12 +297,12 @@ def run(args, out):
           f"{os.cpu_count()} CPUs")
     features, labels = next(gen.batches(10_000, 10_000, split="validation"))
     verification = {key: value[:1024] for key, value in features.items()}
-    files, unfused_ops, aucs, integer_rows = {}, {}, {}, []
+    files, unfused, unfused_ops, aucs, integer_rows = {}, {}, {}, {}, []
     for name in BUILDERS:
         model, compressed = train_and_compress(name, gen, schema, train_rows, calibration_rows, args.objective)
-        exported, unfused = export_all(name, model, compressed, out)
+        exported, unfused[name] = export_all(name, model, compressed, out)
         files.update(exported)
-        unfused_ops.update(unfused)
+        unfused_ops.update({f"{name}-compressed-{q}.tflite": litert_ops(path) for q, path in unfused[name].items()})
         integer_rows += full_integer(name, model, compressed, exported, gen, out, verification, features, labels,
                                      iterations)
     costs, ops = {}, {}
@@ -321,14 +325,16 @@ def run(args, out):
     for name in BUILDERS:
         for quantization in QUANTIZATIONS:
             q = quantization or "float32"
-            pair = [files[f"{name}-{variant}-{q}"] for variant in ("original", "compressed")]
+            triple = [files[f"{name}-{variant}-{q}"] for variant in ("original", "compressed")] + [unfused[name][q]]
             for batch_size, calls in ((1, iterations), (256, max(iterations // 10, 5))):
-                paired[(name, q, batch_size)] = interleaved(pair, schema, batch_size, rounds=10, calls=calls)
+                paired[(name, q, batch_size)] = interleaved(triple, schema, batch_size, rounds=10, calls=calls)
     partition = partition_table(files.values())
     print("\nOps run by XNNPACK and ops left to LiteRT's own kernels:\n")
     print(partition)
-    profile = profile_table(files.values(), runs=iterations * 5)
-    print("\nPer-node times from LiteRT's profiler (batch 1, 1 thread, zero inputs):\n")
+    profiled = [path for name in BUILDERS for path in (files[f"{name}-original-dynamic"],
+                                                        files[f"{name}-compressed-dynamic"], unfused[name]["dynamic"])]
+    profile = profile_table(profiled, runs=iterations * 5)
+    print("\nPer-node times from LiteRT's profiler (dynamic int8, 1 thread, zero inputs):\n")
     print(profile)
     print("\nCompressed vs original under the same quantization (1 thread, interleaved in one process):\n")
     compared = summary(rows, paired, aucs, ops, unfused_ops, floors_us)
@@ -344,7 +350,8 @@ def run(args, out):
             f"Command: `{command}` ({environment()}; {train_rows:,} training rows, AFM at `target_ratio=4`, "
             f"objective {args.objective}, each quantization's model ranked in that quantization's bytes; fused; "
             "1 thread). Ratios are compressed / original under the same quantization, timed interleaved in one "
-            "process; ops as total (GATHERs): original -> compressed without fusion -> fused.", "",
+            "process with the compressed model exported without fusion (`fuse=False`, `--no-fuse`; its ratio "
+            "in brackets); ops as total (GATHERs): original -> compressed without fusion -> fused.", "",
             compared, "",
             f"Batch-1 latency against this machine's floor (read bandwidth {bandwidth / 1e9:.1f} GB/s, float32 "
             f"matmul peak {peak / 1e9:.1f} GFLOP/s, 1 thread):", "",
@@ -352,11 +359,12 @@ def run(args, out):
             "Ops run by LiteRT's default XNNPACK delegate and ops left to LiteRT's own kernels "
             "(`tfafm.export.xnnpack_partition`):", "",
             partition, "",
-            "Per-node times from LiteRT's own profiler (`benchmarks/litert_profile.py`: the LiteRT C API's "
-            "profiler through ctypes, as the Python packages expose none; batch 1, 1 thread, zero inputs, mean "
-            f"of {iterations * 5} runs; whole microseconds per node and run, so small nodes read low). Under "
-            "XNNPACK only the nodes left to LiteRT's kernels are timed (XNNPACK's own per-op times are rounded "
-            "down to whole microseconds); with LiteRT's builtin kernels only, every node is:", "",
+            "Per-node times of the dynamic-int8 files (original, compressed, compressed without fusion) from "
+            "LiteRT's own profiler (`benchmarks/litert_profile.py`: the LiteRT C API's profiler through ctypes, as "
+            f"the Python packages expose none; 1 thread, zero inputs, mean of {iterations * 5} runs at batch 1 and "
+            f"{max(iterations * 5 // 50, 10)} at batch 256; whole microseconds per node and run, so small nodes "
+            "read low). Under XNNPACK only the nodes left to LiteRT's kernels are timed (XNNPACK's own per-op "
+            "times are rounded down to whole microseconds); with LiteRT's builtin kernels only, every node is:", "",
             profile, "",
             "Full-integer int8 (`quantization=\"int8\"`: activations int8 too, calibrated on 2,048 calibration rows; "
             "the compressed model ranked in full-int8 bytes) beside each variant's dynamic-int8 file, verified on "
