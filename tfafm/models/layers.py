@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import keras
+import numpy as np
 from keras import ops
 
 from tfafm.errors import UserError
@@ -145,8 +146,9 @@ class CodeFactorizationMachine(keras.layers.Layer):
     A field given as it is (``v_f = c_f``, a table left whole) needs no root:
     its columns of ``C`` are listed in ``raw_columns``, ``R`` covers the other
     ``K - len(raw_columns)`` code columns only, and the squares of the raw
-    columns are taken off directly (two more ops: a gather, a concatenation),
-    so the kernel stores no ``(K, K)`` block for them.
+    columns are taken off directly (``C**2`` times a fixed 0/1 column: two
+    ops that batch well, where a gather of the columns costs a batch of rows
+    dearly), so the kernel stores no ``(K, K)`` block for them.
 
     Args:
         dim: the field width ``d``.
@@ -169,12 +171,14 @@ class CodeFactorizationMachine(keras.layers.Layer):
 
     def call(self, codes):
         x = ops.matmul(codes, self.kernel) + self.bias
-        if self.raw_columns:
-            x = ops.concatenate([x, ops.take(codes, ops.convert_to_tensor(self.raw_columns, "int32"), axis=1)],
-                                axis=-1)
-        halves = [0.5] * self.dim + [-0.5] * (self.kernel.shape[1] - self.dim + len(self.raw_columns))
+        halves = [0.5] * self.dim + [-0.5] * (self.kernel.shape[1] - self.dim)
         signs = ops.convert_to_tensor([[h] for h in halves], dtype=self.compute_dtype)
-        return ops.matmul(ops.square(x), signs) - 0.5 * self.constant
+        result = ops.matmul(ops.square(x), signs) - 0.5 * self.constant
+        if self.raw_columns:
+            raw = np.zeros((codes.shape[-1], 1))
+            raw[self.raw_columns] = 0.5
+            result = result - ops.matmul(ops.square(codes), ops.convert_to_tensor(raw, dtype=self.compute_dtype))
+        return result
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], 1)
