@@ -264,34 +264,42 @@ def test_failed_export_keeps_existing_file(tmp_path):
 
 
 @pytest.mark.parametrize("quantization, tolerance, merged", [(None, 1e-5, False), ("float16", 2e-3, False),
-                                                     ("dynamic", 2e-2, False), ("dynamic", 2e-2, True)])
+                                                     ("dynamic", 2e-2, False), ("dynamic", 2e-2, True),
+                                                     ("dynamic", 2e-2, "rows")])
 def test_big_tables_are_written_outside_the_converter(quantization, tolerance, merged, tmp_path):
     """Tables above the patch threshold are converted as placeholders and written in afterwards."""
     from tfafm.export.litert_export import _TablePatch
     from tfafm.layers.lookup import MergedEmbedding
     from tfafm.schema import Schema, SparseFeature
 
-    big = _TablePatch.MIN_ELEMENTS // 8 + 7  # rows of an 8-wide table just above the threshold
-    schema = Schema([SparseFeature("big", big, 8), SparseFeature("small", 50, 8)])
+    width = 16 if merged == "rows" else 8
+    big = _TablePatch.MIN_ELEMENTS // width + 7  # rows of a table just above the threshold
+    # "rows": the big table and three more of its width are read as whole rows from one (rows, 16) table.
+    others = [SparseFeature(f"whole{i}", 30, width) for i in range(3)] if merged == "rows" else []
+    schema = Schema([SparseFeature("big", big, width), SparseFeature("small", 50, width), *others])
     keras.utils.set_random_seed(3)
     model = tfafm.models.build("deepfm", schema, hidden_units=(16,))
     table = model.get_layer("big_embedding")
     table.embeddings.assign(np.random.default_rng(0).normal(0, 0.5, table.embeddings.shape).astype("float32"))
     rng = np.random.default_rng(1)
     features = {"big": rng.integers(0, big, (500, 1)).astype("int32"),
-                "small": rng.integers(0, 50, (500, 1)).astype("int32")}
+                "small": rng.integers(0, 50, (500, 1)).astype("int32"),
+                **{f.name: rng.integers(0, 30, (500, 1)).astype("int32") for f in others}}
     features["big"][:3, 0] = [0, big - 1, big // 2]  # first, last and middle rows
     if merged:  # the small table factored: the fused model reads both tables from one flat MergedEmbedding
         model, _ = tfafm.compress(model, features, ranks={"small_embedding": 2}, target_ratio=None, progress=False)
-        assert [type(layer) for layer in _TablePatch(tfafm.fuse(model)[0]).layers] == [MergedEmbedding]
+        patched = _TablePatch(tfafm.fuse(model)[0]).layers
+        assert [type(layer) for layer in patched] == [MergedEmbedding]
+        assert (patched[0].row_width is not None) == (merged == "rows")
     else:
         assert _TablePatch(model).layers == [table]
     path = export.litert(model, str(tmp_path / "big.tflite"), quantization=quantization)
     expected = model.predict(features, verbose=0)
     np.testing.assert_allclose(export.LiteRTRunner(path)(features), expected, atol=tolerance)
     sizes = {t.shape for t in export.litert_tensor_types(path)}
-    # merged: both tables and, after them, the first-order weights of both fields (one per id)
-    assert ((big * 8 + 50 * 2 + big + 50,) if merged else (big, 8)) in sizes
+    # merged: both tables and, after them, the first-order weights of both fields (one per id); rows: the
+    # four 16-wide tables stacked
+    assert {False: (big, 8), True: (big * 8 + 50 * 2 + big + 50,), "rows": (big + 90, 16)}[merged] in sizes
 
 
 @pytest.mark.parametrize("quantization, tolerance", [(None, 1e-5), ("dynamic", 2e-2)])

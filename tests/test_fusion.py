@@ -198,3 +198,34 @@ def test_codes_split_by_fields_left_whole_are_projected_run_by_run(data, monkeyp
     padding = 6 * sum(max(run) - rank for run in runs for rank in run)  # CodeProjections pads to the widest code
     assert fused.count_params() <= compressed.count_params() + padding
     np.testing.assert_allclose(fused.predict(features, verbose=0), compressed.predict(features, verbose=0), atol=1e-5)
+
+
+def test_fields_of_one_width_are_read_as_whole_rows(tmp_path):
+    # One field factored, five left whole (16 wide: 80 columns): the five are read by one gather of whole rows
+    # from a (sum V, 16) table, the factored field and the first-order weights by the per-element gather.
+    generator = SyntheticCriteo(seed=6, num_dense=2, num_sparse=6, max_vocabulary=300)
+    schema = generator.schema(embedding_dim=16)
+    features, labels = next(generator.batches(1024, 1024))
+    keras.utils.set_random_seed(0)
+    model = models.build("deepfm", schema, hidden_units=(16,))
+    model.compile("adam", "binary_crossentropy")
+    model.fit(features, labels, epochs=1, batch_size=256, verbose=0)
+    compressed, _ = tfafm.compress(model, features, ranks={f"{schema.sparse[0].name}_embedding": 3}, progress=False)
+    fused, report = tfafm.fuse(compressed)
+    merged = {layer.row_width: layer for layer in fused.layers
+              if isinstance(layer, tfafm.layers.lookup.MergedEmbedding)}
+    assert sorted(merged, key=str) == [16, None]
+    whole = [f.vocabulary_size for f in schema.sparse[1:]]
+    assert merged[16].vocabulary_sizes == whole and tuple(merged[16].embeddings.shape) == (sum(whole), 16)
+    assert merged[None].widths == [3] + [1] * len(schema.sparse)  # the code, then one weight per field
+    assert any("whole rows" in note for note in report.notes)
+    np.testing.assert_allclose(fused.predict(features, verbose=0), compressed.predict(features, verbose=0),
+                               atol=1e-5)
+    # Out-of-range ids still read row 0 of their own field, in Keras and in the LiteRT file (verified there).
+    bad = dict(features)
+    for field in schema.sparse:
+        ids = np.array(features[field.name])
+        ids[1::2] = field.vocabulary_size + 7
+        bad[field.name] = ids
+    path = tfafm.export.litert(compressed, str(tmp_path / "rows.tflite"), verification_data=bad)
+    np.testing.assert_allclose(tfafm.export.LiteRTRunner(path)(bad), compressed.predict(bad, verbose=0), atol=1e-5)

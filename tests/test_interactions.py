@@ -164,6 +164,22 @@ def test_merged_embedding_reads_every_field_with_one_gather(tmp_path):
         MergedEmbedding([3], [2, 1])
 
 
+def test_merged_embedding_of_one_width_reads_whole_rows(tmp_path):
+    # Two fields of width 2 (values 0..5 and 10..13), the second table read by inputs 1 and 0: one gather
+    # of rows of the (5, 2) stacked table, the same output as the per-element layout gives.
+    tables = [np.arange(6, dtype="float32").reshape(3, 2), np.arange(10, 14, dtype="float32").reshape(2, 2)]
+    layer = MergedEmbedding.from_tables(tables + tables[1:], sources=[0, 1, 0])
+    ids = [np.array([1, 0], "int32"), np.array([1, 0], "int32")]
+    expected = [[2.0, 3.0, 12.0, 13.0, 12.0, 13.0], [0.0, 1.0, 10.0, 11.0, 10.0, 11.0]]
+    np.testing.assert_allclose(_np(layer(ids)), expected)
+    inputs = [keras.Input((1,), dtype="int32") for _ in range(2)]
+    model = keras.Model(inputs, layer(ClipToVocabulary([2, 2])(inputs)))
+    path = str(tmp_path / "rows.keras")
+    model.save(path)
+    batch = [np.array([[1], [5]], "int32"), np.array([[1], [-2]], "int32")]
+    np.testing.assert_allclose(_np(keras.models.load_model(path)(batch)), [expected[0], expected[1]])
+
+
 def test_merged_embedding_tables_can_read_one_field_twice():
     # table 0 (field 0): 3 rows of width 2; table 1 (field 1): 2 rows of width 1; table 2 reads field 0
     # again: 3 rows of width 1 (e.g. its first-order weights).

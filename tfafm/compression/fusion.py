@@ -15,8 +15,12 @@ codes by a block-diagonal ``(sum k_i, F d)`` matrix.
 The tables themselves are read by ONE gather: the in-range lookups (low-rank
 or whole) behind a :class:`ClipToVocabulary` guard become one
 :class:`MergedEmbedding` whose output is the fields' rows side by side;
-consumers that take all of them in field order read that output as it is,
-with no per-field concatenation. The guard stays in front of it, so an
+consumers that take all of them read that output as it is, with no
+per-field concatenation (a consumer linear in them takes its kernel rows in
+the output's order). That gather reads element by element, which costs a
+batch of rows dearly; where many fields share one width (tables left whole,
+say), those are read by a second :class:`MergedEmbedding` of whole rows
+(``ROW_GROUP`` / ``ROW_COLUMNS``). The guard stays in front of it, so an
 out-of-range id still reads row 0 of its own field. A :class:`LinearTerms`
 (the first-order weights) reading the same guard joins that gather: its
 per-field weights become one more column per field at the end of the merged
@@ -83,18 +87,19 @@ class FusionReport:
     tables: list[str] = dataclasses.field(default_factory=list)  # embedding tables read by one MergedEmbedding
 
 
-def _fold(kernel: np.ndarray, segments: list[_Segment]) -> tuple[np.ndarray, np.ndarray]:
-    """Kernel rows and extra bias of a layer seen from the segments' own tensors."""
-    rows, extra_bias, offset = [], np.zeros(kernel.shape[1]), 0
-    for segment in segments:
+def _fold(kernel: np.ndarray, segments: list[_Segment], positions: list[int],
+          width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Kernel rows and extra bias of a layer seen from the segments' own tensors, side by side in an input
+    ``width`` wide where segment ``i``'s tensor starts at column ``positions[i]``."""
+    rows, extra_bias, offset = np.zeros((width, kernel.shape[1])), np.zeros(kernel.shape[1]), 0
+    for segment, position in zip(segments, positions):
         block = kernel[offset: offset + segment.width]
         offset += segment.width
-        if segment.projection is None:
-            rows.append(block)
-        else:
-            rows.append(segment.projection @ block)
+        if segment.projection is not None:
             extra_bias += segment.bias @ block
-    return np.concatenate(rows, axis=0), extra_bias
+            block = segment.projection @ block
+        rows[position:position + len(block)] = block
+    return rows, extra_bias
 
 
 def _block_diagonal(blocks: list[np.ndarray]) -> np.ndarray:
@@ -181,6 +186,12 @@ class _Fuser:
     # The FM on codes (3 ops) replaces the per-field projections and the FM over d-wide fields (~14 ops):
     # its block-diagonal root may store zeros up to this share of the model's weights as well.
     FM_ZERO_SHARE = 1 / 32
+    # Fields of one width are read as whole rows by a gather of their own when at least ROW_GROUP of them
+    # share it, ROW_COLUMNS columns in all, and not every table does: ~5 more ops at batch 1, and per row
+    # that many columns fewer to gather one by one (at batch 256 on a 2-core Xeon, the per-element gathers
+    # cost DeepFM ~1 ms of 1.4 ms).
+    ROW_GROUP = 4
+    ROW_COLUMNS = 64
 
     def __init__(self, model: keras.Model):
         self.calls = call_counts(model)
@@ -266,15 +277,31 @@ class _Fuser:
                     positions[index] = len(inputs)
                     inputs.append(guarded[index])
             sources += [positions[index] for index in indices]
-        merged = MergedEmbedding.from_tables(tables, sources=sources, name=f"{guard.name}_tables",
-                                             dtype=layers[0].dtype_policy)
-        codes = merged(inputs)
-        start = 0
-        for layer, width in zip(layers, merged.widths):
-            code = codes[:, start:start + width]
-            self.codes[id(layer)] = code
-            self.slices[id(code)] = (codes, start, start + width)
-            start += width
+        widths = [t.shape[1] for t in tables[:len(layers)]]
+        common = max(set(widths), key=widths.count)
+        rows = [f for f, width in enumerate(widths) if width == common]
+        groups = [list(range(len(layers)))]
+        if (len(rows) >= self.ROW_GROUP and len(rows) * common >= self.ROW_COLUMNS
+                and (linear is not None or len(rows) < len(layers))):
+            groups = [rows, [f for f in range(len(layers)) if f not in rows]]
+        for number, group in enumerate(groups):
+            last = number == len(groups) - 1
+            extra = list(range(len(layers), len(tables))) if last else []  # the first-order columns
+            merged = MergedEmbedding.from_tables([tables[t] for t in group + extra],
+                                                 sources=[sources[t] for t in group + extra],
+                                                 name=f"{guard.name}_{'tables' if last else 'rows'}",
+                                                 dtype=layers[0].dtype_policy)
+            codes = merged(inputs)
+            start = 0
+            for field, width in zip(group, merged.widths):
+                code = codes[:, start:start + width]
+                self.codes[id(layers[field])] = code
+                self.slices[id(code)] = (codes, start, start + width)
+                start += width
+            self.report.notes.append(f"{merged.name}: the tables of {len(group)} fields"
+                                     + (" and their first-order weights" if extra else "")
+                                     + (" read by one gather of whole rows" if len(set(merged.widths)) == 1
+                                        else " read by one gather"))
         self.report.tables.extend(layer.name for layer in layers)
         if linear is not None:
             kernel = np.zeros((codes.shape[-1], 1), dtype=np.float32)
@@ -283,9 +310,6 @@ class _Fuser:
             self.codes[id(linear)] = terms(codes)
             terms.set_weights([kernel])
             self.report.tables.append(linear.name)
-        self.report.notes.append(f"{merged.name}: the tables of {len(layers)} fields"
-                                 + (" and their first-order weights" if linear is not None else "")
-                                 + " read by one gather")
         return guarded
 
     def _join(self, tensors: list, name: str):
@@ -306,6 +330,23 @@ class _Fuser:
                 tensor = codes if (start, stop) == (0, codes.shape[-1]) else self._slice(codes, start, stop)
             parts.append(tensor)
         return parts[0] if len(parts) == 1 else keras.layers.Concatenate(name=name)(parts)
+
+    def _join_segments(self, segments: list[_Segment], name: str):
+        """The segments' tensors side by side, for a consumer linear in them (its rows follow): slices of one
+        merged lookup's output next to each other in that output's order, so that it reads each output whole
+        or in one slice, then anything else in the segments' order. Returns the tensor and the column where
+        each segment's tensor starts in it."""
+        outputs: dict[int, int] = {}
+        keys = []
+        for i, segment in enumerate(segments):
+            codes, start, _ = self.slices.get(id(segment.tensor), (None, 0, 0))
+            keys.append((1, i, 0) if codes is None else (0, outputs.setdefault(id(codes), len(outputs)), start))
+        order = sorted(range(len(segments)), key=keys.__getitem__)
+        positions, column = [0] * len(segments), 0
+        for i in order:
+            positions[i] = column
+            column += segments[i].tensor.shape[-1]
+        return self._join([segments[i].tensor for i in order], name), positions
 
     def _slice(self, codes, start: int, stop: int):
         """``codes[:, start:stop]``, one op however many consumers read it."""
@@ -368,14 +409,14 @@ class _Fuser:
             codes = segments
             if all(is_code) and len({s.width for s in codes}) == 1 and len(codes) > 1:
                 return keras.ops.reshape(self._fields(codes, name), (-1, len(codes) * codes[0].width))
+        x, positions = self._join_segments(segments, f"{name}_codes")
         kernel = np.zeros((sum(rows), sum(widths)))
-        bias, row, column = [], 0, 0
-        for segment, rows_, width in zip(segments, rows, widths):
+        bias, column = [], 0
+        for segment, row, rows_, width in zip(segments, positions, rows, widths):
             block = np.eye(rows_) if segment.projection is None else segment.projection
             kernel[row:row + rows_, column:column + width] = block
             bias.append(np.zeros(width) if segment.bias is None else segment.bias)
-            row, column = row + rows_, column + width
-        x = self._join([s.tensor for s in segments], f"{name}_codes")
+            column += width
         joint = keras.layers.Dense(kernel.shape[1], name=f"{name}_projections")
         outputs = joint(x)
         joint.set_weights([kernel.astype(np.float32), np.concatenate(bias).astype(np.float32)])
@@ -385,13 +426,13 @@ class _Fuser:
         """``(batch, fields, d)`` of projected codes of one width, via :class:`CodeProjections`."""
         ranks = [s.projection.shape[0] for s in codes]
         width, dim = max(ranks), codes[0].width
-        starts = np.cumsum([0] + ranks[:-1])
+        joined, starts = self._join_segments(codes, f"{name}_codes")
         index = [int(start + j) if j < rank else 0 for start, rank in zip(starts, ranks) for j in range(width)]
         projections = np.zeros((len(codes), width, dim))
         for f, segment in enumerate(codes):
             projections[f, :ranks[f]] = segment.projection
         layer = CodeProjections(index, len(codes), dim, name=f"{name}_fields")
-        outputs = layer(self._join([s.tensor for s in codes], f"{name}_codes"))
+        outputs = layer(joined)
         layer.set_weights([projections.astype(np.float32), np.stack([s.bias for s in codes]).astype(np.float32)])
         return outputs
 
@@ -427,12 +468,15 @@ class _Fuser:
         fields left whole enter as raw columns, without a root."""
         projections = [s.projection for s in fields]
         raw = [_is_raw(s) for s in fields]
-        starts = np.cumsum([0] + [p.shape[0] for p in projections])
+        codes, starts = self._join_segments(fields, f"{layer.name}_codes")
+        on_codes = np.zeros((codes.shape[-1], projections[0].shape[1]))
+        for projection, start in zip(projections, starts):
+            on_codes[start:start + len(projection)] = projection
         factored = [(p, s, start) for p, s, start, is_raw in zip(projections, fields, starts, raw) if not is_raw]
         shifts = [np.linalg.lstsq(p.T, s.bias, rcond=None)[0] for p, s, _ in factored]  # h_f
         rest = sum(float(np.sum((s.bias - h @ p) ** 2)) for (p, s, _), h in zip(factored, shifts))
         blocks = [np.linalg.qr(p.T, mode="r").T for p, _, _ in factored]  # P P^T = R R^T
-        root = np.zeros((starts[-1], sum(len(b) for b in blocks)))
+        root = np.zeros((codes.shape[-1], sum(len(b) for b in blocks)))
         column = 0
         for block, (_, _, start) in zip(blocks, factored):
             root[start:start + len(block), column:column + len(block)] = block
@@ -441,8 +485,8 @@ class _Fuser:
         raw_columns = [int(c) for start, p, is_raw in zip(starts, projections, raw) if is_raw
                        for c in range(start, start + p.shape[0])]
         fm = CodeFactorizationMachine(projections[0].shape[1], raw_columns=raw_columns, name=layer.name)
-        outputs = fm(self._join([s.tensor for s in fields], f"{layer.name}_codes"))
-        fm.set_weights([np.concatenate([np.concatenate(projections), root], axis=1).astype(np.float32),
+        outputs = fm(codes)
+        fm.set_weights([np.concatenate([on_codes, root], axis=1).astype(np.float32),
                         np.concatenate([sum(s.bias for s in fields), shift]).astype(np.float32),
                         np.array([rest], dtype=np.float32)])
         self.report.notes.append(f"{layer.name}: FM computed on the {len(fields)} fields' codes"
@@ -479,9 +523,9 @@ class _Fuser:
         weights = _weights(layer)
         low_rank = isinstance(layer, LowRankDense)
         kernel_name, bias_name = ("down_kernel", "down_bias") if low_rank else ("kernel", "bias")
-        new_kernel, extra_bias = _fold(weights[kernel_name], segments)
+        x, positions = self._join_segments(segments, f"{layer.name}_input")
+        new_kernel, extra_bias = _fold(weights[kernel_name], segments, positions, x.shape[-1])
         new_bias = weights.get(bias_name, 0.0) + extra_bias
-        x = self._join([s.tensor for s in segments], f"{layer.name}_input")
         self.report.folded.append(layer.name)
         if low_rank and new_kernel.shape[0] < layer.rank:
             merged = keras.layers.Dense(layer.units, activation=layer.activation, name=layer.name,

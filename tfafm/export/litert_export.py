@@ -196,7 +196,7 @@ class _TablePatch:
     or :class:`MergedEmbedding` table of at least ``MIN_ELEMENTS`` is
     replaced, for conversion only, by a placeholder with a unique row count
     (``1031 + i``: enough elements to be quantized like the real table; a
-    merged table is 1-D); the real rows are written into the flatbuffer
+    merged table of several widths is 1-D); the real rows are written into the flatbuffer
     afterwards (cast to float16, or int8 with the converter's per-tensor
     symmetric scale, as the placeholder was), and read back through LiteRT
     before the file is verified (:meth:`check`). A plain gather is indifferent to
@@ -228,7 +228,7 @@ class _TablePatch:
         for shape, layer in self.shapes.items():
             if isinstance(layer, MergedEmbedding):  # same fields and element indices, a short table
                 small = MergedEmbedding.from_config(layer.get_config())
-                small.table_size = shape[0]
+                small.table_size = int(np.prod(shape))
             elif _plain_keras_embedding(layer):  # Keras' wrap of negative ids, by the real row count
                 small = WrappedEmbedding(*shape, rows=layer.input_dim, mask_zero=layer.mask_zero, name=layer.name,
                                          dtype=layer.dtype_policy)

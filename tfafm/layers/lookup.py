@@ -84,7 +84,10 @@ class MergedEmbedding(keras.layers.Layer):
     the output columns, turns them into element indices
     (``id * k_f + start_f + j`` for column ``j`` of field ``f``) and reads all
     columns of all fields with one gather, so a quantized table is dequantized
-    only where it was read.
+    only where it was read. When every table has the same width ``k``, the
+    weight is one ``(sum_f V_f, k)`` table instead, read by one gather of whole
+    rows (each field's id plus its table's first row): per-element gathers
+    cost a batch of rows dearly (~1 ms for 256 rows of 350 columns).
 
     Input: a list of int ``(batch,)`` id tensors (the output of
     :class:`~tfafm.models.layers.ClipToVocabulary`); table ``f`` reads input
@@ -122,19 +125,25 @@ class MergedEmbedding(keras.layers.Layer):
             raise UserError(f"Layer {self.name!r}: {self.table_size:,} table values exceed int32 indexing.")
         self.embeddings_initializer = keras.initializers.get(embeddings_initializer)
         starts = np.cumsum([0] + [v * k for v, k in zip(self.vocabulary_sizes, self.widths)])[:-1]
+        self.row_width = self.widths[0] if len(set(self.widths)) == 1 else None
+        self._row_start = np.cumsum([0] + self.vocabulary_sizes)[:-1].astype(np.int32)
         self._column_field = np.repeat(self.sources, self.widths).astype(np.int32)
         self._column_stride = np.repeat(self.widths, self.widths).astype(np.int32)
         self._column_start = np.concatenate(
             [start + np.arange(k) for start, k in zip(starts, self.widths)]).astype(np.int32)
 
     def build(self, input_shape=None):
-        self.embeddings = self.add_weight(name="embeddings", shape=(self.table_size,),
-                                          initializer=self.embeddings_initializer)
+        shape = (self.table_size,) if self.row_width is None else (self.table_size // self.row_width, self.row_width)
+        self.embeddings = self.add_weight(name="embeddings", shape=shape, initializer=self.embeddings_initializer)
 
     def call(self, ids):
         if len(ids) <= max(self.sources):
             raise UserError(f"Layer {self.name!r}: its tables read inputs up to {max(self.sources)}, "
                             f"but {len(ids)} id tensors were given.")
+        if self.row_width is not None:
+            stacked = ops.stack([ops.cast(ids[i], "int32") for i in self.sources], axis=1)
+            rows = gather_rows(self.embeddings, stacked + ops.convert_to_tensor(self._row_start))
+            return ops.cast(ops.reshape(rows, (-1, len(self.widths) * self.row_width)), self.compute_dtype)
         stacked = ops.stack([ops.cast(x, "int32") for x in ids], axis=1)
         spread = ops.take(stacked, ops.convert_to_tensor(self._column_field), axis=1)
         index = spread * ops.convert_to_tensor(self._column_stride) + ops.convert_to_tensor(self._column_start)
@@ -158,5 +167,6 @@ class MergedEmbedding(keras.layers.Layer):
         arrays = [np.asarray(t) for t in tables]
         layer = cls([len(t) for t in arrays], [t.shape[1] for t in arrays], embeddings_initializer="zeros", **kwargs)
         layer.build()
-        layer.embeddings.assign(np.concatenate([t.reshape(-1) for t in arrays]).astype(layer.embeddings.dtype))
+        flat = np.concatenate([t.reshape(-1) for t in arrays])
+        layer.embeddings.assign(flat.reshape(layer.embeddings.shape).astype(layer.embeddings.dtype))
         return layer
