@@ -236,7 +236,7 @@ def profile_table(paths, runs: int) -> str:
     if reason:
         return f"(not measured: {reason})"
     lines = ["| file | XNNPACK batch 1: nodes left to LiteRT kernels, us (by op) | XNNPACK batch 256: the same "
-             "| builtin kernels only, batch 1: Invoke us; all nodes (by op, top 5) |", "|---|---|---|---|"]
+             "| builtin kernels only, batch 1: all nodes, us (by op, top 5) |", "|---|---|---|---|"]
     for path in paths:
         ops, cells = litert_ops(path), []
         for builtin, batch_size in ((False, 1), (False, 256), (True, 1)):
@@ -246,8 +246,7 @@ def profile_table(paths, runs: int) -> str:
             for node, micros in times["nodes"]:
                 by_op[ops[node]] = by_op.get(ops[node], 0.0) + micros
             ranked = sorted(by_op.items(), key=lambda item: -item[1])[:5 if builtin else 4]
-            cells.append((f"{times['invoke']:.1f}; " if builtin else "")
-                         + f"{sum(by_op.values()):,.1f} ({', '.join(f'{op} {us:,.1f}' for op, us in ranked)})")
+            cells.append(f"{sum(by_op.values()):,.1f} ({', '.join(f'{op} {us:,.1f}' for op, us in ranked)})")
         lines.append(f"| {os.path.basename(path)} | {' | '.join(cells)} |")
     return "\n".join(lines)
 
