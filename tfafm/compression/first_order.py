@@ -36,15 +36,13 @@ import keras
 import numpy as np
 
 from tfafm_choices import FIRST_ORDER as CHOICES
-from tfafm.compression.calibration import as_dataset, features_of
+from tfafm.compression.id_counts import IdCounts, count_guarded_ids
 from tfafm.compression.report import weight_bytes
 from tfafm.errors import UserError
 from tfafm.graph import call_counts, call_sources, model_inputs, pack_inputs
 from tfafm.linalg.factorize import Factors
 from tfafm.models.layers import ClipToVocabulary, LinearTerms
 
-# Calibration rows whose ids count_ids keeps for the joint fit and the measured error (at most).
-SAMPLE_ROWS = 65_536
 # Every HELD_OUT-th kept row measures the fits' errors, the others fit jointly.
 HELD_OUT = 5
 # Below this many held-out rows the error is the field-by-field fit's prediction, not a measurement.
@@ -79,17 +77,6 @@ class FirstOrderPlan:
         table = weight_bytes((sum(self.linear.vocabulary_sizes), 1), quantization)
         dense = weight_bytes((self.width, 1), quantization) + weight_bytes((1,), quantization)
         return table - dense
-
-
-@dataclasses.dataclass(frozen=True)
-class IdCounts:
-    """How often each guarded id of each field occurs in calibration data, and the mean
-    Bernoulli Fisher weight ``p (1 - p)`` of the model's predictions there."""
-
-    counts: tuple  # per field, a float64 vector as long as its vocabulary
-    fisher_weight: float
-    rows: int
-    sample: np.ndarray  # (rows kept, fields) int64: the guarded ids of the first SAMPLE_ROWS rows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,32 +153,10 @@ def _plain_lookup(layer, calls: dict[int, int], vocabulary: int) -> bool:
 
 def count_ids(model: keras.Model, plan: FirstOrderPlan, data, steps: int | None = None,
               batch_size: int = 1024) -> IdCounts:
-    """Counts each field's guarded ids over ``data`` (at most ``steps`` batches), and the mean
-    Fisher weight ``p (1 - p)`` of the model's prediction (a probability, or ``sigmoid`` of a
-    logit) on those rows."""
+    """Counts the guarded ids of each field of ``plan``'s first-order term over ``data`` (at most
+    ``steps`` batches): :func:`~tfafm.compression.id_counts.count_guarded_ids`."""
     indices = [index for _, index in call_sources(model)[plan.linear.name]]
-    guarded = plan.guard.output
-    probe = keras.Model(model.input, [guarded[i] for i in indices] + [model.outputs[0]])
-    counts = [np.zeros(size) for size in plan.linear.vocabulary_sizes]
-    weight, rows, sample, kept = 0.0, 0, [], 0
-    dataset, _ = as_dataset(data, batch_size)
-    for step, element in enumerate(dataset):
-        if steps is not None and step >= steps:
-            break
-        results = probe(pack_inputs(model, model_inputs(model, features_of(element))), training=False)
-        ids = np.stack([np.asarray(field_ids).reshape(-1) for field_ids in results[:-1]], axis=1).astype(np.int64)
-        for field in range(ids.shape[1]):
-            counts[field] += np.bincount(ids[:, field], minlength=len(counts[field]))
-        if kept < SAMPLE_ROWS:
-            sample.append(ids[:SAMPLE_ROWS - kept])
-            kept += len(sample[-1])
-        output = np.asarray(results[-1], dtype=np.float64).reshape(-1)
-        p = output if output.min() >= 0.0 and output.max() <= 1.0 else 1.0 / (1.0 + np.exp(-output))
-        weight += float(np.sum(p * (1.0 - p)))
-        rows += len(output)
-    if rows == 0:
-        raise UserError("The calibration data is empty: no ids to read the first-order weights from.")
-    return IdCounts(tuple(counts), weight / rows, rows, np.concatenate(sample))
+    return count_guarded_ids(model, plan.guard, indices, data, steps, batch_size)
 
 
 @dataclasses.dataclass(frozen=True)
