@@ -12,6 +12,10 @@ METHODS = ("afm", "svd")
 OBJECTIVES = ("both", "params", "latency")
 CRITERIA = ("variance", "loss")  # what the factors keep (tfafm.compress(criterion=))
 FIRST_ORDER = ("codes", "keep")  # a first-order table read from the embeddings, or kept (tfafm.compress(first_order=))
+# Share of each field's calibration lookups whose ids keep their rows (tfafm.compress(id_coverage=)): by
+# default chosen on labelled validation data among ID_COVERAGES.
+ID_COVERAGE = "auto"
+ID_COVERAGES = (1.0, 0.99, 0.95, 0.9)
 QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")  # the library also takes None for float32
 EXPORT_FORMATS = ("litert", "saved_model", "onnx")
 

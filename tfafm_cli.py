@@ -16,7 +16,7 @@ import os
 import sys
 from typing import Iterator, NoReturn, Optional, Sequence
 
-from tfafm_choices import (CRITERIA, DATA_KINDS, FIRST_ORDER, EXPORT_FORMATS, METHODS, MODEL_NAMES, OBJECTIVES, QUANTIZATIONS,
+from tfafm_choices import (CRITERIA, DATA_KINDS, FIRST_ORDER, ID_COVERAGE, ID_COVERAGES, EXPORT_FORMATS, METHODS, MODEL_NAMES, OBJECTIVES, QUANTIZATIONS,
                            WITH_OPTIONS)
 
 DESCRIPTION = """Compress Keras click-through-rate models with low-rank factorization (AFM or weight SVD)
@@ -84,6 +84,11 @@ def auc_drop(text: str) -> float:
 
 def fraction(text: str) -> float:
     return _number(text, float, "a fraction in (0, 1], e.g. 0.95", lambda v: 0 < v <= 1)
+
+
+def coverage(text: str):
+    return text if text == "auto" else _number(text, float, "auto or a fraction in (0, 1], e.g. 0.95",
+                                               lambda v: 0 < v <= 1)
 
 
 # ----------------------------------------------------------------------------- the parser
@@ -199,6 +204,13 @@ def build_parser() -> argparse.ArgumentParser:
                                "FiBiNET) under --ratio or --max-auc-drop with afm and the loss criterion: codes "
                                "(read it from the fields' embeddings where that costs the predictions less than "
                                "keeping its table) or keep (default codes)")
+    compress.add_argument("--id-coverage", type=coverage, default=ID_COVERAGE, metavar="auto|SHARE",
+                          help="under --ratio or --max-auc-drop with afm and the loss criterion: in each field "
+                               "behind tfafm's id guard, keep the table rows of the most frequent ids covering this "
+                               "share of its calibration lookups; every other id reads one shared row (their "
+                               "lookup-weighted mean); 1 keeps every row; auto tries every row and "
+                               f"{', '.join(f'{c:g}' for c in ID_COVERAGES[1:])} and keeps the best on the "
+                               f"validation AUC (every row without labelled validation data) (default {ID_COVERAGE})")
     compress.add_argument("--quantization", choices=QUANTIZATIONS, default="float32",
                           help="count costs in the bytes of the LiteRT quantization you will export with "
                                "(tfafm export --quantization) (default float32)")

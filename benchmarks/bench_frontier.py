@@ -16,9 +16,16 @@ LiteRT interpreter unless said otherwise:
                    exported as dynamic int8, for R in ``--ratios``; a ratio out of reach
                    is listed as such with the largest reachable one.
     AFM-loss xR    the same with ``criterion="loss"`` (directions and ranks by what they cost
-                   the predictions, from the same calibration) and the default
+                   the predictions, from the same calibration), the default
                    ``first_order="codes"`` (a first-order table read from the embeddings where
-                   that costs the predictions less than keeping it).
+                   that costs the predictions less than keeping it) and the default
+                   ``id_coverage="auto"`` with the validation split as ``validation_data``: the
+                   model compressed with every table row and with the rows of rare ids pruned
+                   (ids outside the most frequent ones covering 99%, 95%, 90% of a field's
+                   calibration lookups merged into row 0), the best validation AUC kept.
+    AFM-loss, every row xR
+                   AFM-loss with ``id_coverage=1`` (``--methods afm-loss-all-rows``): no table
+                   row pruned, as before pruning was the default.
     AFM-loss, first-order kept xR
                    AFM-loss with ``first_order="keep"`` (``--methods afm-loss-keep``): the
                    first-order table as it is (only for models that have one).
@@ -52,6 +59,7 @@ import tensorflow as tf
 
 import tfafm
 from tfafm.compression.first_order import find_plan
+from tfafm.compression.rare_ids import DEFAULT_COVERAGE
 from tfafm import models
 from tfafm.data import load_data
 from tfafm.data.synthetic import SyntheticCriteo
@@ -76,9 +84,12 @@ SHARED_DATA = {  # (format, training files, held-out files, spec options)
 HIDDEN = (400, 400, 400)
 LEARNING_RATE = 1e-3
 SYNTHETIC_VOCABULARY = 100_000
-METHODS = {"afm": ("AFM", "afm", "variance", "keep"), "afm-loss": ("AFM-loss", "afm", "loss", "codes"),
-           "afm-loss-keep": ("AFM-loss, first-order kept", "afm", "loss", "keep"),
-           "svd": ("SVD", "svd", "variance", "keep")}
+# name: (label, method, criterion, first_order, id_coverage)
+METHODS = {"afm": ("AFM", "afm", "variance", "keep", 1.0),
+           "afm-loss": ("AFM-loss", "afm", "loss", "codes", DEFAULT_COVERAGE),
+           "afm-loss-all-rows": ("AFM-loss, every row", "afm", "loss", "codes", 1.0),
+           "afm-loss-keep": ("AFM-loss, first-order kept", "afm", "loss", "keep", DEFAULT_COVERAGE),
+           "svd": ("SVD", "svd", "variance", "keep", 1.0)}
 REACH = re.compile(r"largest reachable ratio for this model under \w+ is ([0-9.]+)x")
 
 
@@ -163,21 +174,22 @@ def run_cell(model_name, bundle, test, seed, args, tmp) -> list[dict]:
     quantized, estimated = int4_tables(original, int8["bytes"])
     results.append({"variant": "int4 tables", "ratio": None, "bytes": estimated, **keras_scores(quantized, test)})
     has_first_order = find_plan(original) is not None
-    for name, method, criterion, first_order in (METHODS[m] for m in args.methods):
+    for name, method, criterion, first_order, id_coverage in (METHODS[m] for m in args.methods):
         if first_order == "keep" and method == "afm" and criterion == "loss" and not has_first_order:
             continue  # the same model as AFM-loss
         for ratio in args.ratios:
             try:
                 small, _ = tfafm.compress(original, calibration, method=method, target_ratio=ratio,
                                           quantization="dynamic", statistics=statistics, criterion=criterion,
-                                          first_order=first_order, progress=False)
+                                          first_order=first_order, id_coverage=id_coverage, progress=False,
+                                          validation_data=bundle.validation if id_coverage == "auto" else None)
             except UserError as error:
                 reach = REACH.search(str(error))
                 results.append({"variant": name, "ratio": ratio, "bytes": None,
                                 "reach": float(reach.group(1)) if reach else None})
                 continue
             exported(name, small, "dynamic", ratio)
-            if criterion == "loss" and method == "afm" and first_order == "codes" and args.finetune_epochs:
+            if name == "AFM-loss" and args.finetune_epochs:
                 fine_tune(small, bundle, args.finetune_epochs, LEARNING_RATE / 2)
                 exported(f"{name}+ft", small, "dynamic", ratio)
     return results
@@ -262,7 +274,10 @@ def main() -> None:
         "epochs with early stopping on validation AUC; calibrated on 40 training batches (with Fisher information, "
         "for AFM-loss); AFM-loss reads a first-order table (DeepFM) from the embeddings where that costs the "
         "predictions less than its bytes buy the codes (the default `first_order=\"codes\"`; the 'first-order kept' "
-        "rows keep it); no fine-tuning, except the AFM-loss+ft rows "
+        "rows keep it) and, by default (`id_coverage=\"auto\"`, given the validation split), prunes the rows of rare "
+        "ids where that gives the better validation AUC at the ratio (every row, or the ids covering 99%, 95% or 90% "
+        "of each field's calibration lookups; the 'every row' rows never prune); no fine-tuning, except the "
+        "AFM-loss+ft rows "
         f"({args.finetune_epochs} epoch(s) at half the learning rate, early stopping on validation AUC, kept only "
         "when the validation AUC gain is significant: paired DeLong z >= 1.645). "
         "Compressed models are ranked in dynamic-int8 bytes and exported as dynamic-int8 LiteRT files; AUC and "

@@ -108,8 +108,35 @@ def test_compress_first_order_option_reaches_compress(trained_run, tmp_path, cap
     assert any(note.startswith("first-order weights of 'linear_terms'") for note in notes)
     capsys.readouterr()
     assert main(["compress", str(trained_run), "--ratio", "1.5", "--quantization", "dynamic", "--first-order",
-                 "keep", "--out", str(tmp_path / "keep"), "--quiet"]) == 2
+                 "keep", "--id-coverage", "1", "--out", str(tmp_path / "keep"), "--quiet"]) == 2
     assert "out of reach" in capsys.readouterr().err and not (tmp_path / "keep").exists()
+
+
+def test_compress_id_coverage_option_reaches_compress(trained_run, tmp_path, capsys):
+    out = tmp_path / "auto"  # the run's validation split has labels: the coverage is chosen there
+    assert main(["compress", str(trained_run), "--ratio", "1.5", "--quantization", "dynamic", "--out", str(out),
+                 "--quiet"]) == 0
+    assert json.loads((out / "run.json").read_text())["id_coverage"] == "auto"
+    notes = json.loads((out / "report.json").read_text())["notes"]
+    assert any("id_coverage chosen on the validation AUC at this ratio (AUC drop: 1 " in note for note in notes)
+    out = tmp_path / "pruned"
+    assert main(["compress", str(trained_run), "--ratio", "1.5", "--quantization", "dynamic", "--id-coverage",
+                 "0.95", "--out", str(out), "--quiet"]) == 0
+    assert json.loads((out / "run.json").read_text())["id_coverage"] == 0.95
+    notes = json.loads((out / "report.json").read_text())["notes"]
+    assert any(note.startswith("rare ids: ") and "95.0% of its calibration lookups" in note for note in notes)
+    # The pruned run still matches its schema (ids past the kept rows are valid input) and exports, verified.
+    assert main(["eval", str(out), "--quiet"]) == 0
+    assert main(["export", str(out), "--quantization", "dynamic", "--out", str(tmp_path / "pruned.tflite"),
+                 "--quiet"]) == 0
+    out = tmp_path / "whole"
+    assert main(["compress", str(trained_run), "--ratio", "1.5", "--quantization", "dynamic", "--id-coverage", "1",
+                 "--out", str(out), "--quiet"]) == 0
+    assert json.loads((out / "run.json").read_text())["id_coverage"] == 1.0
+    assert not any(note.startswith("rare ids") for note in json.loads((out / "report.json").read_text())["notes"])
+    capsys.readouterr()
+    assert main(["compress", str(trained_run), "--id-coverage", "0", "--out", str(tmp_path / "bad")]) == 2
+    assert "expected auto or a fraction in (0, 1]" in capsys.readouterr().err and not (tmp_path / "bad").exists()
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -129,7 +129,9 @@ def test_an_exactly_linear_term_is_read_back_exactly(data):
 def test_compress_reads_the_term_from_the_codes_and_the_file_shrinks_as_asked(data, tmp_path):
     model = _deepfm(data, _linear_in_embeddings)
     features = data[1]
-    small, report = tfafm.compress(model, features, target_ratio=8, quantization="dynamic", progress=False)
+    # Every row kept (id_coverage=1): pruned, the table costs so little that keeping it may win.
+    small, report = tfafm.compress(model, features, target_ratio=8, quantization="dynamic", id_coverage=1,
+                                   progress=False)
     assert not any(isinstance(layer, LinearTerms) for layer in small.layers)
     dense = small.get_layer("linear_terms")
     assert isinstance(dense, keras.layers.Dense) and dense.kernel.shape == (16 * len(data[0].sparse), 1)
@@ -139,7 +141,7 @@ def test_compress_reads_the_term_from_the_codes_and_the_file_shrinks_as_asked(da
     # Beyond the reach of the model that keeps its table.
     with pytest.raises(tfafm.errors.UserError, match="out of reach"):
         tfafm.compress(model, features, target_ratio=ratio * 1.1, quantization="dynamic", first_order="keep",
-                       progress=False)
+                       id_coverage=1, progress=False)
     # The rewired model saves and loads like any other, and its LiteRT file agrees with it.
     path = os.path.join(tmp_path, "small.keras")
     small.save(path)
@@ -188,4 +190,4 @@ def test_a_term_wired_wrongly_is_refused(data, monkeypatch):
 
     monkeypatch.setattr(first_order, "fit", flipped)
     with pytest.raises(tfafm.errors.UserError, match="first-order term 'linear_terms' read from the fields"):
-        tfafm.compress(model, data[1], target_ratio=8, quantization="dynamic", progress=False)
+        tfafm.compress(model, data[1], target_ratio=8, quantization="dynamic", id_coverage=1, progress=False)

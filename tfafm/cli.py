@@ -240,7 +240,7 @@ def cmd_compress(args, out: Output) -> int:
         result = compress_run(
             run, run_data, out=staged, method=args.method, target_ratio=args.ratio, energy=args.energy,
             max_auc_drop=args.max_auc_drop, objective=args.objective, criterion=args.criterion,
-            first_order=args.first_order,
+            first_order=args.first_order, id_coverage=args.id_coverage,
             quantization=None if args.quantization == "float32" else args.quantization,
             inner_activation=args.inner_activation, finetune_epochs=args.finetune_epochs,
             calibration_steps=args.calibration_steps, verbose=out.keras_verbose,

@@ -229,6 +229,43 @@ def call_sources(model: keras.Model) -> dict[str, list[tuple[str, int]]]:
     return sources
 
 
+def readers(model: keras.Model) -> dict[tuple[str, int], list[str]]:
+    """For each ``(layer name, output index)`` of a functional ``model``'s own graph: the names of the
+    layers and operations whose calls read that tensor (in arguments or keyword arguments; once per
+    call that reads it), with ``""`` for each model output that is that tensor."""
+    found: dict[tuple[str, int], list[str]] = {}
+
+    def tensors(value):
+        if isinstance(value, dict):
+            if value.get("class_name") == "__keras_tensor__":
+                name, _, index = value["config"]["keras_history"]
+                yield name, index
+            else:
+                for item in value.values():
+                    yield from tensors(item)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                yield from tensors(item)
+
+    config = model.get_config()
+    for entry in config["layers"]:
+        for node in entry.get("inbound_nodes", []):
+            for source in set(tensors([node.get("args", ()), node.get("kwargs", {})])):
+                found.setdefault(source, []).append(entry["name"])
+    for name, _, index in _flat_outputs(config["output_layers"]):
+        found.setdefault((name, index), []).append("")
+    return found
+
+
+def _flat_outputs(value) -> list:
+    """``[name, node, index]`` triples of a (nested) ``output_layers`` config."""
+    if isinstance(value, dict):
+        return [t for item in value.values() for t in _flat_outputs(item)]
+    if isinstance(value, (list, tuple)) and len(value) == 3 and isinstance(value[0], str):
+        return [value]
+    return [t for item in value for t in _flat_outputs(item)]
+
+
 def layer_of_node(node_name: str, layer_names: list[str]) -> str | None:
     """The Keras layer whose name scope holds a graph node (``model_1/lookup_1/Find`` ->
     ``lookup``), innermost first."""

@@ -14,6 +14,7 @@ import keras
 from tfafm.compression.api import compress
 from tfafm.compression.report import CompressionReport, plot_budget
 from tfafm.runs import Run, save_run
+from tfafm_choices import ID_COVERAGE
 
 FRONTIER_PLOT = "frontier.png"
 
@@ -100,6 +101,7 @@ def compress_run(
     objective: str = "both",
     criterion: Optional[str] = None,
     first_order: str = "codes",
+    id_coverage: float | str = ID_COVERAGE,
     quantization: Optional[str] = None,
     inner_activation: Optional[str] = None,
     finetune_epochs: int = 0,
@@ -126,7 +128,7 @@ def compress_run(
         model, report = compress(
             run.model, data.calibration, method=method, target_ratio=target_ratio, energy=energy,
             max_auc_drop=max_auc_drop, validation_data=data.validation, objective=objective, criterion=criterion,
-            first_order=first_order,
+            first_order=first_order, id_coverage=id_coverage,
             quantization=quantization, inner_activation=inner_activation, calibration_steps=calibration_steps,
             progress=verbose > 0,
         )
@@ -139,7 +141,8 @@ def compress_run(
     if out is not None:
         info: dict[str, Any] = {
             **run.info, "kind": "compressed", "source_run": run.path, "data": data.spec, "method": method,
-            "objective": objective, "criterion": criterion, "first_order": first_order, "quantization": quantization,
+            "objective": objective, "criterion": criterion, "first_order": first_order, "id_coverage": id_coverage,
+            "quantization": quantization,
             "inner_activation": inner_activation,
             "finetune_epochs": finetune_epochs, "stages": metrics,
             "metrics": metrics.get("finetuned", metrics.get("compressed")),

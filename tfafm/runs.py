@@ -210,11 +210,12 @@ def _named_inputs(model: keras.Model) -> dict[str, Any]:
 
 def _table_sizes(model: keras.Model, inputs: dict[str, Any]):
     """``(feature, size, layer name, exact)`` for each id guard or embedding table reading a model
-    input directly: tfafm's guard (``vocabulary_sizes``) must equal the feature's vocabulary, an
-    embedding (``input_dim``) must hold at least that many rows."""
+    input directly: tfafm's guard (its ``source_sizes``: the vocabularies before any rows of rare ids
+    were pruned) must equal the feature's vocabulary, an embedding (``input_dim``) must hold at least
+    that many rows."""
     by_tensor = {id(tensor): name for name, tensor in inputs.items()}
     for layer in model.layers:
-        sizes = getattr(layer, "vocabulary_sizes", None)
+        sizes = getattr(layer, "source_sizes", getattr(layer, "vocabulary_sizes", None))
         rows = layer.input_dim if isinstance(layer, (keras.layers.Embedding, LowRankEmbedding)) else None
         if sizes is None and rows is None:
             continue

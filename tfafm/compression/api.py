@@ -9,10 +9,10 @@ import keras
 import numpy as np
 
 from tfafm.compression.arguments import check_budget
-from tfafm.compression.budget import compare_on, sample_agreement, smallest_within_budget
+from tfafm.compression.budget import best_of, compare_on, labelled, sample_agreement, smallest_within_budget
 from tfafm.compression.calibration import calibrate
 from tfafm.compression.check import check_input_layers, failures_named, run_checked
-from tfafm.compression import first_order as first_orders
+from tfafm.compression import first_order as first_orders, rare_ids
 from tfafm.graph import require_graph_model, resolve_names
 from tfafm.compression.ranks import CRITERIA, cost_models, energy_kept, ranks_for_energy, ranks_for_ratio
 from tfafm.compression.report import CompressionReport, LayerReport, SkippedLayer, estimated_file_bytes
@@ -135,6 +135,7 @@ def compress(
     quantization: str | None = None,
     criterion: str | None = None,
     first_order: str = "codes",
+    id_coverage: float = rare_ids.DEFAULT_COVERAGE,
 ) -> tuple[keras.Model, CompressionReport]:
     """Replaces a model's compressible matrices by low-rank factors.
 
@@ -236,6 +237,19 @@ def compress(
             ``calibration_data`` (also with ``statistics``); the report's notes
             say what was chosen and how much of the term's variance the fit
             keeps. ``"keep"``: the table stays as it is.
+        id_coverage: with ``target_ratio`` or ``max_auc_drop`` (AFM, ``criterion="loss"``,
+            ``calibration_data``): a share ``c`` prunes the rows of rare ids. In each field
+            behind tfafm's id guard (a :class:`~tfafm.models.layers.ClipToVocabulary`), the
+            most frequent ids covering ``c`` of the field's calibration lookups keep their
+            rows; every other id reads row 0, which becomes their lookup-weighted mean
+            (:mod:`tfafm.compression.rare_ids`). ``1`` keeps every row. ``"auto"`` (default):
+            with ``validation_data`` that has 0/1 labels, the model is compressed with every
+            row and at each coverage of :data:`~tfafm.compression.rare_ids.AUTO_LEVELS` and
+            the one with the highest validation AUC is kept (under ``max_auc_drop``, at each
+            ratio the search tries); without labels, every row is kept. Pruning helps where
+            rare ids' rows are mostly noise and hurts where they carry signal, which only
+            held-out labels tell apart. The ratio is counted against the original model; the
+            report's notes give the rows kept and the AUC of each coverage tried.
 
     Returns:
         ``(compressed_model, report)``. Automatic rank choices never factor a
@@ -271,7 +285,9 @@ def compress(
         raise UserError(f"criterion must be one of {CRITERIA}, got {criterion!r}.")
     if first_order not in first_orders.CHOICES:
         raise UserError(f"first_order must be one of {first_orders.CHOICES}, got {first_order!r}.")
+    rare_ids.check_coverage(id_coverage)
     costs = cost_models(objective, quantization)
+    budgeted = method == "afm" and criterion == "loss" and (target_ratio is not None or max_auc_drop is not None)
     all_targets, skipped = find_targets(model)
     targets = _select(model, all_targets, include, exclude)
     if ranks is not None:
@@ -298,62 +314,117 @@ def compress(
                             f"{without[:3]} have none: calibrate(..., fisher=True).")
     rows = sample_rows(model, calibration_data) if calibration_data is not None else generated_rows(model)
     reference = run_checked(model, rows, f"Model {model.name!r}")
-    linear = None
-    if (first_order == "codes" and method == "afm" and by_loss and calibration_data is not None
-            and (target_ratio is not None or max_auc_drop is not None)):
-        found = first_orders.find_plan(model)
-        if found is not None:
-            linear = (found, first_orders.count_ids(model, found, calibration_data, calibration_steps))
-    plan = _Plan(model, targets, skipped, method, statistics, inner_activation, costs,
-                 criterion, linear)
-    search = None
+    variants = [(model, None)]
+    validation, choice_note = None, None
+    if budgeted and calibration_data is not None:
+        variants, validation, choice_note = _variants(model, calibration_data, calibration_steps, id_coverage,
+                                                      validation_data)
+    names = {t.name for t in targets}
+    plans = []
+    for variant, pruning in variants:
+        variant_targets = targets if pruning is None else [t for t in find_targets(variant)[0] if t.name in names]
+        linear = None
+        if first_order == "codes" and budgeted and calibration_data is not None:
+            found = first_orders.find_plan(variant)
+            if found is not None:
+                linear = (found, first_orders.count_ids(variant, found, calibration_data, calibration_steps))
+        plans.append(_Plan(variant, variant_targets, skipped, method, statistics, inner_activation, costs,
+                           criterion, linear, model, pruning))
+    plan, search, candidate = plans[0], None, None
     if energy is not None:
         ranks = ranks_for_energy(plan.by_name, plan.spectra, energy)
+    elif target_ratio is not None and len(plans) > 1:
+        candidate = best_of(plans, target_ratio, validation_data, *validation, quantization)
+        if not candidate.reachable:
+            plans[-1].ranks_for_ratio(target_ratio)  # out of reach even with the most rows pruned: says why
+        ranks = candidate.ranks
     elif target_ratio is not None:
         ranks = plan.ranks_for_ratio(target_ratio)
     elif max_auc_drop is not None:
-        search = smallest_within_budget(plan, validation_data, max_auc_drop, quantization)
+        search = smallest_within_budget(plans, validation_data, max_auc_drop, quantization)
         ranks = search.chosen.ranks
+        candidate = search.chosen
+    plan = getattr(ranks, "plan", plan)
 
     compressed, report = plan.build(ranks)
-    check_input_layers(model, plan.copies, rows)
+    check_input_layers(plan.model, plan.copies, rows)
     if getattr(ranks, "first_order", None) is not None:
-        first_orders.check(model, compressed, plan.linear[0], ranks.first_order, rows)
+        first_orders.check(plan.model, compressed, plan.linear[0], ranks.first_order, rows)
     checked = run_checked(compressed, rows, "The compressed model")
     accuracy = {"check": sample_agreement(reference, checked, len(next(iter(rows.values()))),
                                           "calibration data" if calibration_data is not None else "generated inputs")}
-    if search is not None:
-        accuracy["validation"] = search.chosen.validation
-        accuracy["budget"] = search.summary()
+    if candidate is not None:
+        accuracy["validation"] = candidate.validation
     elif validation_data is not None:
         accuracy["validation"] = compare_on(model, compressed, validation_data)
+    if search is not None:
+        accuracy["budget"] = search.summary()
+    notes = report.notes
+    if candidate is not None and candidate.variants:
+        notes += ("rows of rare ids: id_coverage chosen on the validation AUC at this ratio (AUC drop: "
+                  + ", ".join(f"{label} {drop:+.4f}" for label, drop in candidate.variants) + ")",)
+    elif choice_note:
+        notes += (choice_note,)
     return compressed, dataclasses.replace(report, accuracy=accuracy, quantization=quantization,
-                                           criterion=criterion)
+                                           criterion=criterion, notes=notes)
+
+
+def _variants(model, calibration_data, steps: int | None, id_coverage, validation_data):
+    """The models to allocate ranks in: ``(model, None)`` and, per coverage of ``id_coverage`` below 1
+    that prunes something, ``(pruned model, Pruning)`` (:mod:`tfafm.compression.rare_ids`); with the
+    original's validation predictions and labels (``"auto"`` needs labels) and a note when ``"auto"``
+    could not choose."""
+    coverages = [c for c in rare_ids.levels(id_coverage) if c < 1.0]
+    if not coverages or not rare_ids.find_fields(model):
+        return [(model, None)], None, None
+    validation = labelled(model, validation_data) if id_coverage == "auto" and validation_data is not None else None
+    if id_coverage == "auto" and validation is None:
+        return [(model, None)], None, ("rows of rare ids all kept: id_coverage='auto' chooses how many to prune on "
+                                       "validation_data with 0/1 labels, and none was given (or give "
+                                       "id_coverage=0.95)")
+    with failures_named(f"Counting the ids of model {model.name!r} in the calibration data fails"):
+        counted = rare_ids.count(model, calibration_data, steps)
+    variants = [] if id_coverage != "auto" else [(model, None)]
+    for coverage in coverages:
+        with failures_named(f"Pruning the rows of rare ids of model {model.name!r} fails"):
+            pruned, pruning = rare_ids.prune(model, counted, coverage)
+        if pruning is not None:
+            variants.append((pruned, pruning))
+    return variants or [(model, None)], validation, None
 
 
 class Allocation(dict):
     """Ranks by matrix name (as a dict), and the first-order term they were allocated with:
     ``first_order`` the fit reading it from the embeddings (None: its table is kept), ``note``
-    what was weighed."""
+    what was weighed; ``plan`` the :class:`_Plan` that allocated them (and builds the model)."""
 
-    def __init__(self, ranks: Mapping[str, int], first_order=None, note: str | None = None):
+    def __init__(self, ranks: Mapping[str, int], first_order=None, note: str | None = None, plan=None):
         super().__init__(ranks)
-        self.first_order, self.note = first_order, note
+        self.first_order, self.note, self.plan = first_order, note, plan
 
 
 class _Plan:
     """One calibration's worth of compression: the targets, their spectra and how to build
     the compressed model and its report at any ranks (the budget search builds several).
-    ``linear``: a first-order term that may be read from the embeddings, with its id counts."""
+    ``linear``: a first-order term that may be read from the embeddings, with its id counts.
+    ``model`` is the model compressed: ``original`` itself, or ``original`` with the rows of rare ids
+    pruned (``pruning``); sizes, ratios and the budget's reference predictions are the original's."""
 
     def __init__(self, model, targets: list[Target], skipped, method: str, statistics, inner_activation, costs,
-                 criterion: str = "variance", linear=None):
+                 criterion: str = "variance", linear=None, original=None, pruning=None):
+        self.original = original if original is not None else model
+        self.pruning = pruning
+        self.label = f"{pruning.coverage:g}" if pruning is not None else "1"  # its id_coverage
         self.model, self.targets, self.skipped = model, targets, skipped
         self.method, self.statistics, self.inner_activation, self.costs = method, statistics, inner_activation, costs
         self.criterion, self.linear = criterion, linear
         self.spectra = {t.name: _spectrum(t, method, statistics, criterion) for t in targets}
         self.by_name = {t.name: t for t in targets}
-        self.file_bytes = estimated_file_bytes(model, costs[0].quantization)
+        self.file_bytes = estimated_file_bytes(self.original, costs[0].quantization)
+        # What pruning took off the original's file (rows of tables, whole or candidates): the budget spends it.
+        self.pruned_bytes = self.file_bytes - (estimated_file_bytes(model, costs[0].quantization)
+                                               if model is not self.original else self.file_bytes)
+        self.params_before = {t.name: t.params() for t in find_targets(self.original)[0]}
         self.copies: list = []  # (original, copy) layers re-created by the last build()
 
     def ranks_for_ratio(self, target_ratio: float) -> Allocation:
@@ -362,10 +433,10 @@ class _Plan:
         allocation with or without its table that costs the predictions less."""
         def allocate(freed: float = 0.0) -> dict[str, int]:
             return ranks_for_ratio(self.by_name, self.spectra, target_ratio, self.costs, self.file_bytes,
-                                   self.criterion, freed_bytes=freed)
+                                   self.criterion, freed_bytes=freed + self.pruned_bytes)
 
         if self.linear is None:
-            return Allocation(allocate())
+            return Allocation(allocate(), plan=self)
         plan, counts = self.linear
         try:
             kept = allocate()
@@ -377,12 +448,12 @@ class _Plan:
         if kept is not None and self._lost(kept) <= self._lost(folded) + fit.loss:
             return Allocation(kept, None, f"first-order weights of {name!r} kept whole: reading them from the "
                               f"fields' embeddings (keeping {fit.kept:.1%} of their variance) would cost the "
-                              "predictions more than the bytes they free buy the codes")
+                              "predictions more than the bytes they free buy the codes", self)
         return Allocation(folded, fit, f"first-order weights of {name!r} ({sum(plan.linear.vocabulary_sizes):,} "
                           f"values) read from the fields' embeddings by one Dense(1) fitted "
                           f"{'jointly across fields' if fit.joint else 'field by field'} on {counts.rows:,} "
                           f"calibration rows, keeping {fit.kept:.1%} of their variance"
-                          + (f" on {fit.held_out:,} held-out ones" if fit.held_out else " (predicted)"))
+                          + (f" on {fit.held_out:,} held-out ones" if fit.held_out else " (predicted)"), self)
 
     def _lost(self, ranks: Mapping[str, int]) -> float:
         """What ``ranks`` cost the predictions, by the spectra (the loss criterion's currency)."""
@@ -421,15 +492,17 @@ class _Plan:
             rank = ranks.get(target.name)
             rows.append(LayerReport(
                 name=target.name, kind=target.kind, input_dim=target.input_dim, output_dim=target.output_dim,
-                rank=rank, params_before=target.params(),
+                rank=rank, params_before=self.params_before.get(target.name, target.params()),
                 params_after=target.params(rank) if rank else target.params(),
                 variance_kept=energy_kept(self.spectra[target.name], rank) if rank else None,
             ))
         notes = tuple(f"layer {name!r} could not be re-created from its config and is shared with the original "
                       "model (give it a get_config)" for name in shared)
+        if self.pruning is not None:
+            notes += (self.pruning.note(),)
         if getattr(ranks, "note", None):
             notes += (ranks.note,)
-        report = CompressionReport(self.method, tuple(rows), self.model.count_params(), compressed.count_params(),
+        report = CompressionReport(self.method, tuple(rows), self.original.count_params(), compressed.count_params(),
                                    skipped=tuple(self.skipped), notes=notes)
         return compressed, report
 

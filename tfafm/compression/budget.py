@@ -83,6 +83,7 @@ class Candidate:
     file_bytes: int | None
     validation: dict[str, Any] | None
     auc_drop: float | None  # the largest over the outputs with labels
+    variants: tuple = ()  # (label, auc_drop) of each variant built at this ratio, when there were several
 
     @property
     def reachable(self) -> bool:
@@ -119,34 +120,56 @@ class BudgetSearch:
         }
 
 
-def smallest_within_budget(plan, validation_data, max_auc_drop: float, quantization: str | None) -> BudgetSearch:
-    """Searches ``plan`` (a calibrated compression, see :mod:`tfafm.compression.api`) for the
-    smallest model whose AUC drop on ``validation_data`` is at most ``max_auc_drop``.
+def labelled(original, validation_data) -> tuple[dict, dict] | None:
+    """The original's predictions on ``validation_data`` and its labels, or None where no output
+    has 0/1 labels with both classes present."""
+    reference, labels = predict_outputs(original, validation_data)
+    return (reference, labels) if _scored(reference, labels) else None
+
+
+def best_of(plans, ratio: float, validation_data, reference, labels, quantization: str | None) -> Candidate:
+    """Each of ``plans`` (variants of one calibrated compression, see :mod:`tfafm.compression.api`)
+    allocated at ``ratio``, built and evaluated on ``validation_data``: the one with the smallest
+    AUC drop (the first on a tie), unreachable where none reaches ``ratio``."""
+    best, variants = None, []
+    for plan in plans:
+        try:
+            ranks = plan.ranks_for_ratio(ratio)
+        except UserError:  # out of the allocator's reach
+            continue
+        compressed, _ = plan.build(ranks)
+        comparison = _comparison(reference, labels, predict_outputs(compressed, validation_data)[0])
+        drops = [o["auc_drop"] for o in comparison["outputs"].values() if o["auc_drop"] is not None]
+        candidate = Candidate(ratio, ranks, compressed.count_params(), estimated_file_bytes(compressed, quantization),
+                              comparison, max(drops))
+        del compressed
+        variants.append((plan.label, candidate.auc_drop))
+        if best is None or candidate.auc_drop < best.auc_drop:
+            best = candidate
+    if best is None:
+        return Candidate(ratio, None, None, None, None, None)
+    return dataclasses.replace(best, variants=tuple(variants) if len(plans) > 1 else ())
+
+
+def smallest_within_budget(plans, validation_data, max_auc_drop: float, quantization: str | None) -> BudgetSearch:
+    """Searches ``plans`` (variants of one calibrated compression, see :mod:`tfafm.compression.api`;
+    at each ratio the best of them on ``validation_data``) for the smallest model whose AUC drop
+    on ``validation_data`` is at most ``max_auc_drop``.
 
     Raises:
         UserError: the validation data has no 0/1 labels, or not even a 1.25x
             compression stays within the budget.
     """
-    reference, labels = predict_outputs(plan.model, validation_data)
-    original = _scored(reference, labels)
-    if not original:
+    found = labelled(plans[0].original, validation_data)
+    if found is None:
         raise UserError("max_auc_drop needs validation_data whose labels are 0/1 clicks with both classes present.")
+    reference, labels = found
+    original = _scored(reference, labels)
     tried: list[Candidate] = []
 
     def evaluate(ratio: float) -> Candidate:
-        try:
-            ranks = plan.ranks_for_ratio(ratio)
-        except UserError:  # out of the allocator's reach
-            candidate = Candidate(ratio, None, None, None, None, None)
-        else:
-            compressed, _ = plan.build(ranks)
-            comparison = _comparison(reference, labels, predict_outputs(compressed, validation_data)[0])
-            drops = [o["auc_drop"] for o in comparison["outputs"].values() if o["auc_drop"] is not None]
-            candidate = Candidate(ratio, ranks, compressed.count_params(),
-                                  estimated_file_bytes(compressed, quantization), comparison, max(drops))
-            del compressed
-        tried.append(candidate)
-        return candidate
+        tried.append(best_of(plans, ratio, validation_data, reference, labels, quantization))
+        return tried[-1]
 
     best, failed = _bracket(evaluate, max_auc_drop)
     while best is not None and failed is not None and len(tried) < MAX_EVALUATIONS \
@@ -159,14 +182,14 @@ def smallest_within_budget(plan, validation_data, max_auc_drop: float, quantizat
     if best is None:
         drops = ", ".join(f"{c.ratio:g}x: {c.auc_drop:.4f}" for c in tried if c.reachable)
         if not drops:
-            raise UserError(f"Model {plan.model.name!r} cannot be compressed 2x: its compressible matrices are too "
+            raise UserError(f"Model {plans[0].original.name!r} cannot be compressed 2x: its compressible matrices are too "
                             "small for low-rank factors to save bytes.")
         raise UserError(f"No compression keeps the validation AUC within max_auc_drop={max_auc_drop:g} (AUC drop "
                         f"{drops}). Allow a larger drop, or compress and fine-tune (tfafm compress "
                         "--finetune-epochs).")
     passing = [c for c in tried if c.within(max_auc_drop)]
     chosen = min(passing, key=lambda c: (c.file_bytes, -c.ratio))
-    return BudgetSearch(max_auc_drop, quantization, original, estimated_file_bytes(plan.model, quantization),
+    return BudgetSearch(max_auc_drop, quantization, original, estimated_file_bytes(plans[0].original, quantization),
                         tried, chosen)
 
 

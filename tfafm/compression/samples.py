@@ -59,7 +59,7 @@ def _domain_of(layer, position: int) -> dict[str, Any] | None:
     from tfafm.layers.low_rank import LowRankEmbedding
 
     if isinstance(layer, ClipToVocabulary):
-        return {"high": layer.vocabulary_sizes[position]}
+        return {"high": layer.source_sizes[position]}
     if isinstance(layer, (keras.layers.Embedding, LowRankEmbedding)):
         return {"high": int(layer.input_dim)}
     if isinstance(layer, keras.layers.CategoryEncoding):

@@ -30,14 +30,32 @@ class ClipToVocabulary(keras.layers.Layer):
     agree, and no lookup reads outside its table. All fields are checked in one
     vectorised comparison (a handful of ops instead of several per field, which
     matters for batch-1 latency on phones).
+
+    Args:
+        vocabulary_sizes: per field, the ids let through.
+        pruned_from: per field, the vocabulary the ids come from, where compression
+            pruned the rows of its rare ids (:mod:`tfafm.compression.rare_ids`): ids in
+            ``[vocabulary_sizes[i], pruned_from[i])`` are valid and read row 0 by design.
+            What a schema's ``vocabulary_size`` is checked against. None: the same as
+            ``vocabulary_sizes``.
     """
 
-    def __init__(self, vocabulary_sizes: Sequence[int], **kwargs: Any):
+    def __init__(self, vocabulary_sizes: Sequence[int], pruned_from: Sequence[int] | None = None, **kwargs: Any):
         super().__init__(**kwargs)
         sizes = [int(v) for v in vocabulary_sizes]
         if not sizes or min(sizes) < 1:
             raise UserError(f"vocabulary_sizes must be positive integers, got {vocabulary_sizes}.")
         self.vocabulary_sizes = sizes
+        self.pruned_from = None if pruned_from is None else [int(v) for v in pruned_from]
+        if self.pruned_from is not None and (len(self.pruned_from) != len(sizes)
+                                             or any(p < v for p, v in zip(self.pruned_from, sizes))):
+            raise UserError(f"pruned_from must be as many sizes as vocabulary_sizes, none smaller, got "
+                            f"{pruned_from} for {sizes}.")
+
+    @property
+    def source_sizes(self) -> list[int]:
+        """Per field, the vocabulary its ids come from (``pruned_from``, else ``vocabulary_sizes``)."""
+        return self.pruned_from if self.pruned_from is not None else self.vocabulary_sizes
 
     def call(self, ids):
         columns = [x if len(x.shape) == 2 else ops.reshape(x, (-1, 1)) for x in ids]
@@ -51,7 +69,8 @@ class ClipToVocabulary(keras.layers.Layer):
         return [keras.KerasTensor((x.shape[0],), dtype="int32") for x in ids]
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "vocabulary_sizes": self.vocabulary_sizes}
+        config = {**super().get_config(), "vocabulary_sizes": self.vocabulary_sizes}
+        return config if self.pruned_from is None else {**config, "pruned_from": self.pruned_from}
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
