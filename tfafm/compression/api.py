@@ -362,7 +362,8 @@ def compress(
     notes = report.notes
     if candidate is not None and candidate.variants:
         notes += ("rows of rare ids: id_coverage chosen on the validation AUC at this ratio (AUC drop: "
-                  + ", ".join(f"{label} {drop:+.4f}" for label, drop in candidate.variants) + ")",)
+                  + ", ".join(f"{label} {'out of reach' if drop is None else f'{drop:+.4f}'}"
+                              for label, drop in candidate.variants) + ")",)
     elif choice_note:
         notes += (choice_note,)
     return compressed, dataclasses.replace(report, accuracy=accuracy, quantization=quantization,

@@ -83,7 +83,7 @@ class Candidate:
     file_bytes: int | None
     validation: dict[str, Any] | None
     auc_drop: float | None  # the largest over the outputs with labels
-    variants: tuple = ()  # (label, auc_drop) of each variant built at this ratio, when there were several
+    variants: tuple = ()  # (label, auc_drop or None: out of reach) of each variant tried, when there were several
 
     @property
     def reachable(self) -> bool:
@@ -136,6 +136,7 @@ def best_of(plans, ratio: float, validation_data, reference, labels, quantizatio
         try:
             ranks = plan.ranks_for_ratio(ratio)
         except UserError:  # out of the allocator's reach
+            variants.append((plan.label, None))
             continue
         compressed, _ = plan.build(ranks)
         comparison = _comparison(reference, labels, predict_outputs(compressed, validation_data)[0])
