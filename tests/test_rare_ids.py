@@ -9,6 +9,7 @@ import pytest
 import tfafm
 from tfafm import models
 from tfafm.compression import rare_ids
+from tfafm.compression.check import run_checked
 from tfafm.compression.report import estimated_file_bytes
 from tfafm.data.synthetic import SyntheticCriteo
 from tfafm.layers.lookup import InRangeEmbedding
@@ -167,3 +168,21 @@ def test_auto_coverage_is_chosen_on_validation_labels_and_keeps_every_row_withou
     assert [label for label, _ in entries] == ["1", "0.99", "0.95", "0.9"] and budget["evaluations"] >= 2
     assert all(value == "out of reach" or abs(float(value)) < 1 for _, value in entries)  # an AUC drop or none
     assert report.accuracy["validation"]["outputs"]["prediction"]["auc_drop"] <= 0.02
+
+
+def test_check_compares_rows_whose_ids_kept_their_rows_and_refuses_a_moved_row(monkeypatch):
+    model = _toy()
+    calibration = _rows([1, 1, 1, 1, 1, 2, 2, 2, 4, 5], [1] * 10)
+    counted = rare_ids.count(model, calibration)
+    pruned, pruning = rare_ids.prune(model, counted, 0.8)
+    rows = _rows([1, 2, 4, 0, 2], [1, 1, 1, 1, 3])  # rows 0 and 1 keep their rows; 4, row 0 and 3 do not
+    reference = run_checked(model, rows, "the original")
+    assert rare_ids.check(model, pruned, counted, pruning, rows, reference) == 2
+    assert rare_ids.check(model, pruned, counted, pruning, _rows([4], [1]), {k: v[2:3] for k, v in
+                                                                             reference.items()}) == 0
+    # Sabotage: the kept rows shift by one (row i gets row i + 1). The check refuses the pruned model.
+    honest = rare_ids._pruned_table
+    monkeypatch.setattr(rare_ids, "_pruned_table", lambda table, counts, kept: honest(table[1:], counts[1:], kept))
+    broken, pruning = rare_ids.prune(model, counted, 0.8)
+    with pytest.raises(tfafm.errors.UserError, match=r"Pruning the rows of rare ids changed output .* on 2 sample"):
+        rare_ids.check(model, broken, counted, pruning, rows, reference)

@@ -318,7 +318,7 @@ def compress(
     validation, choice_note = None, None
     if budgeted and calibration_data is not None:
         variants, validation, choice_note = _variants(model, calibration_data, calibration_steps, id_coverage,
-                                                      validation_data)
+                                                      validation_data, rows, reference)
     names = {t.name for t in targets}
     plans = []
     for variant, pruning in variants:
@@ -370,11 +370,13 @@ def compress(
                                            criterion=criterion, notes=notes)
 
 
-def _variants(model, calibration_data, steps: int | None, id_coverage, validation_data):
+def _variants(model, calibration_data, steps: int | None, id_coverage, validation_data, rows, reference):
     """The models to allocate ranks in: ``(model, None)`` and, per coverage of ``id_coverage`` below 1
     that prunes something, ``(pruned model, Pruning)`` (:mod:`tfafm.compression.rare_ids`); with the
     original's validation predictions and labels (``"auto"`` needs labels) and a note when ``"auto"``
-    could not choose."""
+    could not choose. Each pruned model is checked against the original on the sample ``rows`` whose
+    ids all kept their rows (:func:`~tfafm.compression.rare_ids.check`; ``reference``: the original's
+    outputs there)."""
     coverages = [c for c in rare_ids.levels(id_coverage) if c < 1.0]
     if not coverages or not rare_ids.find_fields(model):
         return [(model, None)], None, None
@@ -390,6 +392,7 @@ def _variants(model, calibration_data, steps: int | None, id_coverage, validatio
         with failures_named(f"Pruning the rows of rare ids of model {model.name!r} fails"):
             pruned, pruning = rare_ids.prune(model, counted, coverage)
         if pruning is not None:
+            rare_ids.check(model, pruned, counted, pruning, rows, reference)
             variants.append((pruned, pruning))
     return variants or [(model, None)], validation, None
 

@@ -30,10 +30,11 @@ import keras
 import numpy as np
 
 from tfafm_choices import ID_COVERAGE, ID_COVERAGES
+from tfafm.compression.check import run_checked
 from tfafm.compression.id_counts import count_guarded_ids
 from tfafm.compression.rewrite import rebuild
 from tfafm.errors import UserError
-from tfafm.graph import call_counts, is_graph_model, readers
+from tfafm.graph import call_counts, is_graph_model, model_inputs, pack_inputs, readers
 from tfafm.layers.lookup import InRangeEmbedding
 from tfafm.models.layers import ClipToVocabulary, LinearTerms
 
@@ -209,6 +210,35 @@ def prune(model: keras.Model, counted: CountedFields, coverage: float) -> tuple[
         return model, None
     pruned, _, _ = rebuild(model, replacements)
     return pruned, Pruning(coverage, fields, before, after)
+
+
+def check(model: keras.Model, pruned: keras.Model, counted: CountedFields, pruning: Pruning,
+          rows: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> int:
+    """Checks that ``pruned`` predicts what ``model`` predicts (``reference``, its outputs on ``rows``)
+    on the rows whose ids all kept their own rows (every pruned field's id in ``[1, kept)``: row 0
+    changed); returns how many rows that was (0: none of ``rows`` qualifies, nothing checked).
+
+    Raises:
+        UserError: the predictions differ there (a table or first-order row moved): the pruned model is
+            not handed back.
+    """
+    kept = [pruned.get_layer(plan.guard.name).vocabulary_sizes[index]
+            for plan in counted.fields for index in plan.indices]
+    probe = keras.Model(model.input, [plan.guard.output[index] for plan in counted.fields for index in plan.indices])
+    ids = keras.tree.flatten(probe(pack_inputs(model, model_inputs(model, rows)), training=False))
+    ids = np.stack([np.asarray(x).reshape(-1) for x in ids], axis=1)
+    inside = np.all((ids >= 1) & (ids < np.array(kept)), axis=1)
+    if not inside.any():
+        return 0
+    got = run_checked(pruned, {name: values[inside] for name, values in rows.items()}, "The pruned model")
+    for name, expected in reference.items():
+        expected = expected[inside]
+        difference = float(np.max(np.abs(got[name].reshape(expected.shape) - expected)))
+        if difference > 1e-4 * max(1.0, float(np.max(np.abs(expected)))):
+            raise UserError(f"Pruning the rows of rare ids changed output {name!r} on {int(inside.sum())} sample "
+                            f"rows whose ids all kept their rows (max abs diff {difference:.3g}; "
+                            f"{pruning.note().split(';')[0]}): the pruned model is not handed back.")
+    return int(inside.sum())
 
 
 def _pruned_lookup(layer, counts: np.ndarray, kept: int):
