@@ -9,8 +9,9 @@ attention, bilinear, ...) needs the ``d``-wide vectors: for those the fused
 model keeps the projection as a plain ``Dense(d)`` computed once per
 embedding and shared by all such consumers, and where a list of them feeds
 one interaction (``StackFields`` of FM, CIN, attention; keras_rs
-``DotInteraction``) all of them come from ONE matmul of the concatenated
-codes by a block-diagonal ``(sum k_i, F d)`` matrix.
+``DotInteraction``) the factored ones come from ONE matmul of their
+concatenated codes by a block-diagonal ``(sum k_i, F d)`` matrix, and the
+fields left whole are their rows as read, reshaped to ``(batch, F, d)``.
 
 The tables themselves are read by ONE gather: the in-range lookups (low-rank
 or whole) behind a :class:`ClipToVocabulary` guard become one
@@ -436,26 +437,55 @@ class _Fuser:
         layer.set_weights([projections.astype(np.float32), np.stack([s.bias for s in codes]).astype(np.float32)])
         return outputs
 
+    def _projected_fields(self, codes: list[_Segment], name: str):
+        """``(batch, fields, d)`` of projected codes: one block-diagonal matmul when its zeros are few
+        (at most ``SPARSE_LIMIT`` bytes), else a :class:`CodeProjections`."""
+        width = codes[0].width
+        rank_sum = sum(s.projection.shape[0] for s in codes)
+        if 4 * rank_sum * width * (len(codes) - 1) > self.SPARSE_LIMIT:
+            return self._fields(codes, name)
+        return keras.ops.reshape(self._joint_projection(codes, name), (-1, len(codes), width))
+
+    def _stacked_fields(self, segments: list[_Segment], name: str):
+        """``(batch, fields, d)`` of the segments' vectors, all of width ``d``, in the segments' order.
+
+        Fields left whole (identity codes) are their codes, reshaped as they
+        lie side by side (no projection, no per-column gather); the factored
+        ones are projected at once (:meth:`_projected_fields`). The two
+        stacks are joined along the field axis and, where that order is not
+        the segments', put back in order by one gather of whole d-wide rows.
+        """
+        width = segments[0].width
+        raw = [i for i, s in enumerate(segments) if _is_raw(s)]
+        factored = [i for i, s in enumerate(segments) if not _is_raw(s)]
+        parts, order = [], []
+        if raw:
+            joined, positions = self._join_segments([segments[i] for i in raw], f"{name}_whole")
+            parts.append(keras.ops.reshape(joined, (-1, len(raw), width)))
+            order += [raw[j] for j in sorted(range(len(raw)), key=positions.__getitem__)]
+        if factored:
+            parts.append(self._projected_fields([segments[i] for i in factored], name))
+            order += factored
+        fields = parts[0] if len(parts) == 1 else keras.layers.Concatenate(axis=1, name=f"{name}_stacked")(parts)
+        if order != sorted(order):
+            fields = keras.ops.take(fields, np.argsort(order).astype(np.int32), axis=1)
+        return fields
+
     def _vector_list(self, op, layer, vectors: list):
         """Computes the d-wide vectors of a list consumer (``StackFields``, ``DotInteraction``) that are
-        projected codes all at once (see :meth:`_joint_projection` and :meth:`_fields`)."""
+        projected codes all at once (see :meth:`_stacked_fields`)."""
         codes = [(i, self._projected_code(v)) for i, v in enumerate(vectors)]
         widths = {s.projection.shape[1] for _, s in codes if s is not None}
         if len(widths) == 1 and all(len(v.shape) == 2 and v.shape[-1] in widths for v in vectors):
-            # Fields left whole join as identity "codes", so that every field comes from the one op
-            # (and an FM can run on codes).
+            # Fields left whole join as identity "codes": all fields come stacked at once (and an FM can
+            # run on codes).
             width = next(iter(widths))
             codes = [(i, s or _Segment(v, np.eye(width), np.zeros(width))) for (i, s), v in zip(codes, vectors)]
         codes = [(i, s) for i, s in codes if s is not None]
         if len(codes) < 2 or len(widths) != 1:
             return op(vectors)
-        width = widths.pop()
         segments = [s for _, s in codes]
-        rank_sum = sum(s.projection.shape[0] for s in segments)
-        if 4 * rank_sum * width * (len(segments) - 1) > self.SPARSE_LIMIT:  # block-diagonal zeros
-            fields = self._fields(segments, layer.name)
-        else:
-            fields = keras.ops.reshape(self._joint_projection(segments, layer.name), (-1, len(codes), width))
+        fields = self._stacked_fields(segments, layer.name)
         self.report.notes.append(f"{layer.name}: {len(codes)} embedding projections computed at once")
         if isinstance(layer, StackFields) and len(codes) == len(vectors):
             self.fields[id(fields)] = segments
