@@ -103,16 +103,34 @@ def test_fusion_folds_into_low_rank_dense_and_round_trips(data, tmp_path):
     assert losses[-1] < losses[0]
 
 
-def test_interaction_inputs_come_from_one_block_diagonal_matmul(data, tmp_path):
+def test_interaction_inputs_come_from_one_block_diagonal_matmul(data):
+    features = data[1]
+    compressed = _compressed("xdeepfm", data, include=("embeddings",), target_ratio=None, energy=0.5)
+    fused, report = tfafm.fuse(compressed)
+    joint = fused.get_layer("fields_projections")  # the CIN's field matrix
+    ranks = [layer.rank for layer in compressed.layers if isinstance(layer, LowRankEmbedding)]
+    fields = len(data[0].sparse)  # fields left whole join with an identity block
+    assert ranks and joint.kernel.shape == (sum(ranks) + 6 * (fields - len(ranks)), 6 * fields)
+    assert any("computed at once" in note for note in report.notes)
+    np.testing.assert_allclose(fused.predict(features, verbose=0), compressed.predict(features, verbose=0), atol=1e-5)
+
+
+def test_fields_left_whole_skip_the_projection_when_its_zeros_are_many(data, monkeypatch, tmp_path):
+    """Past SPARSE_LIMIT, a field left whole reaches the interaction as its row as read (no identity block,
+    no per-column gather); the factored fields are projected at once, and the stacks put back in field order."""
+    from tfafm.compression.fusion import _Fuser
+
     schema, features, _ = data
     chosen = _every_field(schema)
     del chosen[list(chosen)[2]]  # the middle field left whole
     compressed = _compressed("xdeepfm", data, ranks=chosen, target_ratio=None)
+    ranks = list(chosen.values())
+    factored_zeros = 4 * sum(ranks) * 6 * (len(ranks) - 1)
+    all_zeros = 4 * (sum(ranks) + 6) * 6 * len(ranks)
+    monkeypatch.setattr(_Fuser, "SPARSE_LIMIT", (factored_zeros + all_zeros) // 2)
     fused, report = tfafm.fuse(compressed)
     joint = fused.get_layer("fields_projections")  # the CIN's field matrix, for the factored fields only
-    assert joint.kernel.shape == (sum(chosen.values()), 6 * len(chosen))
-    # The field left whole is its row as read: no identity block, no per-column gather; the stacks are put
-    # back in field order.
+    assert joint.kernel.shape == (sum(ranks), 6 * len(ranks))
     assert not [layer for layer in fused.layers if isinstance(layer, tfafm.models.layers.CodeProjections)]
     assert any("computed at once" in note for note in report.notes)
     np.testing.assert_allclose(fused.predict(features, verbose=0), compressed.predict(features, verbose=0), atol=1e-5)

@@ -437,36 +437,40 @@ class _Fuser:
         layer.set_weights([projections.astype(np.float32), np.stack([s.bias for s in codes]).astype(np.float32)])
         return outputs
 
-    def _projected_fields(self, codes: list[_Segment], name: str):
-        """``(batch, fields, d)`` of projected codes: one block-diagonal matmul when its zeros are few
-        (at most ``SPARSE_LIMIT`` bytes), else a :class:`CodeProjections`."""
-        width = codes[0].width
+    def _one_matmul_pays(self, codes: list[_Segment]) -> bool:
+        """Whether the block-diagonal matrix projecting ``codes`` at once stores few zeros (at most
+        ``SPARSE_LIMIT`` bytes)."""
         rank_sum = sum(s.projection.shape[0] for s in codes)
-        if 4 * rank_sum * width * (len(codes) - 1) > self.SPARSE_LIMIT:
+        return 4 * rank_sum * codes[0].width * (len(codes) - 1) <= self.SPARSE_LIMIT
+
+    def _projected_fields(self, codes: list[_Segment], name: str):
+        """``(batch, fields, d)`` of projected codes: one block-diagonal matmul when its zeros are few,
+        else a :class:`CodeProjections`."""
+        if not self._one_matmul_pays(codes):
             return self._fields(codes, name)
-        return keras.ops.reshape(self._joint_projection(codes, name), (-1, len(codes), width))
+        return keras.ops.reshape(self._joint_projection(codes, name), (-1, len(codes), codes[0].width))
 
     def _stacked_fields(self, segments: list[_Segment], name: str):
         """``(batch, fields, d)`` of the segments' vectors, all of width ``d``, in the segments' order.
 
-        Fields left whole (identity codes) are their codes, reshaped as they
-        lie side by side (no projection, no per-column gather); the factored
-        ones are projected at once (:meth:`_projected_fields`). The two
-        stacks are joined along the field axis and, where that order is not
-        the segments', put back in order by one gather of whole d-wide rows.
+        All at once by one block-diagonal matmul (identity blocks for the
+        fields left whole) where it stores few zeros. Otherwise the fields
+        left whole are their codes, reshaped as they lie side by side (no
+        identity block, no per-column gather), the factored ones are
+        projected at once (:meth:`_projected_fields`), and the two stacks are
+        joined along the field axis and, where that order is not the
+        segments', put back in order by one gather of whole d-wide rows.
         """
         width = segments[0].width
         raw = [i for i, s in enumerate(segments) if _is_raw(s)]
         factored = [i for i, s in enumerate(segments) if not _is_raw(s)]
-        parts, order = [], []
-        if raw:
-            joined, positions = self._join_segments([segments[i] for i in raw], f"{name}_whole")
-            parts.append(keras.ops.reshape(joined, (-1, len(raw), width)))
-            order += [raw[j] for j in sorted(range(len(raw)), key=positions.__getitem__)]
-        if factored:
-            parts.append(self._projected_fields([segments[i] for i in factored], name))
-            order += factored
-        fields = parts[0] if len(parts) == 1 else keras.layers.Concatenate(axis=1, name=f"{name}_stacked")(parts)
+        if not raw or not factored or self._one_matmul_pays(segments):
+            return self._projected_fields(segments, name)
+        joined, positions = self._join_segments([segments[i] for i in raw], f"{name}_whole")
+        order = [raw[j] for j in sorted(range(len(raw)), key=positions.__getitem__)] + factored
+        parts = [keras.ops.reshape(joined, (-1, len(raw), width)),
+                 self._projected_fields([segments[i] for i in factored], name)]
+        fields = keras.layers.Concatenate(axis=1, name=f"{name}_stacked")(parts)
         if order != sorted(order):
             fields = keras.ops.take(fields, np.argsort(order).astype(np.int32), axis=1)
         return fields
