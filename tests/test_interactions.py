@@ -193,3 +193,39 @@ def test_merged_embedding_tables_can_read_one_field_twice():
         MergedEmbedding([3, 2], [2, 1], sources=[0])
     with pytest.raises(ValueError, match="inputs up to 2"):
         MergedEmbedding.from_tables(tables, sources=[0, 1, 2])(ids)
+
+
+def test_merged_embedding_reads_the_guards_stacked_ids(tmp_path):
+    # The guard with stacked=True hands over (batch, 3) ids; the tables read columns 1 and 2 (a slice of
+    # whole rows) or columns 2, 0, 2 (element by element), as the list input would give them.
+    guard = ClipToVocabulary([3, 2, 2], stacked=True)
+    inputs = [keras.Input((1,), dtype="int32") for _ in range(3)]
+    stacked = guard(inputs)
+    assert tuple(stacked.shape) == (None, 3)
+    rows = MergedEmbedding.from_tables([np.arange(4, dtype="float32").reshape(2, 2),
+                                        np.arange(10, 14, dtype="float32").reshape(2, 2)], sources=[1, 2])
+    elements = MergedEmbedding.from_tables([np.array([[1.0], [2.0]], "float32"),
+                                            np.arange(6, dtype="float32").reshape(3, 2),
+                                            np.array([[5.0], [6.0]], "float32")], sources=[2, 0, 2])
+    model = keras.Model(inputs, [rows(stacked), elements(stacked)])
+    batch = [np.array([[2], [7]], "int32"), np.array([[1], [-1]], "int32"), np.array([[0], [1]], "int32")]
+    # First row: ids (2, 1, 0). Second row: ids (7 out of range -> 0, -1 -> 0, 1).
+    expected_rows = [[2.0, 3.0, 10.0, 11.0], [0.0, 1.0, 12.0, 13.0]]
+    expected_elements = [[1.0, 4.0, 5.0, 5.0], [2.0, 0.0, 1.0, 6.0]]
+    outputs = model(batch)
+    np.testing.assert_allclose(_np(outputs[0]), expected_rows)
+    np.testing.assert_allclose(_np(outputs[1]), expected_elements)
+    swapped = MergedEmbedding.from_tables([np.arange(4, dtype="float32").reshape(2, 2),
+                                           np.arange(10, 16, dtype="float32").reshape(3, 2)], sources=[2, 0])
+    np.testing.assert_allclose(_np(swapped(guard(batch))), [[0.0, 1.0, 14.0, 15.0], [2.0, 3.0, 10.0, 11.0]])
+    per_field = ClipToVocabulary([3, 2, 2])(batch)
+    np.testing.assert_allclose(_np(rows(per_field)), expected_rows)
+    np.testing.assert_allclose(_np(elements(per_field)), expected_elements)
+    assert ClipToVocabulary.from_config(guard.get_config()).stacked
+    assert "stacked" not in ClipToVocabulary([3]).get_config()
+    path = str(tmp_path / "stacked.keras")
+    model.save(path)
+    reloaded = keras.models.load_model(path)(batch)
+    np.testing.assert_allclose(_np(reloaded[0]), expected_rows)
+    with pytest.raises(ValueError, match="inputs up to 2"):
+        rows(keras.ops.zeros((2, 2), "int32"))

@@ -224,7 +224,7 @@ class _Fuser:
     def call(self, op, *args, **kwargs):
         original = self.originals.get(id(op), op)
         if isinstance(original, ClipToVocabulary) and original.name in self.plan and not kwargs:
-            return self._guard(op, original, *args)
+            return self._guard(original, *args)
         if isinstance(original, LowRankEmbedding):
             return self._embed(original, *args, **kwargs)
         if id(original) in self.codes and not kwargs:
@@ -255,15 +255,17 @@ class _Fuser:
 
     # --------------------------------------------------------------- handlers
 
-    def _guard(self, op, guard: ClipToVocabulary, ids):
+    def _guard(self, guard: ClipToVocabulary, ids):
         """Runs the id guard, then all lookups planned behind it (and its first-order weights) as one
-        :class:`MergedEmbedding`."""
-        guarded = op(ids)
+        :class:`MergedEmbedding`. The guard hands the merged lookups its ``(batch, fields)`` ids as they
+        are (``stacked``), not split per field and stacked again; its per-field outputs, which it returns
+        for any other reader, are split from them only where something reads them."""
+        stacked = ClipToVocabulary.from_config({**guard.get_config(), "stacked": True})(ids)
+        guarded = keras.ops.unstack(stacked, num=len(guard.vocabulary_sizes), axis=1)
         fields = self.plan[guard.name]
         layers = [layer for _, layer in fields]
         tables = [layer.embeddings.numpy() for layer in layers]
-        inputs = [guarded[i] for i, _ in fields]
-        sources = list(range(len(inputs)))
+        sources = [i for i, _ in fields]
         linear, indices = self.linear.get(guard.name, (None, []))
         if linear is not None:
             weights = linear.weights_table.numpy()
@@ -272,12 +274,7 @@ class _Fuser:
             factor = factor if np.isfinite(factor) and factor > 0 else 1.0
             tables += [factor * weights[start:start + size] for start, size in zip(linear.offsets,
                                                                                     linear.vocabulary_sizes)]
-            positions = {index: position for position, (index, _) in enumerate(fields)}
-            for index in indices:
-                if index not in positions:
-                    positions[index] = len(inputs)
-                    inputs.append(guarded[index])
-            sources += [positions[index] for index in indices]
+            sources += indices
         widths = [t.shape[1] for t in tables[:len(layers)]]
         common = max(set(widths), key=widths.count)
         rows = [f for f, width in enumerate(widths) if width == common]
@@ -292,7 +289,7 @@ class _Fuser:
                                                  sources=[sources[t] for t in group + extra],
                                                  name=f"{guard.name}_{'tables' if last else 'rows'}",
                                                  dtype=layers[0].dtype_policy)
-            codes = merged(inputs)
+            codes = merged(stacked)
             start = 0
             for field, width in zip(group, merged.widths):
                 code = codes[:, start:start + width]

@@ -90,9 +90,11 @@ class MergedEmbedding(keras.layers.Layer):
     cost a batch of rows dearly (~1 ms for 256 rows of 350 columns).
 
     Input: a list of int ``(batch,)`` id tensors (the output of
-    :class:`~tfafm.models.layers.ClipToVocabulary`); table ``f`` reads input
-    ``sources[f]`` (by default input ``f``), so several tables may read one
-    field's ids. Output ``(batch, sum_f k_f)``: the tables' rows side by side,
+    :class:`~tfafm.models.layers.ClipToVocabulary`), or one int ``(batch, n)``
+    tensor of them side by side (its output with ``stacked=True``: no split
+    and re-stack); table ``f`` reads input (column) ``sources[f]`` (by
+    default ``f``), so several tables may read one field's ids. Output
+    ``(batch, sum_f k_f)``: the tables' rows side by side,
     ``concat_f table_f[ids[sources[f]]]``.
 
     Ids must lie in ``[0, V_f)`` as for :class:`InRangeEmbedding`: put a
@@ -136,21 +138,41 @@ class MergedEmbedding(keras.layers.Layer):
         shape = (self.table_size,) if self.row_width is None else (self.table_size // self.row_width, self.row_width)
         self.embeddings = self.add_weight(name="embeddings", shape=shape, initializer=self.embeddings_initializer)
 
-    def call(self, ids):
-        if len(ids) <= max(self.sources):
+    def _columns(self, ids, columns: list[int]):
+        """Inputs (columns) ``columns`` of ``ids`` side by side, as one int32 ``(batch, len(columns))`` tensor."""
+        if isinstance(ids, (list, tuple)):
+            count = len(ids)
+        elif len(ids.shape) == 2:
+            count = ids.shape[-1]
+        else:
+            raise UserError(f"Layer {self.name!r}: expected a list of (batch,) id tensors or one (batch, n) "
+                            f"tensor of them, got shape {tuple(ids.shape)}.")
+        if count is not None and count <= max(self.sources):
             raise UserError(f"Layer {self.name!r}: its tables read inputs up to {max(self.sources)}, "
-                            f"but {len(ids)} id tensors were given.")
+                            f"but {count} id columns were given.")
+        if isinstance(ids, (list, tuple)):
+            return ops.stack([ops.cast(ids[i], "int32") for i in columns], axis=1)
+        ids = ops.cast(ids, "int32")
+        if columns == list(range(count)):
+            return ids
+        if columns == list(range(columns[0], columns[0] + len(columns))):
+            return ids[:, columns[0]:columns[0] + len(columns)]
+        return ops.take(ids, ops.convert_to_tensor(columns, "int32"), axis=1)
+
+    def call(self, ids):
         if self.row_width is not None:
-            stacked = ops.stack([ops.cast(ids[i], "int32") for i in self.sources], axis=1)
+            stacked = self._columns(ids, self.sources)
             rows = gather_rows(self.embeddings, stacked + ops.convert_to_tensor(self._row_start))
             return ops.cast(ops.reshape(rows, (-1, len(self.widths) * self.row_width)), self.compute_dtype)
-        stacked = ops.stack([ops.cast(x, "int32") for x in ids], axis=1)
+        count = len(ids) if isinstance(ids, (list, tuple)) else ids.shape[-1]
+        stacked = self._columns(ids, list(range(count)))
         spread = ops.take(stacked, ops.convert_to_tensor(self._column_field), axis=1)
         index = spread * ops.convert_to_tensor(self._column_stride) + ops.convert_to_tensor(self._column_start)
         return ops.cast(gather_rows(self.embeddings, index), self.compute_dtype)
 
     def compute_output_shape(self, input_shape):
-        return (input_shape[0][0], sum(self.widths))
+        batch = input_shape[0] if isinstance(input_shape[0], (int, type(None))) else input_shape[0][0]
+        return (batch, sum(self.widths))
 
     def get_config(self) -> dict[str, Any]:
         return {

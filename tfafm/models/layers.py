@@ -38,10 +38,15 @@ class ClipToVocabulary(keras.layers.Layer):
             ``[vocabulary_sizes[i], pruned_from[i])`` are valid and read row 0 by design.
             What a schema's ``vocabulary_size`` is checked against. None: the same as
             ``vocabulary_sizes``.
+        stacked: return one ``(batch, fields)`` int32 tensor instead of the list of
+            per-field ones (what :class:`~tfafm.layers.lookup.MergedEmbedding` reads,
+            without a split and a re-stack).
     """
 
-    def __init__(self, vocabulary_sizes: Sequence[int], pruned_from: Sequence[int] | None = None, **kwargs: Any):
+    def __init__(self, vocabulary_sizes: Sequence[int], pruned_from: Sequence[int] | None = None,
+                 stacked: bool = False, **kwargs: Any):
         super().__init__(**kwargs)
+        self.stacked = bool(stacked)
         sizes = [int(v) for v in vocabulary_sizes]
         if not sizes or min(sizes) < 1:
             raise UserError(f"vocabulary_sizes must be positive integers, got {vocabulary_sizes}.")
@@ -63,14 +68,18 @@ class ClipToVocabulary(keras.layers.Layer):
         sizes = ops.convert_to_tensor(self.vocabulary_sizes, dtype="int32")
         # Too large -> 0, then negative -> 0: three ops (a comparison, a select against a scalar, a maximum).
         guarded = ops.maximum(ops.where(ops.less(stacked, sizes), stacked, 0), 0)
-        return ops.unstack(guarded, num=len(self.vocabulary_sizes), axis=1)
+        return guarded if self.stacked else ops.unstack(guarded, num=len(self.vocabulary_sizes), axis=1)
 
     def compute_output_spec(self, ids):
+        if self.stacked:
+            return keras.KerasTensor((ids[0].shape[0], len(self.vocabulary_sizes)), dtype="int32")
         return [keras.KerasTensor((x.shape[0],), dtype="int32") for x in ids]
 
     def get_config(self) -> dict[str, Any]:
         config = {**super().get_config(), "vocabulary_sizes": self.vocabulary_sizes}
-        return config if self.pruned_from is None else {**config, "pruned_from": self.pruned_from}
+        if self.pruned_from is not None:
+            config["pruned_from"] = self.pruned_from
+        return {**config, "stacked": True} if self.stacked else config
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
