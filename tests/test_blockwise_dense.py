@@ -1,4 +1,5 @@
-"""BlockwiseDense: the same function as Dense, computed block by block (the keras-rs way: hand-computed outputs)."""
+"""BlockwiseDense and BlockwiseLowRankDense: the same functions as Dense and LowRankDense, computed block by block
+(the keras-rs way: hand-computed outputs)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 import keras
 
 import tfafm  # noqa: F401  (registers the layers)
-from tfafm.layers import BlockwiseDense
+from tfafm.layers import BlockwiseDense, BlockwiseLowRankDense, LowRankDense
 
 
 def test_ones_kernel_sums_each_block_once():
@@ -47,3 +48,33 @@ def test_blocks_that_do_not_cover_the_input_are_refused_naming_the_layer():
         BlockwiseDense(3, blocks=[2, 2], name="split").build((None, 5))
     with pytest.raises(ValueError, match="positive block widths"):
         BlockwiseDense(3, blocks=[2, 0])
+
+
+def test_low_rank_ones_factors_sum_each_block_once():
+    layer = BlockwiseLowRankDense(3, rank=2, blocks=[2, 1], kernel_initializer="ones", bias_initializer="ones")
+    x = np.array([[1.0, 2.0, 3.0]], dtype="float32")
+    # Code: 1 + 2 + 3 + 1 = 7 on both; output: 7 + 7 + 1 = 15 on each of the 3 units.
+    np.testing.assert_array_equal(layer(x).numpy(), [[15.0, 15.0, 15.0]])
+
+
+def test_low_rank_same_output_as_low_rank_dense_with_its_weights(tmp_path):
+    rng = np.random.default_rng(2)
+    plain = LowRankDense(5, rank=3, activation="relu", inner_activation="tanh")
+    x = rng.normal(size=(4, 7)).astype("float32")
+    expected = plain(x).numpy()
+    split = BlockwiseLowRankDense(5, rank=3, blocks=[4, 3], activation="relu", inner_activation="tanh")
+    split.build(x.shape)
+    split.set_weights(plain.get_weights())
+    np.testing.assert_allclose(split(x).numpy(), expected, rtol=1e-5, atol=1e-6)
+    down, up, down_bias, up_bias = plain.get_weights()
+    np.testing.assert_allclose(expected, np.maximum(np.tanh(x @ down + down_bias) @ up + up_bias, 0), rtol=1e-5,
+                               atol=1e-6)
+    inputs = keras.Input((7,), name="x")
+    model = keras.Model(inputs, split(inputs))
+    config = split.get_config()
+    assert config["blocks"] == [4, 3] and BlockwiseLowRankDense.from_config(config).get_config() == config
+    path = str(tmp_path / "low.keras")
+    model.save(path)
+    np.testing.assert_array_equal(keras.models.load_model(path)(x).numpy(), model(x).numpy())
+    with pytest.raises(ValueError, match="blocks \\[4, 4\\] sum to 8, the input has 7"):
+        BlockwiseLowRankDense(5, rank=3, blocks=[4, 4], name="split").build((None, 7))

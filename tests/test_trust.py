@@ -294,26 +294,35 @@ def test_output_check_alone_refuses_a_wrongly_scaled_int8_table(big_table_model,
     _assert_nothing_written(tmp_path)
 
 
-def _mixed_magnitudes():
-    """A Dense over 400 tiny features (which carry the signal) concatenated with 4 large ones, and rows."""
+def _mixed_magnitudes(low_rank: bool = False):
+    """A Dense (or a rank-8 LowRankDense) over 400 tiny features (which carry the signal) concatenated with
+    4 large ones, and rows."""
     small, dense = keras.Input((400,), name="small"), keras.Input((4,), name="dense")
     joined = keras.layers.Concatenate(name="joined")([small, dense])
-    hidden = keras.layers.Dense(16, activation="relu", name="hidden")(joined)
+    layer = (tfafm.LowRankDense(16, rank=8, activation="relu", name="hidden") if low_rank
+             else keras.layers.Dense(16, activation="relu", name="hidden"))
+    hidden = layer(joined)
     model = keras.Model([small, dense], keras.layers.Dense(1, activation="sigmoid", name="click")(hidden),
                         name="mixed")
     rng = np.random.default_rng(0)
-    kernel = np.concatenate([rng.normal(0, 30, (400, 16)), rng.normal(0, 0.1, (4, 16))]).astype("float32")
-    model.get_layer("hidden").set_weights([kernel, np.zeros(16, "float32")])
+    width = 8 if low_rank else 16
+    kernel = np.concatenate([rng.normal(0, 30, (400, width)), rng.normal(0, 0.1, (4, width))]).astype("float32")
+    if low_rank:
+        layer.set_weights([kernel, rng.normal(0, 0.3, (8, 16)).astype("float32"), np.zeros(8, "float32"),
+                           np.zeros(16, "float32")])  # down, up, down bias, up bias
+    else:
+        layer.set_weights([kernel, np.zeros(16, "float32")])
     rows = {"small": rng.normal(0, 1e-3, (256, 400)).astype("float32"),
             "dense": rng.normal(0, 3, (256, 4)).astype("float32")}
     return model, rows
 
 
-def test_dynamic_int8_that_loses_small_inputs_is_refused_with_the_reason(tmp_path, monkeypatch):
+@pytest.mark.parametrize("low_rank", [False, True])
+def test_dynamic_int8_that_loses_small_inputs_is_refused_with_the_reason(tmp_path, monkeypatch, low_rank):
     """Without the block split, dynamic int8 rounds the tiny block away: the file is refused, not handed back."""
     hybrid = importlib.import_module("tfafm.export.hybrid")
     monkeypatch.setattr(hybrid, "split_coarse_inputs", lambda model, rows: (model, []))
-    model, rows = _mixed_magnitudes()
+    model, rows = _mixed_magnitudes(low_rank)
     with pytest.raises(verify.Disagreement, match=r"mean abs diff .* one scale, which loses small values"):
         tfafm.export.litert(model, str(tmp_path / "m.tflite"), quantization="dynamic", verification_data=rows)
     _assert_nothing_written(tmp_path)
@@ -325,6 +334,12 @@ def test_dynamic_int8_splits_a_dense_over_blocks_of_different_magnitudes(tmp_pat
     got = agreement(np.asarray(model(rows)), tfafm.export.LiteRTRunner(path)(rows))
     assert got["mean_abs_diff"] < 0.005 and got["rank_correlation"] > 0.999
     assert tfafm.export.litert_ops(path).count("FULLY_CONNECTED") == 3  # hidden as two blocks, then click
+    # A LowRankDense there (a compressed model's first layer) gets its first factor split the same way.
+    model, rows = _mixed_magnitudes(low_rank=True)
+    path = tfafm.export.litert(model, str(tmp_path / "low.tflite"), quantization="dynamic", verification_data=rows)
+    got = agreement(np.asarray(model(rows)), tfafm.export.LiteRTRunner(path)(rows))
+    assert got["mean_abs_diff"] < 0.005 and got["rank_correlation"] > 0.999
+    assert tfafm.export.litert_ops(path).count("FULLY_CONNECTED") == 4  # two blocks, the up factor, click
     # A model that agrees as it is keeps its one matmul per layer.
     inputs = keras.Input((16,), name="x")
     plain = keras.Model(inputs, keras.layers.Dense(1)(keras.layers.Dense(96, activation="relu")(inputs)))

@@ -9,7 +9,10 @@ exported with mean |file - keras| 0.0125 and AUC 0.6109 against Keras'
 0.6175 on 20,000 held-out rows; split, 0.0003 and 0.61747. Computing such a Dense block by block
 (:class:`~tfafm.layers.blockwise.BlockwiseDense`, one matmul and one input
 scale per block of the concatenation) keeps each block's precision; in float
-it is the same function.
+it is the same function. A compressed model's first
+:class:`~tfafm.layers.LowRankDense` reads the same concatenations (after
+fusion: the rows of all fields beside raw dense features); its first factor
+is split the same way (:class:`~tfafm.layers.blockwise.BlockwiseLowRankDense`).
 
 :func:`tfafm.export.litert` calls this only for a dynamic-range file that
 disagrees with its Keras model, and converts again. A Dense is split where it
@@ -32,7 +35,8 @@ import numpy as np
 from tfafm.compression.report import DYNAMIC_MIN_ELEMENTS
 from tfafm.compression.rewrite import rebuild
 from tfafm.graph import call_sources, model_inputs
-from tfafm.layers.blockwise import BlockwiseDense
+from tfafm.layers.blockwise import BlockwiseDense, BlockwiseLowRankDense
+from tfafm.layers.low_rank import LowRankDense
 from tfafm.linalg.int8 import hybrid_matmul_error
 
 ERROR_LIMIT = 0.01
@@ -71,15 +75,38 @@ def coarsest_blocks(x: np.ndarray, kernel: np.ndarray, widths: list[int]) -> tup
     return np.diff([0, *sorted(chosen), total]).tolist(), whole, current
 
 
+def _first_matmul(layer) -> np.ndarray | None:
+    """The kernel a plain Dense or :class:`LowRankDense` multiplies its input by, or None."""
+    if type(layer) is keras.layers.Dense:
+        return layer.kernel.numpy()
+    if type(layer) is LowRankDense:
+        return layer.down_kernel.numpy()
+    return None
+
+
+def _blockwise(layer, blocks: list[int]):
+    """``layer`` (Dense or LowRankDense) computed over ``blocks``, with its weights."""
+    config = layer.get_config()
+    if isinstance(layer, LowRankDense):
+        config = {key: value for key, value in config.items() if key not in ("units", "rank")}
+        split = BlockwiseLowRankDense(layer.units, layer.rank, blocks, **config)
+    else:
+        split = BlockwiseDense(layer.units, blocks, **{key: value for key, value in config.items() if key != "units"})
+    split.build(layer.input.shape)
+    split.set_weights(layer.get_weights())
+    return split
+
+
 def split_coarse_inputs(model: keras.Model, rows: Mapping[str, np.ndarray]) -> tuple[keras.Model, list[str]]:
-    """``model`` with each top-level Dense over a concatenation that dynamic-range int8 would make
-    coarse computed block by block (see the module docstring), and a note per split layer; ``model``
-    itself when none is."""
+    """``model`` with each top-level Dense (or first factor of a LowRankDense) over a concatenation that
+    dynamic-range int8 would make coarse computed block by block (see the module docstring), and a note
+    per split layer; ``model`` itself when none is."""
     sources = call_sources(model)
     by_name = {layer.name: layer for layer in model.layers}
     replacements, notes = {}, []
     for layer in model.layers:
-        if type(layer) is not keras.layers.Dense or int(np.prod(layer.kernel.shape)) < DYNAMIC_MIN_ELEMENTS:
+        kernel = _first_matmul(layer)
+        if kernel is None or kernel.size < DYNAMIC_MIN_ELEMENTS:
             continue
         source = sources.get(layer.name, [])
         widths = _concatenated_widths(by_name.get(source[0][0])) if len(source) == 1 else None
@@ -87,13 +114,9 @@ def split_coarse_inputs(model: keras.Model, rows: Mapping[str, np.ndarray]) -> t
             continue
         features = keras.Model(model.inputs, layer.input)(model_inputs(model, rows))
         x = np.asarray(features, dtype=np.float64).reshape(-1, sum(widths))
-        blocks, whole, split = coarsest_blocks(x, layer.kernel.numpy(), widths)
+        blocks, whole, split = coarsest_blocks(x, kernel, widths)
         if len(blocks) > 1 and whole > ERROR_LIMIT and whole >= GAIN * split:
-            config = {key: value for key, value in layer.get_config().items() if key != "units"}
-            blockwise = BlockwiseDense(layer.units, blocks, **config)
-            blockwise.build(layer.input.shape)
-            blockwise.set_weights(layer.get_weights())
-            replacements[id(layer)] = blockwise
+            replacements[id(layer)] = _blockwise(layer, blocks)
             notes.append(f"{layer.name}: computed in {len(blocks)} blocks {blocks} for dynamic int8 "
                          f"(simulated error {whole:.3f} -> {split:.3f} of its output's spread)")
     if not replacements:

@@ -156,9 +156,13 @@ class LowRankDense(_TwoFactors):
         self._add_factors((input_dim, self.rank), (self.rank, self.units), (self.units,))
         self.input_spec = keras.layers.InputSpec(min_ndim=2, axes={-1: input_dim})
 
+    def _down(self, inputs):
+        """``inputs @ down_kernel`` (what a subclass may compute differently)."""
+        return ops.matmul(inputs, self.down_kernel)
+
     def factor(self, inputs):
         """The rank-``rank`` code ``inner_activation(x @ down + b_down)``."""
-        z = ops.matmul(inputs, self.down_kernel)
+        z = self._down(inputs)
         if self.use_bias:
             z = ops.add(z, self.down_bias)
         return self.inner_activation(z) if self.inner_activation is not None else z
