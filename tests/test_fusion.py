@@ -74,8 +74,16 @@ def test_deepfm_first_dense_reads_the_k_wide_rows(data):
     weights = compressed.get_layer("linear_terms").weights_table.numpy()[:, 0]
     factor = np.max(np.abs(flat[:len(flat) - len(weights)])) / np.max(np.abs(weights))
     np.testing.assert_allclose(flat[len(flat) - len(weights):], factor * weights, rtol=1e-6)
-    np.testing.assert_allclose(fused.get_layer("linear_terms").kernel.numpy()[codes:, 0], 1 / factor, rtol=1e-6)
-    assert not np.any(fused.get_layer("linear_terms").kernel.numpy()[:codes])
+    # One Dense computes the whole first-order term (linear_terms + linear_dense, which an Add summed): it
+    # reads the merged output (codes, then one weight per field) beside the dense features.
+    linear = fused.get_layer("linear_logit").kernel.numpy()[:, 0]
+    fields = len(schema.sparse)
+    assert len(linear) == codes + fields + len(schema.dense) and not np.any(linear[:codes])
+    np.testing.assert_allclose(linear[codes:codes + fields], 1 / factor, rtol=1e-6)
+    np.testing.assert_allclose(linear[codes + fields:], compressed.get_layer("linear_dense").kernel.numpy()[:, 0],
+                               rtol=1e-6)
+    assert fused.get_layer("linear_logit").bias.numpy()[0] == pytest.approx(
+        compressed.get_layer("linear_dense").bias.numpy()[0])
     assert not [layer for layer in fused.layers if isinstance(layer, keras.layers.Embedding)]
     # The FM runs on the codes themselves: no d-wide field vector is ever formed.
     fm = fused.get_layer("fm")
@@ -253,3 +261,25 @@ def test_fields_of_one_width_are_read_as_whole_rows(tmp_path):
         bad[field.name] = ids
     path = tfafm.export.litert(compressed, str(tmp_path / "rows.tflite"), verification_data=bad)
     np.testing.assert_allclose(tfafm.export.LiteRTRunner(path)(bad), compressed.predict(bad, verbose=0), atol=1e-5)
+
+
+def test_a_sum_of_linear_dense_layers_is_one_dense():
+    a, b = keras.Input((3,), name="a"), keras.Input((2,), name="b")
+    ones = {"kernel_initializer": "ones", "bias_initializer": "ones"}
+    left = keras.layers.Dense(1, name="left", **ones)(a)
+    right = keras.layers.Dense(1, name="right", **ones)(keras.layers.Concatenate(name="ab")([a, b]))
+    total = keras.layers.Add(name="total")([left, right])
+    x = [np.array([[1.0, 2.0, 3.0]], "float32"), np.array([[10.0, 20.0]], "float32")]
+    # left: 1 + 2 + 3 + 1 = 7; right: 6 + 30 + 1 = 37; their sum 44, from one Dense over [a | a b].
+    fused, report = tfafm.fuse(keras.Model([a, b], total))
+    assert [layer.name for layer in fused.layers if isinstance(layer, keras.layers.Dense)] == ["total"]
+    assert "total: the sum of 2 linear Dense layers computed by one" in report.notes
+    np.testing.assert_allclose(np.asarray(fused(x)), [[44.0]])
+    # Not when a term is read elsewhere too (it would be computed twice), nor with an activation.
+    fused, report = tfafm.fuse(keras.Model([a, b], [total, left]))
+    assert not any("linear Dense" in note for note in report.notes)
+    np.testing.assert_allclose(np.asarray(fused(x)[0]), [[44.0]])
+    relu = keras.layers.Dense(1, activation="relu", name="relu", **ones)(b)
+    fused, report = tfafm.fuse(keras.Model([a, b], keras.layers.Add(name="mixed")([left, relu])))
+    assert not any("linear Dense" in note for note in report.notes)
+    np.testing.assert_allclose(np.asarray(fused(x)), [[7.0 + 31.0]])

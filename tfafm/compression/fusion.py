@@ -51,7 +51,7 @@ import keras
 import keras_rs
 import numpy as np
 
-from tfafm.graph import as_functional, call_counts, call_sources, require_graph_model
+from tfafm.graph import as_functional, call_counts, call_sources, readers, require_graph_model
 from tfafm.compression.rewrite import clone, copy_state
 from tfafm.models.layers import (
     ClipToVocabulary,
@@ -178,6 +178,12 @@ def _fm_on_codes_pays(fields: list[_Segment], zero_bytes_limit: float) -> bool:
     return 4 * (sum(ranks) * sum(factored) - sum(k * k for k in factored)) <= zero_bytes_limit
 
 
+def _plain_linear_dense(layer) -> bool:
+    """Whether ``layer`` is a plain ``keras.layers.Dense`` without activation (nor quantization or LoRA)."""
+    return (type(layer) is keras.layers.Dense and layer.get_config().get("activation") == "linear"
+            and not layer.quantization_mode and not layer.lora_enabled)
+
+
 def _weights(layer) -> dict[str, np.ndarray]:
     return {w.path.split("/")[-1]: np.asarray(w.numpy(), dtype=np.float64) for w in layer.weights}
 
@@ -208,6 +214,8 @@ class _Fuser:
         self.slices: dict[int, tuple[Any, int, int]] = {}  # such a slice -> (merged output, start, stop)
         self.runs: dict[tuple[int, int, int], Any] = {}  # (merged output, start, stop) -> the slice made for it
         self.pieces: dict[int, list] = {}  # output of a plain 2-D Concatenate -> its inputs
+        self.linear_outputs: dict[int, tuple] = {}  # linear 2-D Dense output -> (input, kernel, bias, readers)
+        self.readers = readers(model)
         self.report = FusionReport()
 
     # --------------------------------------------------------------- clone_model hooks
@@ -243,7 +251,17 @@ class _Fuser:
             if segments is not None and len(args[0].shape) == 2 and self.calls.get(id(original)) == 1:
                 if self._foldable(original, segments):
                     return self._dense(original, segments)
-        return op(*args, **kwargs)
+        if isinstance(original, keras.layers.Add) and not kwargs and len(args) == 1:
+            total = self._sum_of_linear(original, list(args[0]))
+            if total is not None:
+                return total
+        outputs = op(*args, **kwargs)
+        if (_plain_linear_dense(original) and self.calls.get(id(original)) == 1 and not kwargs and len(args) == 1
+                and len(args[0].shape) == 2):
+            weights = _weights(original)
+            self.linear_outputs[id(outputs)] = (args[0], weights["kernel"], weights.get("bias"),
+                                                self.readers.get((original.name, 0), []))
+        return outputs
 
     def _foldable(self, layer, segments: list[_Segment]) -> bool:
         width = sum(s.tensor.shape[-1] for s in segments)
@@ -307,6 +325,8 @@ class _Fuser:
             terms = keras.layers.Dense(1, use_bias=False, name=linear.name, dtype=linear.dtype_policy)
             self.codes[id(linear)] = terms(codes)
             terms.set_weights([kernel])
+            self.linear_outputs[id(self.codes[id(linear)])] = (codes, kernel.astype(np.float64), None,
+                                                               self.readers.get((linear.name, 0), []))
             self.report.tables.append(linear.name)
         return guarded
 
@@ -522,6 +542,28 @@ class _Fuser:
                         np.array([rest], dtype=np.float32)])
         self.report.notes.append(f"{layer.name}: FM computed on the {len(fields)} fields' codes"
                                  + (f" ({sum(raw)} of them left whole)" if any(raw) else ""))
+        return outputs
+
+    def _sum_of_linear(self, layer, tensors: list):
+        """An ``Add`` of linear 2-D ``Dense`` outputs (DeepFM's first-order term: the weights read by the
+        merged gather plus a ``Dense(1)`` of the dense features) as ONE ``Dense`` over their inputs side by
+        side: one matmul (and a concatenation that joins the inputs' own pieces) instead of one matmul each
+        and the sum. None unless every input is such an output, of one width, read by this ``Add`` only."""
+        terms = [self.linear_outputs.get(id(tensor)) for tensor in tensors]
+        if (len(terms) < 2 or any(term is None or term[3] != [layer.name] for term in terms)
+                or len({t[1].shape[1] for t in terms}) != 1 or self.calls.get(id(layer)) != 1):
+            return None
+        x, positions = self._join_segments([_Segment(term[0]) for term in terms], f"{layer.name}_input")
+        units = terms[0][1].shape[1]
+        kernel, bias = np.zeros((x.shape[-1], units)), np.zeros(units)
+        for (_, weights, term_bias, _), position in zip(terms, positions):
+            kernel[position:position + len(weights)] = weights
+            bias += 0.0 if term_bias is None else term_bias
+        total = keras.layers.Dense(units, name=layer.name, dtype=layer.dtype_policy)
+        outputs = total(x)
+        total.set_weights([kernel.astype(np.float32), bias.astype(np.float32)])
+        self.linear_outputs[id(outputs)] = (x, kernel, bias, self.readers.get((layer.name, 0), []))
+        self.report.notes.append(f"{layer.name}: the sum of {len(terms)} linear Dense layers computed by one")
         return outputs
 
     def _concatenate(self, op, layer, inputs, **kwargs):
