@@ -251,3 +251,29 @@ def test_every_command_and_option_has_help_text():
         assert "``" not in text and "--quiet" in text, name
         assert ("--overwrite" in text) == (name in ("train", "compress", "export", "demo", "import",
                                                    "prepare")), name
+
+
+def test_export_checks_the_file_against_the_runs_own_model_not_its_fused_form(trained_run, tmp_path, capsys,
+                                                                            monkeypatch):
+    import tfafm.compression.fusion as fusion
+
+    out = tmp_path / "small"
+    assert main(["compress", str(trained_run), "--ratio", "1.5", "--id-coverage", "1", "--out", str(out),
+                 "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["export", str(out), "--out", str(tmp_path / "good.tflite")]) == 0
+    assert "fusion: " in capsys.readouterr().err  # what fusion did is shown
+
+    fuse = fusion.fuse
+
+    def broken_fuse(model):  # a fusion defect: the prediction's logit shifted by 0.5
+        fused, report = fuse(model)
+        layer = fused.get_layer("deep_logit")
+        layer.bias.assign(layer.bias.numpy() + 0.5)
+        return fused, report
+
+    monkeypatch.setattr(fusion, "fuse", broken_fuse)
+    bad = tmp_path / "bad.tflite"
+    assert main(["export", str(out), "--out", str(bad)]) != 0
+    assert "disagrees with the Keras model" in capsys.readouterr().err and not bad.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["good.tflite", "small"]

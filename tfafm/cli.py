@@ -283,15 +283,12 @@ def cmd_export(args, out: Output) -> int:
     out.note(f"Exporting {args.run} to {args.format}")
     with destination.staged() as staged:
         if args.format == "litert":
-            model = run.model
-            if not args.no_fuse:
-                from tfafm.compression.fusion import fuse
-
-                model, fusion = fuse(model)
-                for note in fusion.notes:
-                    out.note(f"fusion: {note}")
-            export.litert(model, staged, quantization=args.quantization, representative_data=rows, fuse=False,
-                          schema=run.schema, verification_data=rows)
+            # Fused inside the export, so that the file is checked against the run's own model.
+            notes: list[str] = []
+            export.litert(run.model, staged, quantization=args.quantization, representative_data=rows,
+                          fuse=not args.no_fuse, schema=run.schema, verification_data=rows, fusion_notes=notes)
+            for note in notes:
+                out.note(f"fusion: {note}")
         elif args.format == "saved_model":
             export.saved_model(run.model, staged, verification_data=rows)
         else:

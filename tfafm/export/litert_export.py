@@ -35,6 +35,7 @@ def litert(
     schema=None,
     verification_data=None,
     *,
+    fusion_notes: list[str] | None = None,
     quantize: str | None = None,
 ) -> str:
     """Converts ``model`` to a LiteRT flatbuffer at ``path`` (written atomically).
@@ -71,7 +72,10 @@ def litert(
         verification_data: rows the written file is checked on before it is
             swapped in (anything :func:`tfafm.calibrate` takes; default: rows
             generated inside each input's valid range); see
-            :mod:`tfafm.export.verify`.
+            :mod:`tfafm.export.verify`. The file is always checked against
+            ``model`` as given, never against its fused form.
+        fusion_notes: a list that receives what fusion did (the
+            :class:`~tfafm.compression.fusion.FusionReport` notes), e.g. to show them.
         quantize: the former name of ``quantization`` (tfafm 0.1); still
             accepted, with a ``FutureWarning``.
 
@@ -140,7 +144,7 @@ def litert(
     keras_model = model
     rows = verification_rows(keras_model, verification_data)
     model, _ = servable(model, "litert")
-    model = _maybe_fuse(model, fuse)
+    model = _maybe_fuse(model, fuse, fusion_notes)
     _check_size(model, quantization)
     description = interface(model, schema)
     with atomic_path(path) as tmp:
@@ -348,12 +352,15 @@ def _check_size(model, quantization: str | None) -> None:
         )
 
 
-def _maybe_fuse(model, fuse: bool):
+def _maybe_fuse(model, fuse: bool, notes: list[str] | None = None):
     if not fuse or not _has_low_rank_embedding(model):
         return model
     from tfafm.compression.fusion import fuse as fuse_model
 
-    return fuse_model(model)[0]
+    fused, report = fuse_model(model)
+    if notes is not None:
+        notes.extend(report.notes)
+    return fused
 
 
 def _has_low_rank_embedding(model) -> bool:
