@@ -26,7 +26,8 @@ measured here with numpy (BLAS and OpenMP held to one thread, OpenBLAS free
 to pick its own kernel). ``x above floor`` is batch-1 p50 / floor. Per file, the ops
 LiteRT's XNNPACK delegate runs and those left to LiteRT's own kernels are listed, and
 LiteRT's own profiler times the nodes by op (:mod:`litert_profile`): under XNNPACK
-those left to LiteRT's kernels, and with LiteRT's builtin kernels only, every node.
+those left to LiteRT's kernels and, for a batch of rows, XNNPACK's own operators, and with
+LiteRT's builtin kernels only, every node.
 
     python benchmarks/bench_export.py [--quick] [--objective both|params|latency] [--out DIR]
                                       [--doc docs/benchmarks.md]   # writes its "export" section there
@@ -231,24 +232,33 @@ def partition_table(paths) -> str:
 
 def profile_table(paths, runs: int) -> str:
     """Per file, from LiteRT's own profiler (:mod:`litert_profile`): microseconds per run of the nodes left to
-    LiteRT's kernels under XNNPACK, at batch 1 and 256, and of every node with LiteRT's builtin kernels only."""
+    LiteRT's kernels under XNNPACK, at batch 1 and 256, of XNNPACK's own operators at batch 256, and of every
+    node with LiteRT's builtin kernels only."""
     reason = litert_profile.unavailable()
     if reason:
         return f"(not measured: {reason})"
     lines = ["| file | XNNPACK batch 1: nodes left to LiteRT kernels, us (by op) | XNNPACK batch 256: the same "
-             "| builtin kernels only, batch 1: all nodes, us (by op, top 5) |", "|---|---|---|---|"]
+             "| XNNPACK batch 256: its own operators, us (by operator) "
+             "| builtin kernels only, batch 1: all nodes, us (by op, top 5) |", "|---|---|---|---|---|"]
     for path in paths:
         ops, cells = litert_ops(path), []
         for builtin, batch_size in ((False, 1), (False, 256), (True, 1)):
             times = litert_profile.node_times(path, runs=runs if batch_size == 1 else max(runs // 50, 10),
                                               builtin_kernels=builtin, batch_size=batch_size)
-            by_op: dict[str, float] = {}
-            for node, micros in times["nodes"]:
-                by_op[ops[node]] = by_op.get(ops[node], 0.0) + micros
-            ranked = sorted(by_op.items(), key=lambda item: -item[1])[:5 if builtin else 4]
-            cells.append(f"{sum(by_op.values()):,.1f} ({', '.join(f'{op} {us:,.1f}' for op, us in ranked)})")
+            cells.append(_by_kind([(ops[node], micros) for node, micros in times["nodes"]], 5 if builtin else 4))
+            if batch_size == 256:
+                cells.append(_by_kind(times["xnnpack"], 4))
         lines.append(f"| {os.path.basename(path)} | {' | '.join(cells)} |")
     return "\n".join(lines)
+
+
+def _by_kind(timed: list[tuple[str, float]], top: int) -> str:
+    """``total (kind us, ...)`` of ``(kind, microseconds)`` pairs, the ``top`` kinds by time."""
+    by_kind: dict[str, float] = {}
+    for kind, micros in timed:
+        by_kind[kind] = by_kind.get(kind, 0.0) + micros
+    ranked = sorted(by_kind.items(), key=lambda item: -item[1])[:top]
+    return f"{sum(by_kind.values()):,.1f} ({', '.join(f'{kind} {us:,.1f}' for kind, us in ranked)})"
 
 
 def op_counts(ops: list[str]) -> str:
@@ -362,8 +372,10 @@ def run(args, out):
             "LiteRT's own profiler (`benchmarks/litert_profile.py`: the LiteRT C API's profiler through ctypes, as "
             f"the Python packages expose none; 1 thread, zero inputs, mean of {iterations * 5} runs at batch 1 and "
             f"{max(iterations * 5 // 50, 10)} at batch 256; whole microseconds per node and run, so small nodes "
-            "read low). Under XNNPACK only the nodes left to LiteRT's kernels are timed (XNNPACK's own per-op "
-            "times are rounded down to whole microseconds); with LiteRT's builtin kernels only, every node is:", "",
+            "read low). Under XNNPACK the nodes left to LiteRT's kernels are timed by node, and XNNPACK's own "
+            "operators (named by XNNPACK: `QDU8` a matmul with int8 weights whose float activations it quantizes "
+            "per row, `F32` a float matmul, for weights the converter left float) at batch 256, where they take "
+            "tens of microseconds; with LiteRT's builtin kernels only, every node is timed:", "",
             profile, "",
             "Full-integer int8 (`quantization=\"int8\"`: activations int8 too, calibrated on 2,048 calibration rows; "
             "the compressed model ranked in full-int8 bytes) beside each variant's dynamic-int8 file, verified on "

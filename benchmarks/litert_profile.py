@@ -14,8 +14,11 @@ not otherwise): options are passed as TOML strings under the identifiers ``"xnnp
 a ranked tensor type keeps its rank in the low 7 bits at offset 4 and its int32 dims
 from offset 8; a host-memory buffer type is 1. Events are whole microseconds per node and run (averages over many
 runs are meaningful), and XNNPACK reports its ops rounded down to whole microseconds,
-so under XNNPACK only the nodes left to LiteRT's kernels and the whole ``Invoke`` are
-timed usefully; with ``builtin_kernels=True`` every node is.
+so under XNNPACK the nodes left to LiteRT's kernels and the whole ``Invoke`` are timed usefully at
+batch 1; with ``builtin_kernels=True`` every node is. XNNPACK's own operators (a delegate node runs
+several) are events of type 8 in this build, named by XNNPACK (``Fully Connected (NC, QDU8, F32,
+QC8W) GEMM``), one per operator and run in run order: timed usefully for a batch of rows, where
+they take tens of microseconds.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import numpy as np
 
 VERIFIED = "2.3.0"
 _EVENT = struct.Struct("<Qi4xQQ48xQ16x")  # tag, type, start, elapsed, (memory), node, (rest): 104 bytes
-_OPERATOR_EVENT, _DEFAULT_EVENT = 2, 1
+_OPERATOR_EVENT, _DEFAULT_EVENT, _XNNPACK_EVENT = 2, 1, 8
 _TENSOR_TYPE_BYTES = 256  # room for LiteRtRankedTensorType (72 bytes in this build)
 _CPU = 1
 _HOST_MEMORY = 1  # kLiteRtTensorBufferTypeHostMemory
@@ -85,8 +88,9 @@ def node_times(path: str, runs: int = 200, warmup: int = 20, builtin_kernels: bo
     """Mean microseconds per run of each node LiteRT's kernels run (1 thread, zero inputs, the
     inputs' dynamic dimensions taken as ``batch_size``).
 
-    Returns ``{"nodes": [(node index, microseconds)], "invoke": microseconds}``; with
-    ``builtin_kernels`` every node is run by LiteRT's builtin kernels (no XNNPACK).
+    Returns ``{"nodes": [(node index, microseconds)], "invoke": microseconds, "xnnpack": [(operator,
+    microseconds)]}``: ``xnnpack`` lists XNNPACK's own operators in run order (the delegate nodes' insides;
+    empty with ``builtin_kernels``, where every node is run by LiteRT's builtin kernels).
     """
     reason = unavailable()
     if reason:
@@ -137,7 +141,18 @@ def node_times(path: str, runs: int = 200, warmup: int = 20, builtin_kernels: bo
             totals[node] = totals.get(node, 0) + elapsed
         elif kind == _DEFAULT_EVENT and tag == "Invoke":
             invoke += elapsed
-    return {"nodes": sorted((node, total / runs) for node, total in totals.items()), "invoke": invoke / runs}
+    return {"nodes": sorted((node, total / runs) for node, total in totals.items()), "invoke": invoke / runs,
+            "xnnpack": _per_operator([(tag, elapsed) for kind, tag, elapsed, _ in events if kind == _XNNPACK_EVENT],
+                                     runs)}
+
+
+def _per_operator(events: list[tuple[str, int]], runs: int) -> list[tuple[str, float]]:
+    """``(name, mean microseconds)`` per XNNPACK operator from ``runs`` runs' events, each run listing every
+    operator once in the same order."""
+    per_run = len(events) // runs
+    if per_run * runs != len(events) or any(events[k][0] != events[k % per_run][0] for k in range(len(events))):
+        raise RuntimeError(f"{len(events)} XNNPACK operator events over {runs} runs do not repeat one run's order")
+    return [(events[k][0], sum(elapsed for _, elapsed in events[k::per_run]) / runs) for k in range(per_run)]
 
 
 def _zero_buffer(api: _Api, environment, compiled, signature, kind: str, index: int, buffers: list,

@@ -63,3 +63,19 @@ def test_a_batch_of_rows_is_timed_too(profile, tflite):
     # 4,096 rows through the Dense layers cost more than one row (the nodes' own times: a run's Invoke
     # event can also hold one-off work).
     assert sum(us for _, us in many["nodes"]) > sum(us for _, us in one["nodes"])
+
+
+def test_xnnpacks_own_operators_are_timed_in_run_order(profile, tflite):
+    times = profile.node_times(tflite, runs=20, warmup=3, batch_size=256)
+    operators = [name for name, _ in times["xnnpack"]]
+    # The two Dense layers run inside XNNPACK: its own operator list names them, one entry per operator.
+    assert sum("Fully Connected" in name for name in operators) == 2, operators
+    assert all(us >= 0 for _, us in times["xnnpack"])
+    assert profile.node_times(tflite, runs=5, warmup=1, builtin_kernels=True)["xnnpack"] == []
+
+
+def test_operator_events_that_do_not_repeat_one_runs_order_are_refused(profile):
+    assert profile._per_operator([("a", 1), ("b", 2), ("a", 3), ("b", 4)], 2) == [("a", 2.0), ("b", 3.0)]
+    for events in ([("a", 1), ("b", 2), ("a", 3)], [("a", 1), ("b", 2), ("b", 3), ("a", 4)]):
+        with pytest.raises(RuntimeError, match="do not repeat"):
+            profile._per_operator(events, 2)
