@@ -96,7 +96,8 @@ def coverage(text: str):
 DATA_HELP = ("data spec: synthetic, synthetic:ROWS, criteo:PATH, avazu:PATH, parquet:PATH, csv:PATH, tfrecord:PATH "
              "or cache:DIR (from tfafm prepare); PATH is a file (may be gzipped), a directory, a glob or a "
              "comma-separated list. A model tfafm did not train (a .keras file) reads parquet/csv/tfrecord "
-             "columns named like its inputs, as they are: add ?label=COLUMN (one per output, comma-separated)")
+             "columns named like its inputs, as they are: add ?label=COLUMN (one per output, comma-separated) "
+             "and &pad=COLUMN,... for list columns to pad with 0 or cut to their input's length (sequences)")
 MODEL_HELP = "a run directory (tfafm train / compress) or a Keras model file (.keras)"
 
 

@@ -103,7 +103,7 @@ def user(tmp_path_factory):
                                     "tfrecord:{root}/events.tfrecord"])
 def test_eval_of_a_keras_file_equals_sklearns_auc(user, source, capsys):
     root, expected = user
-    data = source.format(root=root) + "?label=click,buy"
+    data = source.format(root=root) + "?label=click,buy&pad=history"  # histories of 0-7 ids, padded or cut to 5
     assert main(["eval", str(root / "my.keras"), "--data", data, "--format", "json", "--quiet"]) == 0
     models = json.loads(capsys.readouterr().out)["models"]
     assert set(models) == {"click", "buy"}
@@ -115,7 +115,7 @@ def test_eval_of_a_keras_file_equals_sklearns_auc(user, source, capsys):
 def test_compress_a_keras_file_then_export_and_bench_it(user, tmp_path, capsys):
     root, _ = user
     out = tmp_path / "small"
-    data = f"parquet:{root}/events.parquet?label=click,buy"
+    data = f"parquet:{root}/events.parquet?label=click,buy&pad=history"
     assert main(["compress", str(root / "my.keras"), "--data", data, "--ratio", "2", "--out", str(out),
                  "--quiet"]) == 0
     printed = capsys.readouterr().out
@@ -160,14 +160,23 @@ def test_inspect_lists_layers_targets_and_sizes(user, capsys):
 
 
 @pytest.mark.parametrize("data, message", [
-    ("parquet:{root}/events.parquet?label=nope,buy", r"no label column\(s\) \[.nope.\]"),
-    ("parquet:{root}/events.parquet?label=click", r"1 label column\(s\) \['click'\] for a model with 2 output"),
-    ("parquet:{root}/events.parquet?label=extra,buy", r"column extra: labels must be 0 or 1"),
-    ("parquet:{root}/users_out_of_range.parquet?label=click,buy",
+    ("parquet:{root}/events.parquet?label=nope,buy&pad=history", r"no label column\(s\) \[.nope.\]"),
+    ("parquet:{root}/events.parquet?label=click&pad=history", r"1 label column\(s\) \['click'\] for a model with 2 output"),
+    ("parquet:{root}/events.parquet?label=extra,buy&pad=history", r"column extra: labels must be 0 or 1"),
+    ("parquet:{root}/users_out_of_range.parquet?label=click,buy&pad=history",
      r"column user: id 250 is outside the table it indexes \(ids 0..199; largest id 250"),
-    ("parquet:{root}/no_user.parquet?label=click,buy", r"no column for model input\(s\) \['user'\]"),
-    ("csv:{root}/string_user.csv?label=click,buy", r"column user: holds strings, but model input 'user' takes int32"),
+    ("parquet:{root}/no_user.parquet?label=click,buy&pad=history", r"no column for model input\(s\) \['user'\]"),
+    ("csv:{root}/string_user.csv?label=click,buy&pad=history", r"column user: holds strings, but model input 'user' takes int32"),
     ("csv:{root}/events.parquet?label=click,buy", r"not a readable CSV file"),
+    # Lists of another length than the input's are never padded or cut unasked (a 0 is a real id).
+    ("parquet:{root}/events.parquet?label=click,buy",
+     r"events\.parquet: column history: row \d+: \d values, but model input 'history' takes 5 per row \(add "
+     r"pad=history to the data spec"),
+    ("parquet:{root}/events.parquet?label=click,buy&pad=price", r"pad names \['price'\], which take one value"),
+    ("parquet:{root}/events.parquet?label=click,buy&pad=histroy", r"pad names \['histroy'\], which are not inputs"),
+    ("parquet:{root}/null_history.parquet?label=click,buy&pad=history",
+     r"column history: row 4: a missing value inside the list"),
+    ("parquet:{root}/exact_history.parquet?label=click,buy", r"column history: row 3: a missing list"),
 ])
 def test_bad_user_data_is_one_line_and_exit_2(user, data, message, tmp_path, capsys):
     root, _ = user
@@ -176,6 +185,14 @@ def test_bad_user_data_is_one_line_and_exit_2(user, data, message, tmp_path, cap
     users[7] = 250
     pq.write_table(table.set_column(0, "user", pa.array(users)), root / "users_out_of_range.parquet")
     pq.write_table(table.drop(["user"]), root / "no_user.parquet")
+    history = table["history"].to_pylist()
+    history[3] = [1, None, 2]
+    pq.write_table(table.drop(["history"]).append_column("history", pa.array(history, pa.list_(pa.int64()))),
+                   root / "null_history.parquet")
+    exact = [(h + [1] * 5)[:5] for h in table["history"].to_pylist()]
+    exact[2] = None
+    pq.write_table(table.drop(["history"]).append_column("history", pa.array(exact, pa.list_(pa.int64()))),
+                   root / "exact_history.parquet")
     text = pacsv.read_csv(root / "events.csv", convert_options=pacsv.ConvertOptions(column_types={"history": pa.string()}))
     pacsv.write_csv(text.set_column(0, "user", pa.array([f"u{u}" for u in text["user"].to_pylist()])),
                     root / "string_user.csv")

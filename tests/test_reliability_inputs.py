@@ -381,7 +381,7 @@ def test_string_features_reach_the_models_own_lookup():
     ids = keras.layers.StringLookup(vocabulary=[str(i) for i in range(50)])(site)
     vectors = keras.layers.Flatten()(keras.layers.Embedding(51, 16)(ids))
     hidden = keras.layers.Dense(64, activation="relu", name="dense")(keras.layers.Concatenate()([vectors, price]))
-    model = keras.Model({"site": site, "price": price}, keras.layers.Dense(1, activation="sigmoid")(hidden))
+    model = keras.Model({"site": site, "price": price}, keras.layers.Dense(1, activation="sigmoid", name="click")(hidden))
     rng = np.random.default_rng(0)
     data = {"site": np.array([str(i % 60) for i in range(2000)])[:, None], "price": rng.random((2000, 1), "float32")}
     small, report = tfafm.compress(model, data, ranks={"dense": 17}, progress=False)

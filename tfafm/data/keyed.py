@@ -18,15 +18,24 @@ or ``click`` is the label of a single-output model, if there is one.
 Files are read streaming, one batch at a time (bounded memory whatever their
 size). Shapes: a scalar column feeds a ``(batch, 1)`` or ``(batch,)`` input;
 a list column (Parquet lists, CSV text split on ``list_delimiter``,
-TFRecord features of several values) feeds a ``(batch, L)`` input, **padded
-with 0 at the end or truncated to its first L values** (L the input's fixed
-length, else the longest list of the batch).
+TFRecord features of several values) feeds a ``(batch, L)`` input. Every list
+must hold exactly L values, unless the column is named in ``pad=`` (sequence
+features, such as a history of ids)::
+
+    parquet:events.parquet?label=click&pad=history,tags
+
+whose lists are **padded with 0 at the end or truncated to their first L
+values**, a missing list read as an empty one. An input of free length
+(``(batch, None)``) takes lists padded with 0 to the longest of the batch.
+Nothing is padded, cut or filled unasked: a list of another length, a missing
+list or a missing value inside a list is an error naming the file, column and
+row (a 0 written where a value was missing reads as a real id or value).
 
 Checked before any work (from the files' schemas, Parquet column statistics
 and the first batch): every model input has a column of a fitting type, and
 the label columns exist. Checked on every batch as it is read: ids within the
 table or encoding they index (``[0, size)``), labels 0 or 1, no missing
-values. Each failure is one :class:`~tfafm.data.errors.DataFormatError`
+values, lists of the input's length. Each failure is one :class:`~tfafm.data.errors.DataFormatError`
 naming the file and column.
 """
 
@@ -48,7 +57,7 @@ from tfafm_choices import KEYED_DATA as KINDS
 if TYPE_CHECKING:
     import tensorflow as tf
 
-_OPTIONS = ("label", "delimiter", "list_delimiter")
+_OPTIONS = ("label", "delimiter", "list_delimiter", "pad")
 _LABEL_NAMES = ("label", "click")
 
 
@@ -94,6 +103,7 @@ class KeyedSpec:
     labels: Optional[tuple[str, ...]]
     delimiter: str = ","
     list_delimiter: str = "|"
+    pad: tuple[str, ...] = ()  # list columns padded with 0 or cut to their input's length
 
 
 def is_keyed_spec(spec: str) -> bool:
@@ -101,7 +111,7 @@ def is_keyed_spec(spec: str) -> bool:
 
 
 def parse_spec(spec: str) -> KeyedSpec:
-    r"""Parses ``KIND:PATH[?label=..&delimiter=..&list_delimiter=..]``; the files must exist.
+    r"""Parses ``KIND:PATH[?label=..&delimiter=..&list_delimiter=..&pad=..]``; the files must exist.
 
     >>> import os, tempfile
     >>> path = os.path.join(tempfile.mkdtemp(), "events.csv")
@@ -125,8 +135,9 @@ def parse_spec(spec: str) -> KeyedSpec:
     delimiter = "\t" if delimiter in ("\\t", "tab") else delimiter
     if len(delimiter) != 1:
         raise UserError(f"delimiter must be one character, got {delimiter!r} in {spec!r}.")
+    pad = tuple(c for value in options.get("pad", []) for c in value.split(",") if c)
     return KeyedSpec(spec, kind, tuple(resolve(location)), labels, delimiter,
-                     options.get("list_delimiter", ["|"])[-1] or "|")
+                     options.get("list_delimiter", ["|"])[-1] or "|", pad)
 
 
 def resolve(location: str) -> list[str]:
@@ -407,6 +418,7 @@ def keyed_data(spec: str, inputs: Sequence[InputColumn], outputs: Sequence[str],
     """
     parsed = parse_spec(spec)
     inputs = tuple(inputs)
+    _check_pad(parsed, inputs)
     table = _TABLES[parsed.kind](parsed)
     labels = _check_columns(table, parsed, inputs, outputs, labels_required)
     _check_statistics(table, parsed, inputs, labels)
@@ -416,6 +428,19 @@ def keyed_data(spec: str, inputs: Sequence[InputColumn], outputs: Sequence[str],
     data.description = (f"{parsed.kind}: {files} file{'s' if files > 1 else ''}, inputs read by name"
                         f"{', labels ' + ', '.join(labels) if labels else ', no labels'}")
     return data
+
+
+def _check_pad(parsed: KeyedSpec, inputs: Sequence[InputColumn]) -> None:
+    """``pad=`` names only model inputs of a fixed list length."""
+    by_name = {i.name: i for i in inputs}
+    unknown = [name for name in parsed.pad if name not in by_name]
+    if unknown:
+        raise UserError(f"{parsed.spec}: pad names {unknown}, which are not inputs of the model (inputs: "
+                        f"{', '.join(by_name)}).")
+    scalar = [name for name in parsed.pad if by_name[name].length in (1, None)]
+    if scalar:
+        raise UserError(f"{parsed.spec}: pad names {scalar}, which take one value per row or lists of any "
+                        "length: there is nothing to pad.")
 
 
 def _labels_for(parsed: KeyedSpec, available: Sequence[str], outputs: Sequence[str], path: str,
@@ -508,26 +533,32 @@ def _numpy_batches(data: KeyedData) -> Iterator:
     table = _TABLES[data.spec.kind](data.spec)
     names = [c.name for c in data.inputs] + [n for n in (data.labels or ()) if n not in {c.name for c in data.inputs}]
     for path in data.spec.paths:
+        first_row = 1
         for raw in table.batches(path, names, data.batch_size):
-            features = {c.name: _feature(c, *raw[c.name], path) for c in data.inputs}
+            features = {c.name: _feature(c, *raw[c.name], path, c.name in data.spec.pad, first_row)
+                        for c in data.inputs}
+            first_row += len(next(iter(features.values())))
             if data.labels is None:
                 yield features
             else:
                 yield features, tuple(_label(raw[name][0], raw[name][1], name, path) for name in data.labels)
 
 
-def _feature(column: InputColumn, values, nulls: int, path: str) -> np.ndarray:
+def _feature(column: InputColumn, values, nulls: int, path: str, pad: bool = False, first_row: int = 1) -> np.ndarray:
+    """One batch of ``column`` as an array of its shape; ``pad``: lists padded with 0 or cut to its
+    length; ``first_row``: the batch's first row in the file (from 1), for errors."""
     if nulls and column.length == 1:
         raise DataFormatError(f"{nulls} missing value(s) in this batch: model input {column.name!r} needs a "
                               "value on every row (fill them before)", path=path, column=column.name)
-    if isinstance(values, list):  # lists: pad with 0 or truncate
+    if isinstance(values, list):
         if column.length == 1 and any(v is not None and len(v) > 1 for v in values):
             raise DataFormatError(f"holds lists, but model input {column.name!r} takes one value per row",
                                   path=path, column=column.name)
+        _check_lists(column, values, path, pad or column.length is None, first_row)
         length = column.length or max((len(v) for v in values if v is not None), default=1) or 1
         array = np.zeros((len(values), length), dtype=object if column.is_string else column.dtype)
         for row, items in enumerate(values):
-            items = (items if items is not None else [])[:length]  # a missing list is an empty one
+            items = (items if items is not None else [])[:length]  # padded: a missing list is an empty one
             array[row, :len(items)] = items
     else:
         array = np.asarray(values)
@@ -543,6 +574,24 @@ def _feature(column: InputColumn, values, nulls: int, path: str) -> np.ndarray:
         _check_ids(column, array, path)
     return array.reshape((len(array), *[d if d is not None else -1 for d in column.shape])) if column.shape \
         else array.reshape(len(array))
+
+
+def _check_lists(column: InputColumn, values: list, path: str, padded: bool, first_row: int) -> None:
+    """Every list whole: no missing value inside, and (unless ``padded``) present and of the input's length."""
+    for row, items in enumerate(values):
+        if items is None and not padded:
+            problem = (f"a missing list: model input {column.name!r} takes {column.length} values per row (fill it, "
+                       f"or add pad={column.name} to the data spec if an empty or shorter list should be padded "
+                       "with 0)")
+        elif items is not None and isinstance(items, list) and None in items:
+            problem = f"a missing value inside the list (model input {column.name!r}; fill it before)"
+        elif items is not None and not padded and len(items) != column.length:
+            problem = (f"{len(items)} values, but model input {column.name!r} takes {column.length} per row (add "
+                       f"pad={column.name} to the data spec to pad shorter lists with 0 and cut longer ones, as "
+                       "for a sequence of ids)")
+        else:
+            continue
+        raise DataFormatError(f"row {first_row + row}: {problem}", path=path, column=column.name)
 
 
 def _label(values, nulls: int, name: str, path: str) -> np.ndarray:
