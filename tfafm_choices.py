@@ -8,7 +8,9 @@ tuples.
 """
 
 MODEL_NAMES = ("autoint", "dcn", "dcnv2", "deepfm", "dlrm", "fibinet", "nfm", "widedeep", "xdeepfm")
-METHODS = ("afm", "svd")
+# How tfafm.compress(method=) factors: AFM, weight SVD, or (default) whichever gives the higher validation AUC.
+METHODS = ("auto", "afm", "svd")
+METHOD = "auto"
 OBJECTIVES = ("both", "params", "latency")
 CRITERIA = ("variance", "loss")  # what the factors keep (tfafm.compress(criterion=))
 FIRST_ORDER = ("codes", "keep")  # a first-order table read from the embeddings, or kept (tfafm.compress(first_order=))

@@ -16,8 +16,8 @@ import os
 import sys
 from typing import Iterator, NoReturn, Optional, Sequence
 
-from tfafm_choices import (CRITERIA, DATA_KINDS, FIRST_ORDER, ID_COVERAGE, ID_COVERAGES, EXPORT_FORMATS, METHODS, MODEL_NAMES, OBJECTIVES, QUANTIZATIONS,
-                           WITH_OPTIONS)
+from tfafm_choices import (CRITERIA, DATA_KINDS, FIRST_ORDER, ID_COVERAGE, ID_COVERAGES, EXPORT_FORMATS, METHOD,
+                           METHODS, MODEL_NAMES, OBJECTIVES, QUANTIZATIONS, WITH_OPTIONS)
 
 DESCRIPTION = """Compress Keras click-through-rate models with low-rank factorization (AFM or weight SVD)
 and export them to LiteRT, SavedModel or ONNX. A typical session: tfafm train, tfafm compress,
@@ -187,9 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="instead of --ratio, the smallest model (in the bytes of --quantization) whose "
                              "validation AUC is at most DROP below the original's, e.g. 0.001; searched over "
                              "the ratio from one calibration (at most 10 evaluations)")
-    compress.add_argument("--method", choices=METHODS, default="afm",
+    compress.add_argument("--method", choices=METHODS, default=METHOD,
                           help="afm: factor each layer's output covariance (needs calibration data); "
-                               "svd: factor the weights (default afm)")
+                               "svd: factor the weights; auto: both, and keep SVD only where its validation AUC "
+                               "is higher beyond noise (paired DeLong z >= 1.645) and its LogLoss no higher "
+                               "(needs labels in --validation or --data; else afm) (default auto)")
     compress.add_argument("--objective", choices=OBJECTIVES, default="both",
                           help="what --ratio shrinks: both (the file, and the bytes read per batch-1 request as far "
                                "as that costs the predictions next to nothing), "

@@ -29,6 +29,9 @@ LiteRT interpreter unless said otherwise:
     AFM-loss, first-order kept xR
                    AFM-loss with ``first_order="keep"`` (``--methods afm-loss-keep``): the
                    first-order table as it is (only for models that have one).
+    AFM or SVD (auto) xR
+                   ``method="auto"`` (the default, ``--methods auto``): AFM-loss and SVD both
+                   built at the ratio, the one with the higher validation AUC kept.
     AFM-loss+ft xR AFM-loss xR fine-tuned for ``--finetune-epochs`` epochs (Adam at half the
                    training rate; early stopping on validation AUC; kept only for a significant
                    validation AUC gain, as ``tfafm compress --finetune-epochs``), then exported the
@@ -89,7 +92,9 @@ METHODS = {"afm": ("AFM", "afm", "variance", "keep", 1.0),
            "afm-loss": ("AFM-loss", "afm", "loss", "codes", DEFAULT_COVERAGE),
            "afm-loss-all-rows": ("AFM-loss, every row", "afm", "loss", "codes", 1.0),
            "afm-loss-keep": ("AFM-loss, first-order kept", "afm", "loss", "keep", DEFAULT_COVERAGE),
-           "svd": ("SVD", "svd", "variance", "keep", 1.0)}
+           "svd": ("SVD", "svd", "variance", "keep", 1.0),
+           # The default: AFM-loss and SVD both built at the ratio, the higher validation AUC kept.
+           "auto": ("AFM or SVD (auto)", "auto", None, "codes", DEFAULT_COVERAGE)}
 REACH = re.compile(r"largest reachable ratio for this model under \w+ is ([0-9.]+)x")
 
 
@@ -182,7 +187,8 @@ def run_cell(model_name, bundle, test, seed, args, tmp) -> list[dict]:
                 small, _ = tfafm.compress(original, calibration, method=method, target_ratio=ratio,
                                           quantization="dynamic", statistics=statistics, criterion=criterion,
                                           first_order=first_order, id_coverage=id_coverage, progress=False,
-                                          validation_data=bundle.validation if id_coverage == "auto" else None)
+                                          validation_data=bundle.validation
+                                          if id_coverage == "auto" or method == "auto" else None)
             except UserError as error:
                 reach = REACH.search(str(error))
                 results.append({"variant": name, "ratio": ratio, "bytes": None,
@@ -276,7 +282,9 @@ def main() -> None:
         "predictions less than its bytes buy the codes (the default `first_order=\"codes\"`; the 'first-order kept' "
         "rows keep it) and, by default (`id_coverage=\"auto\"`, given the validation split), prunes the rows of rare "
         "ids where that gives the better validation AUC at the ratio (every row, or the ids covering 99%, 95% or 90% "
-        "of each field's calibration lookups; the 'every row' rows never prune); no fine-tuning, except the "
+        "of each field's calibration lookups; the 'every row' rows never prune); 'AFM or SVD (auto)' builds AFM-loss "
+        "and weight SVD at the ratio and keeps the higher validation AUC (the default `method=\"auto\"`); "
+        "no fine-tuning, except the "
         "AFM-loss+ft rows "
         f"({args.finetune_epochs} epoch(s) at half the learning rate, early stopping on validation AUC, kept only "
         "when the validation AUC gain is significant: paired DeLong z >= 1.645). "

@@ -116,9 +116,12 @@ def test_compress_id_coverage_option_reaches_compress(trained_run, tmp_path, cap
     out = tmp_path / "auto"  # the run's validation split has labels: the coverage is chosen there
     assert main(["compress", str(trained_run), "--ratio", "1.5", "--quantization", "dynamic", "--out", str(out),
                  "--quiet"]) == 0
-    assert json.loads((out / "run.json").read_text())["id_coverage"] == "auto"
+    info = json.loads((out / "run.json").read_text())
+    assert info["id_coverage"] == "auto" and info["method_option"] == "auto"
     notes = json.loads((out / "report.json").read_text())["notes"]
-    assert any("id_coverage chosen on the validation AUC at this ratio (AUC drop: 1 " in note for note in notes)
+    (note,) = [note for note in notes if "chosen on the validation AUC at this ratio between AFM at each id_coverage "
+               "and weight SVD (AUC drop: 1 " in note]
+    assert note.startswith(f"method: {info['method'].upper()}") and ", svd " in note  # --method auto: SVD weighed
     out = tmp_path / "pruned"
     assert main(["compress", str(trained_run), "--ratio", "1.5", "--quantization", "dynamic", "--id-coverage",
                  "0.95", "--out", str(out), "--quiet"]) == 0

@@ -235,7 +235,8 @@ def cmd_compress(args, out: Output) -> int:
     if needs_labels and run_data.validation is None:
         raise UserError("--max-auc-drop and --finetune-epochs need labels: name the label column(s) with "
                         "?label=COLUMN in --data")
-    out.note(f"Compressing {args.run} with {args.method.upper()} on {run_data.description}")
+    method = "AFM (or SVD where it validates better)" if args.method == "auto" else args.method.upper()
+    out.note(f"Compressing {args.run} with {method} on {run_data.description}")
     with destination.staged() as staged:
         result = compress_run(
             run, run_data, out=staged, method=args.method, target_ratio=args.ratio, energy=args.energy,

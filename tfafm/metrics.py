@@ -110,6 +110,10 @@ def ranks(values: np.ndarray) -> np.ndarray:
     return result
 
 
+# A paired AUC gain (DeLong, below) counts as more than noise from this many standard errors: one-sided 5%.
+SIGNIFICANT_Z = 1.645
+
+
 def paired_auc_difference(labels: np.ndarray, reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
     """``AUC(candidate) - AUC(reference)`` on the same rows, with the standard error of that
     difference by DeLong's test for correlated ROC curves (DeLong, DeLong & Clarke-Pearson,

@@ -14,7 +14,7 @@ import keras
 from tfafm.compression.api import compress
 from tfafm.compression.report import CompressionReport, plot_budget
 from tfafm.runs import Run, save_run
-from tfafm_choices import ID_COVERAGE
+from tfafm_choices import ID_COVERAGE, METHOD
 
 FRONTIER_PLOT = "frontier.png"
 
@@ -94,7 +94,7 @@ def compress_run(
     run: Run,
     data: RunData,
     out: Optional[str] = None,
-    method: str = "afm",
+    method: str = METHOD,
     target_ratio: Optional[float] = 4.0,
     energy: Optional[float] = None,
     max_auc_drop: Optional[float] = None,
@@ -140,7 +140,8 @@ def compress_run(
                                              run.config.early_stopping_patience, verbose)
     if out is not None:
         info: dict[str, Any] = {
-            **run.info, "kind": "compressed", "source_run": run.path, "data": data.spec, "method": method,
+            **run.info, "kind": "compressed", "source_run": run.path, "data": data.spec, "method": report.method,
+            "method_option": method,
             "objective": objective, "criterion": criterion, "first_order": first_order, "id_coverage": id_coverage,
             "quantization": quantization,
             "inner_activation": inner_activation,

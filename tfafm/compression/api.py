@@ -20,8 +20,10 @@ from tfafm.compression.rewrite import rebuild
 from tfafm.compression.samples import generated_rows, sample_rows
 from tfafm.compression.targets import Target, adapter_for, find_targets
 from tfafm.errors import UserError
-from tfafm.linalg.factorize import check_method, column_mean, factor, gram, weight_spectrum, weighted_bases
+from tfafm.linalg.factorize import column_mean, factor, gram, weight_spectrum, weighted_bases
 from tfafm.linalg.statistics import Statistics
+from tfafm.metrics import SIGNIFICANT_Z
+from tfafm_choices import METHOD, METHODS
 
 KINDS = {"embeddings": ("embedding",), "dense": ("dense", "einsum", "attention", "cross", "custom")}
 
@@ -118,7 +120,7 @@ def check_inner_activation(inner_activation, option: str = "inner_activation") -
 def compress(
     model: keras.Model,
     calibration_data=None,
-    method: str = "afm",
+    method: str = METHOD,
     ranks: Mapping[str, int] | None = None,
     energy: float | None = None,
     target_ratio: float | None = None,
@@ -164,7 +166,17 @@ def compress(
         model: a trained, built model; it is not modified.
         calibration_data: data for :func:`tfafm.calibrate` (AFM only, unless
             ``statistics`` is given).
-        method: ``"afm"`` (output-feature PCA) or ``"svd"`` (weights).
+        method: ``"afm"`` (output-feature PCA), ``"svd"`` (weights) or
+            ``"auto"`` (default): with ``target_ratio`` or ``max_auc_drop`` and
+            ``validation_data`` that has 0/1 labels, both are allocated at the
+            ratio (AFM as ``"afm"`` would compress, SVD from the weights, or
+            with the given ``criterion``), built and evaluated, and SVD is kept
+            where its validation AUC is higher beyond noise (paired DeLong
+            ``z >= 1.645``) and its LogLoss no higher (under ``max_auc_drop``,
+            at each ratio the search tries); otherwise AFM. ``report.method`` says which
+            was kept and the report's notes give the AUC of each. AFM usually
+            wins, but not on every model and data set, and only held-out labels
+            tell.
         ranks: explicit ``{name: rank}``; only these matrices are factored.
             Names are layer names (qualified ``outer/inner`` when not unique)
             or, for layers with several matrices, ``layer/matrix``.
@@ -272,7 +284,11 @@ def compress(
     check_budget(ranks, energy, target_ratio, calibration_steps, min_calibration_rows, max_auc_drop,
                  validation_data)
     require_graph_model(model)
-    check_method(method)
+    if method not in METHODS:
+        raise UserError(f"Unknown compression method {method!r}; expected one of {METHODS}.")
+    weigh_svd = method == "auto"  # weight SVD built beside AFM and chosen on the validation AUC
+    method = "afm" if weigh_svd else method
+    svd_criterion = criterion or "variance"
     chosen_options = [name for name, value in (("ranks", ranks), ("energy", energy), ("target_ratio", target_ratio),
                                                ("max_auc_drop", max_auc_drop)) if value is not None]
     if len(chosen_options) != 1:
@@ -287,7 +303,8 @@ def compress(
         raise UserError(f"first_order must be one of {first_orders.CHOICES}, got {first_order!r}.")
     rare_ids.check_coverage(id_coverage)
     costs = cost_models(objective, quantization)
-    budgeted = method == "afm" and criterion == "loss" and (target_ratio is not None or max_auc_drop is not None)
+    searched = target_ratio is not None or max_auc_drop is not None
+    budgeted = method == "afm" and criterion == "loss" and searched
     all_targets, skipped = find_targets(model)
     targets = _select(model, all_targets, include, exclude)
     if ranks is not None:
@@ -314,11 +331,13 @@ def compress(
                             f"{without[:3]} have none: calibrate(..., fisher=True).")
     rows = sample_rows(model, calibration_data) if calibration_data is not None else generated_rows(model)
     reference = run_checked(model, rows, f"Model {model.name!r}")
-    variants = [(model, None)]
-    validation, choice_note = None, None
+    choosing = searched and validation_data is not None and (weigh_svd or (budgeted and id_coverage == "auto"))
+    validation = labelled(model, validation_data) if choosing else None
+    variants, choice_notes = [(model, None)], []
     if budgeted and calibration_data is not None:
-        variants, validation, choice_note = _variants(model, calibration_data, calibration_steps, id_coverage,
-                                                      validation_data, rows, reference)
+        variants, choice_note = _variants(model, calibration_data, calibration_steps, id_coverage, validation,
+                                          rows, reference)
+        choice_notes += [choice_note] if choice_note else []
     names = {t.name for t in targets}
     plans = []
     for variant, pruning in variants:
@@ -330,13 +349,20 @@ def compress(
                 linear = (found, first_orders.count_ids(variant, found, calibration_data, calibration_steps))
         plans.append(_Plan(variant, variant_targets, skipped, method, statistics, inner_activation, costs,
                            criterion, linear, model, pruning))
+    widest = plans[-1]  # the most rows pruned: the farthest reach
+    if weigh_svd and searched and validation is not None:
+        plans.append(_Plan(model, targets, skipped, "svd", statistics, inner_activation, costs, svd_criterion,
+                           original=model, challenger=True))
+    elif weigh_svd and searched:
+        choice_notes.append("method: AFM; method='auto' weighs weight SVD beside it on validation_data with 0/1 "
+                            "labels, and none was given")
     plan, search, candidate = plans[0], None, None
     if energy is not None:
         ranks = ranks_for_energy(plan.by_name, plan.spectra, energy)
     elif target_ratio is not None and len(plans) > 1:
         candidate = best_of(plans, target_ratio, validation_data, *validation, quantization)
         if not candidate.reachable:
-            plans[-1].ranks_for_ratio(target_ratio)  # out of reach even with the most rows pruned: says why
+            widest.ranks_for_ratio(target_ratio)  # out of reach even with the most rows pruned: says why
         ranks = candidate.ranks
     elif target_ratio is not None:
         ranks = plan.ranks_for_ratio(target_ratio)
@@ -361,30 +387,41 @@ def compress(
         accuracy["budget"] = search.summary()
     notes = report.notes
     if candidate is not None and candidate.variants:
-        notes += ("rows of rare ids: id_coverage chosen on the validation AUC at this ratio (AUC drop: "
-                  + ", ".join(f"{label} {'out of reach' if drop is None else f'{drop:+.4f}'}"
-                              for label, drop in candidate.variants) + ")",)
-    elif choice_note:
-        notes += (choice_note,)
+        notes += (_choice_note(plans, candidate),)
+    else:
+        notes += tuple(choice_notes)
     return compressed, dataclasses.replace(report, accuracy=accuracy, quantization=quantization,
-                                           criterion=criterion, notes=notes)
+                                           criterion=plan.criterion, notes=notes)
 
 
-def _variants(model, calibration_data, steps: int | None, id_coverage, validation_data, rows, reference):
+def _choice_note(plans, candidate) -> str:
+    """What was chosen between ``plans`` on the validation AUC at the candidate's ratio, and the drop of each
+    (AFM's variants named by their id_coverage where there are several, else ``afm``; SVD ``svd``)."""
+    several_coverages = sum(plan.method == "afm" for plan in plans) > 1
+    drops = ", ".join(f"{label if several_coverages or label == 'svd' else 'afm'} "
+                      f"{'out of reach' if drop is None else f'{drop:+.4f}'}" for label, drop in candidate.variants)
+    if not any(plan.method == "svd" for plan in plans):
+        return f"rows of rare ids: id_coverage chosen on the validation AUC at this ratio (AUC drop: {drops})"
+    chosen = candidate.ranks.plan
+    return (f"method: {chosen.method.upper()}{'' if chosen.pruning is None else f' (id_coverage {chosen.label})'}, "
+            f"chosen on the validation AUC at this ratio between AFM{' at each id_coverage' * several_coverages} "
+            f"and weight SVD (AUC drop: {drops}); SVD is taken only where its AUC is higher beyond noise (paired "
+            f"DeLong z >= {SIGNIFICANT_Z}) and its LogLoss no higher")
+
+
+def _variants(model, calibration_data, steps: int | None, id_coverage, validation, rows, reference):
     """The models to allocate ranks in: ``(model, None)`` and, per coverage of ``id_coverage`` below 1
-    that prunes something, ``(pruned model, Pruning)`` (:mod:`tfafm.compression.rare_ids`); with the
-    original's validation predictions and labels (``"auto"`` needs labels) and a note when ``"auto"``
-    could not choose. Each pruned model is checked against the original on the sample ``rows`` whose
-    ids all kept their rows (:func:`~tfafm.compression.rare_ids.check`; ``reference``: the original's
+    that prunes something, ``(pruned model, Pruning)`` (:mod:`tfafm.compression.rare_ids`); and a note
+    when ``"auto"`` could not choose (it needs ``validation``, the original's validation predictions
+    and labels). Each pruned model is checked against the original on the sample ``rows`` whose ids
+    all kept their rows (:func:`~tfafm.compression.rare_ids.check`; ``reference``: the original's
     outputs there)."""
     coverages = [c for c in rare_ids.levels(id_coverage) if c < 1.0]
     if not coverages or not rare_ids.find_fields(model):
-        return [(model, None)], None, None
-    validation = labelled(model, validation_data) if id_coverage == "auto" and validation_data is not None else None
+        return [(model, None)], None
     if id_coverage == "auto" and validation is None:
-        return [(model, None)], None, ("rows of rare ids all kept: id_coverage='auto' chooses how many to prune on "
-                                       "validation_data with 0/1 labels, and none was given (or give "
-                                       "id_coverage=0.95)")
+        return [(model, None)], ("rows of rare ids all kept: id_coverage='auto' chooses how many to prune on "
+                                 "validation_data with 0/1 labels, and none was given (or give id_coverage=0.95)")
     with failures_named(f"Counting the ids of model {model.name!r} in the calibration data fails"):
         counted = rare_ids.count(model, calibration_data, steps)
     variants = [] if id_coverage != "auto" else [(model, None)]
@@ -394,7 +431,7 @@ def _variants(model, calibration_data, steps: int | None, id_coverage, validatio
         if pruning is not None:
             rare_ids.check(model, pruned, counted, pruning, rows, reference)
             variants.append((pruned, pruning))
-    return variants or [(model, None)], validation, None
+    return variants or [(model, None)], None
 
 
 class Allocation(dict):
@@ -415,10 +452,12 @@ class _Plan:
     pruned (``pruning``); sizes, ratios and the budget's reference predictions are the original's."""
 
     def __init__(self, model, targets: list[Target], skipped, method: str, statistics, inner_activation, costs,
-                 criterion: str = "variance", linear=None, original=None, pruning=None):
+                 criterion: str = "variance", linear=None, original=None, pruning=None, challenger: bool = False):
         self.original = original if original is not None else model
+        self.challenger = challenger  # chosen over the plans before it only when better beyond noise (best_of)
         self.pruning = pruning
-        self.label = f"{pruning.coverage:g}" if pruning is not None else "1"  # its id_coverage
+        # Its name among the variants: its id_coverage (AFM), or "svd".
+        self.label = "svd" if method == "svd" else f"{pruning.coverage:g}" if pruning is not None else "1"
         self.model, self.targets, self.skipped = model, targets, skipped
         self.method, self.statistics, self.inner_activation, self.costs = method, statistics, inner_activation, costs
         self.criterion, self.linear = criterion, linear

@@ -21,7 +21,7 @@ import numpy as np
 
 from tfafm.compression.report import estimated_file_bytes
 from tfafm.errors import UserError
-from tfafm.metrics import agreement, predict_outputs, scores
+from tfafm.metrics import SIGNIFICANT_Z, agreement, paired_auc_difference, predict_outputs, scores
 
 MAX_EVALUATIONS = 10
 FIRST_RATIOS = (2.0, 4.0, 8.0, 16.0, 32.0, 64.0)  # doubled until the budget breaks
@@ -130,8 +130,10 @@ def labelled(original, validation_data) -> tuple[dict, dict] | None:
 def best_of(plans, ratio: float, validation_data, reference, labels, quantization: str | None) -> Candidate:
     """Each of ``plans`` (variants of one calibrated compression, see :mod:`tfafm.compression.api`)
     allocated at ``ratio``, built and evaluated on ``validation_data``: the one with the smallest
-    AUC drop (the first on a tie), unreachable where none reaches ``ratio``."""
-    best, variants = None, []
+    AUC drop (the first on a tie), unreachable where none reaches ``ratio``. A plan marked
+    ``challenger`` (another method beside the default) replaces the best before it only where it
+    is better beyond noise (:func:`_beats`)."""
+    best, best_predictions, variants = None, None, []
     for plan in plans:
         try:
             ranks = plan.ranks_for_ratio(ratio)
@@ -139,17 +141,37 @@ def best_of(plans, ratio: float, validation_data, reference, labels, quantizatio
             variants.append((plan.label, None))
             continue
         compressed, _ = plan.build(ranks)
-        comparison = _comparison(reference, labels, predict_outputs(compressed, validation_data)[0])
+        predictions = predict_outputs(compressed, validation_data)[0]
+        comparison = _comparison(reference, labels, predictions)
         drops = [o["auc_drop"] for o in comparison["outputs"].values() if o["auc_drop"] is not None]
         candidate = Candidate(ratio, ranks, compressed.count_params(), estimated_file_bytes(compressed, quantization),
                               comparison, max(drops))
         del compressed
         variants.append((plan.label, candidate.auc_drop))
-        if best is None or candidate.auc_drop < best.auc_drop:
-            best = candidate
+        if best is None or (_beats(candidate, predictions, best, best_predictions, labels)
+                            if getattr(plan, "challenger", False) else candidate.auc_drop < best.auc_drop):
+            best, best_predictions = candidate, predictions
     if best is None:
         return Candidate(ratio, None, None, None, None, None)
     return dataclasses.replace(best, variants=tuple(variants) if len(plans) > 1 else ())
+
+
+def _beats(challenger: Candidate, predictions, incumbent: Candidate, incumbent_predictions, labels) -> bool:
+    """Whether ``challenger`` is better than ``incumbent`` on every output with 0/1 labels beyond
+    noise: its AUC higher by at least :data:`~tfafm.metrics.SIGNIFICANT_Z` standard errors of the
+    paired difference (DeLong, on the same rows) and its LogLoss no higher (a model that ranks a
+    little better by chance but whose probabilities are worse is not taken)."""
+    for name, output in challenger.validation["outputs"].items():
+        if output["compressed"] is None:
+            continue
+        held = incumbent.validation["outputs"][name]["compressed"]
+        try:
+            gain = paired_auc_difference(labels[name], incumbent_predictions[name], predictions[name])
+        except UserError:  # too few positives or negatives to tell
+            return False
+        if not (gain["z"] >= SIGNIFICANT_Z and output["compressed"]["logloss"] <= held["logloss"]):
+            return False
+    return True
 
 
 def smallest_within_budget(plans, validation_data, max_auc_drop: float, quantization: str | None) -> BudgetSearch:
