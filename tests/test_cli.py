@@ -120,7 +120,7 @@ def test_compress_id_coverage_option_reaches_compress(trained_run, tmp_path, cap
     assert info["id_coverage"] == "auto" and info["method_option"] == "auto"
     notes = json.loads((out / "report.json").read_text())["notes"]
     (note,) = [note for note in notes if "chosen on the validation AUC at this ratio between AFM at each id_coverage "
-               "and weight SVD (AUC drop: 1 " in note]
+               "and weight SVD, SVD only where its AUC is higher beyond noise" in note and "(AUC drop: 1 " in note]
     assert note.startswith(f"method: {info['method'].upper()}") and ", svd " in note  # --method auto: SVD weighed
     out = tmp_path / "pruned"
     assert main(["compress", str(trained_run), "--ratio", "1.5", "--quantization", "dynamic", "--id-coverage",

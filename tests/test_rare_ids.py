@@ -157,10 +157,12 @@ def test_auto_coverage_is_chosen_on_validation_labels_and_keeps_every_row_withou
     assert list(drops) == ["1", "0.99", "0.95", "0.9", "svd"]  # SVD, on every row, may not reach x12
     assert "out of reach" not in [drops[coverage] for coverage in ("1", "0.99", "0.95", "0.9")]
     chosen = report.accuracy["validation"]["outputs"]["prediction"]["auc_drop"]
-    best = min((k for k in drops if drops[k] != "out of reach"), key=lambda k: float(drops[k]))
-    assert f"{chosen:+.4f}" == drops[best]
-    assert report.method == ("svd" if best == "svd" else "afm") and note.startswith(f"method: {report.method.upper()}")
-    assert (_guard_rows(small) == rows) == (best in ("1", "svd"))
+    best = min(("1", "0.99", "0.95", "0.9"), key=lambda k: float(drops[k]))  # AFM's best coverage
+    # SVD only where better beyond noise (tests/test_method_choice.py), so never with a larger drop.
+    assert f"{chosen:+.4f}" == drops["svd" if report.method == "svd" else best]
+    assert report.method == "afm" or float(drops["svd"]) < float(drops[best])
+    assert note.startswith(f"method: {report.method.upper()}")
+    assert (_guard_rows(small) == rows) == (report.method == "svd" or best == "1")
     ratio = estimated_file_bytes(model, "dynamic") / estimated_file_bytes(small, "dynamic")
     assert 12 <= ratio <= 12 * 1.15
     # The budget search weighs the coverages at every ratio it tries.

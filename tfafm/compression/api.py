@@ -405,8 +405,8 @@ def _choice_note(plans, candidate) -> str:
     chosen = candidate.ranks.plan
     return (f"method: {chosen.method.upper()}{'' if chosen.pruning is None else f' (id_coverage {chosen.label})'}, "
             f"chosen on the validation AUC at this ratio between AFM{' at each id_coverage' * several_coverages} "
-            f"and weight SVD (AUC drop: {drops}); SVD is taken only where its AUC is higher beyond noise (paired "
-            f"DeLong z >= {SIGNIFICANT_Z}) and its LogLoss no higher")
+            f"and weight SVD, SVD only where its AUC is higher beyond noise (paired DeLong z >= {SIGNIFICANT_Z}) "
+            f"and its LogLoss no higher (AUC drop: {drops})")
 
 
 def _variants(model, calibration_data, steps: int | None, id_coverage, validation, rows, reference):
