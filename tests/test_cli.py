@@ -79,6 +79,8 @@ def test_compress_writes_model_and_reports(trained_run, tmp_path, capsys):
     assert isinstance(stages["finetuned"]["kept"], bool) and "gain_z" in stages["finetuned"]
     printed = capsys.readouterr().out
     assert "original" in printed and "finetuned" in printed and "deep_dense_0" in printed
+    # Whether the fine-tuned weights were kept is a result: printed under --quiet too.
+    assert f"Fine-tuning {'kept' if stages['finetuned']['kept'] else 'discarded'}" in printed
 
 
 def test_compress_objective_and_quantization_reach_the_allocator(trained_run, tmp_path):

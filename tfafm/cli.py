@@ -252,8 +252,8 @@ def cmd_compress(args, out: Output) -> int:
     tuned = result.metrics.get("finetuned")
     if tuned is not None:
         z = "n/a" if tuned["gain_z"] is None else f"{tuned['gain_z']:.2f}"
-        out.note(f"Fine-tuning {'kept' if tuned['kept'] else 'discarded (the compressed weights are kept)'}: "
-                 f"validation AUC {tuned['auc_gain']:+.4f}, z = {z} (kept from {FINE_TUNE_MIN_Z})")
+        out.result(f"Fine-tuning {'kept' if tuned['kept'] else 'discarded (the compressed weights are kept)'}: "
+                   f"validation AUC {tuned['auc_gain']:+.4f}, z = {z} (kept from {FINE_TUNE_MIN_Z})")
     out.result(f"Saved compressed run to {args.out}")
     return 0
 
