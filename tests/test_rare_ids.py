@@ -192,3 +192,17 @@ def test_check_compares_rows_whose_ids_kept_their_rows_and_refuses_a_moved_row(m
     broken, pruning = rare_ids.prune(model, counted, 0.8)
     with pytest.raises(tfafm.errors.UserError, match=r"Pruning the rows of rare ids changed output .* on 2 sample"):
         rare_ids.check(model, broken, counted, pruning, rows, reference)
+
+
+@pytest.mark.slow
+def test_svd_weighed_under_auto_prunes_the_rows_a_numeric_coverage_asks_for(trained, monkeypatch):
+    from tfafm.compression import budget
+
+    model, features, validation, rows = trained
+    monkeypatch.setattr(budget, "_beats", lambda *args: True)  # as where SVD validates better beyond noise
+    small, report = tfafm.compress(model, features, target_ratio=6, quantization="dynamic", id_coverage=0.95,
+                                   validation_data=validation, progress=False)
+    assert report.method == "svd" and _guard_rows(small) < rows / 2  # the coverage asked for, SVD or not
+    assert any(note.startswith("rare ids: ") and "95.0%" in note for note in report.notes)
+    (note,) = [note for note in report.notes if note.startswith("method: SVD (id_coverage 0.95), chosen")]
+    assert "(AUC drop: afm " in note and ", svd " in note

@@ -287,7 +287,7 @@ def compress(
     if method not in METHODS:
         raise UserError(f"Unknown compression method {method!r}; expected one of {METHODS}.")
     weigh_svd = method == "auto"  # weight SVD built beside AFM and chosen on the validation AUC
-    method = "afm" if weigh_svd else method
+    asked_method, method = method, "afm" if weigh_svd else method
     svd_criterion = criterion or "variance"
     chosen_options = [name for name, value in (("ranks", ranks), ("energy", energy), ("target_ratio", target_ratio),
                                                ("max_auc_drop", max_auc_drop)) if value is not None]
@@ -313,7 +313,7 @@ def compress(
 
     by_loss = criterion == "loss"
     if method == "afm" or by_loss:
-        needs = f"method={method!r}" + (" with criterion='loss'" if by_loss else "")
+        needs = f"method={asked_method!r}" + (" with criterion='loss'" if by_loss else "")
         if statistics is None:
             if calibration_data is None:
                 raise UserError(f"{needs} needs calibration_data (or precomputed statistics).")
@@ -331,7 +331,10 @@ def compress(
                             f"{without[:3]} have none: calibrate(..., fisher=True).")
     rows = sample_rows(model, calibration_data) if calibration_data is not None else generated_rows(model)
     reference = run_checked(model, rows, f"Model {model.name!r}")
-    choosing = searched and validation_data is not None and (weigh_svd or (budgeted and id_coverage == "auto"))
+    # The original's validation predictions, only where candidates are to be compared on them.
+    choosing = searched and validation_data is not None and (
+        weigh_svd or (budgeted and id_coverage == "auto" and calibration_data is not None
+                      and bool(rare_ids.find_fields(model))))
     validation = labelled(model, validation_data) if choosing else None
     variants, choice_notes = [(model, None)], []
     if budgeted and calibration_data is not None:
@@ -351,11 +354,14 @@ def compress(
                            criterion, linear, model, pruning))
     widest = plans[-1]  # the most rows pruned: the farthest reach
     if weigh_svd and searched and validation is not None:
-        plans.append(_Plan(model, targets, skipped, "svd", statistics, inner_activation, costs, svd_criterion,
-                           original=model, challenger=True))
+        # On the rows AFM keeps where id_coverage is a number (pruned as asked), else on every row.
+        base = plans[0] if id_coverage != "auto" else None
+        plans.append(_Plan(base.model if base else model, base.targets if base else targets, skipped, "svd",
+                           statistics, inner_activation, costs, svd_criterion, original=model,
+                           pruning=base.pruning if base else None, challenger=True))
     elif weigh_svd and searched:
         choice_notes.append("method: AFM; method='auto' weighs weight SVD beside it on validation_data with 0/1 "
-                            "labels, and none was given")
+                            "labels of both classes, and none was given")
     plan, search, candidate = plans[0], None, None
     if energy is not None:
         ranks = ranks_for_energy(plan.by_name, plan.spectra, energy)
@@ -367,7 +373,7 @@ def compress(
     elif target_ratio is not None:
         ranks = plan.ranks_for_ratio(target_ratio)
     elif max_auc_drop is not None:
-        search = smallest_within_budget(plans, validation_data, max_auc_drop, quantization)
+        search = smallest_within_budget(plans, validation_data, max_auc_drop, quantization, validation)
         ranks = search.chosen.ranks
         candidate = search.chosen
     plan = getattr(ranks, "plan", plan)
@@ -403,7 +409,9 @@ def _choice_note(plans, candidate) -> str:
     if not any(plan.method == "svd" for plan in plans):
         return f"rows of rare ids: id_coverage chosen on the validation AUC at this ratio (AUC drop: {drops})"
     chosen = candidate.ranks.plan
-    return (f"method: {chosen.method.upper()}{'' if chosen.pruning is None else f' (id_coverage {chosen.label})'}, "
+    if chosen.method == "svd" and all(drop is None for label, drop in candidate.variants if label != "svd"):
+        return f"method: SVD, the only one to reach this ratio (AUC drop: {drops})"
+    return (f"method: {chosen.method.upper()}{'' if chosen.pruning is None else f' (id_coverage {chosen.pruning.coverage:g})'}, "
             f"chosen on the validation AUC at this ratio between AFM{' at each id_coverage' * several_coverages} "
             f"and weight SVD, SVD only where its AUC is higher beyond noise (paired DeLong z >= {SIGNIFICANT_Z}) "
             f"and its LogLoss no higher (AUC drop: {drops})")
@@ -421,7 +429,8 @@ def _variants(model, calibration_data, steps: int | None, id_coverage, validatio
         return [(model, None)], None
     if id_coverage == "auto" and validation is None:
         return [(model, None)], ("rows of rare ids all kept: id_coverage='auto' chooses how many to prune on "
-                                 "validation_data with 0/1 labels, and none was given (or give id_coverage=0.95)")
+                                 "validation_data with 0/1 labels of both classes, and none was given (or give "
+                                 "id_coverage=0.95)")
     with failures_named(f"Counting the ids of model {model.name!r} in the calibration data fails"):
         counted = rare_ids.count(model, calibration_data, steps)
     variants = [] if id_coverage != "auto" else [(model, None)]

@@ -174,16 +174,18 @@ def _beats(challenger: Candidate, predictions, incumbent: Candidate, incumbent_p
     return True
 
 
-def smallest_within_budget(plans, validation_data, max_auc_drop: float, quantization: str | None) -> BudgetSearch:
+def smallest_within_budget(plans, validation_data, max_auc_drop: float, quantization: str | None,
+                           validation: tuple[dict, dict] | None = None) -> BudgetSearch:
     """Searches ``plans`` (variants of one calibrated compression, see :mod:`tfafm.compression.api`;
     at each ratio the best of them on ``validation_data``) for the smallest model whose AUC drop
-    on ``validation_data`` is at most ``max_auc_drop``.
+    on ``validation_data`` is at most ``max_auc_drop``; ``validation``: the original's predictions
+    and labels there (:func:`labelled`), if already computed.
 
     Raises:
         UserError: the validation data has no 0/1 labels, or not even a 1.25x
             compression stays within the budget.
     """
-    found = labelled(plans[0].original, validation_data)
+    found = validation if validation is not None else labelled(plans[0].original, validation_data)
     if found is None:
         raise UserError("max_auc_drop needs validation_data whose labels are 0/1 clicks with both classes present.")
     reference, labels = found

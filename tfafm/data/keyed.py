@@ -24,9 +24,10 @@ features, such as a history of ids)::
 
     parquet:events.parquet?label=click&pad=history,tags
 
-whose lists are **padded with 0 at the end or truncated to their first L
-values**, a missing list read as an empty one. An input of free length
-(``(batch, None)``) takes lists padded with 0 to the longest of the batch.
+whose lists are **padded with 0 (``""`` for strings) at the end or truncated
+to their first L values**, a missing list read as an empty one. An input of
+free length (``(batch, None)``) takes lists padded with 0 to the longest of
+the batch, a missing list as an empty one.
 Nothing is padded, cut or filled unasked: a list of another length, a missing
 list or a missing value inside a list is an error naming the file, column and
 row (a 0 written where a value was missing reads as a real id or value).
@@ -321,7 +322,9 @@ class _Csv(_Table):
             if kinds[name].startswith("list"):
                 separator = self.spec.list_delimiter
                 try:
-                    lists = [[int(v) for v in (text or "").split(separator) if v] for text in column.to_pylist()]
+                    # An empty item ("1||3", "1|2|") is a missing value, not nothing: None, refused later.
+                    lists = [[int(v) if v else None for v in text.split(separator)] if text else []
+                             for text in column.to_pylist()]
                 except ValueError:
                     raise DataFormatError(f"expected lists of integers separated by {separator!r}",
                                           path=path, column=name) from None
@@ -545,21 +548,15 @@ def _numpy_batches(data: KeyedData) -> Iterator:
 
 
 def _feature(column: InputColumn, values, nulls: int, path: str, pad: bool = False, first_row: int = 1) -> np.ndarray:
-    """One batch of ``column`` as an array of its shape; ``pad``: lists padded with 0 or cut to its
-    length; ``first_row``: the batch's first row in the file (from 1), for errors."""
+    """One batch of ``column`` as an array of its shape; ``pad``: lists padded with 0 (``""`` for
+    strings) or cut to its length; ``first_row``: the batch's first row in the file (from 1), for errors."""
     if nulls and column.length == 1:
         raise DataFormatError(f"{nulls} missing value(s) in this batch: model input {column.name!r} needs a "
                               "value on every row (fill them before)", path=path, column=column.name)
+    if pad and not isinstance(values, list) and np.ndim(values) == 1:
+        values = [[value] for value in values]  # a batch whose every row holds one value, to be padded
     if isinstance(values, list):
-        if column.length == 1 and any(v is not None and len(v) > 1 for v in values):
-            raise DataFormatError(f"holds lists, but model input {column.name!r} takes one value per row",
-                                  path=path, column=column.name)
-        _check_lists(column, values, path, pad or column.length is None, first_row)
-        length = column.length or max((len(v) for v in values if v is not None), default=1) or 1
-        array = np.zeros((len(values), length), dtype=object if column.is_string else column.dtype)
-        for row, items in enumerate(values):
-            items = (items if items is not None else [])[:length]  # padded: a missing list is an empty one
-            array[row, :len(items)] = items
+        array = _lists(column, values, path, pad or column.length is None, first_row)
     else:
         array = np.asarray(values)
         if column.is_string:
@@ -576,22 +573,41 @@ def _feature(column: InputColumn, values, nulls: int, path: str, pad: bool = Fal
         else array.reshape(len(array))
 
 
-def _check_lists(column: InputColumn, values: list, path: str, padded: bool, first_row: int) -> None:
-    """Every list whole: no missing value inside, and (unless ``padded``) present and of the input's length."""
+def _lists(column: InputColumn, values: list, path: str, padded: bool, first_row: int) -> np.ndarray:
+    """A batch of lists as a ``(rows, L)`` array, every list whole: no missing value inside and,
+    unless ``padded``, present and of the input's length L (``padded``: cut to L or padded with 0,
+    a missing list read as an empty one; L the longest list for an input of free length)."""
+    def fail(row: int, problem: str) -> DataFormatError:
+        return DataFormatError(f"row {first_row + row}: {problem}", path=path, column=column.name)
+
+    if column.length == 1 and any(v is not None and len(v) > 1 for v in values):
+        raise DataFormatError(f"holds lists, but model input {column.name!r} takes one value per row",
+                              path=path, column=column.name)
+    length = column.length or max((len(v) for v in values if v is not None), default=1) or 1
+    array = np.full((len(values), length), "" if column.is_string else 0,
+                    dtype=object if column.is_string else column.dtype)
+    inside = f"a missing value inside the list (model input {column.name!r}; fill it before)"
     for row, items in enumerate(values):
         if items is None and not padded:
-            problem = (f"a missing list: model input {column.name!r} takes {column.length} values per row (fill it, "
-                       f"or add pad={column.name} to the data spec if an empty or shorter list should be padded "
-                       "with 0)")
-        elif items is not None and isinstance(items, list) and None in items:
-            problem = f"a missing value inside the list (model input {column.name!r}; fill it before)"
-        elif items is not None and not padded and len(items) != column.length:
-            problem = (f"{len(items)} values, but model input {column.name!r} takes {column.length} per row (add "
-                       f"pad={column.name} to the data spec to pad shorter lists with 0 and cut longer ones, as "
-                       "for a sequence of ids)")
-        else:
+            raise fail(row, f"a missing list: model input {column.name!r} takes {length} values per row (fill it, "
+                            f"or add pad={column.name} to the data spec if an empty or shorter list should be "
+                            "padded with 0)")
+        if items is None:
             continue
-        raise DataFormatError(f"row {first_row + row}: {problem}", path=path, column=column.name)
+        if not padded and len(items) != length:
+            raise fail(row, f"{len(items)} values, but model input {column.name!r} takes {length} per row (add "
+                            f"pad={column.name} to the data spec to pad shorter lists with 0 and cut longer ones, "
+                            "as for a sequence of ids)")
+        items = items[:length]
+        try:
+            array[row, :len(items)] = items
+        except (TypeError, ValueError):  # a None among numbers
+            raise fail(row, inside) from None
+    missing = np.equal(array, None) if column.is_string else np.isnan(array) if array.dtype.kind == "f" else None
+    if missing is not None and missing.any():
+        raise fail(int(np.flatnonzero(missing.any(axis=1))[0]), inside if column.is_string else
+                   inside.replace("a missing value", "a missing (or NaN) value"))
+    return array
 
 
 def _label(values, nulls: int, name: str, path: str) -> np.ndarray:

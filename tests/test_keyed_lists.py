@@ -1,0 +1,69 @@
+"""List columns of a user's own data (tfafm.data.keyed): read whole, padded only where asked, never filled in."""
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tfafm.data.errors import DataFormatError
+from tfafm.data.keyed import InputColumn, _numpy_batches, keyed_data
+
+
+def _read(spec: str, column: InputColumn) -> np.ndarray:
+    data = keyed_data(spec, [column], ["click"])
+    return np.concatenate([features[column.name] for features, _ in _numpy_batches(data)])
+
+
+def _parquet(tmp_path, values, arrow_type) -> str:
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"seq": pa.array(values, pa.list_(arrow_type)), "click": [0, 1] * (len(values) // 2)}),
+                   path)
+    return str(path)
+
+
+def test_lists_of_the_inputs_length_are_read_as_they_are_and_others_only_with_pad(tmp_path):
+    ids = InputColumn("seq", "int64", (3,), high=10)
+    path = _parquet(tmp_path, [[1, 2, 3], [4, 5], [6, 7, 8, 9], None], pa.int64())
+    with pytest.raises(DataFormatError, match=r"t\.parquet: column seq: row 2: 2 values, but model input 'seq' "
+                                              r"takes 3 per row \(add pad=seq"):
+        _read(f"parquet:{path}?label=click", ids)
+    np.testing.assert_array_equal(_read(f"parquet:{path}?label=click&pad=seq", ids),
+                                  [[1, 2, 3], [4, 5, 0], [6, 7, 8], [0, 0, 0]])  # padded, cut, missing = empty
+
+
+def test_a_missing_value_inside_a_list_is_refused_with_or_without_pad(tmp_path):
+    floats = InputColumn("seq", "float32", (2,))
+    path = _parquet(tmp_path, [[1.0, 2.0], [None, 3.0]], pa.float32())
+    for spec in (f"parquet:{path}?label=click", f"parquet:{path}?label=click&pad=seq"):
+        with pytest.raises(DataFormatError, match=r"column seq: row 2: a missing \(or NaN\) value inside the list"):
+            _read(spec, floats)
+    csv = tmp_path / "t.csv"
+    for text in ("1||3", "1|2|"):  # an empty item is a missing value, not nothing
+        csv.write_text(f"seq,click\n1|2|3,0\n{text},1\n")
+        for spec in (f"csv:{csv}?label=click", f"csv:{csv}?label=click&pad=seq"):
+            with pytest.raises(DataFormatError, match=r"t\.csv: column seq: row 2: a missing value inside the list"):
+                _read(spec, InputColumn("seq", "int64", (3,), high=10))
+
+
+def test_padded_string_lists_get_empty_strings_and_single_values_are_padded_too(tmp_path):
+    tags = InputColumn("seq", "string", (3,))
+    path = _parquet(tmp_path, [["a"], ["b", "c"]], pa.string())
+    assert _read(f"parquet:{path}?label=click&pad=seq", tags).tolist() == [["a", "", ""], ["b", "c", ""]]
+    import tensorflow as tf
+
+    records = tmp_path / "t.tfrecord"
+    with tf.io.TFRecordWriter(str(records)) as writer:  # every row one value: read as a flat column
+        for value in (1, 2):
+            feature = {"seq": tf.train.Feature(int64_list=tf.train.Int64List(value=[value])),
+                       "click": tf.train.Feature(int64_list=tf.train.Int64List(value=[value - 1]))}
+            writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+    ids = InputColumn("seq", "int64", (3,), high=10)
+    np.testing.assert_array_equal(_read(f"tfrecord:{records}?label=click&pad=seq", ids), [[1, 0, 0], [2, 0, 0]])
+
+
+def test_pad_names_only_fixed_length_list_inputs(tmp_path):
+    path = _parquet(tmp_path, [[1, 2, 3], [4, 5, 6]], pa.int64())
+    with pytest.raises(Exception, match=r"pad names \['sequence'\], which are not inputs of the model"):
+        _read(f"parquet:{path}?label=click&pad=sequence", InputColumn("seq", "int64", (3,)))
+    with pytest.raises(Exception, match=r"pad names \['seq'\], which take one value per row or lists of any length"):
+        _read(f"parquet:{path}?label=click&pad=seq", InputColumn("seq", "int64", (None,)))
