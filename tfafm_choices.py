@@ -12,6 +12,8 @@ MODEL_NAMES = ("autoint", "dcn", "dcnv2", "deepfm", "dlrm", "fibinet", "nfm", "w
 METHODS = ("auto", "afm", "svd")
 METHOD = "auto"
 OBJECTIVES = ("both", "params", "latency")
+# What fine-tuning after compression fits: the original model's predictions (default) or the 0/1 labels.
+FINETUNE_FROM = ("teacher", "labels")
 CRITERIA = ("variance", "loss")  # what the factors keep (tfafm.compress(criterion=))
 FIRST_ORDER = ("codes", "keep")  # a first-order table read from the embeddings, or kept (tfafm.compress(first_order=))
 # Share of each field's calibration lookups whose ids keep their rows (tfafm.compress(id_coverage=)): by

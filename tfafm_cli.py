@@ -16,8 +16,8 @@ import os
 import sys
 from typing import Iterator, NoReturn, Optional, Sequence
 
-from tfafm_choices import (CRITERIA, DATA_KINDS, FIRST_ORDER, ID_COVERAGE, ID_COVERAGES, EXPORT_FORMATS, METHOD,
-                           METHODS, MODEL_NAMES, OBJECTIVES, QUANTIZATIONS, WITH_OPTIONS)
+from tfafm_choices import (CRITERIA, DATA_KINDS, EXPORT_FORMATS, FINETUNE_FROM, FIRST_ORDER, ID_COVERAGE, ID_COVERAGES,
+                           METHOD, METHODS, MODEL_NAMES, OBJECTIVES, QUANTIZATIONS, WITH_OPTIONS)
 
 DESCRIPTION = """Compress Keras click-through-rate models with low-rank factorization (AFM or weight SVD)
 and export them to LiteRT, SavedModel or ONNX. A typical session: tfafm train, tfafm compress,
@@ -224,6 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="fine-tuning epochs after compression; the fine-tuned weights are kept only if "
                                "their validation AUC gain is significant (paired DeLong test, z >= 1.645), "
                                "else the compressed weights (default 0)")
+    compress.add_argument("--finetune-from", choices=FINETUNE_FROM, default=FINETUNE_FROM[0],
+                          help="what fine-tuning fits on the training rows: teacher (the original model's "
+                               "predictions: distillation) or labels (default teacher)")
     compress.add_argument("--calibration-steps", type=positive_int, metavar="N",
                           help="calibrate on at most N batches (default: the whole training split)")
     _add_skip_bad_lines(compress)

@@ -34,8 +34,10 @@ LiteRT interpreter unless said otherwise:
                    built at the ratio, the one with the higher validation AUC kept.
     AFM-loss+ft xR AFM-loss xR fine-tuned for ``--finetune-epochs`` epochs (Adam at half the
                    training rate; early stopping on validation AUC; kept only for a significant
-                   validation AUC gain, as ``tfafm compress --finetune-epochs``), then exported the
-                   same way.
+                   validation AUC gain, as ``tfafm compress --finetune-epochs``) on the original's
+                   predictions (distillation, the default), then exported the same way.
+    AFM-loss+ft, labels xR
+                   the same fine-tuning on the 0/1 labels (``--finetune-from labels``).
 
 Prints the measured tables and, per data set and model, the smallest file within
 ``--tolerance`` AUC of the float32 original (mean over seeds); with ``--doc`` it
@@ -70,6 +72,7 @@ from tfafm.errors import UserError
 from tfafm.export import litert
 from tfafm.metrics import scores
 from tfafm.training import compile_for_ctr, fine_tune, fit
+from tfafm_choices import FINETUNE_FROM
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import environment, litert_scores, write_section  # noqa: E402
@@ -109,6 +112,9 @@ def parse_args():
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--finetune-epochs", type=int, default=1,
                         help="epochs of fine-tuning for the AFM-loss+ft rows (0: no such rows)")
+    parser.add_argument("--finetune-from", nargs="+", choices=FINETUNE_FROM, default=[FINETUNE_FROM[0]],
+                        help="what the AFM-loss+ft rows fit: teacher (the original's predictions, the default of "
+                             "tfafm compress) and/or labels (the 'AFM-loss+ft, labels' rows)")
     parser.add_argument("--synthetic-rows", type=int, default=100_000)
     parser.add_argument("--tolerance", type=float, default=0.001, help="AUC loss allowed for 'within'")
     parser.add_argument("--doc", help="markdown file whose 'frontier' section the tables replace")
@@ -196,8 +202,12 @@ def run_cell(model_name, bundle, test, seed, args, tmp) -> list[dict]:
                 continue
             exported(name, small, "dynamic", ratio)
             if name == "AFM-loss" and args.finetune_epochs:
-                fine_tune(small, bundle, args.finetune_epochs, LEARNING_RATE / 2)
-                exported(f"{name}+ft", small, "dynamic", ratio)
+                compressed_weights = small.get_weights()
+                for source in args.finetune_from:
+                    small.set_weights(compressed_weights)
+                    fine_tune(small, bundle, args.finetune_epochs, LEARNING_RATE / 2,
+                              teacher=original if source == "teacher" else None)
+                    exported(f"{name}+ft" + ("" if source == "teacher" else ", labels"), small, "dynamic", ratio)
     return results
 
 
@@ -286,7 +296,8 @@ def main() -> None:
         "and weight SVD at the ratio and keeps the higher validation AUC (the default `method=\"auto\"`); "
         "no fine-tuning, except the "
         "AFM-loss+ft rows "
-        f"({args.finetune_epochs} epoch(s) at half the learning rate, early stopping on validation AUC, kept only "
+        f"({args.finetune_epochs} epoch(s) at half the learning rate on the original's predictions (distillation; "
+        "the ', labels' rows on the 0/1 labels), early stopping on validation AUC, kept only "
         "when the validation AUC gain is significant: paired DeLong z >= 1.645). "
         "Compressed models are ranked in dynamic-int8 bytes and exported as dynamic-int8 LiteRT files; AUC and "
         f"LogLoss through the LiteRT interpreter on held-out rows, mean ± std over {args.seeds} seed(s); 'x "

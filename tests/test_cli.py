@@ -74,7 +74,9 @@ def test_compress_writes_model_and_reports(trained_run, tmp_path, capsys):
     assert {"model.keras", "report.md", "report.json", "run.json", "schema.json"} <= set(os.listdir(out))
     report = json.loads((out / "report.json").read_text())
     assert report["totals"]["ratio"] >= 1.5
-    stages = json.loads((out / "run.json").read_text())["stages"]
+    info = json.loads((out / "run.json").read_text())
+    stages = info["stages"]
+    assert info["finetune_from"] == "teacher"  # distillation from the original, the default
     assert set(stages) == {"original", "compressed", "finetuned"}
     assert isinstance(stages["finetuned"]["kept"], bool) and "gain_z" in stages["finetuned"]
     printed = capsys.readouterr().out

@@ -116,11 +116,13 @@ def test_compress_a_keras_file_then_export_and_bench_it(user, tmp_path, capsys):
     root, _ = user
     out = tmp_path / "small"
     data = f"parquet:{root}/events.parquet?label=click,buy&pad=history"
-    assert main(["compress", str(root / "my.keras"), "--data", data, "--ratio", "2", "--out", str(out),
-                 "--quiet"]) == 0
+    assert main(["compress", str(root / "my.keras"), "--data", data, "--ratio", "2", "--finetune-epochs", "1",
+                 "--out", str(out), "--quiet"]) == 0  # fine-tuned on the two outputs' predictions of the original
     printed = capsys.readouterr().out
     assert "## Accuracy on" in printed and "| click |" in printed and "| buy |" in printed
     assert "┃" not in printed and "━" not in printed  # markdown, not box drawing, when piped
+    info = json.loads((out / "run.json").read_text())
+    assert info["finetune_from"] == "teacher" and isinstance(info["stages"]["finetuned"]["kept"], bool)
     report = json.loads((out / "report.json").read_text())
     validation = report["accuracy"]["validation"]
     assert validation["rows"] == ROWS // 10  # every 10th row held out

@@ -113,6 +113,24 @@ def test_fine_tuning_keeps_only_a_significant_gain(mlp):
     assert result["rows"] == len(y)
 
 
+def test_fine_tuning_from_a_teacher_fits_its_predictions_not_the_labels(mlp):
+    from tfafm.training import _distilled
+
+    model, x, validation = mlp
+    rng = np.random.default_rng(2)
+    noise = (rng.random((len(x), 1)) < 0.5).astype("float32")  # training labels that say nothing
+    tuning = _tuning(x, noise, validation)
+    targets = np.concatenate([y for _, y in _distilled(tuning.train, model)])
+    np.testing.assert_allclose(targets, model.predict(x, verbose=0), atol=1e-6)
+    # A model whose last layer was reset learns the teacher back from its predictions, whatever the labels.
+    broken = keras.models.clone_model(model)
+    broken.set_weights(model.get_weights()[:2] + [np.zeros_like(w) for w in model.get_weights()[2:]])
+    result = fine_tune(broken, tuning, epochs=1, learning_rate=0.01, teacher=model)
+    assert result["kept"] is True and result["auc_gain"] > 0.1
+    with pytest.raises(UserError, match="the teacher .* has 1 output\\(s\\), the data 2 label column"):
+        _distilled(tuning.train.map(lambda x, y: (x, (y, y))), model)
+
+
 def test_fine_tuning_refuses_validation_rows_that_move_between_passes(mlp):
     model, x, validation = mlp
     shuffled = validation.unbatch().shuffle(10_000, seed=None, reshuffle_each_iteration=True).batch(128)

@@ -244,6 +244,7 @@ def cmd_compress(args, out: Output) -> int:
             first_order=args.first_order, id_coverage=args.id_coverage,
             quantization=None if args.quantization == "float32" else args.quantization,
             inner_activation=args.inner_activation, finetune_epochs=args.finetune_epochs,
+            finetune_from=args.finetune_from,
             calibration_steps=args.calibration_steps, verbose=out.keras_verbose,
         )
     out.result(result.report.to_markdown())

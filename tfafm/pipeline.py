@@ -13,8 +13,9 @@ import keras
 
 from tfafm.compression.api import compress
 from tfafm.compression.report import CompressionReport, plot_budget
+from tfafm.errors import UserError
 from tfafm.runs import Run, save_run
-from tfafm_choices import ID_COVERAGE, METHOD
+from tfafm_choices import FINETUNE_FROM, ID_COVERAGE, METHOD
 
 FRONTIER_PLOT = "frontier.png"
 
@@ -106,6 +107,7 @@ def compress_run(
     inner_activation: Optional[str] = None,
     finetune_epochs: int = 0,
     finetune_learning_rate: Optional[float] = None,
+    finetune_from: str = FINETUNE_FROM[0],
     calibration_steps: Optional[int] = None,
     verbose: int = 1,
 ) -> CompressionResult:
@@ -115,13 +117,17 @@ def compress_run(
     (``energy`` or ``max_auc_drop`` given: ``target_ratio`` is ignored); the
     others are those of :func:`tfafm.compress`. Fine-tuning, if any, runs
     ``finetune_epochs`` epochs of ``model.fit`` at ``finetune_learning_rate``
-    (default: half the run's learning rate) and keeps the starting weights
-    unless the validation AUC gain is significant (:func:`tfafm.training.fine_tune`). The
+    (default: half the run's learning rate) on the original model's predictions
+    (``finetune_from="teacher"``) or the labels (``"labels"``), and keeps the
+    starting weights unless the validation AUC gain is significant
+    (:func:`tfafm.training.fine_tune`). The
     result is saved as a run directory with ``report.md``, ``report.json``
     (and ``frontier.png`` for a budget search) when ``out`` is given.
     """
     from tfafm.training import fine_tune
 
+    if finetune_from not in FINETUNE_FROM:
+        raise UserError(f"finetune_from must be one of {FINETUNE_FROM}, got {finetune_from!r}.")
     if energy is not None or max_auc_drop is not None:
         target_ratio = None
     with data.errors():
@@ -137,7 +143,8 @@ def compress_run(
             tuning = types.SimpleNamespace(train=data.calibration, validation=data.validation)
             metrics["finetuned"] = fine_tune(model, tuning, finetune_epochs,
                                              finetune_learning_rate or run.config.learning_rate / 2,
-                                             run.config.early_stopping_patience, verbose)
+                                             run.config.early_stopping_patience, verbose,
+                                             teacher=run.model if finetune_from == "teacher" else None)
     if out is not None:
         info: dict[str, Any] = {
             **run.info, "kind": "compressed", "source_run": run.path, "data": data.spec, "method": report.method,
@@ -145,7 +152,8 @@ def compress_run(
             "objective": objective, "criterion": criterion, "first_order": first_order, "id_coverage": id_coverage,
             "quantization": quantization,
             "inner_activation": inner_activation,
-            "finetune_epochs": finetune_epochs, "stages": metrics,
+            "finetune_epochs": finetune_epochs, "finetune_from": finetune_from if finetune_epochs else None,
+            "stages": metrics,
             "metrics": metrics.get("finetuned", metrics.get("compressed")),
             "compression": report.to_dict()["totals"],
         }

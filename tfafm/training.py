@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import re
+import types
 from typing import TYPE_CHECKING, Any
 
 import keras
@@ -34,20 +35,23 @@ class TrainResult:
 
 
 def compile_for_ctr(model: keras.Model, learning_rate: float) -> None:
-    """Adam + binary cross-entropy, with Keras' (approximate) AUC for progress display."""
+    """Adam + binary cross-entropy, with Keras' (approximate) AUC for progress display (one per output)."""
+    several = len(model.outputs) > 1
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
         loss="binary_crossentropy",
-        metrics=[keras.metrics.AUC(name="auc")],
+        metrics={name: [keras.metrics.AUC(name="auc")] for name in model.output_names} if several
+        else [keras.metrics.AUC(name="auc")],
     )
 
 
 def fit(model: keras.Model, bundle: DataBundle, epochs: int, patience: int, verbose: int) -> int:
-    """``model.fit`` with early stopping on validation AUC; returns the epochs run."""
+    """``model.fit`` with early stopping on validation AUC (the first output's); returns the epochs run."""
     callbacks = []
     if patience > 0 and epochs > 1:
+        monitor = f"val_{model.output_names[0]}_auc" if len(model.outputs) > 1 else "val_auc"
         callbacks.append(keras.callbacks.EarlyStopping(
-            monitor="val_auc", mode="max", patience=patience, restore_best_weights=True))
+            monitor=monitor, mode="max", patience=patience, restore_best_weights=True))
     history = model.fit(bundle.train, validation_data=bundle.validation, epochs=epochs,
                         callbacks=callbacks, verbose=verbose)
     return len(history.history["loss"])
@@ -62,7 +66,7 @@ FINE_TUNE_MIN_Z = SIGNIFICANT_Z
 
 def fine_tune(
     model: keras.Model, bundle: DataBundle, epochs: int, learning_rate: float,
-    patience: int = 1, verbose: int = 0,
+    patience: int = 1, verbose: int = 0, teacher: keras.Model | None = None,
 ) -> dict[str, Any]:
     """Fine-tunes a (compressed) model without ever ending worse than it started.
 
@@ -75,6 +79,12 @@ def fine_tune(
     ones; ``gain_z`` None where the difference has no spread) and ``kept``
     (whether the fine-tuned weights were kept).
 
+    With ``teacher`` (the original model), the training rows' targets are the
+    teacher's predicted probabilities instead of their 0/1 labels
+    (distillation: the compressed model learns back what compression took
+    from the original, not the label noise the original already fitted; the
+    validation AUC, early stopping and the keep rule still use the labels).
+
     Raises:
         UserError: if the validation rows do not come in the same order on every pass (the
             comparison pairs them).
@@ -83,6 +93,8 @@ def fine_tune(
     before = scores(labels, start_predictions)
     start_weights = model.get_weights()
     compile_for_ctr(model, learning_rate)
+    if teacher is not None:
+        bundle = types.SimpleNamespace(train=_distilled(bundle.train, teacher), validation=bundle.validation)
     fit(model, bundle, epochs, patience, verbose)
     predictions, labels_again = predict_with_labels(model, bundle.validation)
     if not np.array_equal(labels, labels_again):
@@ -94,6 +106,27 @@ def fine_tune(
         model.set_weights(start_weights)
     return {**(scores(labels, predictions) if kept else before), "auc_gain": gain["difference"],
             "gain_z": gain["z"] if np.isfinite(gain["z"]) else None, "kept": bool(kept)}
+
+
+def _distilled(train: "tf.data.Dataset", teacher: keras.Model) -> "tf.data.Dataset":
+    """``train``'s ``(features, labels)`` batches as ``(features, the teacher's predictions)``, the
+    predictions in the labels' structure (one per output, in the model's output order)."""
+    import tensorflow as tf
+
+    outputs, targets = len(teacher.outputs), len(tf.nest.flatten(train.element_spec[1]))
+    if outputs != targets:
+        raise UserError(f"Distillation: the teacher {teacher.name!r} has {outputs} output(s), the data "
+                        f"{targets} label column(s).")
+
+    def soft(features, labels):
+        predictions = teacher(features, training=False)
+        if isinstance(predictions, dict):
+            predictions = [predictions[name] for name in teacher.output_names]
+        flat = [tf.cast(tf.reshape(p, tf.shape(y)), y.dtype)
+                for p, y in zip(tf.nest.flatten(predictions), tf.nest.flatten(labels))]
+        return features, tf.nest.pack_sequence_as(labels, flat)
+
+    return train.map(soft)
 
 
 def train(
