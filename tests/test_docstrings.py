@@ -22,6 +22,7 @@ MODULES = [
     "tfafm.metrics",
     "tfafm.models",
     "tfafm.runs",
+    "tfafm.training",
 ]
 
 

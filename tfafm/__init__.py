@@ -42,6 +42,7 @@ _EXPORTS = {
     "load_run": "tfafm.runs",
     "save_run": "tfafm.runs",
     "train": "tfafm.training",
+    "fine_tune": "tfafm.training",
     "TrainConfig": "tfafm.config",
 }
 _SUBMODULES = ("data", "export", "layers", "metrics", "models")

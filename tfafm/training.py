@@ -85,6 +85,25 @@ def fine_tune(
     from the original, not the label noise the original already fitted; the
     validation AUC, early stopping and the keep rule still use the labels).
 
+    ``bundle`` needs ``train`` and ``validation``: datasets of ``(features,
+    labels)`` batches, the validation rows in the same order on every pass.
+
+    Example:
+
+    >>> import types, numpy as np, keras, tensorflow as tf, tfafm
+    >>> x = np.random.default_rng(0).normal(size=(2048, 32)).astype("float32")
+    >>> y = (x[:, :1] + x[:, 1:2] > 0).astype("float32")
+    >>> inputs = keras.Input((32,), name="x")
+    >>> hidden = keras.layers.Dense(64, activation="relu", name="hidden")(inputs)
+    >>> model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(hidden))
+    >>> model.compile("adam", "binary_crossentropy"); _ = model.fit(x, y, epochs=3, verbose=0)
+    >>> small, _ = tfafm.compress(model, x, target_ratio=4, progress=False)
+    >>> data = types.SimpleNamespace(train=tf.data.Dataset.from_tensor_slices((x, y)).batch(128),
+    ...                              validation=tf.data.Dataset.from_tensor_slices((x, y)).batch(512))
+    >>> result = tfafm.fine_tune(small, data, epochs=1, learning_rate=1e-3, teacher=model)
+    >>> sorted(result)
+    ['auc', 'auc_gain', 'gain_z', 'kept', 'logloss', 'positive_rate', 'rows']
+
     Raises:
         UserError: if the validation rows do not come in the same order on every pass (the
             comparison pairs them).
