@@ -349,7 +349,7 @@ def test_report_markdown_and_json(trained_deepfm, calib_features):
     assert parsed["method"] == "afm"
     assert totals["params_before"] == trained_deepfm.count_params() == report.params_before
     assert totals["params_after"] == compressed.count_params() == report.params_after
-    assert totals["bytes_before"] == 4 * totals["params_before"]
+    assert totals["float32_bytes_before"] == 4 * totals["params_before"]
     assert totals["compressible_params_before"] == sum(r["params_before"] for r in parsed["layers"])
     assert totals["compressible_params_after"] == sum(r["params_after"] for r in parsed["layers"])
     assert totals["compressible_ratio"] == pytest.approx(report.compressible_ratio)

@@ -125,8 +125,8 @@ class CompressionReport:
             "totals": {
                 "params_before": self.params_before,
                 "params_after": self.params_after,
-                "bytes_before": self.bytes_before,
-                "bytes_after": self.bytes_after,
+                "float32_bytes_before": self.bytes_before,  # params x 4, whatever the quantization
+                "float32_bytes_after": self.bytes_after,
                 "ratio": self.ratio,
                 "compressible_params_before": self.compressible_before,
                 "compressible_params_after": self.compressible_after,
