@@ -67,3 +67,9 @@ def test_pad_names_only_fixed_length_list_inputs(tmp_path):
         _read(f"parquet:{path}?label=click&pad=sequence", InputColumn("seq", "int64", (3,)))
     with pytest.raises(Exception, match=r"pad names \['seq'\], which take one value per row or lists of any length"):
         _read(f"parquet:{path}?label=click&pad=seq", InputColumn("seq", "int64", (None,)))
+
+
+def test_an_input_of_free_length_beside_other_axes_is_refused_by_name(tmp_path):
+    path = _parquet(tmp_path, [[1, 2, 3], [4, 5, 6]], pa.int64())
+    with pytest.raises(Exception, match=r"model input\(s\) 'seq' \(None, 3\) have a free length beside other axes"):
+        _read(f"parquet:{path}?label=click", InputColumn("seq", "int64", (None, 3)))

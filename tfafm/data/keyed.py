@@ -421,6 +421,10 @@ def keyed_data(spec: str, inputs: Sequence[InputColumn], outputs: Sequence[str],
     """
     parsed = parse_spec(spec)
     inputs = tuple(inputs)
+    unreadable = [f"{i.name!r} {i.shape}" for i in inputs if len(i.shape) > 1 and None in i.shape]
+    if unreadable:
+        raise UserError(f"{spec}: model input(s) {', '.join(unreadable)} have a free length beside other axes; a "
+                        "column's lists can feed a (batch, None) input or a fixed shape, not these.")
     _check_pad(parsed, inputs)
     table = _TABLES[parsed.kind](parsed)
     labels = _check_columns(table, parsed, inputs, outputs, labels_required)
