@@ -73,3 +73,10 @@ def test_an_input_of_free_length_beside_other_axes_is_refused_by_name(tmp_path):
     path = _parquet(tmp_path, [[1, 2, 3], [4, 5, 6]], pa.int64())
     with pytest.raises(Exception, match=r"model input\(s\) 'seq' \(None, 3\) have a free length beside other axes"):
         _read(f"parquet:{path}?label=click", InputColumn("seq", "int64", (None, 3)))
+
+
+def test_a_csv_list_column_is_recognised_wherever_its_first_list_comes(tmp_path):
+    csv = tmp_path / "t.csv"  # 150 single ids before the first delimited list
+    csv.write_text("seq,click\n" + "".join(f"{i % 9 + 1},{i % 2}\n" for i in range(150)) + "3|4|5,1\n")
+    values = _read(f"csv:{csv}?label=click&pad=seq", InputColumn("seq", "int64", (3,), high=10))
+    assert values.shape == (151, 3) and values[0].tolist() == [1, 0, 0] and values[-1].tolist() == [3, 4, 5]

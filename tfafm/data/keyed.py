@@ -46,6 +46,7 @@ import contextlib
 import dataclasses
 import glob
 import os
+import re
 import urllib.parse
 from typing import TYPE_CHECKING, Iterator, Optional, Sequence
 
@@ -290,9 +291,17 @@ class _Csv(_Table):
         return kinds
 
     def _is_list(self, column) -> bool:
-        values = [v for v in column.to_pylist()[:100] if v]
-        return bool(values) and all(self.spec.list_delimiter in v or v.lstrip("-").isdigit() for v in values) \
-            and any(self.spec.list_delimiter in v for v in values)
+        """Whether a text column of the first block holds delimited integer lists: every value a list of
+        integers (or empty) and at least one of them with a delimiter, wherever it comes in the block."""
+        import pyarrow.compute as pc
+
+        separator = re.escape(self.spec.list_delimiter)
+        filled = pc.filter(column, pc.invert(pc.fill_null(pc.equal(column, ""), True)))
+        if len(filled) == 0:
+            return False
+        integers = pc.match_substring_regex(filled, rf"^-?\d*({separator}-?\d*)*$")
+        return bool(pc.all(integers).as_py()) and bool(pc.any(pc.match_substring(filled, self.spec.list_delimiter))
+                                                      .as_py())
 
     def batches(self, path, names, batch_size):
         import pyarrow as pa
