@@ -100,11 +100,13 @@ def test_fused_litert_matches_keras(builder, tmp_path):
     np.testing.assert_allclose(runner(features), np.asarray(model.predict_on_batch(features)), atol=1e-5, rtol=0)
     ops = export.litert_ops(runner.path)
     assert set(ops) <= export.builtin_op_names()
-    # The per-field lookups become two gathers (the ids spread over the columns, then the one table),
-    # and no other op gathers (an FM on codes squares fields left whole without selecting their columns).
+    # The per-field lookups become one gather of whole rows per width, and no other op gathers (an FM on
+    # codes squares fields left whole without selecting their columns).
     unfused = export.litert_ops(export.litert(model, str(tmp_path / "unfused.tflite"), fuse=False))
-    assert ops.count("GATHER") <= unfused.count("GATHER") - len(SCHEMA.sparse) + 2, (ops, unfused)
-    assert len(ops) < len(unfused)
+    widths = len(next(layer for layer in tfafm.fuse(model)[0].layers
+                      if isinstance(layer, tfafm.layers.lookup.MergedEmbedding)).tables)
+    assert ops.count("GATHER") <= unfused.count("GATHER") - len(SCHEMA.sparse) + widths, (ops, unfused)
+    assert len(ops) <= len(unfused)
     # Out-of-range ids read row 0 of their own field, as in Keras.
     zeros = out_of_range(features, lambda v: 0)
     for bad in (lambda v: -5, lambda v: v + 100):
@@ -274,7 +276,7 @@ def test_big_tables_are_written_outside_the_converter(quantization, tolerance, m
 
     width = 16 if merged == "rows" else 8
     big = _TablePatch.MIN_ELEMENTS // width + 7  # rows of a table just above the threshold
-    # "rows": the big table and three more of its width are read as whole rows from one (rows, 16) table.
+    # "rows": the big table and three more of its width are read as whole rows from one (rows, 17) table.
     others = [SparseFeature(f"whole{i}", 30, width) for i in range(3)] if merged == "rows" else []
     schema = Schema([SparseFeature("big", big, width), SparseFeature("small", 50, width), *others])
     keras.utils.set_random_seed(3)
@@ -286,20 +288,20 @@ def test_big_tables_are_written_outside_the_converter(quantization, tolerance, m
                 "small": rng.integers(0, 50, (500, 1)).astype("int32"),
                 **{f.name: rng.integers(0, 30, (500, 1)).astype("int32") for f in others}}
     features["big"][:3, 0] = [0, big - 1, big // 2]  # first, last and middle rows
-    if merged:  # the small table factored: the fused model reads both tables from one flat MergedEmbedding
+    if merged:  # the small table factored: the fused model reads both from one MergedEmbedding, one table per
+        # width (each row with its first-order weight), of which only the big one is patched
         model, _ = tfafm.compress(model, features, ranks={"small_embedding": 2}, target_ratio=None, progress=False)
-        patched = _TablePatch(tfafm.fuse(model)[0]).layers
-        assert [type(layer) for layer in patched] == [MergedEmbedding]
-        assert (patched[0].row_width is not None) == (merged == "rows")
+        patch = _TablePatch(tfafm.fuse(model)[0])
+        assert [type(layer) for layer in patch.layers] == [MergedEmbedding] and len(patch.tables) == 1
+        assert [tuple(t.shape) for t in patch.layers[0].tables] == [(50, 3), (big + len(others) * 30, width + 1)]
     else:
         assert _TablePatch(model).layers == [table]
     path = export.litert(model, str(tmp_path / "big.tflite"), quantization=quantization)
     expected = model.predict(features, verbose=0)
     np.testing.assert_allclose(export.LiteRTRunner(path)(features), expected, atol=tolerance)
     sizes = {t.shape for t in export.litert_tensor_types(path)}
-    # merged: both tables and, after them, the first-order weights of both fields (one per id); rows: the
-    # four 16-wide tables stacked
-    assert {False: (big, 8), True: (big * 8 + 50 * 2 + big + 50,), "rows": (big + 90, 16)}[merged] in sizes
+    # merged: the big table with its first-order weights; rows: the four 16-wide tables stacked, with theirs
+    assert {False: (big, 8), True: (big, 9), "rows": (big + 90, 17)}[merged] in sizes
 
 
 @pytest.mark.parametrize("quantization, tolerance", [(None, 1e-5), ("dynamic", 2e-2)])

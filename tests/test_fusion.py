@@ -39,13 +39,15 @@ def test_fused_model_predicts_like_the_compressed_one(name, data):
                                compressed.predict(features, verbose=0), atol=1e-5)
     assert not any(isinstance(layer, (LowRankEmbedding, keras.layers.Embedding, LinearTerms))
                    for layer in fused.layers)
-    # One gather reads every field's table and, where the model has them, its first-order weights.
+    # One lookup reads every field's table as whole rows, one gather per width, and where the model has
+    # first-order weights, each field's weight is one more column of its own rows.
     first_order = any(isinstance(layer, LinearTerms) for layer in compressed.layers)
-    fields = len(data[0].sparse)
+    widths = [layer.rank if isinstance(layer, LowRankEmbedding) else layer.output_dim
+              for layer in compressed.layers if isinstance(layer, (LowRankEmbedding, keras.layers.Embedding))]
     merged = [layer for layer in fused.layers if isinstance(layer, tfafm.layers.lookup.MergedEmbedding)]
-    assert len(merged) == 1 and len(merged[0].widths) == fields * (2 if first_order else 1)
-    if first_order:
-        assert merged[0].widths[fields:] == [1] * fields and merged[0].sources == list(range(fields)) * 2
+    assert len(merged) == 1 and merged[0].layout == "rows"
+    assert merged[0].widths == sorted(width + first_order for width in widths)
+    assert len(merged[0].tables) == len(set(widths)) and sorted(merged[0].sources) == list(range(len(widths)))
 
 
 def _every_field(schema) -> dict[str, int]:
@@ -54,42 +56,47 @@ def _every_field(schema) -> dict[str, int]:
 
 
 def test_deepfm_first_dense_reads_the_k_wide_rows(data):
-    schema = data[0]
+    schema, features = data[0], data[1]
     chosen = _every_field(schema)
     compressed = _compressed("deepfm", data, ranks=chosen, target_ratio=None)
     ranks = {layer.name: layer.rank for layer in compressed.layers if isinstance(layer, LowRankEmbedding)}
     assert ranks == chosen
     fused, _ = tfafm.fuse(compressed)
+    fields = len(schema.sparse)
 
-    first = fused.get_layer("deep_dense_0")
-    assert first.kernel.shape[0] == sum(ranks.values()) + len(schema.dense)
-    # All tables are one, read by one gather; its output is the codes side by side.
+    # All tables are one lookup of whole rows (one gather per width): each field's row is its code, then its
+    # first-order weight, stored at the peak of its width's codes (one int8 scale serves both).
     tables = fused.get_layer("sparse_ids_tables")
     assert isinstance(tables, tfafm.layers.lookup.MergedEmbedding)
-    assert tables.widths == list(ranks.values()) + [1] * len(ranks)  # the first-order weights last
-    # The first-order weights are stored at the codes' peak (one int8 scale serves both) and the Dense
-    # summing them divides that factor out.
+    assert tables.widths == sorted(rank + 1 for rank in ranks.values())
+    assert len(tables.tables) == len(set(ranks.values()))
+    for table in tables.tables:
+        values = table.numpy()
+        assert np.max(np.abs(values[:, -1])) == pytest.approx(np.max(np.abs(values[:, :-1])), rel=1e-6)
+    weight_columns = np.cumsum(tables.widths) - 1
     codes = sum(ranks.values())
-    flat = tables.embeddings.numpy()
-    weights = compressed.get_layer("linear_terms").weights_table.numpy()[:, 0]
-    factor = np.max(np.abs(flat[:len(flat) - len(weights)])) / np.max(np.abs(weights))
-    np.testing.assert_allclose(flat[len(flat) - len(weights):], factor * weights, rtol=1e-6)
-    # One Dense computes the whole first-order term (linear_terms + linear_dense, which an Add summed): it
-    # reads the merged output (codes, then one weight per field) beside the dense features.
+    # The first Dense reads the lookup's output whole beside the dense features: the k-wide codes, no
+    # projection, and zero rows for the first-order columns (no slice, no concatenation of pieces).
+    first = fused.get_layer("deep_dense_0")
+    assert first.kernel.shape[0] == codes + fields + len(schema.dense)
+    assert not np.any(first.kernel.numpy()[weight_columns])
+    # One Dense computes the whole first-order term (linear_terms + linear_dense, which an Add summed) from
+    # the same input: the weight columns (divided by their factors) and the dense features.
     linear = fused.get_layer("linear_logit").kernel.numpy()[:, 0]
-    fields = len(schema.sparse)
-    assert len(linear) == codes + fields + len(schema.dense) and not np.any(linear[:codes])
-    np.testing.assert_allclose(linear[codes:codes + fields], 1 / factor, rtol=1e-6)
+    assert np.flatnonzero(linear[:codes + fields]).tolist() == weight_columns.tolist()
     np.testing.assert_allclose(linear[codes + fields:], compressed.get_layer("linear_dense").kernel.numpy()[:, 0],
                                rtol=1e-6)
-    assert fused.get_layer("linear_logit").bias.numpy()[0] == pytest.approx(
-        compressed.get_layer("linear_dense").bias.numpy()[0])
+    first_order = [keras.Model(m.inputs, m.get_layer("linear_logit").output).predict(features, verbose=0)
+                   for m in (fused, compressed)]
+    np.testing.assert_allclose(first_order[0], first_order[1], rtol=1e-5, atol=1e-6)
     assert not [layer for layer in fused.layers if isinstance(layer, keras.layers.Embedding)]
     # The FM runs on the codes themselves: no d-wide field vector is ever formed.
     fm = fused.get_layer("fm")
-    assert isinstance(fm, tfafm.models.layers.CodeFactorizationMachine) and fm.kernel.shape == (codes, 6 + codes)
+    assert isinstance(fm, tfafm.models.layers.CodeFactorizationMachine)
+    assert fm.kernel.shape == (codes + fields, 6 + codes) and not np.any(fm.kernel.numpy()[weight_columns])
     assert not [layer for layer in fused.layers if "projection" in layer.name]
-    assert fused.count_params() < compressed.count_params()
+    # No weight more than the compressed model's but those zero rows (one per field in each of the two).
+    assert fused.count_params() <= compressed.count_params() + fields * (first.kernel.shape[1] + fm.kernel.shape[1])
 
 
 def test_fusion_folds_into_low_rank_dense_and_round_trips(data, tmp_path):
@@ -118,7 +125,10 @@ def test_interaction_inputs_come_from_one_block_diagonal_matmul(data):
     joint = fused.get_layer("fields_projections")  # the CIN's field matrix
     ranks = [layer.rank for layer in compressed.layers if isinstance(layer, LowRankEmbedding)]
     fields = len(data[0].sparse)  # fields left whole join with an identity block
-    assert ranks and joint.kernel.shape == (sum(ranks) + 6 * (fields - len(ranks)), 6 * fields)
+    # It reads the lookup's output whole: each field's code (or row), then its first-order weight (zero rows).
+    assert ranks and joint.kernel.shape == (sum(ranks) + 6 * (fields - len(ranks)) + fields, 6 * fields)
+    weight_columns = np.cumsum(fused.get_layer("sparse_ids_tables").widths) - 1
+    assert not np.any(joint.kernel.numpy()[weight_columns])
     assert any("computed at once" in note for note in report.notes)
     np.testing.assert_allclose(fused.predict(features, verbose=0), compressed.predict(features, verbose=0), atol=1e-5)
 
@@ -138,7 +148,9 @@ def test_fields_left_whole_skip_the_projection_when_its_zeros_are_many(data, mon
     monkeypatch.setattr(_Fuser, "SPARSE_LIMIT", (factored_zeros + all_zeros) // 2)
     fused, report = tfafm.fuse(compressed)
     joint = fused.get_layer("fields_projections")  # the CIN's field matrix, for the factored fields only
-    assert joint.kernel.shape == (sum(ranks), 6 * len(ranks))
+    kernel = joint.kernel.numpy()  # it reads their codes in one slice, first-order columns between them
+    assert kernel.shape[1] == 6 * len(ranks) and np.count_nonzero(np.any(kernel != 0, axis=1)) == sum(ranks)
+    assert kernel.shape[0] < sum(ranks) + len(ranks)
     assert not [layer for layer in fused.layers if isinstance(layer, tfafm.models.layers.CodeProjections)]
     assert any("computed at once" in note for note in report.notes)
     np.testing.assert_allclose(fused.predict(features, verbose=0), compressed.predict(features, verbose=0), atol=1e-5)
@@ -157,8 +169,9 @@ def test_fields_left_whole_join_the_codes(data):
     fm = fused.get_layer("fm")
     assert isinstance(fm, tfafm.models.layers.CodeFactorizationMachine)
     codes = sum(chosen.values()) + 6  # the whole field's 6-wide vector as its code
-    assert fm.raw_columns == list(range(codes - 6, codes))  # the last field: squared as it is, no root
-    assert fm.kernel.shape == (codes, 6 + codes - 6)
+    raw = fm.raw_columns  # the whole field: its 6 values squared as they are, no root
+    assert raw == list(range(raw[0], raw[0] + 6))
+    assert fm.kernel.shape == (codes + len(schema.sparse), 6 + codes - 6)  # first-order columns: zero rows
     np.testing.assert_allclose(fused.predict(features, verbose=0), compressed.predict(features, verbose=0), atol=1e-5)
 
 
@@ -232,9 +245,9 @@ def test_codes_split_by_fields_left_whole_are_projected_run_by_run(data, monkeyp
     np.testing.assert_allclose(fused.predict(features, verbose=0), compressed.predict(features, verbose=0), atol=1e-5)
 
 
-def test_fields_of_one_width_are_read_as_whole_rows(tmp_path):
-    # One field factored, five left whole (16 wide: 80 columns): the five are read by one gather of whole rows
-    # from a (sum V, 16) table, the factored field and the first-order weights by the per-element gather.
+def test_fields_are_read_as_whole_rows_one_gather_per_width(tmp_path):
+    # One field factored (3 wide), five left whole (16 wide), each with its first-order weight: two gathers of
+    # whole rows, from a (V_0, 4) and a (sum V, 17) table, the guard stacking the ids in that order.
     generator = SyntheticCriteo(seed=6, num_dense=2, num_sparse=6, max_vocabulary=300)
     schema = generator.schema(embedding_dim=16)
     features, labels = next(generator.batches(1024, 1024))
@@ -244,13 +257,12 @@ def test_fields_of_one_width_are_read_as_whole_rows(tmp_path):
     model.fit(features, labels, epochs=1, batch_size=256, verbose=0)
     compressed, _ = tfafm.compress(model, features, ranks={f"{schema.sparse[0].name}_embedding": 3}, progress=False)
     fused, report = tfafm.fuse(compressed)
-    merged = {layer.row_width: layer for layer in fused.layers
-              if isinstance(layer, tfafm.layers.lookup.MergedEmbedding)}
-    assert sorted(merged, key=str) == [16, None]
-    whole = [f.vocabulary_size for f in schema.sparse[1:]]
-    assert merged[16].vocabulary_sizes == whole and tuple(merged[16].embeddings.shape) == (sum(whole), 16)
-    assert merged[None].widths == [3] + [1] * len(schema.sparse)  # the code, then one weight per field
-    assert any("whole rows" in note for note in report.notes)
+    merged = fused.get_layer("sparse_ids_tables")
+    sizes = [f.vocabulary_size for f in schema.sparse]
+    assert merged.widths == [4] + [17] * 5 and merged.vocabulary_sizes == sizes and merged.sources == list(range(6))
+    assert [tuple(t.shape) for t in merged.tables] == [(sizes[0], 4), (sum(sizes[1:]), 17)]
+    assert "sparse_ids_tables: the tables of 6 fields and their first-order weights read by 2 gathers of whole " \
+           "rows, one per width" in report.notes
     np.testing.assert_allclose(fused.predict(features, verbose=0), compressed.predict(features, verbose=0),
                                atol=1e-5)
     # Out-of-range ids still read row 0 of their own field, in Keras and in the LiteRT file (verified there).

@@ -180,6 +180,31 @@ def test_merged_embedding_of_one_width_reads_whole_rows(tmp_path):
     np.testing.assert_allclose(_np(keras.models.load_model(path)(batch)), [expected[0], expected[1]])
 
 
+def test_merged_embedding_rows_layout_reads_one_gather_per_width(tmp_path):
+    # Widths 1, 2, 2, 3 (tables sorted by width): three runs, stored as (2, 1), (3 + 2, 2) and (2, 3) weights;
+    # table 2 reads input 0 again. Same output as the element layout, and it round-trips through .keras.
+    tables = [np.array([[6.0], [7.0]], "float32"), np.arange(6, dtype="float32").reshape(3, 2),
+              np.arange(10, 14, dtype="float32").reshape(2, 2), np.arange(20, 26, dtype="float32").reshape(2, 3)]
+    layer = MergedEmbedding.from_tables(tables, sources=[1, 0, 0, 1], layout="rows")
+    assert [tuple(t.shape) for t in layer.tables] == [(2, 1), (5, 2), (2, 3)] and layer.embeddings is None
+    ids = [np.array([1, 0], "int32"), np.array([1, 0], "int32")]
+    expected = [[7.0, 2.0, 3.0, 12.0, 13.0, 23.0, 24.0, 25.0], [6.0, 0.0, 1.0, 10.0, 11.0, 20.0, 21.0, 22.0]]
+    np.testing.assert_allclose(_np(layer(ids)), expected)
+    elements = MergedEmbedding.from_tables(tables, sources=[1, 0, 0, 1])
+    np.testing.assert_allclose(_np(elements(ids)), expected)
+    ones = MergedEmbedding([3, 2], [1, 2], embeddings_initializer="ones", layout="rows")
+    np.testing.assert_allclose(_np(ones([np.array([2]), np.array([1])])), [[1.0, 1.0, 1.0]])
+    inputs = [keras.Input((1,), dtype="int32") for _ in range(2)]
+    model = keras.Model(inputs, layer(ClipToVocabulary([2, 2])(inputs)))
+    path = str(tmp_path / "runs.keras")
+    model.save(path)
+    batch = [np.array([[1], [9]], "int32"), np.array([[1], [-4]], "int32")]  # out of range -> row 0
+    np.testing.assert_allclose(_np(keras.models.load_model(path)(batch)), expected)
+    assert MergedEmbedding.from_config(layer.get_config()).get_config() == layer.get_config()
+    with pytest.raises(ValueError, match="layout"):
+        MergedEmbedding([3], [2], layout="columns")
+
+
 def test_merged_embedding_tables_can_read_one_field_twice():
     # table 0 (field 0): 3 rows of width 2; table 1 (field 1): 2 rows of width 1; table 2 reads field 0
     # again: 3 rows of width 1 (e.g. its first-order weights).

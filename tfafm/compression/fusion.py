@@ -13,23 +13,23 @@ one interaction (``StackFields`` of FM, CIN, attention; keras_rs
 concatenated codes by a block-diagonal ``(sum k_i, F d)`` matrix, and the
 fields left whole are their rows as read, reshaped to ``(batch, F, d)``.
 
-The tables themselves are read by ONE gather: the in-range lookups (low-rank
-or whole) behind a :class:`ClipToVocabulary` guard become one
+The tables themselves are read by ONE merged lookup: the in-range lookups
+(low-rank or whole) behind a :class:`ClipToVocabulary` guard become one
 :class:`MergedEmbedding` whose output is the fields' rows side by side;
 consumers that take all of them read that output as it is, with no
 per-field concatenation (a consumer linear in them takes its kernel rows in
-the output's order). That gather reads element by element, which costs a
-batch of rows dearly; where many fields share one width (tables left whole,
-say), those are read by a second :class:`MergedEmbedding` of whole rows
-(``ROW_GROUP`` / ``ROW_COLUMNS``). The guard stays in front of it, so an
-out-of-range id still reads row 0 of its own field. A :class:`LinearTerms`
-(the first-order weights) reading the same guard joins that gather: its
-per-field weights become one more column per field at the end of the merged
-output, summed by a ``Dense(1)`` (instead of a gather, a dequantization and a
-sum of its own). They are stored multiplied by one factor that brings their
-peak to that of the embedding tables (the Dense divides it out), so an int8
-file with one scale for the merged table keeps them as precise as their own
-int8 table would.
+the output's order, zero rows for columns it does not read). It reads whole
+rows, one gather per width (the tables sorted by width, the guard stacking
+the ids in that order): one index per field and row, where a gather of
+single elements costs a batch of rows dearly (1.5x slower for DeepFM at
+batch 256). The guard stays in front of it, so an out-of-range id still
+reads row 0 of its own field. A :class:`LinearTerms` (the first-order
+weights) reading the same guard joins it: each field's weight becomes one
+more column of that field's rows, summed by a ``Dense(1)`` (instead of a
+gather, a dequantization and a sum of its own). Each is stored multiplied
+by a factor that brings its peak to that of the codes of its width (the
+Dense divides it out), so an int8 file with one scale per width keeps them
+as precise as their own int8 table would.
 
 The model is rebuilt with ``keras.models.clone_model``. Each embedding's
 projection is applied right away and the result remembered as *segments*
@@ -193,12 +193,9 @@ class _Fuser:
     # The FM on codes (3 ops) replaces the per-field projections and the FM over d-wide fields (~14 ops):
     # its block-diagonal root may store zeros up to this share of the model's weights as well.
     FM_ZERO_SHARE = 1 / 32
-    # Fields of one width are read as whole rows by a gather of their own when at least ROW_GROUP of them
-    # share it, ROW_COLUMNS columns in all, and not every table does: ~5 more ops at batch 1, and per row
-    # that many columns fewer to gather one by one (at batch 256 on a 2-core Xeon, the per-element gathers
-    # cost DeepFM ~1 ms of 1.4 ms).
-    ROW_GROUP = 4
-    ROW_COLUMNS = 64
+    # The merged lookup reads whole rows, one gather per width: past this many widths, the narrowest are
+    # padded with zeros to the next (3 ops per width; a 26-field DeepFM at target_ratio=4 has 6 to 9).
+    MAX_RUNS = 8
 
     def __init__(self, model: keras.Model):
         self.calls = call_counts(model)
@@ -214,6 +211,7 @@ class _Fuser:
         self.slices: dict[int, tuple[Any, int, int]] = {}  # such a slice -> (merged output, start, stop)
         self.runs: dict[tuple[int, int, int], Any] = {}  # (merged output, start, stop) -> the slice made for it
         self.pieces: dict[int, list] = {}  # output of a plain 2-D Concatenate -> its inputs
+        self.joins: dict[tuple, Any] = {}  # the tensors joined by _join -> their concatenation
         self.linear_outputs: dict[int, tuple] = {}  # linear 2-D Dense output -> (input, kernel, bias, readers)
         self.readers = readers(model)
         self.report = FusionReport()
@@ -275,53 +273,68 @@ class _Fuser:
 
     def _guard(self, guard: ClipToVocabulary, ids):
         """Runs the id guard, then all lookups planned behind it (and its first-order weights) as one
-        :class:`MergedEmbedding`. The guard hands the merged lookups its ``(batch, fields)`` ids as they
-        are (``stacked``), not split per field and stacked again; its per-field outputs, which it returns
-        for any other reader, are split from them only where something reads them."""
-        stacked = ClipToVocabulary.from_config({**guard.get_config(), "stacked": True})(ids)
-        guarded = keras.ops.unstack(stacked, num=len(guard.vocabulary_sizes), axis=1)
+        :class:`MergedEmbedding` of whole rows, one gather per width. Each field's first-order weight is one
+        more column of its own table's rows; the tables are read in the order of their widths, and the guard
+        stacks the fields in that order (:meth:`_stacked_guard`); its per-field outputs, which it returns for
+        any other reader, are split from them only where something reads them."""
         fields = self.plan[guard.name]
         layers = [layer for _, layer in fields]
         tables = [layer.embeddings.numpy() for layer in layers]
         sources = [i for i, _ in fields]
         linear, indices = self.linear.get(guard.name, (None, []))
-        if linear is not None:
-            weights = linear.weights_table.numpy()
-            peak = float(np.max(np.abs(weights)))
-            factor = max(float(np.max(np.abs(t))) for t in tables) / peak if peak > 0 else 1.0
-            factor = factor if np.isfinite(factor) and factor > 0 else 1.0
-            tables += [factor * weights[start:start + size] for start, size in zip(linear.offsets,
-                                                                                    linear.vocabulary_sizes)]
-            sources += indices
-        widths = [t.shape[1] for t in tables[:len(layers)]]
-        common = max(set(widths), key=widths.count)
-        rows = [f for f, width in enumerate(widths) if width == common]
-        groups = [list(range(len(layers)))]
-        if (len(rows) >= self.ROW_GROUP and len(rows) * common >= self.ROW_COLUMNS
-                and (linear is not None or len(rows) < len(layers))):
-            groups = [rows, [f for f in range(len(layers)) if f not in rows]]
-        for number, group in enumerate(groups):
-            last = number == len(groups) - 1
-            extra = list(range(len(layers), len(tables))) if last else []  # the first-order columns
-            merged = MergedEmbedding.from_tables([tables[t] for t in group + extra],
-                                                 sources=[sources[t] for t in group + extra],
-                                                 name=f"{guard.name}_{'tables' if last else 'rows'}",
-                                                 dtype=layers[0].dtype_policy)
-            codes = merged(stacked)
-            start = 0
-            for field, width in zip(group, merged.widths):
-                code = codes[:, start:start + width]
-                self.codes[id(layers[field])] = code
-                self.slices[id(code)] = (codes, start, start + width)
-                start += width
-            self.report.notes.append(f"{merged.name}: the tables of {len(group)} fields"
-                                     + (" and their first-order weights" if extra else "")
-                                     + (" read by one gather of whole rows" if len(set(merged.widths)) == 1
-                                        else " read by one gather"))
+        weights = ([linear.weights_table.numpy()[start:start + size]
+                    for start, size in zip(linear.offsets, linear.vocabulary_sizes)] if linear is not None else [])
+        joins: list[int | None] = []  # per first-order table: the table whose rows it joins, if any
+        for source, w in zip(indices, weights):
+            joins.append(next((t for t in range(len(layers)) if sources[t] == source and t not in joins
+                               and len(tables[t]) == len(w)), None))
+        standalone = iter(range(len(layers), len(layers) + joins.count(None)))
+        place = [(next(standalone), 0) if t is None else (t, tables[t].shape[1] + joins[:j].count(t))
+                 for j, t in enumerate(joins)]  # per first-order table: (stored table, its column there)
+        table_sources = sources + [indices[j] for j, t in enumerate(joins) if t is None]
+        widths = self._run_widths([t.shape[1] + joins.count(f) for f, t in enumerate(tables)]
+                                  + [1] * joins.count(None), [len(t) for t in tables]
+                                  + [len(w) for w, t in zip(weights, joins) if t is None])
+        # Each first-order table is stored multiplied by a factor that brings its peak to that of the codes it
+        # shares an int8 scale with (its width's run); its Dense divides it out.
+        factors = []
+        for (t, _), w in zip(place, weights):
+            peak = max((float(np.max(np.abs(tables[f]))) for f in range(len(layers)) if widths[f] == widths[t]),
+                       default=0.0)
+            own = float(np.max(np.abs(w)))
+            factor = peak / own if own > 0 and peak > 0 else 1.0
+            factors.append(factor if np.isfinite(factor) else 1.0)
+        arrays = []
+        for t, width in enumerate(widths):
+            parts = ([tables[t]] if t < len(layers) else []) + [
+                factor * w for (stored, _), factor, w in zip(place, factors, weights) if stored == t]
+            array = np.concatenate(parts, axis=1)
+            arrays.append(np.pad(array, ((0, 0), (0, width - array.shape[1]))).astype(np.float32))
+        order = sorted(range(len(widths)), key=widths.__getitem__)
+        stacked_ids, guarded, position = self._stacked_guard(guard, ids, [table_sources[t] for t in order])
+        merged = MergedEmbedding.from_tables([arrays[t] for t in order],
+                                             sources=[position[table_sources[t]] for t in order], layout="rows",
+                                             name=f"{guard.name}_tables", dtype=layers[0].dtype_policy)
+        codes = merged(stacked_ids)
+        linear_rows, start = [0] * len(weights), 0
+        for t in order:
+            if t < len(layers):
+                code = codes[:, start:start + tables[t].shape[1]]
+                self.codes[id(layers[t])] = code
+                self.slices[id(code)] = (codes, start, start + tables[t].shape[1])
+            for j, (stored, column) in enumerate(place):
+                if stored == t:
+                    linear_rows[j] = start + column
+            start += widths[t]
+        runs = len(set(widths))
+        self.report.notes.append(f"{merged.name}: the tables of {len(layers)} fields"
+                                 + (" and their first-order weights" if weights else "")
+                                 + (" read by one gather of whole rows" if runs == 1 else
+                                    f" read by {runs} gathers of whole rows, one per width"))
         self.report.tables.extend(layer.name for layer in layers)
         if linear is not None:
             kernel = np.zeros((codes.shape[-1], 1), dtype=np.float32)
-            kernel[start:] = 1.0 / factor
+            kernel[linear_rows, 0] = 1.0 / np.asarray(factors)
             terms = keras.layers.Dense(1, use_bias=False, name=linear.name, dtype=linear.dtype_policy)
             self.codes[id(linear)] = terms(codes)
             terms.set_weights([kernel])
@@ -329,6 +342,40 @@ class _Fuser:
                                                                self.readers.get((linear.name, 0), []))
             self.report.tables.append(linear.name)
         return guarded
+
+    def _run_widths(self, widths: list[int], rows: list[int]) -> list[int]:
+        """The stored width of each table (``widths[t]`` wide, ``rows[t]`` rows): its own, except that while
+        there are more than ``MAX_RUNS`` widths, the tables of the width whose zero padding to the next wider
+        one costs the fewest values are padded to it (each width costs about 3 ops)."""
+        stored = list(widths)
+        while len(set(stored)) > self.MAX_RUNS:
+            distinct = sorted(set(stored))
+            cost = {w: sum(r * (wider - w) for r, s in zip(rows, stored) if s == w)
+                    for w, wider in zip(distinct, distinct[1:])}
+            cheapest = min(cost, key=cost.get)
+            wider = distinct[distinct.index(cheapest) + 1]
+            stored = [wider if s == cheapest else s for s in stored]
+        return stored
+
+    def _stacked_guard(self, guard: ClipToVocabulary, ids, reads: list[int]):
+        """The guard's ids as one ``(batch, fields)`` tensor, its per-field outputs (in field order) and the
+        column of each field in that tensor. When the guard takes one input per field, the fields come in the
+        order of ``reads`` (the fields the merged tables read, in their order), the others after them: the
+        tables then read the ids as stacked, not through a reordering gather."""
+        count = len(guard.vocabulary_sizes)
+        order = list(range(count))
+        if isinstance(ids, (list, tuple)) and len(ids) == count:
+            order = list(dict.fromkeys(reads))
+            order += [f for f in range(count) if f not in order]
+        config = {**guard.get_config(), "stacked": True,
+                  "vocabulary_sizes": [guard.vocabulary_sizes[f] for f in order]}
+        if guard.pruned_from is not None:
+            config["pruned_from"] = [guard.pruned_from[f] for f in order]
+        stacked = ClipToVocabulary.from_config(config)([ids[f] for f in order] if order != list(range(count))
+                                                       else ids)
+        columns = keras.ops.unstack(stacked, num=count, axis=1)
+        position = {field: column for column, field in enumerate(order)}
+        return stacked, [columns[position[f]] for f in range(count)], position
 
     def _join(self, tensors: list, name: str):
         """``tensors`` side by side: runs of adjacent slices of one merged lookup are read as one slice (the
@@ -347,24 +394,53 @@ class _Fuser:
             if tensor is None:
                 tensor = codes if (start, stop) == (0, codes.shape[-1]) else self._slice(codes, start, stop)
             parts.append(tensor)
-        return parts[0] if len(parts) == 1 else keras.layers.Concatenate(name=name)(parts)
+        if len(parts) == 1:
+            return parts[0]
+        key = tuple(id(part) for part in parts)
+        if key not in self.joins:  # one concatenation for every consumer of the same pieces
+            self.joins[key] = keras.layers.Concatenate(name=name)(parts)
+        return self.joins[key]
 
-    def _join_segments(self, segments: list[_Segment], name: str):
+    def _join_segments(self, segments: list[_Segment], name: str, gaps: bool = False):
         """The segments' tensors side by side, for a consumer linear in them (its rows follow): slices of one
         merged lookup's output next to each other in that output's order, so that it reads each output whole
         or in one slice, then anything else in the segments' order. Returns the tensor and the column where
-        each segment's tensor starts in it."""
-        outputs: dict[int, int] = {}
-        keys = []
+        each segment's tensor starts in it.
+
+        With ``gaps`` (a consumer whose rows for unread columns can be zero), slices of a merged output that
+        are not one run (codes between first-order columns, say) are read as the one slice that spans them
+        (the whole output where they are at least half of it), each segment where it lies in it, when the
+        columns read are at least half of that span: one slice at most, and no concatenation of pieces.
+        """
+        merged: dict[int, list[int]] = {}  # merged output -> the segments that are slices of it
+        others = []
         for i, segment in enumerate(segments):
-            codes, start, _ = self.slices.get(id(segment.tensor), (None, 0, 0))
-            keys.append((1, i, 0) if codes is None else (0, outputs.setdefault(id(codes), len(outputs)), start))
-        order = sorted(range(len(segments)), key=keys.__getitem__)
-        positions, column = [0] * len(segments), 0
-        for i in order:
+            codes, _, _ = self.slices.get(id(segment.tensor), (None, 0, 0))
+            (others if codes is None else merged.setdefault(id(codes), [])).append(i)
+        positions, tensors, column = [0] * len(segments), [], 0
+        for members in merged.values():
+            members.sort(key=lambda i: self.slices[id(segments[i].tensor)][1])
+            spans = [self.slices[id(segments[i].tensor)] for i in members]
+            codes, read = spans[0][0], sum(stop - start for _, start, stop in spans)
+            first, last = spans[0][1], spans[-1][2]
+            disjoint = all(a[2] <= b[1] for a, b in zip(spans, spans[1:]))
+            if gaps and disjoint and 2 * read >= codes.shape[-1]:
+                first, last = 0, codes.shape[-1]  # the whole output: no slice at all
+            if gaps and disjoint and last - first > read and 2 * read >= last - first:
+                for i, (_, start, _) in zip(members, spans):
+                    positions[i] = column + start - first
+                tensors.append(codes if (first, last) == (0, codes.shape[-1]) else self._slice(codes, first, last))
+                column += last - first
+                continue
+            for i in members:
+                positions[i] = column
+                tensors.append(segments[i].tensor)
+                column += segments[i].tensor.shape[-1]
+        for i in others:
             positions[i] = column
+            tensors.append(segments[i].tensor)
             column += segments[i].tensor.shape[-1]
-        return self._join([segments[i].tensor for i in order], name), positions
+        return self._join(tensors, name), positions
 
     def _slice(self, codes, start: int, stop: int):
         """``codes[:, start:stop]``, one op however many consumers read it."""
@@ -427,8 +503,8 @@ class _Fuser:
             codes = segments
             if all(is_code) and len({s.width for s in codes}) == 1 and len(codes) > 1:
                 return keras.ops.reshape(self._fields(codes, name), (-1, len(codes) * codes[0].width))
-        x, positions = self._join_segments(segments, f"{name}_codes")
-        kernel = np.zeros((sum(rows), sum(widths)))
+        x, positions = self._join_segments(segments, f"{name}_codes", gaps=True)
+        kernel = np.zeros((x.shape[-1], sum(widths)))
         bias, column = [], 0
         for segment, row, rows_, width in zip(segments, positions, rows, widths):
             block = np.eye(rows_) if segment.projection is None else segment.projection
@@ -444,7 +520,7 @@ class _Fuser:
         """``(batch, fields, d)`` of projected codes of one width, via :class:`CodeProjections`."""
         ranks = [s.projection.shape[0] for s in codes]
         width, dim = max(ranks), codes[0].width
-        joined, starts = self._join_segments(codes, f"{name}_codes")
+        joined, starts = self._join_segments(codes, f"{name}_codes", gaps=True)
         index = [int(start + j) if j < rank else 0 for start, rank in zip(starts, ranks) for j in range(width)]
         projections = np.zeros((len(codes), width, dim))
         for f, segment in enumerate(codes):
@@ -483,14 +559,32 @@ class _Fuser:
         factored = [i for i, s in enumerate(segments) if not _is_raw(s)]
         if not raw or not factored or self._one_matmul_pays(segments):
             return self._projected_fields(segments, name)
-        joined, positions = self._join_segments([segments[i] for i in raw], f"{name}_whole")
-        order = [raw[j] for j in sorted(range(len(raw)), key=positions.__getitem__)] + factored
-        parts = [keras.ops.reshape(joined, (-1, len(raw), width)),
-                 self._projected_fields([segments[i] for i in factored], name)]
+        whole, order = self._whole_fields([segments[i] for i in raw], f"{name}_whole")
+        order = [raw[j] for j in order] + factored
+        parts = [whole, self._projected_fields([segments[i] for i in factored], name)]
         fields = keras.layers.Concatenate(axis=1, name=f"{name}_stacked")(parts)
         if order != sorted(order):
             fields = keras.ops.take(fields, np.argsort(order).astype(np.int32), axis=1)
         return fields
+
+    def _whole_fields(self, segments: list[_Segment], name: str):
+        """``(batch, n, d)`` of ``n`` fields left whole (raw segments of width ``d``) and the order of the
+        segments in it. Slices of one merged output at one stride (rows holding a first-order weight
+        after the ``d`` values, say) are read as one slice of rows, reshaped, and their first ``d`` columns
+        taken: two or three ops instead of a slice per field and a concatenation."""
+        width = segments[0].width
+        spans = [self.slices.get(id(s.tensor), (None, 0, 0)) for s in segments]
+        order = sorted(range(len(segments)), key=lambda i: spans[i][1])
+        starts = [spans[i][1] for i in order]
+        stride = starts[1] - starts[0] if len(starts) > 1 else width
+        if (spans[0][0] is not None and all(sp[0] is spans[0][0] for sp in spans) and stride > width
+                and starts == list(range(starts[0], starts[0] + stride * len(starts), stride))):
+            codes, first, last = spans[0][0], starts[0], starts[0] + stride * len(starts)
+            rows = codes if (first, last) == (0, codes.shape[-1]) else self._slice(codes, first, last)
+            return keras.ops.reshape(rows, (-1, len(segments), stride))[:, :, :width], order
+        joined, positions = self._join_segments(segments, name)
+        return (keras.ops.reshape(joined, (-1, len(segments), width)),
+                sorted(range(len(segments)), key=positions.__getitem__))
 
     def _vector_list(self, op, layer, vectors: list):
         """Computes the d-wide vectors of a list consumer (``StackFields``, ``DotInteraction``) that are
@@ -519,7 +613,7 @@ class _Fuser:
         fields left whole enter as raw columns, without a root."""
         projections = [s.projection for s in fields]
         raw = [_is_raw(s) for s in fields]
-        codes, starts = self._join_segments(fields, f"{layer.name}_codes")
+        codes, starts = self._join_segments(fields, f"{layer.name}_codes", gaps=True)
         on_codes = np.zeros((codes.shape[-1], projections[0].shape[1]))
         for projection, start in zip(projections, starts):
             on_codes[start:start + len(projection)] = projection
@@ -535,7 +629,9 @@ class _Fuser:
         shift = np.concatenate(shifts) @ _block_diagonal(blocks) if blocks else np.zeros(0)
         raw_columns = [int(c) for start, p, is_raw in zip(starts, projections, raw) if is_raw
                        for c in range(start, start + p.shape[0])]
-        fm = CodeFactorizationMachine(projections[0].shape[1], raw_columns=raw_columns, name=layer.name)
+        unread = codes.shape[-1] - sum(len(p) for p in projections)  # columns read beside the codes
+        fm = CodeFactorizationMachine(projections[0].shape[1], raw_columns=raw_columns,
+                                      root_width=root.shape[1] if unread else None, name=layer.name)
         outputs = fm(codes)
         fm.set_weights([np.concatenate([on_codes, root], axis=1).astype(np.float32),
                         np.concatenate([sum(s.bias for s in fields), shift]).astype(np.float32),
@@ -553,7 +649,7 @@ class _Fuser:
         if (len(terms) < 2 or any(term is None or term[3] != [layer.name] for term in terms)
                 or len({t[1].shape[1] for t in terms}) != 1 or self.calls.get(id(layer)) != 1):
             return None
-        x, positions = self._join_segments([_Segment(term[0]) for term in terms], f"{layer.name}_input")
+        x, positions = self._join_segments([_Segment(term[0]) for term in terms], f"{layer.name}_input", gaps=True)
         units = terms[0][1].shape[1]
         kernel, bias = np.zeros((x.shape[-1], units)), np.zeros(units)
         for (_, weights, term_bias, _), position in zip(terms, positions):
@@ -596,7 +692,7 @@ class _Fuser:
         weights = _weights(layer)
         low_rank = isinstance(layer, LowRankDense)
         kernel_name, bias_name = ("down_kernel", "down_bias") if low_rank else ("kernel", "bias")
-        x, positions = self._join_segments(segments, f"{layer.name}_input")
+        x, positions = self._join_segments(segments, f"{layer.name}_input", gaps=True)
         new_kernel, extra_bias = _fold(weights[kernel_name], segments, positions, x.shape[-1])
         new_bias = weights.get(bias_name, 0.0) + extra_bias
         self.report.folded.append(layer.name)

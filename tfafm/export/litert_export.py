@@ -216,11 +216,12 @@ class _TablePatch:
         from tfafm.layers.lookup import InRangeEmbedding, MergedEmbedding
 
         self.model = model
-        self.layers = [layer for layer in iter_layers(model)
-                       if (type(layer) in (InRangeEmbedding, MergedEmbedding) or _plain_keras_embedding(layer))
-                       and int(np.prod(layer.embeddings.shape)) >= self.MIN_ELEMENTS]
-        self.shapes = {(1031 + i, *layer.embeddings.shape[1:]): layer for i, layer in enumerate(self.layers)}
-        self.written: dict[int, object] = {}  # tensor index in the file -> the layer whose table it holds
+        self.tables = [(layer, weight) for layer in iter_layers(model)
+                       if type(layer) in (InRangeEmbedding, MergedEmbedding) or _plain_keras_embedding(layer)
+                       for weight in _table_weights(layer) if int(np.prod(weight.shape)) >= self.MIN_ELEMENTS]
+        self.layers = list({id(layer): layer for layer, _ in self.tables}.values())
+        self.shapes = {(1031 + i, *weight.shape[1:]): (layer, weight) for i, (layer, weight) in enumerate(self.tables)}
+        self.written: dict[int, tuple] = {}  # tensor index in the file -> (layer, weight) whose table it holds
 
     def light_model(self):
         """A copy of the model with placeholder tables."""
@@ -228,19 +229,26 @@ class _TablePatch:
         from tfafm.layers.lookup import InRangeEmbedding, MergedEmbedding, WrappedEmbedding
 
         rng = np.random.default_rng(0)
+        placeholders = {id(weight): shape for shape, (_, weight) in self.shapes.items()}
         replacements = {}
-        for shape, layer in self.shapes.items():
-            if isinstance(layer, MergedEmbedding):  # same fields and element indices, a short table
+        for layer in self.layers:
+            weights = _table_weights(layer)
+            shapes = [placeholders.get(id(weight), tuple(weight.shape)) for weight in weights]
+            if isinstance(layer, MergedEmbedding):  # same fields and indices, short tables
                 small = MergedEmbedding.from_config(layer.get_config())
-                small.table_size = int(np.prod(shape))
+                small.table_shapes = shapes
             elif _plain_keras_embedding(layer):  # Keras' wrap of negative ids, by the real row count
-                small = WrappedEmbedding(*shape, rows=layer.input_dim, mask_zero=layer.mask_zero, name=layer.name,
-                                         dtype=layer.dtype_policy)
+                small = WrappedEmbedding(*shapes[0], rows=layer.input_dim, mask_zero=layer.mask_zero,
+                                         name=layer.name, dtype=layer.dtype_policy)
             else:
-                small = InRangeEmbedding(*shape, name=layer.name, dtype=layer.dtype_policy)
+                small = InRangeEmbedding(*shapes[0], name=layer.name, dtype=layer.dtype_policy)
             small.build()
-            scale = float(np.max(np.abs(np.asarray(layer.embeddings[:shape[0]])))) or 1.0
-            small.embeddings.assign(rng.uniform(-scale, scale, shape).astype(np.float32))
+            for weight, stand_in, shape in zip(weights, _table_weights(small), shapes):
+                if id(weight) in placeholders:
+                    scale = float(np.max(np.abs(np.asarray(weight[:shape[0]])))) or 1.0
+                    stand_in.assign(rng.uniform(-scale, scale, shape).astype(np.float32))
+                else:
+                    stand_in.assign(weight)
             replacements[id(layer)] = small
         return rebuild(self.model, replacements)[0]
 
@@ -249,16 +257,16 @@ class _TablePatch:
 
         def edit(flat) -> None:
             graph = flat.subgraphs[0]
-            for shape, layer in self.shapes.items():
+            for shape, (layer, weight) in self.shapes.items():
                 found = [i for i, t in enumerate(graph.tensors) if t.shape is not None
                          and tuple(int(d) for d in t.shape) == shape]
                 constants = [i for i in found if flat.buffers[graph.tensors[i].buffer].data is not None]
                 if len(constants) != 1:
                     raise RuntimeError(f"Table {layer.name!r}: its placeholder was not found once in the converted "
                                        f"graph ({len(constants)} matches).")
-                table = np.ascontiguousarray(layer.embeddings.numpy(), dtype=np.float32)
+                table = np.ascontiguousarray(weight.numpy(), dtype=np.float32)
                 tensor = graph.tensors[constants[0]]
-                self.written[constants[0]] = layer
+                self.written[constants[0]] = (layer, weight)
                 if quantization == "float16":
                     data = table.astype(np.float16)
                 elif quantization == "dynamic":
@@ -289,8 +297,8 @@ class _TablePatch:
         interpreter = _interpreter(path, delegates=False)
         details = interpreter.get_tensor_details()
         readers = interpreter._get_ops_details()  # private, pinned with ai-edge-litert (requirements.txt)
-        for index, layer in self.written.items():
-            expected = layer.embeddings.numpy()
+        for index, (layer, weight) in self.written.items():
+            expected = weight.numpy()
             stored = interpreter.get_tensor(index)
             problem = None
             scales = details[index]["quantization_parameters"]["scales"]
@@ -316,6 +324,13 @@ class _TablePatch:
             if problem:
                 raise UserError(f"The exported LiteRT file ({quantization or 'float32'}) does not hold the embedding "
                                 f"table of layer {layer.name!r}: {problem}. It was not written.")
+
+
+def _table_weights(layer) -> list:
+    """The embedding tables a lookup layer holds: a :class:`MergedEmbedding`'s tables, else its ``embeddings``."""
+    from tfafm.layers.lookup import MergedEmbedding
+
+    return list(layer.tables) if isinstance(layer, MergedEmbedding) else [layer.embeddings]
 
 
 def _plain_keras_embedding(layer) -> bool:

@@ -87,7 +87,12 @@ class MergedEmbedding(keras.layers.Layer):
     only where it was read. When every table has the same width ``k``, the
     weight is one ``(sum_f V_f, k)`` table instead, read by one gather of whole
     rows (each field's id plus its table's first row): per-element gathers
-    cost a batch of rows dearly (~1 ms for 256 rows of 350 columns).
+    cost a batch of rows dearly (~1 ms for 256 rows of 350 columns). With
+    ``layout="rows"`` the tables are stored one weight per run of consecutive
+    tables of one width (``(sum V_f, k)`` each) and every field is read as a
+    whole row: one addition of the tables' first rows, one split of the ids by
+    run, one gather of rows per run and one concatenation (a few ops more per
+    width, but one index per field and row instead of one per column).
 
     Input: a list of int ``(batch,)`` id tensors (the output of
     :class:`~tfafm.models.layers.ClipToVocabulary`), or one int ``(batch, n)``
@@ -107,10 +112,16 @@ class MergedEmbedding(keras.layers.Layer):
         widths: ``k_f`` per field (the width of its stored rows).
         embeddings_initializer: for the flat table.
         sources: the input each table reads (default: table ``f`` reads input ``f``).
+        layout: ``"elements"`` (one flat weight, read element by element unless
+            every width is the same) or ``"rows"`` (one weight per run of equal
+            widths, every table read as whole rows).
     """
 
+    LAYOUTS = ("elements", "rows")
+
     def __init__(self, vocabulary_sizes: Sequence[int], widths: Sequence[int],
-                 embeddings_initializer="uniform", sources: Sequence[int] | None = None, **kwargs: Any):
+                 embeddings_initializer="uniform", sources: Sequence[int] | None = None,
+                 layout: str = "elements", **kwargs: Any):
         super().__init__(**kwargs)
         self.vocabulary_sizes = [int(v) for v in vocabulary_sizes]
         self.widths = [int(k) for k in widths]
@@ -125,18 +136,30 @@ class MergedEmbedding(keras.layers.Layer):
         self.table_size = sum(v * k for v, k in zip(self.vocabulary_sizes, self.widths))
         if self.table_size >= 2**31:
             raise UserError(f"Layer {self.name!r}: {self.table_size:,} table values exceed int32 indexing.")
+        if layout not in self.LAYOUTS:
+            raise UserError(f"Layer {self.name!r}: layout must be one of {self.LAYOUTS}, got {layout!r}.")
+        self.layout = layout
         self.embeddings_initializer = keras.initializers.get(embeddings_initializer)
         starts = np.cumsum([0] + [v * k for v, k in zip(self.vocabulary_sizes, self.widths)])[:-1]
         self.row_width = self.widths[0] if len(set(self.widths)) == 1 else None
-        self._row_start = np.cumsum([0] + self.vocabulary_sizes)[:-1].astype(np.int32)
+        # Runs of consecutive tables of one width: [first table, last table + 1) each, one weight per run.
+        bounds = [0] + [f for f in range(1, len(self.widths)) if self.widths[f] != self.widths[f - 1]]
+        self._runs = (list(zip(bounds, bounds[1:] + [len(self.widths)]))
+                      if layout == "rows" and self.row_width is None else [(0, len(self.widths))])
+        self._row_start = np.concatenate([np.cumsum([0] + self.vocabulary_sizes[a:b])[:-1]
+                                          for a, b in self._runs]).astype(np.int32)
+        self.table_shapes = ([(self.table_size,)] if self.row_width is None and len(self._runs) == 1 else
+                             [(sum(self.vocabulary_sizes[a:b]), self.widths[a]) for a, b in self._runs])
         self._column_field = np.repeat(self.sources, self.widths).astype(np.int32)
         self._column_stride = np.repeat(self.widths, self.widths).astype(np.int32)
         self._column_start = np.concatenate(
             [start + np.arange(k) for start, k in zip(starts, self.widths)]).astype(np.int32)
 
     def build(self, input_shape=None):
-        shape = (self.table_size,) if self.row_width is None else (self.table_size // self.row_width, self.row_width)
-        self.embeddings = self.add_weight(name="embeddings", shape=shape, initializer=self.embeddings_initializer)
+        self.tables = [self.add_weight(name="embeddings" if len(self.table_shapes) == 1 else f"embeddings_{r}",
+                                       shape=shape, initializer=self.embeddings_initializer)
+                       for r, shape in enumerate(self.table_shapes)]
+        self.embeddings = self.tables[0] if len(self.tables) == 1 else None
 
     def _columns(self, ids, columns: list[int]):
         """Inputs (columns) ``columns`` of ``ids`` side by side, as one int32 ``(batch, len(columns))`` tensor."""
@@ -160,10 +183,12 @@ class MergedEmbedding(keras.layers.Layer):
         return ops.take(ids, ops.convert_to_tensor(columns, "int32"), axis=1)
 
     def call(self, ids):
-        if self.row_width is not None:
-            stacked = self._columns(ids, self.sources)
-            rows = gather_rows(self.embeddings, stacked + ops.convert_to_tensor(self._row_start))
-            return ops.cast(ops.reshape(rows, (-1, len(self.widths) * self.row_width)), self.compute_dtype)
+        if self.row_width is not None or len(self._runs) > 1:
+            index = self._columns(ids, self.sources) + ops.convert_to_tensor(self._row_start)
+            parts = [index] if len(self._runs) == 1 else ops.split(index, [a for a, _ in self._runs[1:]], axis=1)
+            rows = [ops.reshape(gather_rows(table, part), (-1, (b - a) * self.widths[a]))
+                    for table, part, (a, b) in zip(self.tables, parts, self._runs)]
+            return ops.cast(rows[0] if len(rows) == 1 else ops.concatenate(rows, axis=1), self.compute_dtype)
         count = len(ids) if isinstance(ids, (list, tuple)) else ids.shape[-1]
         stacked = self._columns(ids, list(range(count)))
         spread = ops.take(stacked, ops.convert_to_tensor(self._column_field), axis=1)
@@ -180,6 +205,7 @@ class MergedEmbedding(keras.layers.Layer):
             "vocabulary_sizes": self.vocabulary_sizes,
             "widths": self.widths,
             "sources": self.sources,
+            "layout": self.layout,
             "embeddings_initializer": keras.initializers.serialize(self.embeddings_initializer),
         }
 
@@ -189,6 +215,7 @@ class MergedEmbedding(keras.layers.Layer):
         arrays = [np.asarray(t) for t in tables]
         layer = cls([len(t) for t in arrays], [t.shape[1] for t in arrays], embeddings_initializer="zeros", **kwargs)
         layer.build()
-        flat = np.concatenate([t.reshape(-1) for t in arrays])
-        layer.embeddings.assign(flat.reshape(layer.embeddings.shape).astype(layer.embeddings.dtype))
+        for weight, (a, b) in zip(layer.tables, layer._runs):
+            flat = np.concatenate([t.reshape(-1) for t in arrays[a:b]])
+            weight.assign(flat.reshape(weight.shape).astype(weight.dtype))
         return layer

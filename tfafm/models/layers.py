@@ -178,21 +178,28 @@ class CodeFactorizationMachine(keras.layers.Layer):
     ops that batch well, where a gather of the columns costs a batch of rows
     dearly), so the kernel stores no ``(K, K)`` block for them.
 
+    Columns of ``C`` that belong to no field (read beside the codes to save a
+    slice) have zero rows in the kernel and are neither raw nor rooted: give
+    the root's width as ``root_width`` then.
+
     Args:
         dim: the field width ``d``.
         raw_columns: indices of the columns of ``C`` that are fields as they are.
+        root_width: the width of ``R`` (default: ``K - len(raw_columns)``).
 
-    Weights: ``kernel`` ``(K, d + K - len(raw_columns))``, ``bias`` of its width,
+    Weights: ``kernel`` ``(K, d + root_width)``, ``bias`` of its width,
     ``constant`` ``(1,)``.
     """
 
-    def __init__(self, dim: int, raw_columns: Sequence[int] = (), **kwargs: Any):
+    def __init__(self, dim: int, raw_columns: Sequence[int] = (), root_width: int | None = None, **kwargs: Any):
         super().__init__(**kwargs)
         self.dim = int(dim)
         self.raw_columns = [int(c) for c in raw_columns]
+        self.root_width = None if root_width is None else int(root_width)
 
     def build(self, input_shape):
-        width = self.dim + input_shape[-1] - len(self.raw_columns)
+        root = input_shape[-1] - len(self.raw_columns) if self.root_width is None else self.root_width
+        width = self.dim + root
         self.kernel = self.add_weight(name="kernel", shape=(input_shape[-1], width))
         self.bias = self.add_weight(name="bias", shape=(width,), initializer="zeros")
         self.constant = self.add_weight(name="constant", shape=(1,), initializer="zeros")
@@ -212,7 +219,8 @@ class CodeFactorizationMachine(keras.layers.Layer):
         return (input_shape[0], 1)
 
     def get_config(self) -> dict[str, Any]:
-        return {**super().get_config(), "dim": self.dim, "raw_columns": self.raw_columns}
+        config = {**super().get_config(), "dim": self.dim, "raw_columns": self.raw_columns}
+        return config if self.root_width is None else {**config, "root_width": self.root_width}
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
