@@ -295,3 +295,30 @@ def test_a_sum_of_linear_dense_layers_is_one_dense():
     fused, report = tfafm.fuse(keras.Model([a, b], keras.layers.Add(name="mixed")([left, relu])))
     assert not any("linear Dense" in note for note in report.notes)
     np.testing.assert_allclose(np.asarray(fused(x)), [[7.0 + 31.0]])
+
+
+def test_past_max_runs_widths_the_narrowest_are_padded_to_the_next(monkeypatch):
+    """Ten fields of ten code widths: the merged lookup would read them by ten gathers (3 ops each); past
+    MAX_RUNS the width whose zero padding to the next costs the fewest values is padded to it."""
+    from tfafm.compression.fusion import _Fuser
+
+    generator = SyntheticCriteo(seed=7, num_dense=1, num_sparse=6, max_vocabulary=500)
+    schema = generator.schema(embedding_dim=8)
+    features, labels = next(generator.batches(512, 512))
+    keras.utils.set_random_seed(0)
+    model = models.build("deepfm", schema, hidden_units=(8,))
+    ranks = {f"{f.name}_embedding": rank for f, rank in zip(schema.sparse, (1, 2, 3, 4, 5, 6))}
+    compressed, _ = tfafm.compress(model, features, ranks=ranks, target_ratio=None, progress=False)
+    monkeypatch.setattr(_Fuser, "MAX_RUNS", 4)
+    fused, _ = tfafm.fuse(compressed)
+    merged = fused.get_layer("sparse_ids_tables")
+    sizes = {f"{f.name}_embedding": f.vocabulary_size for f in schema.sparse}
+    widths = [rank + 1 for rank in ranks.values()]  # each code and its first-order weight: 2 to 7 wide
+    assert len(merged.tables) == 4 and set(merged.widths) <= set(widths) and len(set(merged.widths)) == 4
+    # Padded, never cut: every field keeps at least its width, and far fewer zeros are added than padding all
+    # to the widest would.
+    own = sum(sizes[name] * (rank + 1) for name, rank in ranks.items())
+    padded = sum(v * w for v, w in zip(merged.vocabulary_sizes, merged.widths)) - own
+    assert all(a >= b for a, b in zip(sorted(merged.widths), sorted(widths))) and 0 < padded < sum(sizes.values()) * max(widths) - own
+    assert sorted(merged.vocabulary_sizes) == sorted(sizes.values())
+    np.testing.assert_allclose(fused.predict(features, verbose=0), compressed.predict(features, verbose=0), atol=1e-5)
