@@ -1,4 +1,5 @@
-"""List columns of a user's own data (tfafm.data.keyed): read whole, padded only where asked, never filled in."""
+"""Columns of a user's own data (tfafm.data.keyed): lists read whole, padded only where asked; nothing missing
+(a null, a NaN, a label absent from a record) ever filled in."""
 
 import numpy as np
 import pyarrow as pa
@@ -80,3 +81,67 @@ def test_a_csv_list_column_is_recognised_wherever_its_first_list_comes(tmp_path)
     csv.write_text("seq,click\n" + "".join(f"{i % 9 + 1},{i % 2}\n" for i in range(150)) + "3|4|5,1\n")
     values = _read(f"csv:{csv}?label=click&pad=seq", InputColumn("seq", "int64", (3,), high=10))
     assert values.shape == (151, 3) and values[0].tolist() == [1, 0, 0] and values[-1].tolist() == [3, 4, 5]
+
+
+def test_a_nan_or_infinite_number_is_refused_with_its_row(tmp_path):
+    """NaN in a scalar float column was fed to the model (a Parquet NaN, or "NaN" in a CSV): eval printed an AUC
+    over rows whose prediction was a constant, exit 0."""
+    price = InputColumn("price", "float32", ())
+    path = tmp_path / "t.parquet"
+    for bad in (float("nan"), float("inf")):
+        pq.write_table(pa.table({"price": [1.0, 2.0, bad, 4.0], "click": [0, 1, 0, 1]}), path)
+        with pytest.raises(DataFormatError, match=r"t\.parquet: column price: row 3: a missing \(NaN\) or infinite value"):
+            _read(f"parquet:{path}?label=click", price)
+    csv = tmp_path / "t.csv"
+    csv.write_text("price,click\n1.5,0\nNaN,1\n")
+    with pytest.raises(DataFormatError, match=r"t\.csv: column price: row 2: a missing \(NaN\)"):
+        _read(f"csv:{csv}?label=click", price)
+
+
+def _tfrecord(path, rows: list[dict]) -> str:
+    import tensorflow as tf
+
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for row in rows:
+            feature = {name: tf.train.Feature(int64_list=tf.train.Int64List(value=values))
+                       for name, values in row.items()}
+            writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+    return str(path)
+
+
+def test_a_tfrecord_label_absent_from_a_record_is_refused_and_a_feature_absent_from_the_first_is_found(tmp_path,
+                                                                                                      monkeypatch):
+    from tfafm.data.keyed import _TFRecord
+
+    ids = InputColumn("seq", "int64", (), high=10)
+    records = _tfrecord(tmp_path / "a.tfrecord", [{"seq": [1], "click": [0]}, {"seq": [2]}, {"seq": [3], "click": [1]}])
+    with pytest.raises(DataFormatError, match=r"a\.tfrecord: column click: labels must be 0 or 1, found missing"):
+        _read(f"tfrecord:{records}?label=click", ids)  # was numpy's "inhomogeneous shape" ValueError
+    records = _tfrecord(tmp_path / "b.tfrecord", [{"seq": [1], "click": [0]}, {"seq": [2], "click": [1, 0]}])
+    with pytest.raises(DataFormatError, match=r"column click: labels must be 0/1 numbers, the column holds list:int"):
+        _read(f"tfrecord:{records}?label=click", ids)
+    monkeypatch.setattr(_TFRecord, "SCHEMA_RECORDS", 1)  # the list comes after the records that name the columns
+    with pytest.raises(DataFormatError, match=r"column click: labels must be one value per row, found a list of 2"):
+        _read(f"tfrecord:{records}?label=click", ids)
+    monkeypatch.undo()
+    # A feature the first record lacks is a column of the file (it was "no column for model input(s)"); the
+    # record without it is a missing value, refused as such.
+    records = _tfrecord(tmp_path / "c.tfrecord", [{"click": [0]}, {"seq": [2], "click": [1]}])
+    with pytest.raises(DataFormatError, match=r"column seq: 1 missing value\(s\) in this batch"):
+        _read(f"tfrecord:{records}?label=click", ids)
+    records = _tfrecord(tmp_path / "d.tfrecord", [{"seq": [1], "click": [0]}, {"seq": [2], "click": [1]}])
+    np.testing.assert_array_equal(_read(f"tfrecord:{records}?label=click", ids), [1, 2])
+
+
+def test_a_column_named_twice_is_refused(tmp_path):
+    """A CSV header naming "price" twice: the first column was read, silently (AUC 0.72 instead of 0.73)."""
+    price = InputColumn("price", "float32", ())
+    csv = tmp_path / "t.csv"
+    csv.write_text("price,price,click\n0,1.5,0\n0,2.5,1\n")
+    with pytest.raises(DataFormatError, match=r"t\.csv: column name\(s\) \['price'\] appear more than once"):
+        _read(f"csv:{csv}?label=click", price)
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.Table.from_arrays([pa.array([0.0, 0.0]), pa.array([1.5, 2.5]), pa.array([0, 1])],
+                                        names=["price", "price", "click"]), path)
+    with pytest.raises(DataFormatError, match=r"t\.parquet: column name\(s\) \['price'\] appear more than once"):
+        _read(f"parquet:{path}?label=click", price)

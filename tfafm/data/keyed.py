@@ -231,7 +231,9 @@ class _Parquet(_Table):
             raise DataFormatError(f"not a readable Parquet file ({error})", path=path) from None
 
     def columns(self, path):
-        return {field.name: _arrow_kind(field.type) for field in self._file(path).schema_arrow}
+        schema = self._file(path).schema_arrow
+        _require_unique(schema.names, path)
+        return {field.name: _arrow_kind(field.type) for field in schema}
 
     def batches(self, path, names, batch_size):
         import pyarrow as pa
@@ -284,6 +286,7 @@ class _Csv(_Table):
         except (pa.ArrowInvalid, OSError) as error:
             raise DataFormatError(f"not a readable CSV file with a header row ({_first_line(error)})",
                                   path=path) from None
+        _require_unique(first.schema.names, path)
         kinds = {field.name: _arrow_kind(field.type) for field in first.schema}
         for name, kind in kinds.items():  # text holding delimited lists of numbers reads as a list
             if kind == "string" and self._is_list(first.column(name)):
@@ -580,6 +583,11 @@ def _feature(column: InputColumn, values, nulls: int, path: str, pad: bool = Fal
         if length not in (1, None) and array.ndim == 1:
             raise DataFormatError(f"holds one value per row, model input {column.name!r} takes {length}",
                                   path=path, column=column.name)
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            row = int(np.flatnonzero(~np.isfinite(array.reshape(len(array), -1)).all(axis=1))[0])
+            raise DataFormatError(f"row {first_row + row}: a missing (NaN) or infinite value: model input "
+                                  f"{column.name!r} needs a number on every row (fill it before)",
+                                  path=path, column=column.name)
     if column.is_integer and column.high is not None:
         _check_ids(column, array, path)
     return array.reshape((len(array), *[d if d is not None else -1 for d in column.shape])) if column.shape \
@@ -623,7 +631,22 @@ def _lists(column: InputColumn, values: list, path: str, padded: bool, first_row
     return array
 
 
+def _require_unique(names: Sequence[str], path: str) -> None:
+    """Refuses a file naming a column twice: which of them would be read is a guess (the first, silently)."""
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise DataFormatError(f"column name(s) {repeated} appear more than once", path=path)
+
+
 def _label(values, nulls: int, name: str, path: str) -> np.ndarray:
+    if isinstance(values, list):  # rows of no value or several (a label absent from some TFRecord records)
+        lengths = [0 if v is None else len(v) for v in values]
+        if max(lengths, default=1) > 1:
+            raise DataFormatError(f"labels must be one value per row, found a list of {max(lengths)}", path=path,
+                                  column=name)
+        if min(lengths, default=1) == 0:
+            raise DataFormatError("labels must be 0 or 1, found missing", path=path, column=name)
+        values = np.concatenate(values)
     labels = np.asarray(values, dtype=np.float64)
     if nulls or not np.isin(labels, (0.0, 1.0)).all():
         bad = "missing" if nulls else repr(float(labels[~np.isin(labels, (0.0, 1.0))][0]))
@@ -654,28 +677,33 @@ class _TFRecord(_Table):
     value per row where every row has exactly one."""
 
     _KINDS = {"int64_list": "int", "float_list": "float", "bytes_list": "string"}
+    SCHEMA_RECORDS = 100  # the records whose features name the columns (a feature may skip the first ones)
 
     def columns(self, path):
         import tensorflow as tf
 
         try:
-            first = next(iter(tf.data.TFRecordDataset(path).take(1)), None)
-            if first is None:
+            examples = [tf.train.Example.FromString(record.numpy())
+                        for record in tf.data.TFRecordDataset(path).take(self.SCHEMA_RECORDS)]
+            if not examples:
                 raise DataFormatError("empty TFRecord file", path=path)
-            example = tf.train.Example.FromString(first.numpy())
         except tf.errors.OpError as error:
             raise DataFormatError(f"not a readable TFRecord file ({_first_line(error)})", path=path) from None
         except DataFormatError:
             raise
         except Exception as error:  # protobuf's DecodeError
             raise DataFormatError(f"records are not tf.train.Example ({_first_line(error)})", path=path) from None
-        kinds = {}
-        for name, feature in example.features.feature.items():
-            field = feature.WhichOneof("kind")
-            kind = self._KINDS.get(field, "other:empty")
-            count = len(getattr(feature, field).value) if field else 0
-            kinds[name] = f"list:{kind}" if count > 1 else kind
-        return kinds
+        kinds: dict[str, str] = {}
+        lists: set[str] = set()
+        for example in examples:  # a feature absent from the first records still counts
+            for name, feature in example.features.feature.items():
+                field = feature.WhichOneof("kind")
+                count = len(getattr(feature, field).value) if field else 0
+                if kinds.get(name, "other:empty") == "other:empty":
+                    kinds[name] = self._KINDS.get(field, "other:empty")
+                if count > 1:
+                    lists.add(name)
+        return {name: f"list:{kind}" if name in lists else kind for name, kind in kinds.items()}
 
     def batches(self, path, names, batch_size):
         import tensorflow as tf
