@@ -112,6 +112,10 @@ def _add_common(parser: argparse.ArgumentParser, writes: Optional[str] = None, o
                                  "holding the current directory)")
     parser.add_argument("--quiet", action="store_true",
                         help="print only results and errors: no progress bars or progress lines")
+    parser.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                        help="import a Python module (a name found from the current directory or PYTHONPATH, or a "
+                             ".py file) before loading any model: where a model's custom layers are registered "
+                             "(@keras.saving.register_keras_serializable); repeatable")
 
 
 def _add_skip_bad_lines(parser: argparse.ArgumentParser) -> None:

@@ -120,7 +120,7 @@ def test_fine_tuning_from_a_teacher_fits_its_predictions_not_the_labels(mlp):
     rng = np.random.default_rng(2)
     noise = (rng.random((len(x), 1)) < 0.5).astype("float32")  # training labels that say nothing
     tuning = _tuning(x, noise, validation)
-    targets = np.concatenate([y for _, y in _distilled(tuning.train, model)])
+    targets = np.concatenate([y for _, y in _distilled(tuning.train, model, {"click": False})])
     np.testing.assert_allclose(targets, model.predict(x, verbose=0), atol=1e-6)
     # A model whose last layer was reset learns the teacher back from its predictions, whatever the labels.
     broken = keras.models.clone_model(model)
@@ -128,7 +128,50 @@ def test_fine_tuning_from_a_teacher_fits_its_predictions_not_the_labels(mlp):
     result = fine_tune(broken, tuning, epochs=1, learning_rate=0.01, teacher=model)
     assert result["kept"] is True and result["auc_gain"] > 0.1
     with pytest.raises(UserError, match="the teacher .* has 1 output\\(s\\), the data 2 label column"):
-        _distilled(tuning.train.map(lambda x, y: (x, (y, y))), model)
+        _distilled(tuning.train.map(lambda x, y: (x, (y, y))), model, {"click": False})
+
+
+def _logit_twin(model):
+    """``model`` with its last sigmoid taken off: the same scores as logits."""
+    hidden = model.get_layer("hidden").output
+    logits = keras.layers.Dense(1, name="click")(hidden)
+    twin = keras.Model(model.inputs, logits, name="mlp_logits")
+    twin.get_layer("click").set_weights(model.get_layer("click").get_weights())
+    return twin
+
+
+def test_a_model_of_logits_is_scored_on_their_sigmoid(mlp):
+    """A user's model ending in Dense(1) without sigmoid (trained from_logits): its AUC and LogLoss are those
+    of the probability model it stands for. They were computed on logits clipped to [1e-7, 1 - 1e-7], every
+    negative logit tied: a wrong AUC, exit 0."""
+    from tfafm.metrics import evaluate, logit_outputs, predict_outputs, scores
+
+    model, _, validation = mlp
+    twin = _logit_twin(model)
+    raw, labels = predict_outputs(twin, validation, probabilities=False)
+    assert raw["click"].min() < 0 and logit_outputs(twin, raw) == {"click": True}
+    assert logit_outputs(model, raw) == {"click": False}  # the sigmoid layer says so, whatever the values
+    np.testing.assert_allclose(evaluate(twin, validation)["auc"], evaluate(model, validation)["auc"], rtol=1e-9)
+    np.testing.assert_allclose(evaluate(twin, validation)["logloss"], evaluate(model, validation)["logloss"],
+                               rtol=1e-5)
+    with pytest.raises(UserError, match="not probabilities"):
+        scores(labels["click"], raw["click"])
+    # Behind a Reshape (an output squeezed to (batch,)) the last Dense still says "logits".
+    squeezed = keras.Model(twin.inputs, keras.layers.Reshape((), name="squeeze")(twin.output))
+    assert logit_outputs(squeezed, {"squeeze": np.array([0.5])}) == {"squeeze": True}
+
+
+def test_fine_tuning_a_model_of_logits_trains_on_their_sigmoid(mlp):
+    """Fine-tuning and distilling a logit model: the loss takes its outputs from_logits and the teacher's
+    logits become probabilities (binary cross-entropy on raw logits trains a different model)."""
+    model, x, validation = mlp
+    twin = _logit_twin(model)
+    tuning = _tuning(x, (model.predict(x, verbose=0) > 0.5).astype("float32"), validation)
+    broken = keras.models.clone_model(twin)
+    broken.set_weights(twin.get_weights()[:2] + [np.zeros_like(w) for w in twin.get_weights()[2:]])
+    result = tfafm.fine_tune(broken, tuning, epochs=1, learning_rate=0.01, teacher=twin)
+    assert result["kept"] is True and result["auc_gain"] > 0.1
+    assert 0.0 < result["logloss"] < 0.69
 
 
 def test_fine_tuning_refuses_validation_rows_that_move_between_passes(mlp):

@@ -421,3 +421,42 @@ def test_fusion_merges_factors_when_the_folded_input_is_narrower_than_the_rank()
     assert report.merged == ["wide"] and "merged" in report.notes[0]
     assert isinstance(fused.get_layer("wide"), keras.layers.Dense) and fused.get_layer("wide").kernel.shape == (3, 40)
     assert _max_diff(_outputs(fused, data), _outputs(compressed, data)) <= 1e-5
+
+
+def test_layer_names_keras_made_in_another_session_never_clash_with_the_rewrites_own(tmp_path):
+    """A model loaded from a file holds names Keras made in the session that built it ("reshape" for an
+    output squeezed to (batch,)); the fused export made a Reshape of its own, also named "reshape" in a
+    fresh session, and the export failed with Keras' "name used 2 times" traceback."""
+    inputs = {f"f{i}": keras.Input((1,), dtype="int32", name=f"f{i}") for i in range(3)}
+    x = keras.layers.Concatenate(name="concatenate")(_embed_fields(inputs, dim=8))
+    hidden = keras.layers.Dense(12, activation="relu", name="dense")(x)
+    click = keras.layers.Reshape((), name="reshape")(keras.layers.Dense(1, activation="sigmoid", name="dense_1")(hidden))
+    path = str(tmp_path / "squeezed.keras")
+    keras.Model(inputs, click).save(path)
+    keras.backend.clear_session()  # a new session: its naming counters start again
+    model = keras.models.load_model(path)
+    data = {k: _ids(np.random.default_rng(0), (ROWS, 1)) for k in inputs}
+    compressed, _ = tfafm.compress(model, data, ranks={f"emb_f{i}": 3 for i in range(3)}, progress=False)
+    fused, _ = tfafm.fuse(compressed)
+    assert "reshape" in [layer.name for layer in fused.layers]  # the user's, under its own name
+    assert _max_diff(_outputs(fused, data), _outputs(compressed, data)) <= 1e-5
+    exported = tfafm.export.litert(compressed, str(tmp_path / "squeezed.tflite"), verification_data=data)
+    assert _max_diff([tfafm.export.LiteRTRunner(exported)(data).reshape(-1)],
+                     [np.asarray(compressed.predict(data, verbose=0)).reshape(-1)]) <= 1e-5
+
+
+def test_a_mixed_precision_model_exports_to_float32_files(tmp_path):
+    """Layers computing in float16 (a mixed_float16 policy): the Keras reference itself carries float16's
+    rounding, so no float32 LiteRT or ONNX file could pass the float32 check ("disagrees ... 0.0003"). They are
+    held to float16's tolerance, and the message says why where even that fails."""
+    keras.utils.set_random_seed(2)
+    inputs = keras.Input((32,), name="x")
+    hidden = keras.layers.Dense(64, activation="relu", dtype="mixed_float16", name="half")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="click")(hidden))
+    data = {"x": np.random.default_rng(0).normal(size=(512, 32)).astype("float32") * 3}
+    path = tfafm.export.litert(model, str(tmp_path / "half.tflite"), verification_data=data)
+    got = tfafm.export.LiteRTRunner(path)(data).reshape(-1)
+    expected = np.asarray(model.predict(data, verbose=0)).reshape(-1)
+    assert 1e-4 < float(np.max(np.abs(got - expected))) <= 2e-2  # past float32's tolerance, inside float16's
+    onnx = tfafm.export.onnx(model, str(tmp_path / "half.onnx"), verification_data=data)
+    assert onnx.endswith("half.onnx")

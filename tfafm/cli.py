@@ -460,6 +460,35 @@ def _python_logs_quiet(quiet: bool):
             logger.setLevel(level)
 
 
+def _import_user_modules(names: list[str]) -> None:
+    """Imports each ``--import`` module (a dotted name, looked up from the current directory first, or
+    a ``.py`` file), so that the custom layers it registers load with the user's model."""
+    import importlib
+    import importlib.util
+
+    for name in names:
+        try:
+            if name.endswith(".py"):
+                if not os.path.isfile(name):
+                    raise UserError(f"--import {name}: no such file")
+                spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(name))[0], name)
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[spec.name] = module
+                spec.loader.exec_module(module)
+            else:
+                if os.getcwd() not in sys.path:
+                    sys.path.insert(0, os.getcwd())
+                importlib.import_module(name)
+        except UserError:
+            raise
+        except ModuleNotFoundError as error:
+            raise UserError(f"--import {name}: {error} (run from the folder that holds it, set PYTHONPATH, or give "
+                            "the .py file)") from None
+        except Exception as error:  # the user's module failed while importing
+            raise UserError(f"--import {name}: importing it raised {type(error).__name__}: "
+                            f"{_one_line(error)}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     """Runs the command parsed by :func:`tfafm_cli.build_parser`; returns the exit code.
 
@@ -473,6 +502,7 @@ def run(args: argparse.Namespace) -> int:
     sys.unraisablehook = _redelivering_termination(previous_unraisablehook)
     try:
         with _python_logs_quiet(args.quiet):
+            _import_user_modules(getattr(args, "imports", []))
             return COMMANDS[args.command](args, Output(args.quiet))
     except UserError as error:
         print(f"tfafm {args.command}: error: {_one_line(error)}", file=sys.stderr)

@@ -124,6 +124,27 @@ def call_counts(model: keras.Model) -> dict[int, int]:
     return counts
 
 
+def reserve_names(model: keras.Model) -> None:
+    """Advances Keras' automatic naming past every operation name of ``model`` (nested models
+    included), so that the layers and ops made while rewriting it never take a name it already uses:
+    a model loaded from a file holds names (``reshape``, ``dense_3``) this session's counters never
+    gave out, and a clash makes the rewritten model fail to build."""
+    names: set[str] = set()
+
+    def visit(graph) -> None:
+        for operation in getattr(graph, "operations", None) or graph.layers:
+            names.add(operation.name)
+            if is_graph_model(operation):
+                visit(operation)
+
+    visit(model)
+    for name in names:
+        base, _, number = name.rpartition("_")
+        base, needed = (base, int(number) + 1) if base and number.isdigit() else (name, 1)
+        while keras.backend.get_uid(base) < needed:
+            pass
+
+
 def output_structure(model: keras.Model):
     """What ``model(...)`` returns, as KerasTensors: a dict, list or single tensor."""
     return model.outputs[0] if isinstance(model, keras.Sequential) else model.output
@@ -139,6 +160,33 @@ def output_names(model: keras.Model) -> list[str]:
     if len(names) != len(flat) or len(set(names)) != len(names):
         names = [f"output_{i}" for i in range(len(flat))]
     return names
+
+
+def output_activations(model: keras.Model) -> list[str | None]:
+    """Per model output (in :func:`output_names` order), the activation its last layer applies
+    (``"sigmoid"``, ``"linear"``, ...), or None where the graph does not say (a subclassed model, a
+    custom layer)."""
+    try:
+        outputs = output_structure(model)
+    except (AttributeError, ValueError):  # a subclassed model that was never called symbolically
+        return [None] * len(output_names(model)) if hasattr(model, "outputs") else [None]
+    flat = [outputs[name] for name in outputs] if isinstance(outputs, dict) else keras.tree.flatten(outputs)
+    activations = []
+    for tensor in flat:
+        history = getattr(tensor, "_keras_history", None)
+        operation = history.operation if history is not None else None
+        while isinstance(operation, (keras.layers.Reshape, keras.layers.Flatten)):  # shape only: look through
+            history = getattr(operation._inbound_nodes[history.node_index].input_tensors[0], "_keras_history", None)
+            operation = history.operation if history is not None else None
+        activation = getattr(operation, "activation", None)
+        name = None
+        if callable(activation):
+            serialized = keras.activations.serialize(activation)
+            name = serialized if isinstance(serialized, str) else None
+        elif type(operation).__name__ == "Sigmoid":  # keras.ops.sigmoid in a functional graph
+            name = "sigmoid"
+        activations.append(name)
+    return activations
 
 
 def input_structure(model: keras.Model):

@@ -8,7 +8,7 @@ import numpy as np
 import tensorflow as tf
 from sklearn.metrics import log_loss, roc_auc_score
 
-from tfafm.graph import model_inputs, output_names, pack_inputs
+from tfafm.graph import model_inputs, output_activations, output_names, pack_inputs
 from tfafm.errors import UserError
 
 
@@ -36,14 +36,45 @@ def _named(model, values, what: str) -> dict[str, np.ndarray]:
     return {name: np.asarray(value).reshape(-1) for name, value in zip(names, flat)}
 
 
-def predict_outputs(model, data) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
+# Final activations whose outputs are probabilities; a "linear" one gives logits.
+_PROBABILITY_ACTIVATIONS = ("sigmoid", "hard_sigmoid", "softmax")
+
+
+def logit_outputs(model, outputs: dict[str, np.ndarray]) -> dict[str, bool]:
+    """Per output of ``model``, whether it gives logits rather than probabilities: where its last
+    layer applies no activation (``Dense(1)`` trained with ``from_logits=True``), or, where the graph
+    does not say, where ``outputs`` (its predictions) leave ``[0, 1]``."""
+    activations = dict(zip(output_names(model), output_activations(model)))
+    flags = {}
+    for name, values in outputs.items():
+        activation = activations.get(name)
+        if activation in _PROBABILITY_ACTIVATIONS:
+            flags[name] = False
+        elif activation == "linear":
+            flags[name] = True
+        else:
+            flags[name] = bool(values.size) and bool(np.min(values) < 0.0 or np.max(values) > 1.0)
+    return flags
+
+
+def sigmoid(values: np.ndarray) -> np.ndarray:
+    """The logistic function in float64, without overflow warnings."""
+    values = np.asarray(values, dtype=np.float64)
+    return 0.5 * (1.0 + np.tanh(0.5 * values))
+
+
+def predict_outputs(model, data, probabilities: bool = True) -> tuple[dict[str, np.ndarray],
+                                                                        dict[str, np.ndarray] | None]:
     """Runs ``model`` over every batch of ``data``; returns its outputs and the labels, each as
     ``{output name: flat array}`` (labels ``None`` when ``data`` has none).
 
     ``data`` is a ``tf.data.Dataset`` of feature batches or ``(features,
     labels)`` batches (labels: one array, or a dict / list per output), or a
     ``(features, labels)`` pair of arrays. The model runs in one
-    ``tf.function`` traced for any batch size.
+    ``tf.function`` traced for any batch size. With ``probabilities``, an
+    output of logits (:func:`logit_outputs`) is returned as its sigmoid, so
+    that AUC, LogLoss and comparisons see probabilities whatever the model's
+    last layer; otherwise the outputs are as the model gives them.
     """
     specs = [tf.TensorSpec((None, *x.shape[1:]), x.dtype) for x in model.inputs]
     run = tf.function(lambda *flat: model(pack_inputs(model, list(flat)), training=False),
@@ -61,6 +92,9 @@ def predict_outputs(model, data) -> tuple[dict[str, np.ndarray], dict[str, np.nd
     if labels and len(labels) != len(outputs):
         raise UserError("Evaluation data has labels in some batches only.")
     joined = {name: np.concatenate([o[name] for o in outputs]) for name in outputs[0]}
+    if probabilities:
+        logits = logit_outputs(model, joined)
+        joined = {name: sigmoid(values) if logits[name] else values for name, values in joined.items()}
     return joined, ({name: np.concatenate([b[name] for b in labels]) for name in labels[0]} if labels else None)
 
 
@@ -76,17 +110,26 @@ def predict_with_labels(model, dataset: tf.data.Dataset) -> tuple[np.ndarray, np
 def scores(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
     """AUC, LogLoss, positive rate and row count of binary ``labels`` vs ``probabilities``.
 
+    Raises:
+        UserError: one class only, predictions outside ``[0, 1]`` (logits) or not finite.
+
     >>> result = scores([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8])
     >>> result["auc"], result["rows"]
     (0.75, 4)
     """
     labels = np.asarray(labels, dtype=np.float64).reshape(-1)
-    probabilities = np.clip(np.asarray(probabilities, dtype=np.float64).reshape(-1), 1e-7, 1 - 1e-7)
+    probabilities = np.asarray(probabilities, dtype=np.float64).reshape(-1)
     if len(np.unique(labels)) < 2:
         raise UserError("AUC needs both positive and negative labels in the evaluation data.")
+    if not np.all(np.isfinite(probabilities)):
+        raise UserError(f"{int(np.sum(~np.isfinite(probabilities)))} of {probabilities.size} predictions are NaN or "
+                        f"infinite: AUC and LogLoss are undefined.")
+    if probabilities.min() < 0.0 or probabilities.max() > 1.0:
+        raise UserError(f"Predictions from {probabilities.min():.4g} to {probabilities.max():.4g} are not "
+                        f"probabilities: score the sigmoid of logits (tfafm.metrics.predict_outputs does).")
     return {
-        "auc": float(roc_auc_score(labels, probabilities)),
-        "logloss": float(log_loss(labels, probabilities, labels=[0.0, 1.0])),
+        "auc": float(roc_auc_score(labels, probabilities)),  # ranks: never clipped (clipping ties them)
+        "logloss": float(log_loss(labels, np.clip(probabilities, 1e-7, 1 - 1e-7), labels=[0.0, 1.0])),
         "positive_rate": float(labels.mean()),
         "rows": int(labels.size),
     }

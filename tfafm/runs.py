@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import zipfile
 import zlib
 from typing import Any, Callable, Optional, Sequence, TypeVar
@@ -166,6 +167,11 @@ def load_model_file(path: str) -> keras.Model:
     except UserError:
         raise
     except Exception as error:  # a damaged member (config, weights): whatever Keras or h5py raise for it
+        unknown = re.search(r"Could not locate (?:class|function) '([^']+)'", str(error))
+        if unknown:
+            raise UserError(f"{path}: the model uses {unknown.group(1)!r}, which is not registered in this process: "
+                            "import the module that defines it (with @keras.saving.register_keras_serializable) "
+                            "first; on the command line, --import MODULE") from None
         raise UserError(f"{path}: damaged Keras model file ({type(error).__name__}: {_first_line(error)})") from None
 
 

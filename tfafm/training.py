@@ -18,7 +18,9 @@ from tfafm.data.cache import read_dataset
 from tfafm.data.sources import open_cache
 from tfafm.distribute import cluster_size, cluster_strategy, is_chief
 from tfafm.errors import UserError
-from tfafm.metrics import SIGNIFICANT_Z, evaluate, paired_auc_difference, predict_with_labels, scores
+from tfafm.graph import output_names
+from tfafm.metrics import (SIGNIFICANT_Z, evaluate, logit_outputs, paired_auc_difference, predict_outputs,
+                           predict_with_labels, scores)
 from tfafm.progress import progress_bar
 from tfafm.runs import save_run
 
@@ -34,14 +36,20 @@ class TrainResult:
     epochs_run: int
 
 
-def compile_for_ctr(model: keras.Model, learning_rate: float) -> None:
-    """Adam + binary cross-entropy, with Keras' (approximate) AUC for progress display (one per output)."""
+def compile_for_ctr(model: keras.Model, learning_rate: float, logits: dict[str, bool] | None = None) -> None:
+    """Adam + binary cross-entropy, with Keras' (approximate) AUC for progress display (one per output).
+
+    ``logits``: per output name, whether it gives logits (:func:`tfafm.metrics.logit_outputs`; the
+    loss and AUC then take them ``from_logits``). None: every output gives probabilities.
+    """
     several = len(model.outputs) > 1
+    flags = [bool((logits or {}).get(name, False)) for name in model.output_names]
+    losses = [keras.losses.BinaryCrossentropy(from_logits=flag) for flag in flags]
+    aucs = [[keras.metrics.AUC(name="auc", from_logits=flag)] for flag in flags]
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
-        loss="binary_crossentropy",
-        metrics={name: [keras.metrics.AUC(name="auc")] for name in model.output_names} if several
-        else [keras.metrics.AUC(name="auc")],
+        loss=dict(zip(model.output_names, losses)) if several else losses[0],
+        metrics=dict(zip(model.output_names, aucs)) if several else aucs[0],
     )
 
 
@@ -108,12 +116,16 @@ def fine_tune(
         UserError: if the validation rows do not come in the same order on every pass (the
             comparison pairs them).
     """
+    raw, _ = predict_outputs(model, bundle.validation, probabilities=False)
+    logits = logit_outputs(model, raw)
     start_predictions, labels = predict_with_labels(model, bundle.validation)
     before = scores(labels, start_predictions)
     start_weights = model.get_weights()
-    compile_for_ctr(model, learning_rate)
+    compile_for_ctr(model, learning_rate, logits)
     if teacher is not None:
-        bundle = types.SimpleNamespace(train=_distilled(bundle.train, teacher), validation=bundle.validation)
+        teacher_raw, _ = predict_outputs(teacher, bundle.validation, probabilities=False)
+        bundle = types.SimpleNamespace(train=_distilled(bundle.train, teacher, logit_outputs(teacher, teacher_raw)),
+                                       validation=bundle.validation)
     fit(model, bundle, epochs, patience, verbose)
     predictions, labels_again = predict_with_labels(model, bundle.validation)
     if not np.array_equal(labels, labels_again):
@@ -127,11 +139,13 @@ def fine_tune(
             "gain_z": gain["z"] if np.isfinite(gain["z"]) else None, "kept": bool(kept)}
 
 
-def _distilled(train: "tf.data.Dataset", teacher: keras.Model) -> "tf.data.Dataset":
-    """``train``'s ``(features, labels)`` batches as ``(features, the teacher's predictions)``, the
-    predictions in the labels' structure (one per output, in the model's output order)."""
+def _distilled(train: "tf.data.Dataset", teacher: keras.Model, teacher_logits: dict[str, bool]) -> "tf.data.Dataset":
+    """``train``'s ``(features, labels)`` batches as ``(features, the teacher's predicted probabilities)``,
+    in the labels' structure (one per output, in the model's output order); ``teacher_logits`` says which
+    teacher outputs are logits, turned into probabilities (the targets of a binary cross-entropy)."""
     import tensorflow as tf
 
+    squash = [teacher_logits[name] for name in output_names(teacher)]
     outputs, targets = len(teacher.outputs), len(tf.nest.flatten(train.element_spec[1]))
     if outputs != targets:
         raise UserError(f"Distillation: the teacher {teacher.name!r} has {outputs} output(s), the data "
@@ -141,8 +155,8 @@ def _distilled(train: "tf.data.Dataset", teacher: keras.Model) -> "tf.data.Datas
         predictions = teacher(features, training=False)
         if isinstance(predictions, dict):
             predictions = [predictions[name] for name in teacher.output_names]
-        flat = [tf.cast(tf.reshape(p, tf.shape(y)), y.dtype)
-                for p, y in zip(tf.nest.flatten(predictions), tf.nest.flatten(labels))]
+        flat = [tf.cast(tf.reshape(tf.sigmoid(p) if logit else p, tf.shape(y)), y.dtype)
+                for p, y, logit in zip(tf.nest.flatten(predictions), tf.nest.flatten(labels), squash)]
         return features, tf.nest.pack_sequence_as(labels, flat)
 
     return train.map(soft)

@@ -19,6 +19,8 @@ from typing import Callable
 
 import keras
 
+from tfafm.graph import reserve_names
+
 
 def rebuild(model: keras.Model, replacements: dict[int, keras.layers.Layer],
             call_hook: Callable | None = None) -> tuple[keras.Model, list[str], list]:
@@ -81,8 +83,10 @@ def clone(model: keras.Model, **clone_kwargs) -> keras.Model:
     optimizer, allocating the optimizer's slots (two per weight for Adam),
     which a ``.keras`` file then stores: a compressed model would weigh three
     times its weights, on disk and in memory. The copy is left uncompiled
-    instead, like a freshly built model: ``compile`` it to fine-tune.
+    instead, like a freshly built model: ``compile`` it to fine-tune. Layers and ops made while
+    cloning are named past the model's own names (:func:`tfafm.graph.reserve_names`).
     """
+    reserve_names(model)
     if not model.compiled:
         return keras.models.clone_model(model, **clone_kwargs)
     model.compiled = False  # read by clone_model only; restored before anything else sees the model

@@ -13,7 +13,8 @@ reaches the destination.
 
 Tolerances (:data:`TOLERANCES`), on every output and row:
 
-* float32: ``|file - keras| <= 1e-4 + 1e-4 |keras|``;
+* float32: ``|file - keras| <= 1e-4 + 1e-4 |keras|`` (float16's below for a model with layers computing in
+  float16 or bfloat16, a mixed-precision policy: the Keras outputs carry that rounding);
 * float16 weights: ``<= 2e-2 + 2e-2 |keras|``;
 * dynamic-range int8 (int8 weights, float activations): mean ``|file - keras|``
   at most ``0.01 (1 + mean |keras|)`` and, where the Keras outputs vary, a
@@ -238,6 +239,16 @@ def verification_rows(model, data=None, rows: int = 256) -> dict[str, np.ndarray
     return sample_rows(model, data, rows) if data is not None else generated_rows(model, rows)
 
 
+def _half_precision(model) -> str | None:
+    """The half-precision compute dtype (``float16``, ``bfloat16``) of ``model``'s layers, if any computes in one
+    (a mixed-precision policy): its outputs then carry that rounding, and float32 files are held to float16's
+    tolerance."""
+    from tfafm.graph import iter_layers
+
+    dtypes = {getattr(layer, "compute_dtype", None) for layer in iter_layers(model)}
+    return next((dtype for dtype in ("float16", "bfloat16") if dtype in dtypes), None)
+
+
 def verify_export(path: str, export_format: str, model, rows: Mapping[str, np.ndarray],
                   quantization: str | None = None) -> dict[str, dict[str, float]]:
     """Loads the exported file at ``path`` in its runtime, runs it on ``rows`` and compares
@@ -264,11 +275,14 @@ def verify_export(path: str, export_format: str, model, rows: Mapping[str, np.nd
     if missing:
         raise UserError(f"The exported {name} file lacks output(s) {missing} (it has {sorted(got)}).")
     tolerance = TOLERANCES[quantization]
+    half = _half_precision(model)
+    if quantization is None and half:  # the Keras reference itself rounds to half precision
+        tolerance = TOLERANCES["float16"]
     count = len(next(iter(rows.values())))
     for output in expected_names:
         problem = tolerance.violation(reference[output], got[output])
         if problem:
-            label = quantization or "float32"
+            label = quantization or ("float32, against a model computing in " + half if half else "float32")
             raise Disagreement(f"The exported {name} file ({label}) disagrees with the Keras model {model.name!r} on "
                             f"output {output!r} over {count} sample rows: {problem}. It was not written."
                             + _QUANTIZATION_HINTS.get(quantization, ""))
