@@ -360,3 +360,19 @@ def test_xnnpack_partition_splits_the_op_list(tmp_path):
     assert sorted(delegated + fallback) == sorted(export.litert_ops(path))
     assert delegated.count("FULLY_CONNECTED") == 2 and "LOGISTIC" in delegated
     assert "GATHER" in fallback and "GATHER" not in delegated
+
+
+def test_an_onnx_file_with_ops_tf2onnx_cannot_convert_is_one_error_naming_them(tmp_path, capfd):
+    """A StringLookup and a Discretization in the model: tf2onnx logged 19 lines (a traceback among them) on
+    stderr before tfafm's error, which named only the op onnxruntime stumbled on."""
+    text = keras.Input(shape=(1,), dtype="string", name="text")
+    price = keras.Input(shape=(1,), name="price")
+    ids = keras.layers.StringLookup(vocabulary=["a", "b"], name="lookup")(text)
+    bins = keras.layers.Discretization(bin_boundaries=[0.0, 1.0], name="bins")(price)
+    joined = keras.layers.Concatenate()([keras.ops.cast(ids, "float32"), keras.ops.cast(bins, "float32")])
+    model = keras.Model({"text": text, "price": price}, keras.layers.Dense(1, activation="sigmoid")(joined))
+    rows = {"text": np.array([["a"], ["b"], ["c"]], dtype=object), "price": np.array([[-1.0], [0.5], [2.0]], "float32")}
+    target = tmp_path / "m.onnx"
+    with pytest.raises(ValueError, match=r"tf2onnx could not convert op\(s\): .*Bucketize"):
+        export.onnx(model, str(target), verification_data=rows)
+    assert "Traceback" not in capfd.readouterr().err and not target.exists()

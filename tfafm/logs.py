@@ -1,4 +1,4 @@
-"""Dropping known third-party log lines around the one call that emits them, and nothing else."""
+"""Dropping or collecting known third-party log lines around the one call that emits them, and nothing else."""
 
 from __future__ import annotations
 
@@ -32,3 +32,30 @@ def dropping(logger_name: str, *fragments: str) -> Iterator[None]:
         yield
     finally:
         logger.removeFilter(drop)
+
+
+class _Collect(logging.Handler):
+    def __init__(self, records: list[logging.LogRecord]):
+        super().__init__()
+        self.records = records
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@contextlib.contextmanager
+def collecting(logger_name: str) -> Iterator[list[logging.LogRecord]]:
+    """Within the block, the records of ``logger_name`` and its children are collected into the list
+    yielded instead of reaching the root logger (whose last-resort handler prints warnings to stderr):
+    the caller reports what matters in its own words. Handlers the user put on that logger still get
+    them; the logger is as it was when the block ends."""
+    logger = logging.getLogger(logger_name)
+    records: list[logging.LogRecord] = []
+    handler, propagate = _Collect(records), logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate

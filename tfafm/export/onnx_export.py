@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import os
+import re
 from typing import Mapping
 
 import numpy as np
@@ -42,7 +43,8 @@ def onnx(model, path: str, opset: int | None = None, verification_data=None) -> 
     from tfafm.export.signature import positional_function
     from tfafm.export.verify import converter_error, verification_rows, verify_export
     from tfafm.io_utils import atomic_path
-    from tfafm.logs import dropping
+    from tfafm.errors import UserError
+    from tfafm.logs import collecting, dropping
 
     keras_model = model
     rows = verification_rows(keras_model, verification_data)
@@ -53,7 +55,7 @@ def onnx(model, path: str, opset: int | None = None, verification_data=None) -> 
     inputs = [t.name for t in frozen.inputs]
     # outputs come flattened in sorted-key order of the serving function's dict
     outputs = dict(zip(sorted(concrete.structured_outputs), (t.name for t in frozen.outputs)))
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp, collecting("tf2onnx") as notes:
         try:
             # tf2onnx calls TensorFlow's v1 graph helpers, each of which logs a deprecation notice.
             with dropping("tensorflow", "is deprecated and will be removed in a future version"):
@@ -62,8 +64,24 @@ def onnx(model, path: str, opset: int | None = None, verification_data=None) -> 
         except Exception as error:  # tf2onnx's ValueError / RuntimeError on ops it cannot map
             raise converter_error("tf2onnx", error, keras_model) from error
         _rename_outputs(tmp, {tensor: name for name, tensor in outputs.items()})
-        verify_export(tmp, "onnx", keras_model, rows)
+        try:
+            verify_export(tmp, "onnx", keras_model, rows)
+        except UserError as error:  # what tf2onnx logged it could not convert says why, where there is some
+            unconverted = _unconverted_ops(notes)
+            if not unconverted:
+                raise
+            raise type(error)(f"{error} (tf2onnx could not convert op(s): {', '.join(unconverted)})") from None
     return path
+
+
+def _unconverted_ops(records) -> list[str]:
+    """The TensorFlow op types tf2onnx's log records say it could not convert, sorted."""
+    found = set()
+    for record in records:
+        message = record.getMessage()
+        found.update(re.findall(r"Tensorflow op \[[^\]]*: (\w+)\] is not supported", message))
+        found.update(re.findall(r"OP=(\w+)", message))
+    return sorted(found)
 
 
 def _rename_outputs(path: str, names: dict[str, str]) -> None:
