@@ -145,3 +145,11 @@ def test_a_column_named_twice_is_refused(tmp_path):
                                         names=["price", "price", "click"]), path)
     with pytest.raises(DataFormatError, match=r"t\.parquet: column name\(s\) \['price'\] appear more than once"):
         _read(f"parquet:{path}?label=click", price)
+
+
+def test_a_csv_column_of_digits_feeds_a_string_input_as_its_text(tmp_path):
+    """Codes like "007" for an input taking strings (a StringLookup or Hashing inside the model): the column was
+    read as integers and refused ("holds int values, but model input 'code' takes strings")."""
+    csv = tmp_path / "t.csv"
+    csv.write_text('code,click\n"007",0\n019,1\n7,0\n')
+    assert _read(f"csv:{csv}?label=click", InputColumn("code", "string", ())).tolist() == ["007", "019", "7"]

@@ -174,8 +174,9 @@ def resolve(location: str) -> list[str]:
 class _Table:
     """Reads one format's files batch by batch as ``{column: numpy or list of lists}``."""
 
-    def __init__(self, spec: KeyedSpec):
+    def __init__(self, spec: KeyedSpec, text_columns: Sequence[str] = ()):
         self.spec = spec
+        self.text_columns = list(text_columns)  # read as text whatever they look like (inputs taking strings)
 
     def columns(self, path: str) -> dict[str, str]:
         """``{column name: 'int' | 'float' | 'string' | 'list' | 'other:TYPE'}`` of a file."""
@@ -279,7 +280,7 @@ class _Csv(_Table):
         import pyarrow as pa
 
         try:
-            reader = self._reader(path)
+            reader = self._reader(path, types={name: pa.string() for name in self.text_columns})
             first = reader.read_next_batch()
         except StopIteration:
             raise DataFormatError("no data rows below the header", path=path) from None
@@ -310,7 +311,8 @@ class _Csv(_Table):
         import pyarrow as pa
 
         kinds = self.columns(path)
-        reader = self._reader(path, names, {n: pa.string() for n in names if kinds[n].startswith("list")})
+        reader = self._reader(path, names, {n: pa.string() for n in names
+                                            if kinds[n].startswith("list") or n in self.text_columns})
         pending: list = []
         count = 0
         try:
@@ -438,7 +440,7 @@ def keyed_data(spec: str, inputs: Sequence[InputColumn], outputs: Sequence[str],
         raise UserError(f"{spec}: model input(s) {', '.join(unreadable)} have a free length beside other axes; a "
                         "column's lists can feed a (batch, None) input or a fixed shape, not these.")
     _check_pad(parsed, inputs)
-    table = _TABLES[parsed.kind](parsed)
+    table = _TABLES[parsed.kind](parsed, [i.name for i in inputs if i.is_string])
     labels = _check_columns(table, parsed, inputs, outputs, labels_required)
     _check_statistics(table, parsed, inputs, labels)
     data = KeyedData(parsed, inputs, labels, batch_size, "")
@@ -549,7 +551,7 @@ def _check_ids(column: InputColumn, values: np.ndarray, path: str) -> None:
 
 def _numpy_batches(data: KeyedData) -> Iterator:
     """``(features, labels)`` or ``features`` batches as numpy arrays, checked."""
-    table = _TABLES[data.spec.kind](data.spec)
+    table = _TABLES[data.spec.kind](data.spec, [c.name for c in data.inputs if c.is_string])
     names = [c.name for c in data.inputs] + [n for n in (data.labels or ()) if n not in {c.name for c in data.inputs}]
     for path in data.spec.paths:
         first_row = 1
