@@ -153,3 +153,10 @@ def test_a_csv_column_of_digits_feeds_a_string_input_as_its_text(tmp_path):
     csv = tmp_path / "t.csv"
     csv.write_text('code,click\n"007",0\n019,1\n7,0\n')
     assert _read(f"csv:{csv}?label=click", InputColumn("code", "string", ())).tolist() == ["007", "019", "7"]
+
+
+def test_an_id_past_2_to_the_53_is_named_exactly(tmp_path):
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"id": pa.array([3, 2**63 + 5], pa.uint64()), "click": [0, 1]}), path)
+    with pytest.raises(DataFormatError, match=r"id 9223372036854775813 is outside the table"):  # not ...808 (float64)
+        keyed_data(f"parquet:{path}?label=click", [InputColumn("id", "int64", (), high=10)], ["click"])

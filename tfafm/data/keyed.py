@@ -531,7 +531,7 @@ def _check_statistics(table: _Table, parsed: KeyedSpec, inputs, labels) -> None:
         bounds = table.high_values(path, [c.name for c in ids] + list(labels or ()))
         for column in ids:
             if column.name in bounds:
-                _check_ids(column, np.asarray(bounds[column.name]), path)
+                _check_ids(column, np.asarray(bounds[column.name], dtype=object), path)  # exact past 2**53
         for label in labels or ():
             low, high = bounds.get(label, (0, 1))
             if low < 0 or high > 1:
