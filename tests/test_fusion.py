@@ -322,3 +322,40 @@ def test_past_max_runs_widths_the_narrowest_are_padded_to_the_next(monkeypatch):
     assert all(a >= b for a, b in zip(sorted(merged.widths), sorted(widths))) and 0 < padded < sum(sizes.values()) * max(widths) - own
     assert sorted(merged.vocabulary_sizes) == sorted(sizes.values())
     np.testing.assert_allclose(fused.predict(features, verbose=0), compressed.predict(features, verbose=0), atol=1e-5)
+
+
+def test_two_tables_reading_one_guarded_field_are_merged():
+    """Two lookups of one guarded field (a wide and a narrow table of the same ids): the merge plan sorted
+    (field, layer) pairs and compared the layers on a tie, a TypeError from fuse() and the default export."""
+    from tfafm.layers.lookup import InRangeEmbedding
+    from tfafm.models.layers import ClipToVocabulary
+
+    a, b = keras.Input((1,), dtype="int32", name="a"), keras.Input((1,), dtype="int32", name="b")
+    guarded = ClipToVocabulary([50, 60], name="guard")([a, b])
+    tables = [InRangeEmbedding(50, 8, name="e1")(guarded[0]), InRangeEmbedding(50, 4, name="e2")(guarded[0]),
+              InRangeEmbedding(60, 8, name="e3")(guarded[1])]
+    model = keras.Model([a, b], keras.layers.Dense(1, activation="sigmoid")(keras.layers.Concatenate()(tables)))
+    x = [np.array([[1], [70], [-2]], "int32"), np.array([[2], [-3], [59]], "int32")]  # out of range -> row 0
+    fused, _ = tfafm.fuse(model)
+    assert sorted(fused.get_layer("guard_tables").sources) == [0, 0, 1]
+    np.testing.assert_allclose(np.asarray(fused(x)), np.asarray(model(x)), atol=1e-6)
+
+
+def test_fields_left_whole_around_a_padded_one_are_read_inside_the_output():
+    """Two fields left whole with a padded factored field between them in one width's run, the last of them
+    the last table: their strided read ran past the end of the merged output (fuse() failed, the LiteRT
+    export too, with XNNPACK's 'failed to reshape')."""
+    from tfafm.schema import DenseFeature, Schema, SparseFeature
+
+    sizes = [200, 40, 200] + [300] * 7
+    schema = Schema([DenseFeature("x0")] + [SparseFeature(f"c{i}", v, 32) for i, v in enumerate(sizes)])
+    rng = np.random.default_rng(0)
+    features = {"x0": rng.normal(size=(256, 1)).astype("float32"),
+                **{f"c{i}": rng.integers(0, v, size=(256, 1)).astype("int32") for i, v in enumerate(sizes)}}
+    keras.utils.set_random_seed(0)
+    model = models.build("autoint", schema, hidden_units=(8,))
+    ranks = {"c1_embedding": 31, **{f"c{i}_embedding": i - 2 for i in range(3, 10)}}  # c0 and c2 left whole
+    compressed, _ = tfafm.compress(model, features, ranks=ranks, target_ratio=None, progress=False)
+    fused, _ = tfafm.fuse(compressed)
+    assert fused.get_layer("sparse_ids_tables").widths[-3:] == [32, 32, 32]  # c1 padded to the whole fields' width
+    np.testing.assert_allclose(fused.predict(features, verbose=0), compressed.predict(features, verbose=0), atol=1e-5)

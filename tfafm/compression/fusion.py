@@ -134,7 +134,8 @@ def _merge_plan(model: keras.Model, calls: dict[int, int]) -> dict[str, list[tup
     plans = {}
     for guard, fields in plan.items():
         policy = fields[0][1].dtype_policy.name
-        fields = sorted((i, layer) for i, layer in fields if layer.dtype_policy.name == policy)
+        fields = sorted(((i, layer) for i, layer in fields if layer.dtype_policy.name == policy),
+                        key=lambda field: field[0])  # two tables may read one field: never compare layers
         if len(fields) > 1:
             plans[guard] = fields
     return plans
@@ -578,7 +579,8 @@ class _Fuser:
         starts = [spans[i][1] for i in order]
         stride = starts[1] - starts[0] if len(starts) > 1 else width
         if (spans[0][0] is not None and all(sp[0] is spans[0][0] for sp in spans) and stride > width
-                and starts == list(range(starts[0], starts[0] + stride * len(starts), stride))):
+                and starts == list(range(starts[0], starts[0] + stride * len(starts), stride))
+                and starts[-1] + stride <= spans[0][0].shape[-1]):  # the last row's stride lies inside too
             codes, first, last = spans[0][0], starts[0], starts[0] + stride * len(starts)
             rows = codes if (first, last) == (0, codes.shape[-1]) else self._slice(codes, first, last)
             return keras.ops.reshape(rows, (-1, len(segments), stride))[:, :, :width], order
