@@ -174,6 +174,18 @@ def test_fine_tuning_a_model_of_logits_trains_on_their_sigmoid(mlp):
     assert 0.0 < result["logloss"] < 0.69
 
 
+def test_a_dict_output_of_logits_is_compiled_from_logits(mlp):
+    """Outputs given as a dict: the logit flags are keyed by the dict's keys, which compile_for_ctr looked up
+    by layer name; it missed and trained the logits with a probabilities' cross-entropy."""
+    from tfafm.training import compile_for_ctr
+
+    model, _, _ = mlp
+    logits = keras.layers.Dense(1, name="ctr_logit")(model.get_layer("hidden").output)
+    keyed = keras.Model(model.inputs, {"ctr": logits, "seen": model.output})
+    compile_for_ctr(keyed, 1e-3, {"ctr": True, "seen": False})
+    assert {key: loss.get_config()["from_logits"] for key, loss in keyed.loss.items()} == {"ctr": True, "seen": False}
+
+
 def test_fine_tuning_refuses_validation_rows_that_move_between_passes(mlp):
     model, x, validation = mlp
     shuffled = validation.unbatch().shuffle(10_000, seed=None, reshuffle_each_iteration=True).batch(128)

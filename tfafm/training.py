@@ -18,7 +18,7 @@ from tfafm.data.cache import read_dataset
 from tfafm.data.sources import open_cache
 from tfafm.distribute import cluster_size, cluster_strategy, is_chief
 from tfafm.errors import UserError
-from tfafm.graph import output_names
+from tfafm.graph import output_names, output_structure
 from tfafm.metrics import (SIGNIFICANT_Z, evaluate, logit_outputs, paired_auc_difference, predict_outputs,
                            predict_with_labels, scores)
 from tfafm.progress import progress_bar
@@ -42,22 +42,23 @@ def compile_for_ctr(model: keras.Model, learning_rate: float, logits: dict[str, 
     ``logits``: per output name, whether it gives logits (:func:`tfafm.metrics.logit_outputs`; the
     loss and AUC then take them ``from_logits``). None: every output gives probabilities.
     """
-    several = len(model.outputs) > 1
-    flags = [bool((logits or {}).get(name, False)) for name in model.output_names]
+    names = output_names(model)  # a dict output's keys, else the output layers' names
+    flags = [bool((logits or {}).get(name, False)) for name in names]
     losses = [keras.losses.BinaryCrossentropy(from_logits=flag) for flag in flags]
     aucs = [[keras.metrics.AUC(name="auc", from_logits=flag)] for flag in flags]
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
-        loss=dict(zip(model.output_names, losses)) if several else losses[0],
-        metrics=dict(zip(model.output_names, aucs)) if several else aucs[0],
-    )
+    if len(names) == 1:
+        losses, aucs = losses[0], aucs[0]
+    elif isinstance(output_structure(model), dict):  # matched by key, as the labels are
+        losses, aucs = dict(zip(names, losses)), dict(zip(names, aucs))
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=losses, metrics=aucs)
 
 
 def fit(model: keras.Model, bundle: DataBundle, epochs: int, patience: int, verbose: int) -> int:
     """``model.fit`` with early stopping on validation AUC (the first output's); returns the epochs run."""
     callbacks = []
     if patience > 0 and epochs > 1:
-        monitor = f"val_{model.output_names[0]}_auc" if len(model.outputs) > 1 else "val_auc"
+        names = output_names(model)
+        monitor = f"val_{names[0]}_auc" if len(names) > 1 else "val_auc"
         callbacks.append(keras.callbacks.EarlyStopping(
             monitor=monitor, mode="max", patience=patience, restore_best_weights=True))
     history = model.fit(bundle.train, validation_data=bundle.validation, epochs=epochs,
