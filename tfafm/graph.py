@@ -124,6 +124,10 @@ def call_counts(model: keras.Model) -> dict[int, int]:
     return counts
 
 
+# Keras' counters advance by one: names with larger numeric suffixes are never reached by auto-naming.
+_RESERVED_SUFFIX_LIMIT = 100_000
+
+
 def reserve_names(model: keras.Model) -> None:
     """Advances Keras' automatic naming past every operation name of ``model`` (nested models
     included), so that the layers and ops made while rewriting it never take a name it already uses:
@@ -141,6 +145,8 @@ def reserve_names(model: keras.Model) -> None:
     for name in names:
         base, _, number = name.rpartition("_")
         base, needed = (base, int(number) + 1) if base and number.isdigit() else (name, 1)
+        if needed > _RESERVED_SUFFIX_LIMIT:  # "tower_20240615": no session names that many objects
+            continue
         while keras.backend.get_uid(base) < needed:
             pass
 
