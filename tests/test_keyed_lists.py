@@ -34,10 +34,11 @@ def test_lists_of_the_inputs_length_are_read_as_they_are_and_others_only_with_pa
 
 def test_a_missing_value_inside_a_list_is_refused_with_or_without_pad(tmp_path):
     floats = InputColumn("seq", "float32", (2,))
-    path = _parquet(tmp_path, [[1.0, 2.0], [None, 3.0]], pa.float32())
-    for spec in (f"parquet:{path}?label=click", f"parquet:{path}?label=click&pad=seq"):
-        with pytest.raises(DataFormatError, match=r"column seq: row 2: a missing \(or NaN\) value inside the list"):
-            _read(spec, floats)
+    for bad in (None, float("nan"), float("inf")):
+        path = _parquet(tmp_path, [[1.0, 2.0], [bad, 3.0]], pa.float32())
+        for spec in (f"parquet:{path}?label=click", f"parquet:{path}?label=click&pad=seq"):
+            with pytest.raises(DataFormatError, match=r"column seq: row 2: a missing \(NaN\) or infinite value inside"):
+                _read(spec, floats)
     csv = tmp_path / "t.csv"
     for text in ("1||3", "1|2|"):  # an empty item is a missing value, not nothing
         csv.write_text(f"seq,click\n1|2|3,0\n{text},1\n")

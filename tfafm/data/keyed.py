@@ -626,10 +626,10 @@ def _lists(column: InputColumn, values: list, path: str, padded: bool, first_row
             array[row, :len(items)] = items
         except (TypeError, ValueError):  # a None among numbers
             raise fail(row, inside) from None
-    missing = np.equal(array, None) if column.is_string else np.isnan(array) if array.dtype.kind == "f" else None
+    missing = np.equal(array, None) if column.is_string else ~np.isfinite(array) if array.dtype.kind == "f" else None
     if missing is not None and missing.any():
         raise fail(int(np.flatnonzero(missing.any(axis=1))[0]), inside if column.is_string else
-                   inside.replace("a missing value", "a missing (or NaN) value"))
+                   inside.replace("a missing value", "a missing (NaN) or infinite value"))
     return array
 
 
