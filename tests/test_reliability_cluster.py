@@ -186,6 +186,33 @@ def test_sigterm_that_lands_in_a_finalizer_still_stops_the_command(monkeypatch, 
     assert sys.unraisablehook is hook and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
+def test_sigterm_turned_into_another_error_or_swallowed_still_stops_the_command(monkeypatch, capsys):
+    """TensorFlow's dtype limits catch everything with a bare except and raise a TypeError of their own: a
+    SIGTERM landing there (CI saw it while a worker built its model) ended the command with that TypeError's
+    traceback, exit 1, instead of exit 143. Swallowed entirely, the command ran on to exit 0."""
+    import tfafm.cli as cli
+
+    def converted(args, output):
+        try:
+            signal.raise_signal(signal.SIGTERM)
+        except:  # noqa: E722 -- what TensorFlow does
+            raise TypeError("Cannot find maximum value of <dtype: 'int32'>.")
+        return 0
+
+    def swallowed(args, output):
+        try:
+            signal.raise_signal(signal.SIGTERM)
+        except BaseException:  # noqa: BLE001
+            pass
+        return 0
+
+    for command in (converted, swallowed):
+        monkeypatch.setitem(cli.COMMANDS, "train", command)
+        code = cli.run(cli.argparse.Namespace(command="train", quiet=True))
+        assert (code, capsys.readouterr().err.strip().splitlines()) == (143, ["tfafm train: terminated by SIGTERM"])
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
 def start_worker(cwd: Path, index: int, ports: list[int], cache: Path) -> subprocess.Popen:
     env = {**os.environ, "TF_CONFIG": tf_config(ports, index=index),
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}

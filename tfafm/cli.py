@@ -406,7 +406,13 @@ class Terminated(BaseException):
     outputs are removed on the way out."""
 
 
+# Set when SIGTERM arrives: third-party code with a bare ``except:`` (TensorFlow's dtype limits, for one) can
+# turn the Terminated it raised into another error, or swallow it; the command is stopped all the same.
+_SIGNALLED: list[str] = []
+
+
 def _raise_terminated(signum, frame) -> None:
+    _SIGNALLED.append(signal.Signals(signum).name)
     raise Terminated(signal.Signals(signum).name)
 
 
@@ -500,20 +506,29 @@ def run(args: argparse.Namespace) -> int:
     previous = _stop_on_sigterm()
     previous_unraisablehook = sys.unraisablehook
     sys.unraisablehook = _redelivering_termination(previous_unraisablehook)
+    _SIGNALLED.clear()
+    terminated = f"tfafm {args.command}: terminated by SIGTERM"
     try:
         with _python_logs_quiet(args.quiet):
             _import_user_modules(getattr(args, "imports", []))
-            return COMMANDS[args.command](args, Output(args.quiet))
-    except UserError as error:
-        print(f"tfafm {args.command}: error: {_one_line(error)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"tfafm {args.command}: interrupted", file=sys.stderr)
-        return 130
+            code = COMMANDS[args.command](args, Output(args.quiet))
+        if _SIGNALLED:  # swallowed on the way (the outputs were written whole, or not at all)
+            print(terminated, file=sys.stderr)
+            return 128 + signal.SIGTERM
+        return code
     except Terminated:
-        print(f"tfafm {args.command}: terminated by SIGTERM", file=sys.stderr)
+        print(terminated, file=sys.stderr)
         return 128 + signal.SIGTERM
-    except Exception as error:
+    except (Exception, KeyboardInterrupt) as error:
+        if _SIGNALLED:  # the Terminated came back as another error
+            print(terminated, file=sys.stderr)
+            return 128 + signal.SIGTERM
+        if isinstance(error, KeyboardInterrupt):
+            print(f"tfafm {args.command}: interrupted", file=sys.stderr)
+            return 130
+        if isinstance(error, UserError):
+            print(f"tfafm {args.command}: error: {_one_line(error)}", file=sys.stderr)
+            return 2
         if not _is_data_loss(error):
             raise
         print(f"tfafm {args.command}: error: a data file is corrupt ({_tensorflow_message(error)}): a record no "
