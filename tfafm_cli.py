@@ -265,8 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("models", nargs="+", metavar="MODEL",
                        help=".tflite, .onnx or .keras files, SavedModel directories or run directories")
     bench.add_argument("--schema", metavar="JSON",
-                       help="schema.json describing the inputs (default: the one in or next to the first "
-                            "model's folder)")
+                       help="schema.json describing the inputs of every model (default, per model: what a "
+                            "tfafm .tflite file says of its inputs, else the schema.json of its run: in or next "
+                            "to its folder, or the run an export's default name comes from, RUN.onnx beside RUN/)")
     bench.add_argument("--batch-sizes", type=positive_int, nargs="+", default=[1, 256], metavar="N",
                        help="batch sizes to time (default 1 256)")
     bench.add_argument("--threads", type=positive_int, nargs="+", default=[1, os.cpu_count() or 1], metavar="N",

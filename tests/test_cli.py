@@ -284,3 +284,33 @@ def test_export_checks_the_file_against_the_runs_own_model_not_its_fused_form(tr
     assert main(["export", str(out), "--out", str(bad)]) != 0
     assert "disagrees with the Keras model" in capsys.readouterr().err and not bad.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["good.tflite", "small"]
+
+
+def test_bench_feeds_each_model_its_own_inputs_and_finds_an_exports_run(trained_run, tmp_path, monkeypatch, capsys):
+    """`tfafm bench RUN.onnx` (tfafm export's default path, beside RUN/) said "No schema.json next to" it; and
+    every model was fed the first .tflite's inputs, a run directory refused as lacking them."""
+    import shutil
+
+    import tfafm.export.bench as bench
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    assert main(["export", str(run), "--format", "onnx", "--quiet"]) == 0  # writes run.onnx beside run/
+    assert (tmp_path / "run.onnx").is_file()
+    fed = []
+    measured = bench.benchmark
+
+    def recording(paths, schema, **options):
+        fed.append((os.path.basename(os.fspath(paths[0])), schema))
+        return measured(paths, schema, **options)
+
+    monkeypatch.setattr(bench, "benchmark", recording)
+    other = tmp_path / "other.tflite"  # a tfafm file describing its own inputs
+    assert main(["export", str(run), "--format", "litert", "--out", str(other), "--quiet"]) == 0
+    args = ["--batch-sizes", "1", "--threads", "1", "--iterations", "2", "--quiet"]
+    assert main(["bench", str(run), str(other), str(tmp_path / "run.onnx"), *args]) == 0, capsys.readouterr().err
+    assert [name for name, _ in fed] == ["run", "other.tflite", "run.onnx"]
+    from tfafm.export.litert_file import read_interface
+
+    assert fed[1][1] == read_interface(str(other))  # the .tflite's own description, not the run's schema
+    assert fed[0][1].__class__.__name__ == "Schema" and fed[2][1].__class__.__name__ == "Schema"

@@ -112,12 +112,17 @@ def _load_schema(path: str):
 
 
 def _schema_near(path: str, models: Sequence[str] = ()):
-    """The schema.json of a run directory, or of the folder holding an exported file (or its parent);
+    """The schema.json of a run directory, of the folder holding an exported file (or its parent), or of
+    the run an export's default name comes from (``RUN.onnx``, ``RUN-dynamic.tflite`` beside ``RUN/``);
     else the interface of the first Keras model among ``models`` (read off the model itself)."""
     from tfafm.runs import SCHEMA_FILE
 
     folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
-    for candidate in (os.path.join(folder, SCHEMA_FILE), os.path.join(os.path.dirname(folder), SCHEMA_FILE)):
+    # tfafm export's default outputs sit beside their run: RUN.onnx, RUN.saved_model, RUN-dynamic.tflite
+    stem = os.path.splitext(os.path.abspath(path.rstrip(os.sep)))[0]
+    runs = [stem] + [stem[:-len(suffix)] for suffix in ("-float16", "-dynamic", "-int8") if stem.endswith(suffix)]
+    for candidate in (os.path.join(folder, SCHEMA_FILE), os.path.join(os.path.dirname(folder), SCHEMA_FILE),
+                      *(os.path.join(run, SCHEMA_FILE) for run in runs)):
         if os.path.isfile(candidate):
             return _load_schema(candidate)
     keras_model = next((m for m in models if m.endswith(".keras") or os.path.isfile(os.path.join(m, "model.keras"))),
@@ -304,27 +309,40 @@ def cmd_export(args, out: Output) -> int:
 
 
 def cmd_bench(args, out: Output) -> int:
-    from tfafm.export.bench import add_ratios, benchmark, described_interface, model_kind, results_table
+    from tfafm.export.bench import add_ratios, benchmark, model_kind, results_table
 
     for path in args.models:
         model_kind(path)  # every model is checked before the first one is measured
-    if args.schema:
-        schema = _load_schema(args.schema)
-    elif any(path.endswith(".tflite") for path in args.models):
-        schema = described_interface(args.models)  # tfafm's .tflite files describe their inputs
-    else:
-        schema = _schema_near(args.models[0], args.models)
+    # Each model is fed rows of its own inputs and id ranges: --schema, else what the file says about itself
+    # (tfafm's .tflite files describe their inputs), else the schema.json of its run.
+    schemas = {path: _load_schema(args.schema) if args.schema else _bench_schema(path) for path in args.models}
     rows = []
     for path in args.models:
         out.note(f"Measuring {path} (threads {', '.join(map(str, args.threads))}; "
                  f"batch sizes {', '.join(map(str, args.batch_sizes))})")
-        rows += benchmark([path], schema, batch_sizes=args.batch_sizes, threads=args.threads,
+        rows += benchmark([path], schemas[path], batch_sizes=args.batch_sizes, threads=args.threads,
                           iterations=args.iterations, max_seconds=args.max_seconds)
     if args.report_format == "json":
         out.result(json.dumps(add_ratios(rows), indent=2))
     else:
         out.result(results_table(rows))
     return 0
+
+
+def _bench_schema(path: str):
+    """The inputs ``tfafm bench`` feeds the model at ``path``: those its .tflite file describes, else the
+    schema of its run (:func:`_schema_near`)."""
+    from tfafm.export.litert_file import read_interface
+
+    if path.endswith(".tflite") and os.path.isfile(path):
+        try:
+            description = read_interface(path)
+        except Exception:  # any parse failure: not a flatbuffer at all
+            raise UserError(f"Cannot benchmark {path}: not a valid LiteRT file (empty, truncated or another "
+                            "format).") from None
+        if description is not None:
+            return description
+    return _schema_near(path, [path])
 
 
 def cmd_inspect(args, out: Output) -> int:
