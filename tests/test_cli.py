@@ -308,8 +308,12 @@ def test_bench_feeds_each_model_its_own_inputs_and_finds_an_exports_run(trained_
     other = tmp_path / "other.tflite"  # a tfafm file describing its own inputs
     assert main(["export", str(run), "--format", "litert", "--out", str(other), "--quiet"]) == 0
     args = ["--batch-sizes", "1", "--threads", "1", "--iterations", "2", "--quiet"]
-    assert main(["bench", str(run), str(other), str(tmp_path / "run.onnx"), *args]) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    assert main(["bench", str(run), str(other), str(tmp_path / "run.onnx"), *args, "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
     assert [name for name, _ in fed] == ["run", "other.tflite", "run.onnx"]
+    # A run directory weighs its model.keras, not its reports and preprocessing files.
+    assert rows[0]["size_bytes"] == os.path.getsize(run / "model.keras")
     from tfafm.export.litert_file import read_interface
 
     assert fed[1][1] == read_interface(str(other))  # the .tflite's own description, not the run's schema

@@ -117,7 +117,8 @@ def _model_file(path: str, kind: str) -> str:
 
 
 def size_bytes(path: str) -> int:
-    """File size, or the total size of a directory's files (SavedModel)."""
+    """File size, or the total size of a directory's files (SavedModel). A run directory is measured by its
+    ``model.keras`` (:func:`_model_file`), not its reports and preprocessing files."""
     if os.path.isfile(path):
         return os.path.getsize(path)
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
@@ -405,7 +406,7 @@ def benchmark(
                 for batch_size in batch_sizes:
                     rows.append({
                         "name": name, "kind": kind, "path": path, "batch_size": int(batch_size), "threads": n,
-                        "size_bytes": size_bytes(path), **outcome["results"][str(batch_size)],
+                        "size_bytes": size_bytes(_model_file(path, kind)), **outcome["results"][str(batch_size)],
                         "peak_rss_mb": outcome["peak_rss_mb"], "ops": outcome["ops"],
                     })
     return rows
