@@ -318,3 +318,17 @@ def test_bench_feeds_each_model_its_own_inputs_and_finds_an_exports_run(trained_
 
     assert fed[1][1] == read_interface(str(other))  # the .tflite's own description, not the run's schema
     assert fed[0][1].__class__.__name__ == "Schema" and fed[2][1].__class__.__name__ == "Schema"
+
+
+def test_a_trained_run_holds_no_optimizer_state(trained_run):
+    """model.keras of `tfafm train` held Adam's two slots per weight (3x the weights' bytes)."""
+    import io
+    import zipfile
+
+    import h5py
+    import keras
+
+    model = keras.models.load_model(trained_run / "model.keras")
+    with zipfile.ZipFile(trained_run / "model.keras") as archive:
+        weights = h5py.File(io.BytesIO(archive.read("model.weights.h5")), "r")
+    assert not model.compiled and "optimizer" not in weights  # Adam's slots: 2 values per weight

@@ -328,3 +328,23 @@ def layer_of_node(node_name: str, layer_names: list[str]) -> str | None:
             if part == name or re.fullmatch(re.escape(name) + r"_\d+", part):
                 return name
     return None
+
+
+def clone(model: keras.Model, **clone_kwargs) -> keras.Model:
+    """``keras.models.clone_model(model, **clone_kwargs)``, never compiled.
+
+    ``clone_model`` compiles the copy of a compiled model and builds its
+    optimizer, allocating the optimizer's slots (two per weight for Adam),
+    which a ``.keras`` file then stores: a compressed model would weigh three
+    times its weights, on disk and in memory. The copy is left uncompiled
+    instead, like a freshly built model: ``compile`` it to fine-tune. Layers and ops made while
+    cloning are named past the model's own names (:func:`tfafm.graph.reserve_names`).
+    """
+    reserve_names(model)
+    if not model.compiled:
+        return keras.models.clone_model(model, **clone_kwargs)
+    model.compiled = False  # read by clone_model only; restored before anything else sees the model
+    try:
+        return keras.models.clone_model(model, **clone_kwargs)
+    finally:
+        model.compiled = True

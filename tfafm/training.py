@@ -18,7 +18,7 @@ from tfafm.data.cache import read_dataset
 from tfafm.data.sources import open_cache
 from tfafm.distribute import cluster_size, cluster_strategy, is_chief
 from tfafm.errors import UserError
-from tfafm.graph import output_names, output_structure
+from tfafm.graph import clone, output_names, output_structure
 from tfafm.metrics import (SIGNIFICANT_Z, evaluate, logit_outputs, paired_auc_difference, predict_outputs,
                            predict_with_labels, scores)
 from tfafm.progress import progress_bar
@@ -208,7 +208,11 @@ def _save(out: str, model: keras.Model, bundle: DataBundle, data: str, config: T
         "kind": "trained", "data": data, "config": config.to_dict(),
         "metrics": metrics, "epochs_run": epochs_run,
     }
-    save_run(out, model, bundle.schema, bundle.preprocessor, info)
+    # Saved without the optimizer's state (Adam's two slots per weight made model.keras 3x its weights, and
+    # `tfafm bench RUN RUN-small` a size ratio 3x too large): an uncompiled copy with the trained weights.
+    saved = clone(model)
+    saved.set_weights(model.get_weights())
+    save_run(out, saved, bundle.schema, bundle.preprocessor, info)
 
 
 def check_cluster_data(data: str, workers: int) -> None:

@@ -51,8 +51,8 @@ import keras
 import keras_rs
 import numpy as np
 
-from tfafm.graph import as_functional, call_counts, call_sources, readers, require_graph_model
-from tfafm.compression.rewrite import clone, copy_state
+from tfafm.graph import as_functional, call_counts, call_sources, clone, readers, require_graph_model
+from tfafm.compression.rewrite import copy_state
 from tfafm.models.layers import (
     ClipToVocabulary,
     CodeFactorizationMachine,

@@ -19,7 +19,7 @@ from typing import Callable
 
 import keras
 
-from tfafm.graph import reserve_names
+from tfafm.graph import clone
 
 
 def rebuild(model: keras.Model, replacements: dict[int, keras.layers.Layer],
@@ -74,26 +74,6 @@ def _copy_of(layer, replacements, copies: list, shared: list[str]):
         return layer
     copies.append((layer, copy))
     return copy
-
-
-def clone(model: keras.Model, **clone_kwargs) -> keras.Model:
-    """``keras.models.clone_model(model, **clone_kwargs)``, never compiled.
-
-    ``clone_model`` compiles the copy of a compiled model and builds its
-    optimizer, allocating the optimizer's slots (two per weight for Adam),
-    which a ``.keras`` file then stores: a compressed model would weigh three
-    times its weights, on disk and in memory. The copy is left uncompiled
-    instead, like a freshly built model: ``compile`` it to fine-tune. Layers and ops made while
-    cloning are named past the model's own names (:func:`tfafm.graph.reserve_names`).
-    """
-    reserve_names(model)
-    if not model.compiled:
-        return keras.models.clone_model(model, **clone_kwargs)
-    model.compiled = False  # read by clone_model only; restored before anything else sees the model
-    try:
-        return keras.models.clone_model(model, **clone_kwargs)
-    finally:
-        model.compiled = True
 
 
 def copy_state(original: keras.layers.Layer, copy: keras.layers.Layer) -> None:
