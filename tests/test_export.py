@@ -376,3 +376,29 @@ def test_an_onnx_file_with_ops_tf2onnx_cannot_convert_is_one_error_naming_them(t
     with pytest.raises(ValueError, match=r"tf2onnx could not convert op\(s\): .*Bucketize"):
         export.onnx(model, str(target), verification_data=rows)
     assert "Traceback" not in capfd.readouterr().err and not target.exists()
+
+
+def test_a_fused_form_that_computes_something_else_is_refused_before_conversion(tmp_path, monkeypatch):
+    """A fusion bug (DeepFM's first-order weights left times their storage factor: mean |diff| 0.011) passed
+    the dynamic-int8 file's tolerance (0.012 there), exit 0: the fused Keras model is now checked against the
+    model at float32's tolerance before converting."""
+    import tfafm.compression.fusion as fusion
+
+    model = tiny_models("deepfm")["compressed"]
+    features, _ = rows()
+    exact = fusion.fuse
+
+    def off_by_a_little(m):
+        fused, report = exact(m)
+        dense = next(layer for layer in fused.layers if isinstance(layer, keras.layers.Dense))
+        kernel, *rest = dense.get_weights()
+        dense.set_weights([kernel * 1.05, *rest])
+        return fused, report
+
+    monkeypatch.setattr(fusion, "fuse", off_by_a_little)
+    target = tmp_path / "m.tflite"
+    with pytest.raises(ValueError, match=r"The fused form of model .* disagrees with it on output .*--no-fuse"):
+        export.litert(model, str(target), quantization="dynamic", verification_data=features)
+    assert not target.exists()
+    monkeypatch.setattr(fusion, "fuse", exact)
+    assert export.litert(model, str(target), quantization="dynamic", verification_data=features) == str(target)

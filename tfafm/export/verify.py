@@ -249,6 +249,28 @@ def _half_precision(model) -> str | None:
     return next((dtype for dtype in ("float16", "bfloat16") if dtype in dtypes), None)
 
 
+def verify_rewrite(original, rewritten, rows: Mapping[str, np.ndarray], what: str) -> None:
+    """Refuses a rewrite of ``original`` meant to compute the same function (``rewritten``, e.g. its fused
+    form) whose outputs on ``rows`` differ beyond float32's tolerance (float16's for a model computing in
+    half precision): checked in Keras before any conversion, so a rewrite bug is never hidden inside a
+    quantized file's looser tolerance.
+
+    Raises:
+        UserError: naming ``what``, the output and the size of the difference.
+    """
+    from tfafm.compression.check import run_checked
+
+    reference = run_checked(original, dict(rows), f"Model {original.name!r}")
+    got = run_checked(rewritten, dict(rows), f"The {what} of model {original.name!r}")
+    tolerance = TOLERANCES["float16" if _half_precision(original) else None]
+    for (output, expected), value in zip(reference.items(), got.values()):
+        problem = tolerance.violation(expected, value)
+        if problem:
+            raise UserError(f"The {what} of model {original.name!r} disagrees with it on output {output!r}: "
+                            f"{problem}. This is a tfafm bug: export without it (fuse=False, tfafm export "
+                            "--no-fuse). Nothing was written.")
+
+
 def verify_export(path: str, export_format: str, model, rows: Mapping[str, np.ndarray],
                   quantization: str | None = None) -> dict[str, dict[str, float]]:
     """Loads the exported file at ``path`` in its runtime, runs it on ``rows`` and compares
