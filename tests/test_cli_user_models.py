@@ -146,6 +146,10 @@ def test_compress_a_keras_file_then_export_and_bench_it(user, tmp_path, capsys):
                  "--iterations", "5", "--format", "json", "--quiet"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert len(rows) == 2 and all(r["p50_ms"] > 0 for r in rows)
+    # The SavedModel alone (no schema.json anywhere: keyed data) is fed the inputs of the run it was exported from.
+    assert main(["bench", str(saved), "--batch-sizes", "1", "--threads", "1", "--iterations", "5", "--format", "json",
+                 "--quiet"]) == 0, capsys.readouterr().err
+    assert json.loads(capsys.readouterr().out)[0]["p50_ms"] > 0
 
 
 def test_inspect_lists_layers_targets_and_sizes(user, capsys):

@@ -114,7 +114,7 @@ def _load_schema(path: str):
 def _schema_near(path: str, models: Sequence[str] = ()):
     """The schema.json of a run directory, of the folder holding an exported file (or its parent), or of
     the run an export's default name comes from (``RUN.onnx``, ``RUN-dynamic.tflite`` beside ``RUN/``);
-    else the interface of the first Keras model among ``models`` (read off the model itself)."""
+    else the interface read off a Keras model: ``path``'s own, its run's, or the first among ``models``."""
     from tfafm.runs import SCHEMA_FILE
 
     folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
@@ -125,8 +125,8 @@ def _schema_near(path: str, models: Sequence[str] = ()):
                       *(os.path.join(run, SCHEMA_FILE) for run in runs)):
         if os.path.isfile(candidate):
             return _load_schema(candidate)
-    keras_model = next((m for m in models if m.endswith(".keras") or os.path.isfile(os.path.join(m, "model.keras"))),
-                       None)
+    keras_model = next((m for m in [path, *runs, *models]
+                        if m.endswith(".keras") or os.path.isfile(os.path.join(m, "model.keras"))), None)
     if keras_model is not None:
         from tfafm.export.signature import interface
         from tfafm.runs import load_source
@@ -315,7 +315,8 @@ def cmd_bench(args, out: Output) -> int:
         model_kind(path)  # every model is checked before the first one is measured
     # Each model is fed rows of its own inputs and id ranges: --schema, else what the file says about itself
     # (tfafm's .tflite files describe their inputs), else the schema.json of its run.
-    schemas = {path: _load_schema(args.schema) if args.schema else _bench_schema(path) for path in args.models}
+    schemas = {path: _load_schema(args.schema) if args.schema else _bench_schema(path, args.models)
+               for path in args.models}
     rows = []
     for path in args.models:
         out.note(f"Measuring {path} (threads {', '.join(map(str, args.threads))}; "
@@ -329,9 +330,9 @@ def cmd_bench(args, out: Output) -> int:
     return 0
 
 
-def _bench_schema(path: str):
+def _bench_schema(path: str, models: Sequence[str]):
     """The inputs ``tfafm bench`` feeds the model at ``path``: those its .tflite file describes, else the
-    schema of its run (:func:`_schema_near`)."""
+    schema of its run, else a Keras model's inputs (:func:`_schema_near`)."""
     from tfafm.export.litert_file import read_interface
 
     if path.endswith(".tflite") and os.path.isfile(path):
@@ -342,7 +343,7 @@ def _bench_schema(path: str):
                             "format).") from None
         if description is not None:
             return description
-    return _schema_near(path, [path])
+    return _schema_near(path, models)
 
 
 def cmd_inspect(args, out: Output) -> int:
