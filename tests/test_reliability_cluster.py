@@ -189,7 +189,8 @@ def test_sigterm_that_lands_in_a_finalizer_still_stops_the_command(monkeypatch, 
 def test_sigterm_turned_into_another_error_or_swallowed_still_stops_the_command(monkeypatch, capsys):
     """TensorFlow's dtype limits catch everything with a bare except and raise a TypeError of their own: a
     SIGTERM landing there (CI saw it while a worker built its model) ended the command with that TypeError's
-    traceback, exit 1, instead of exit 143. Swallowed entirely, the command ran on to exit 0."""
+    traceback, exit 1, instead of exit 143. Swallowed entirely, the command ran on (a cluster worker trained
+    its epoch to the end): the signal is delivered again until the command unwinds."""
     import tfafm.cli as cli
 
     def converted(args, output):
@@ -206,10 +207,22 @@ def test_sigterm_turned_into_another_error_or_swallowed_still_stops_the_command(
             pass
         return 0
 
-    for command in (converted, swallowed):
+    finished = []
+
+    def swallowed_then_runs_on(args, output):  # a cluster worker swallowing it kept training its epoch
+        swallowed(args, output)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            time.sleep(0.01)
+        finished.append(True)
+        return 0
+
+    for command in (converted, swallowed, swallowed_then_runs_on):
         monkeypatch.setitem(cli.COMMANDS, "train", command)
+        start = time.monotonic()
         code = cli.run(cli.argparse.Namespace(command="train", quiet=True))
         assert (code, capsys.readouterr().err.strip().splitlines()) == (143, ["tfafm train: terminated by SIGTERM"])
+        assert time.monotonic() - start < 5 and not finished  # the signal came again and stopped it
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 

@@ -15,6 +15,8 @@ import json
 import os
 import signal
 import sys
+import threading
+import time
 import warnings
 from typing import Callable, Optional, Sequence
 
@@ -428,11 +430,25 @@ class Terminated(BaseException):
 # Set when SIGTERM arrives: third-party code with a bare ``except:`` (TensorFlow's dtype limits, for one) can
 # turn the Terminated it raised into another error, or swallow it; the command is stopped all the same.
 _SIGNALLED: list[str] = []
+_RUNNING: list[threading.Event] = []  # per command run() is running: set once it has returned
 
 
 def _raise_terminated(signum, frame) -> None:
+    if not _SIGNALLED and _RUNNING:  # until the command has unwound, the signal comes again
+        threading.Thread(target=_redeliver_while_running, args=(_RUNNING[-1],), daemon=True).start()
     _SIGNALLED.append(signal.Signals(signum).name)
     raise Terminated(signal.Signals(signum).name)
+
+
+def _redeliver_while_running(running: threading.Event) -> None:
+    """Delivers SIGTERM to the main thread again every REDELIVERY_DELAY_S while the command runs: where
+    third-party code swallowed the first :class:`Terminated` (a bare ``except:``), a later one lands where
+    it unwinds the command. Once :func:`run` returns the handler is the previous one, and Python ignores
+    a simulated signal it does not handle."""
+    import _thread
+
+    while not running.wait(REDELIVERY_DELAY_S):  # set when that command's run() has returned
+        _thread.interrupt_main(signal.SIGTERM)
 
 
 REDELIVERY_DELAY_S = 0.1
@@ -526,6 +542,8 @@ def run(args: argparse.Namespace) -> int:
     previous_unraisablehook = sys.unraisablehook
     sys.unraisablehook = _redelivering_termination(previous_unraisablehook)
     _SIGNALLED.clear()
+    finished = threading.Event()
+    _RUNNING.append(finished)
     terminated = f"tfafm {args.command}: terminated by SIGTERM"
     try:
         with _python_logs_quiet(args.quiet):
@@ -555,6 +573,8 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     finally:
-        sys.unraisablehook = previous_unraisablehook
+        finished.set()  # stops its redeliveries, then a redelivery still pending meets the previous handler
+        _RUNNING.remove(finished)
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+        sys.unraisablehook = previous_unraisablehook
