@@ -63,6 +63,11 @@ def sigmoid(values: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * values))
 
 
+def as_probabilities(outputs: dict[str, np.ndarray], logits: dict[str, bool]) -> dict[str, np.ndarray]:
+    """``outputs`` with each output of logits (per ``logits``, from :func:`logit_outputs`) as its sigmoid."""
+    return {name: sigmoid(values) if logits[name] else values for name, values in outputs.items()}
+
+
 def predict_outputs(model, data, probabilities: bool = True) -> tuple[dict[str, np.ndarray],
                                                                         dict[str, np.ndarray] | None]:
     """Runs ``model`` over every batch of ``data``; returns its outputs and the labels, each as
@@ -93,8 +98,7 @@ def predict_outputs(model, data, probabilities: bool = True) -> tuple[dict[str, 
         raise UserError("Evaluation data has labels in some batches only.")
     joined = {name: np.concatenate([o[name] for o in outputs]) for name in outputs[0]}
     if probabilities:
-        logits = logit_outputs(model, joined)
-        joined = {name: sigmoid(values) if logits[name] else values for name, values in joined.items()}
+        joined = as_probabilities(joined, logit_outputs(model, joined))
     return joined, ({name: np.concatenate([b[name] for b in labels]) for name in labels[0]} if labels else None)
 
 

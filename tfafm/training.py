@@ -19,8 +19,8 @@ from tfafm.data.sources import open_cache
 from tfafm.distribute import cluster_size, cluster_strategy, is_chief
 from tfafm.errors import UserError
 from tfafm.graph import clone, output_names, output_structure
-from tfafm.metrics import (SIGNIFICANT_Z, evaluate, logit_outputs, paired_auc_difference, predict_outputs,
-                           predict_with_labels, scores)
+from tfafm.metrics import (SIGNIFICANT_Z, as_probabilities, evaluate, logit_outputs, paired_auc_difference,
+                           predict_outputs, predict_with_labels, scores)
 from tfafm.progress import progress_bar
 from tfafm.runs import save_run
 
@@ -117,9 +117,12 @@ def fine_tune(
         UserError: if the validation rows do not come in the same order on every pass (the
             comparison pairs them).
     """
-    raw, _ = predict_outputs(model, bundle.validation, probabilities=False)
+    raw, labels_by_output = predict_outputs(model, bundle.validation, probabilities=False)
+    if labels_by_output is None:
+        raise UserError("Fine-tuning needs labelled validation data: expected (features, labels) batches.")
     logits = logit_outputs(model, raw)
-    start_predictions, labels = predict_with_labels(model, bundle.validation)
+    first = next(iter(raw))
+    start_predictions, labels = as_probabilities(raw, logits)[first], labels_by_output[first]
     before = scores(labels, start_predictions)
     start_weights = model.get_weights()
     compile_for_ctr(model, learning_rate, logits)
