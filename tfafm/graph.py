@@ -157,10 +157,12 @@ def output_structure(model: keras.Model):
 
 
 def output_names(model: keras.Model) -> list[str]:
-    """One name per model output: the keys of a dict output, else the producing layers' names."""
+    """One name per model output, in Keras' order (``model.outputs``, the order a list or tuple of
+    labels pairs with): the keys of a dict output, sorted as Keras flattens a dict, else the producing
+    layers' names."""
     outputs = output_structure(model)
     if isinstance(outputs, dict):
-        return list(outputs)
+        return keras.tree.flatten({name: name for name in outputs})
     names = list(getattr(model, "output_names", None) or [])
     flat = keras.tree.flatten(outputs)
     if len(names) != len(flat) or len(set(names)) != len(names):
@@ -176,7 +178,7 @@ def output_activations(model: keras.Model) -> list[str | None]:
         outputs = output_structure(model)
     except (AttributeError, ValueError):  # a subclassed model that was never called symbolically
         return [None] * len(output_names(model)) if hasattr(model, "outputs") else [None]
-    flat = [outputs[name] for name in outputs] if isinstance(outputs, dict) else keras.tree.flatten(outputs)
+    flat = keras.tree.flatten(outputs)
     activations = []
     for tensor in flat:
         history = getattr(tensor, "_keras_history", None)
