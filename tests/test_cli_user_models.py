@@ -127,6 +127,12 @@ def test_compress_a_keras_file_then_export_and_bench_it(user, tmp_path, capsys):
     validation = report["accuracy"]["validation"]
     assert validation["rows"] == ROWS // 10  # every 10th row held out
     assert set(validation["outputs"]) == {"click", "buy"}
+    # The report describes the weights saved, fine-tuned or not (it described the compressed ones).
+    tuned = info["stages"]["finetuned"]
+    assert validation["outputs"]["click"]["compressed"]["auc"] == pytest.approx(tuned["auc"], abs=1e-9)
+    assert set(tuned["outputs"]) == {"click", "buy"}  # both heads compared
+    assert any(note.startswith("fine-tuned 1 epoch(s) on the original model's predictions: ")
+               for note in report["notes"])
     assert (out / "model.keras").is_file() and not (out / "schema.json").exists()
     model = keras.models.load_model(out / "model.keras")
     assert model.count_params() < keras.models.load_model(root / "my.keras").count_params()

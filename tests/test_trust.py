@@ -186,6 +186,77 @@ def test_a_dict_output_of_logits_is_compiled_from_logits(mlp):
     assert {key: loss.get_config()["from_logits"] for key, loss in keyed.loss.items()} == {"ctr": True, "seen": False}
 
 
+def test_a_dict_output_takes_a_tuple_of_labels_in_keras_order(mlp):
+    """A dict output whose keys are not sorted ({"p_ctr", "a_cvr"}): Keras pairs a tuple of labels with it in
+    sorted-key order (``model.outputs``); tfafm paired them in the dict's insertion order (each head scored
+    on the other's labels, exit 0), and distillation looked the teacher's outputs up by layer name (KeyError)."""
+    from tfafm.graph import output_names
+    from tfafm.metrics import predict_outputs
+
+    model, x, validation = mlp
+    cvr = keras.layers.Dense(1, activation="sigmoid", name="cvr_head")(model.get_layer("hidden").output)
+    keyed = keras.Model(model.inputs, {"p_ctr": model.output, "a_cvr": cvr}, name="two_heads")
+    assert output_names(keyed) == ["a_cvr", "p_ctr"]
+    data = validation.map(lambda features, y: (features, (y, 1.0 - y)))
+    outputs, labels = predict_outputs(keyed, data)
+    truth = np.concatenate([y for _, y in validation]).reshape(-1)
+    np.testing.assert_array_equal(labels["a_cvr"], truth)
+    np.testing.assert_array_equal(labels["p_ctr"], 1.0 - truth)
+    keyed.compile(loss="binary_crossentropy", metrics={"p_ctr": ["binary_accuracy"], "a_cvr": ["binary_accuracy"]})
+    by_keras = keyed.evaluate(data, verbose=0, return_dict=True)
+    for name in ("a_cvr", "p_ctr"):  # Keras scores each head on the labels tfafm paired it with
+        own = np.mean((outputs[name] > 0.5) == (labels[name] > 0.5))
+        assert by_keras[f"{name}_binary_accuracy"] == pytest.approx(own, abs=1e-6)
+    student = keras.models.clone_model(keyed)
+    student.set_weights(keyed.get_weights())
+    targets = model.predict(x, verbose=0)
+    result = fine_tune(student, _tuning(x, (targets, targets), data), epochs=1, learning_rate=1e-4, teacher=keyed)
+    assert set(result) >= {"auc", "kept"}
+
+
+def test_fine_tuning_is_not_kept_when_another_output_loses(mlp):
+    """A two-output model whose first head gains from fine-tuning while the second loses beyond noise keeps
+    its starting weights (it was judged on the first output alone), and the result reports both heads."""
+    import types
+
+    model, x, validation = mlp
+    fresh = keras.layers.Dense(1, activation="sigmoid", kernel_initializer="zeros", name="a_head")
+    two = keras.Model(model.inputs, {"b_cvr": model.output, "a_ctr": fresh(model.get_layer("hidden").output)})
+    y = (model.predict(x, verbose=0) > 0.5).astype("float32")
+    tuning = types.SimpleNamespace(train=tf.data.Dataset.from_tensor_slices((x, (y, 1.0 - y))).batch(64),
+                                   validation=validation.map(lambda features, labels: (features, (labels, labels))))
+    start = [w.copy() for w in two.get_weights()]
+    result = fine_tune(two, tuning, epochs=1, learning_rate=0.01)
+    outputs = result["outputs"]
+    assert outputs["a_ctr"]["auc_gain"] > 0.1 and outputs["a_ctr"]["gain_z"] >= FINE_TUNE_MIN_Z
+    assert outputs["b_cvr"]["auc_gain"] < 0 and outputs["b_cvr"]["gain_z"] <= -FINE_TUNE_MIN_Z
+    assert result["kept"] is False
+    for now, before in zip(two.get_weights(), start):
+        np.testing.assert_array_equal(now, before)
+
+
+def test_the_report_describes_the_weights_fine_tuning_left(mlp):
+    """`tfafm compress --finetune-epochs` kept the fine-tuned weights and wrote the report of the compressed ones
+    (their validation AUC and agreement), which the saved model no longer had."""
+    from tfafm.metrics import evaluate
+    from tfafm.pipeline import _after_fine_tuning
+
+    model, x, validation = mlp
+    small, report = tfafm.compress(model, x, target_ratio=2, validation_data=validation, progress=False)
+    compressed_auc = report.accuracy["validation"]["outputs"]["click"]["compressed"]["auc"]
+    small.set_weights([w * 0.5 for w in small.get_weights()])  # what fine-tuning would change
+    gain = {"auc_gain": 0.01, "gain_z": 2.0}
+    kept = _after_fine_tuning(report, {**gain, "kept": True}, model, small, validation, 1, "teacher")
+    now = evaluate(small, validation)["auc"]
+    assert now != pytest.approx(compressed_auc, abs=1e-6)
+    assert kept.accuracy["validation"]["outputs"]["click"]["compressed"]["auc"] == pytest.approx(now, abs=1e-9)
+    assert "check" not in kept.accuracy and kept.accuracy["finetuning"]["kept"] is True
+    assert "fine-tuned 1 epoch(s) on the original model's predictions: kept" in kept.to_markdown()
+    dropped = _after_fine_tuning(report, {**gain, "kept": False}, model, small, validation, 1, "labels")
+    assert dropped.accuracy["validation"] == report.accuracy["validation"] and "check" in dropped.accuracy
+    assert "fine-tuned 1 epoch(s) on the labels: not kept" in dropped.to_markdown()
+
+
 def test_fine_tuning_refuses_validation_rows_that_move_between_passes(mlp):
     model, x, validation = mlp
     shuffled = validation.unbatch().shuffle(10_000, seed=None, reshuffle_each_iteration=True).batch(128)

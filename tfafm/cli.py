@@ -256,12 +256,18 @@ def cmd_compress(args, out: Output) -> int:
         )
     out.result(result.report.to_markdown())
     if result.metrics:
-        _show_metrics(out, "validation", result.metrics)
+        outputs = ((result.report.accuracy or {}).get("validation") or {}).get("outputs", {})
+        scored = [name for name, row in outputs.items() if row["original"] is not None]
+        _show_metrics(out, "validation" if len(outputs) <= 1 else
+                      f"validation, output {scored[0]!r} (every output: the accuracy table above)", result.metrics)
     tuned = result.metrics.get("finetuned")
     if tuned is not None:
-        z = "n/a" if tuned["gain_z"] is None else f"{tuned['gain_z']:.2f}"
+        gains = tuned.get("outputs") or {"": tuned}
+        measured = "; ".join(f"{name + ' ' if name else ''}{g['auc_gain']:+.4f}, z = "
+                             + ("n/a" if g["gain_z"] is None else f"{g['gain_z']:.2f}") for name, g in gains.items())
         out.result(f"Fine-tuning {'kept' if tuned['kept'] else 'discarded (the compressed weights are kept)'}: "
-                   f"validation AUC {tuned['auc_gain']:+.4f}, z = {z} (kept from {FINE_TUNE_MIN_Z})")
+                   f"validation AUC {measured} (kept from {FINE_TUNE_MIN_Z} on the first output, no output "
+                   f"below -{FINE_TUNE_MIN_Z})")
     out.result(f"Saved compressed run to {args.out}")
     return 0
 

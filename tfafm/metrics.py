@@ -111,6 +111,12 @@ def predict_with_labels(model, dataset: tf.data.Dataset) -> tuple[np.ndarray, np
     return outputs[name], labels[name]
 
 
+def is_binary(labels: np.ndarray) -> bool:
+    """Whether ``labels`` are 0/1 with both classes present (what AUC and LogLoss score)."""
+    values = np.unique(labels)
+    return len(values) == 2 and set(values.tolist()) <= {0.0, 1.0}
+
+
 def scores(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
     """AUC, LogLoss, positive rate and row count of binary ``labels`` vs ``probabilities``.
 

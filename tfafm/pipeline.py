@@ -12,6 +12,7 @@ from typing import Any, Callable, ContextManager, Optional
 import keras
 
 from tfafm.compression.api import compress
+from tfafm.compression.budget import compare_on
 from tfafm.compression.report import CompressionReport, plot_budget
 from tfafm.errors import UserError
 from tfafm.runs import Run, save_run
@@ -91,6 +92,26 @@ def _first_output_metrics(report: CompressionReport) -> dict[str, dict[str, floa
     return {}
 
 
+def _after_fine_tuning(report: CompressionReport, tuned: dict[str, Any], original: keras.Model,
+                       model: keras.Model, validation, epochs: int, source: str) -> CompressionReport:
+    """``report`` describing the weights fine-tuning left: where it kept its weights, the validation
+    comparison is measured again and the check of the compressed weights (now gone) dropped."""
+    gains = tuned.get("outputs") or {"": {"auc_gain": tuned["auc_gain"], "gain_z": tuned["gain_z"]}}
+    measured = ", ".join(f"{name + ' ' if name else ''}{g['auc_gain']:+.4f}"
+                         + (f" (z {g['gain_z']:.2f})" if g["gain_z"] is not None else "") for name, g in gains.items())
+    targets = "the original model's predictions" if source == "teacher" else "the labels"
+    what = f"fine-tuned {epochs} epoch(s) on {targets}"
+    accuracy = {**(report.accuracy or {}), "finetuning": tuned}
+    if tuned["kept"]:
+        accuracy.pop("check", None)
+        accuracy["validation"] = compare_on(original, model, validation)
+        note = f"{what}: kept (validation AUC gain {measured}); the accuracy below is the fine-tuned model's"
+    else:
+        note = (f"{what}: not kept (validation AUC gain {measured}, not significant or a loss): the model is the "
+                "compressed one")
+    return dataclasses.replace(report, accuracy=accuracy, notes=report.notes + (note,))
+
+
 def compress_run(
     run: Run,
     data: RunData,
@@ -145,6 +166,8 @@ def compress_run(
                                              finetune_learning_rate or run.config.learning_rate / 2,
                                              run.config.early_stopping_patience, verbose,
                                              teacher=run.model if finetune_from == "teacher" else None)
+            report = _after_fine_tuning(report, metrics["finetuned"], run.model, model, data.validation,
+                                        finetune_epochs, finetune_from)
     if out is not None:
         info: dict[str, Any] = {
             **run.info, "kind": "compressed", "source_run": run.path, "data": data.spec, "method": report.method,

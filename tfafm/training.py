@@ -19,8 +19,8 @@ from tfafm.data.sources import open_cache
 from tfafm.distribute import cluster_size, cluster_strategy, is_chief
 from tfafm.errors import UserError
 from tfafm.graph import clone, output_names, output_structure
-from tfafm.metrics import (SIGNIFICANT_Z, as_probabilities, evaluate, logit_outputs, paired_auc_difference,
-                           predict_outputs, predict_with_labels, scores)
+from tfafm.metrics import (SIGNIFICANT_Z, as_probabilities, evaluate, is_binary, logit_outputs,
+                           paired_auc_difference, predict_outputs, scores)
 from tfafm.progress import progress_bar
 from tfafm.runs import save_run
 
@@ -83,10 +83,13 @@ def fine_tune(
     then compares the exact validation AUC with the starting point's on the
     same rows (:func:`~tfafm.metrics.paired_auc_difference`) and keeps the
     starting weights unless the gain is significant (``z`` at least
-    :data:`FINE_TUNE_MIN_Z`). Returns the final exact metrics plus
-    ``auc_gain`` and ``gain_z`` (of the fine-tuned weights over the starting
-    ones; ``gain_z`` None where the difference has no spread) and ``kept``
-    (whether the fine-tuned weights were kept).
+    :data:`FINE_TUNE_MIN_Z`) on the first output and no other output with
+    0/1 labels loses beyond noise (``z`` at most ``-FINE_TUNE_MIN_Z``).
+    Returns the first output's final exact metrics plus ``auc_gain`` and
+    ``gain_z`` (of the fine-tuned weights over the starting ones; ``gain_z``
+    None where the difference has no spread) and ``kept`` (whether the
+    fine-tuned weights were kept); with several outputs compared, also
+    ``outputs``: ``{name: {auc_gain, gain_z}}`` for each.
 
     With ``teacher`` (the original model), the training rows' targets are the
     teacher's predicted probabilities instead of their 0/1 labels
@@ -121,9 +124,10 @@ def fine_tune(
     if labels_by_output is None:
         raise UserError("Fine-tuning needs labelled validation data: expected (features, labels) batches.")
     logits = logit_outputs(model, raw)
+    start = as_probabilities(raw, logits)
     first = next(iter(raw))
-    start_predictions, labels = as_probabilities(raw, logits)[first], labels_by_output[first]
-    before = scores(labels, start_predictions)
+    labels = labels_by_output[first]
+    before = scores(labels, start[first])
     start_weights = model.get_weights()
     compile_for_ctr(model, learning_rate, logits)
     if teacher is not None:
@@ -131,16 +135,28 @@ def fine_tune(
         bundle = types.SimpleNamespace(train=_distilled(bundle.train, teacher, logit_outputs(teacher, teacher_raw)),
                                        validation=bundle.validation)
     fit(model, bundle, epochs, patience, verbose)
-    predictions, labels_again = predict_with_labels(model, bundle.validation)
-    if not np.array_equal(labels, labels_again):
+    after, labels_again = predict_outputs(model, bundle.validation)
+    if labels_again is None or any(not np.array_equal(labels_by_output[name], labels_again[name])
+                                   for name in labels_by_output):
         raise UserError("The validation data gave its rows in another order on a second pass (shuffled?): "
                         "fine-tuning compares the model before and after on the same rows; do not shuffle it.")
-    gain = paired_auc_difference(labels, start_predictions, predictions)
-    kept = gain["z"] >= FINE_TUNE_MIN_Z
+    # Every output with 0/1 labels is compared; the first decides, and none may lose beyond noise.
+    gains = {name: paired_auc_difference(labels_by_output[name], start[name], after[name])
+             for name in start if name == first or is_binary(labels_by_output[name])}
+    gain = gains[first]
+    kept = gain["z"] >= FINE_TUNE_MIN_Z and all(g["z"] > -FINE_TUNE_MIN_Z for g in gains.values())
     if not kept:
         model.set_weights(start_weights)
-    return {**(scores(labels, predictions) if kept else before), "auc_gain": gain["difference"],
-            "gain_z": gain["z"] if np.isfinite(gain["z"]) else None, "kept": bool(kept)}
+    result = {**(scores(labels, after[first]) if kept else before), "auc_gain": gain["difference"],
+              "gain_z": _finite(gain["z"]), "kept": bool(kept)}
+    if len(gains) > 1:
+        result["outputs"] = {name: {"auc_gain": g["difference"], "gain_z": _finite(g["z"])}
+                             for name, g in gains.items()}
+    return result
+
+
+def _finite(z: float) -> float | None:
+    return z if np.isfinite(z) else None
 
 
 def _distilled(train: "tf.data.Dataset", teacher: keras.Model, teacher_logits: dict[str, bool]) -> "tf.data.Dataset":
@@ -156,9 +172,7 @@ def _distilled(train: "tf.data.Dataset", teacher: keras.Model, teacher_logits: d
                         f"{targets} label column(s).")
 
     def soft(features, labels):
-        predictions = teacher(features, training=False)
-        if isinstance(predictions, dict):
-            predictions = [predictions[name] for name in teacher.output_names]
+        predictions = teacher(features, training=False)  # a dict flattens in output_names' order
         flat = [tf.cast(tf.reshape(tf.sigmoid(p) if logit else p, tf.shape(y)), y.dtype)
                 for p, y, logit in zip(tf.nest.flatten(predictions), tf.nest.flatten(labels), squash)]
         return features, tf.nest.pack_sequence_as(labels, flat)

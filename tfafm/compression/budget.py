@@ -21,7 +21,7 @@ import numpy as np
 
 from tfafm.compression.report import estimated_file_bytes
 from tfafm.errors import UserError
-from tfafm.metrics import SIGNIFICANT_Z, agreement, paired_auc_difference, predict_outputs, scores
+from tfafm.metrics import SIGNIFICANT_Z, agreement, is_binary, paired_auc_difference, predict_outputs, scores
 
 MAX_EVALUATIONS = 10
 FIRST_RATIOS = (2.0, 4.0, 8.0, 16.0, 32.0, 64.0)  # doubled until the budget breaks
@@ -29,16 +29,11 @@ BELOW_TWO = (1.5, 1.25)  # tried when even 2x breaks it
 RESOLUTION = 1.15  # bisection stops when the ratios bracketing the answer are this close
 
 
-def _binary(labels: np.ndarray) -> bool:
-    values = np.unique(labels)
-    return len(values) == 2 and set(values.tolist()) <= {0.0, 1.0}
-
-
 def _scored(outputs: dict[str, np.ndarray], labels: dict[str, np.ndarray] | None) -> dict[str, dict]:
     """AUC and LogLoss of every output whose labels are 0/1 with both classes present."""
     if labels is None:
         return {}
-    return {name: scores(labels[name], outputs[name]) for name in outputs if _binary(labels[name])}
+    return {name: scores(labels[name], outputs[name]) for name in outputs if is_binary(labels[name])}
 
 
 def compare_on(model, compressed, data) -> dict[str, Any]:
