@@ -144,6 +144,27 @@ def test_saved_model_signature_and_reload(tmp_path):
     features, _ = rows()
     out = signature(**{k: tf.constant(v) for k, v in features.items()})["prediction"].numpy()
     np.testing.assert_allclose(out, np.asarray(model.predict_on_batch(features)), atol=1e-5, rtol=0)
+    # TF Serving's loader (a TF1 session restoring variables by their checkpoint names) runs it too: it could
+    # not find the variables of a SavedModel that tracked them through the Keras model only.
+    from tfafm.export.verify import _saved_model_session_outputs
+
+    served = _saved_model_session_outputs(directory, features, model)["prediction"]
+    np.testing.assert_allclose(served, out, atol=1e-6, rtol=0)
+
+
+def test_a_saved_model_tf_serving_cannot_restore_is_refused(tmp_path, monkeypatch):
+    from tfafm.errors import UserError
+    from tfafm.export import saved_model_export, signature
+
+    def through_keras_only(model):  # the module as it was: variables reached through the Keras model only
+        module = tf.Module()
+        module.model, module.serve = model, signature.serving_function(model)
+        return module
+
+    monkeypatch.setattr(saved_model_export, "serving_module", through_keras_only)
+    with pytest.raises(UserError, match="TensorFlow Serving's loader .* cannot run the exported SavedModel"):
+        export.saved_model(tiny_models("widedeep")["original"], str(tmp_path / "sm"))
+    assert not (tmp_path / "sm").exists()
 
 
 def test_onnx_inputs_and_output_names(tmp_path):

@@ -25,19 +25,31 @@ def saved_model(model, directory: str, verification_data=None) -> str:
     """
     import tensorflow as tf
 
-    from tfafm.export.signature import serving_function
     from tfafm.export.verify import verification_rows, verify_export
     from tfafm.io_utils import atomic_path
 
     rows = verification_rows(model, verification_data)
 
-    module = tf.Module()
-    module.model = model
-    module.serve = serving_function(model)
+    module = serving_module(model)
     with atomic_path(directory, kind="saved_model") as tmp:
         tf.saved_model.save(module, tmp, signatures={"serving_default": module.serve})
         verify_export(tmp, "saved_model", model, rows)
     return directory
+
+
+def serving_module(model):
+    """The ``tf.Module`` saved: ``model``, its TensorFlow variables and its serving function. The
+    variables are tracked by the module itself: through the Keras model only, the checkpoint names
+    them in a way TF Serving's loader (a TF1 session) cannot restore."""
+    import tensorflow as tf
+
+    from tfafm.export.signature import serving_function
+
+    module = tf.Module()
+    module.model = model
+    module.tf_variables = [variable.value for variable in model.variables]
+    module.serve = serving_function(model)
+    return module
 
 
 def is_saved_model(path: str) -> bool:

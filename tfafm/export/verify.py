@@ -226,8 +226,30 @@ def _saved_model_outputs(path: str, rows: Mapping[str, np.ndarray], model) -> di
     return {name: value.numpy() for name, value in outputs.items()}
 
 
-_RUNNERS: dict[str, Callable[[str, Mapping[str, np.ndarray], Any], dict[str, np.ndarray]]] = {
-    "litert": _litert_outputs, "onnx": _onnx_outputs, "saved_model": _saved_model_outputs,
+def _saved_model_session_outputs(path: str, rows: Mapping[str, np.ndarray], model) -> dict[str, np.ndarray]:
+    """The SavedModel run as TF Serving runs it: loaded into a TF1 session by its signature's tensor names
+    (the loader of ``saved_model_cli run``), which restores variables by the checkpoint's names only."""
+    import tensorflow as tf
+
+    from tfafm.logs import dropping
+
+    graph = tf.Graph()
+    with graph.as_default(), tf.compat.v1.Session(graph=graph) as session:
+        try:
+            with dropping("tensorflow", "loader_impl) is deprecated"):  # the TF1 loader is what is checked
+                meta_graph = tf.compat.v1.saved_model.load(session, ["serve"], path)
+            signature = meta_graph.signature_def["serving_default"]
+            feed = {info.name: np.asarray(rows[name]).astype(tf.as_dtype(info.dtype).as_numpy_dtype, copy=False)
+                    for name, info in signature.inputs.items()}
+            return session.run({name: info.name for name, info in signature.outputs.items()}, feed_dict=feed)
+        except Exception as error:
+            raise UserError("TensorFlow Serving's loader (a TF1 session, as `saved_model_cli run` loads it) cannot "
+                            f"run the exported SavedModel: {_one_line(error)}") from None
+
+
+_RUNNERS: dict[str, list[Callable[[str, Mapping[str, np.ndarray], Any], dict[str, np.ndarray]]]] = {
+    "litert": [_litert_outputs], "onnx": [_onnx_outputs],
+    "saved_model": [_saved_model_outputs, _saved_model_session_outputs],
 }
 
 
@@ -291,21 +313,22 @@ def verify_export(path: str, export_format: str, model, rows: Mapping[str, np.nd
 
     expected_names = list(interface(model, vocabularies=False).outputs)
     reference = dict(zip(expected_names, run_checked(model, dict(rows), f"Model {model.name!r}").values()))
-    got = _RUNNERS[export_format](path, rows, model)
     name = FORMAT_NAMES[export_format]
-    missing = [output for output in expected_names if output not in got]
-    if missing:
-        raise UserError(f"The exported {name} file lacks output(s) {missing} (it has {sorted(got)}).")
     tolerance = TOLERANCES[quantization]
     half = _half_precision(model)
     if quantization is None and half:  # the Keras reference itself rounds to half precision
         tolerance = TOLERANCES["float16"]
     count = len(next(iter(rows.values())))
-    for output in expected_names:
-        problem = tolerance.violation(reference[output], got[output])
-        if problem:
-            label = quantization or ("float32, against a model computing in " + half if half else "float32")
-            raise Disagreement(f"The exported {name} file ({label}) disagrees with the Keras model {model.name!r} on "
-                            f"output {output!r} over {count} sample rows: {problem}. It was not written."
-                            + _QUANTIZATION_HINTS.get(quantization, ""))
+    for runner in _RUNNERS[export_format]:  # every runtime that loads the format
+        got = runner(path, rows, model)
+        missing = [output for output in expected_names if output not in got]
+        if missing:
+            raise UserError(f"The exported {name} file lacks output(s) {missing} (it has {sorted(got)}).")
+        for output in expected_names:
+            problem = tolerance.violation(reference[output], got[output])
+            if problem:
+                label = quantization or ("float32, against a model computing in " + half if half else "float32")
+                raise Disagreement(f"The exported {name} file ({label}) disagrees with the Keras model {model.name!r} "
+                                   f"on output {output!r} over {count} sample rows: {problem}. It was not written."
+                                   + _QUANTIZATION_HINTS.get(quantization, ""))
     return {output: agreement(reference[output], got[output]) for output in expected_names}
