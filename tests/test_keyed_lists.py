@@ -161,3 +161,14 @@ def test_an_id_past_2_to_the_53_is_named_exactly(tmp_path):
     pq.write_table(pa.table({"id": pa.array([3, 2**63 + 5], pa.uint64()), "click": [0, 1]}), path)
     with pytest.raises(DataFormatError, match=r"id 9223372036854775813 is outside the table"):  # not ...808 (float64)
         keyed_data(f"parquet:{path}?label=click", [InputColumn("id", "int64", (), high=10)], ["click"])
+
+
+def test_an_integer_the_input_dtype_cannot_hold_is_refused_not_wrapped(tmp_path):
+    """A CSV id of 2**32 + 7 for an int32 input was cast to 7 before its range was checked: read as id 7, exit 0
+    (Parquet was refused by its column statistics)."""
+    csv = tmp_path / "t.csv"
+    csv.write_text(f"user,click\n3,0\n{2**32 + 7},1\n")
+    with pytest.raises(DataFormatError, match=r"row 2: value 4294967303 does not fit model input 'user' \(int32"):
+        _read(f"csv:{csv}?label=click", InputColumn("user", "int32", (), high=100))
+    with pytest.raises(DataFormatError, match=r"value 4294967303 does not fit model input 'user'"):
+        _read(f"csv:{csv}?label=click", InputColumn("user", "int32", ()))  # not an id: it wrapped all the same

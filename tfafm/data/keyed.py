@@ -580,6 +580,7 @@ def _feature(column: InputColumn, values, nulls: int, path: str, pad: bool = Fal
         if column.is_string:
             array = array.astype(object)
         else:
+            _check_range(column, array, path, first_row)
             array = array.astype(column.dtype)
         length = column.length
         if length not in (1, None) and array.ndim == 1:
@@ -594,6 +595,19 @@ def _feature(column: InputColumn, values, nulls: int, path: str, pad: bool = Fal
         _check_ids(column, array, path)
     return array.reshape((len(array), *[d if d is not None else -1 for d in column.shape])) if column.shape \
         else array.reshape(len(array))
+
+
+def _check_range(column: InputColumn, array: np.ndarray, path: str, first_row: int) -> None:
+    """Refuses integers an integer input's dtype cannot hold (cast, they would wrap round to other ids)."""
+    if not column.is_integer or array.dtype.kind not in "iu" or not array.size:
+        return
+    limits = np.iinfo(column.dtype)
+    outside = (array < limits.min) | (array > limits.max)
+    if outside.any():
+        row = int(np.flatnonzero(outside.reshape(len(array), -1).any(axis=1))[0])
+        value = int(array.reshape(len(array), -1)[row][outside.reshape(len(array), -1)[row]][0])
+        raise DataFormatError(f"row {first_row + row}: value {value} does not fit model input {column.name!r} "
+                              f"({column.dtype}: {limits.min} to {limits.max})", path=path, column=column.name)
 
 
 def _lists(column: InputColumn, values: list, path: str, padded: bool, first_row: int) -> np.ndarray:
