@@ -242,9 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "named outputs. The written file is loaded in its runtime and checked against the Keras "
                     "model before it replaces anything.")
     export.add_argument("run", metavar="MODEL", help=f"{MODEL_HELP} to export")
-    export.add_argument("--format", choices=EXPORT_FORMATS, default="litert",
+    export.add_argument("--format", choices=EXPORT_FORMATS,
                         help="litert: a .tflite file (builtin ops only); saved_model: a directory; onnx: an "
-                             ".onnx file (default litert)")
+                             ".onnx file (default: the one --out's extension names, .tflite, .onnx or "
+                             ".saved_model, else litert; an --out naming another format is refused)")
     export.add_argument("--quantization", "--quantize", choices=("float16", "dynamic", "int8"),
                         help="LiteRT only: float16 weights, dynamic-range int8 weights, or full int8 "
                              "(calibrated on --data) (default: float32; --quantize is its former name)")
@@ -382,11 +383,27 @@ def _model_stem(path: str) -> str:
     return normalized[:-len(".keras")] if normalized.endswith(".keras") and not os.path.isdir(path) else path
 
 
+_FORMAT_EXTENSIONS = {".tflite": "litert", ".onnx": "onnx", ".saved_model": "saved_model"}
+
+
+def _export_format(args: argparse.Namespace) -> None:
+    """``--format`` from ``--out``'s extension when not given; refused when the extension names another
+    (``--out model.onnx`` wrote a LiteRT file under that name)."""
+    extension = os.path.splitext(os.path.normpath(args.out))[1].lower() if args.out else ""
+    implied = _FORMAT_EXTENSIONS.get(extension)
+    if args.format is None:
+        args.format = implied or "litert"
+    elif implied is not None and implied != args.format:
+        raise UsageError(f"--out {args.out} names a {implied} file ({extension}), but --format is {args.format}: "
+                         "give an --out of that format or leave --format out")
+
+
 def _check_and_fill(args: argparse.Namespace) -> None:
     """Checks option combinations argparse cannot, and fills the derived ``--out`` defaults."""
     _check_data_spec(getattr(args, "data", None))
     _check_data_spec(getattr(args, "validation", None), "--validation")
     if args.command == "export":
+        _export_format(args)
         for option, value in (("--quantization", args.quantization), ("--no-fuse", args.no_fuse)):
             if value and args.format != "litert":
                 raise UsageError(f"{option} applies to --format litert only, not {args.format}")

@@ -123,6 +123,9 @@ case("missing data file")(lambda c: (["train", "--data", "criteo:/does/not/exist
 case("quantization with onnx")(lambda c: (["export", c.run, "--format", "onnx", "--quantization", "int8"],
                                       r"--quantization applies to --format litert only, not onnx"))
 case("opset with litert")(lambda c: (["export", c.run, "--opset", "13"], r"--opset applies to --format onnx only"))
+# It wrote a LiteRT file named model.onnx (exit 0), which `tfafm bench` then could not load as ONNX.
+case("out of another format")(lambda c: (["export", c.run, "--format", "litert", "--out", "m.onnx"],
+                                         r"--out m\.onnx names a onnx file \(\.onnx\), but --format is litert"))
 case("ratio with max auc drop")(lambda c: (["compress", c.run, "--ratio", "4", "--max-auc-drop", "0.001"],
                                            r"argument --max-auc-drop: not allowed with argument --ratio"))
 case("negative max auc drop")(lambda c: (["compress", c.run, "--max-auc-drop", "-0.1"],
