@@ -161,6 +161,27 @@ def test_a_model_of_logits_is_scored_on_their_sigmoid(mlp):
     assert logit_outputs(squeezed, {"squeeze": np.array([0.5])}) == {"squeeze": True}
 
 
+def test_a_regression_output_is_compared_as_it_is(mlp):
+    """A linear output with labels other than 0/1 (a rating) is a regression, not logits: its agreement was
+    measured after a sigmoid (mean abs diff 1.4e-3 where the ratings differed by 0.030), and fine-tuning it
+    ended in sklearn's "continuous format is not supported"."""
+    from tfafm.compression.budget import compare_on
+    from tfafm.metrics import predict_outputs
+
+    model, x, validation = mlp
+    rating = _logit_twin(model)  # a Dense(1) without activation, read as a rating
+    ratings = validation.map(lambda features, y: (features, 1.0 + 4.0 * y + 0.25))
+    raw, _ = predict_outputs(rating, ratings, probabilities=False)
+    given, labels = predict_outputs(rating, ratings)
+    np.testing.assert_array_equal(given["click"], raw["click"])
+    shifted = keras.models.clone_model(rating)  # every rating 0.5 higher
+    shifted.set_weights(rating.get_weights()[:-1] + [rating.get_weights()[-1] + 0.5])
+    agreement = compare_on(rating, shifted, ratings)["outputs"]
+    assert next(iter(agreement.values()))["agreement"]["mean_abs_diff"] == pytest.approx(0.5, abs=1e-5)
+    with pytest.raises(UserError, match="needs 0/1 labels of both classes; its labels hold 2 distinct value"):
+        fine_tune(rating, _tuning(x, np.ones((len(x), 1), "float32"), ratings), epochs=1, learning_rate=1e-3)
+
+
 def test_fine_tuning_a_model_of_logits_trains_on_their_sigmoid(mlp):
     """Fine-tuning and distilling a logit model: the loss takes its outputs from_logits and the teacher's
     logits become probabilities (binary cross-entropy on raw logits trains a different model)."""

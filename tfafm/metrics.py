@@ -79,7 +79,9 @@ def predict_outputs(model, data, probabilities: bool = True) -> tuple[dict[str, 
     ``tf.function`` traced for any batch size. With ``probabilities``, an
     output of logits (:func:`logit_outputs`) is returned as its sigmoid, so
     that AUC, LogLoss and comparisons see probabilities whatever the model's
-    last layer; otherwise the outputs are as the model gives them.
+    last layer (not one whose labels are other than 0/1: a regression, such
+    as a rating, stays as it is); otherwise the outputs are as the model
+    gives them.
     """
     specs = [tf.TensorSpec((None, *x.shape[1:]), x.dtype) for x in model.inputs]
     run = tf.function(lambda *flat: model(pack_inputs(model, list(flat)), training=False),
@@ -97,9 +99,14 @@ def predict_outputs(model, data, probabilities: bool = True) -> tuple[dict[str, 
     if labels and len(labels) != len(outputs):
         raise UserError("Evaluation data has labels in some batches only.")
     joined = {name: np.concatenate([o[name] for o in outputs]) for name in outputs[0]}
+    joined_labels = {name: np.concatenate([b[name] for b in labels]) for name in labels[0]} if labels else None
     if probabilities:
-        joined = as_probabilities(joined, logit_outputs(model, joined))
-    return joined, ({name: np.concatenate([b[name] for b in labels]) for name in labels[0]} if labels else None)
+        logits = logit_outputs(model, joined)
+        if joined_labels is not None:  # a linear output with labels other than 0/1 is a regression, not logits
+            logits = {name: flag and bool(np.isin(joined_labels[name], (0.0, 1.0)).all())
+                      for name, flag in logits.items()}
+        joined = as_probabilities(joined, logits)
+    return joined, joined_labels
 
 
 def predict_with_labels(model, dataset: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:

@@ -127,6 +127,9 @@ def fine_tune(
     start = as_probabilities(raw, logits)
     first = next(iter(raw))
     labels = labels_by_output[first]
+    if not is_binary(labels):
+        raise UserError(f"Fine-tuning keeps or drops its weights by the validation AUC of output {first!r}, which "
+                        f"needs 0/1 labels of both classes; its labels hold {_label_values(labels)}.")
     before = scores(labels, start[first])
     start_weights = model.get_weights()
     compile_for_ctr(model, learning_rate, logits)
@@ -153,6 +156,12 @@ def fine_tune(
         result["outputs"] = {name: {"auc_gain": g["difference"], "gain_z": _finite(g["z"])}
                              for name, g in gains.items()}
     return result
+
+
+def _label_values(labels: np.ndarray) -> str:
+    values = np.unique(labels)
+    shown = ", ".join(f"{v:g}" for v in values[:5])
+    return f"{len(values)} distinct value(s): {shown}{', ...' if len(values) > 5 else ''}"
 
 
 def _finite(z: float) -> float | None:
