@@ -90,6 +90,16 @@ def test_an_unsupported_layer_is_named_with_its_class_and_the_supported_ones():
     assert "StringLookup" in message and "\n" not in message
 
 
+def test_an_activation_keras_3_computes_otherwise_is_refused():
+    """Keras 2's hard_sigmoid is clip(0.2 x + 0.5), Keras 3's clip(x / 6 + 0.5): converted by name, a model ending
+    in it predicted up to 0.12 off, without a word (the command line's parity check raised a RuntimeError)."""
+    inputs = k2.Input(shape=(3,), name="x")
+    for output in (k2.layers.Dense(1, activation="hard_sigmoid", name="ctr")(inputs),
+                   k2.layers.Activation("hard_sigmoid", name="squash")(k2.layers.Dense(1)(inputs))):
+        with pytest.raises(UnsupportedLayerError, match=r"activation 'hard_sigmoid' computes clip\(0.2 x \+ 0.5"):
+            from_keras2(k2.Model(inputs, output))
+
+
 def test_lambda_layers_and_tensorflow_operations_are_refused():
     inputs = k2.Input(shape=(3,), name="x")
     model = k2.Model(inputs, k2.layers.Lambda(lambda t: t * 2.0, name="double")(inputs))

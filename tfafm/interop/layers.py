@@ -74,6 +74,21 @@ def _check_float32(old) -> None:
         raise unsupported(old, f"dtype policy {policy!r}; only float32 models convert exactly")
 
 
+# Activations whose Keras 3 function of the same name computes something else.
+_CHANGED_ACTIVATIONS = {
+    "hard_sigmoid": "computes clip(0.2 x + 0.5, 0, 1) in Keras 2 and clip(x / 6 + 0.5, 0, 1) in Keras 3 (0.700 "
+                    "against 0.667 at x = 1): the converted model would predict other values (for a Dense layer, its "
+                    "kernel and bias times 1.2 under Keras 3's hard_sigmoid compute the same)",
+}
+
+
+def _activation_name(activation) -> str | None:
+    """An activation of a layer config as its name (a string, or a serialized function)."""
+    if isinstance(activation, dict):
+        activation = activation.get("config", activation.get("class_name"))
+    return activation if isinstance(activation, str) else None
+
+
 def _from_config(new_class, old, name: str, rename: dict[str, str] | None = None, **overrides):
     """``new_class`` built from the options of ``old``'s config that it accepts."""
     _check_float32(old)
@@ -81,6 +96,9 @@ def _from_config(new_class, old, name: str, rename: dict[str, str] | None = None
     for option, harmless in _DROPPED_OPTIONS.get(type(old).__name__, {}).items():
         if config.get(option) not in (harmless, None):
             raise unsupported(old, f"option {option}={config[option]!r} has no Keras 3 equivalent")
+    if _activation_name(config.get("activation")) in _CHANGED_ACTIVATIONS:
+        name_ = _activation_name(config["activation"])
+        raise unsupported(old, f"activation {name_!r} {_CHANGED_ACTIVATIONS[name_]}")
     for old_key, new_key in (rename or {}).items():
         config[new_key] = config.pop(old_key)
     accepted = set(inspect.signature(new_class.__init__).parameters) | {"trainable"}
