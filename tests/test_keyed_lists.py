@@ -132,6 +132,17 @@ def test_a_tfrecord_label_absent_from_a_record_is_refused_and_a_feature_absent_f
         _read(f"tfrecord:{records}?label=click", ids)
     records = _tfrecord(tmp_path / "d.tfrecord", [{"seq": [1], "click": [0]}, {"seq": [2], "click": [1]}])
     np.testing.assert_array_equal(_read(f"tfrecord:{records}?label=click", ids), [1, 2])
+    # A file cut inside a record's 12-byte header was read as its whole records, the rest dropped (exit 0).
+    whole = open(records, "rb").read()
+    first = len(whole) // 2  # the two records are the same size
+    (tmp_path / "cut.tfrecord").write_bytes(whole[:first + 7])
+    with pytest.raises(DataFormatError, match=r"cut\.tfrecord: ends inside the header of record 2 \(truncated\?\): "
+                                              r"7 byte\(s\) after the 1 whole records"):
+        _read(f"tfrecord:{tmp_path / 'cut.tfrecord'}?label=click", ids)
+    (tmp_path / "cut.tfrecord").write_bytes(whole[:first + 14])  # inside its data: TensorFlow says so
+    with pytest.raises(DataFormatError, match=r"not a readable TFRecord file \(truncated record at \d+") as error:
+        _read(f"tfrecord:{tmp_path / 'cut.tfrecord'}?label=click", ids)
+    assert "function_node" not in str(error.value) and "[Op:" not in str(error.value)
 
 
 def test_a_column_named_twice_is_refused(tmp_path):

@@ -358,7 +358,10 @@ def _map_arrays(function, structure):
 
 
 def _first_line(error: BaseException) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    """The first line of ``error``'s message, without TensorFlow's ``{{function_node ...}}`` and ``[Op:...]``."""
+    text = re.sub(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:[^\]]*\].*$", "", str(error).strip().splitlines()[0]
+                  if str(error).strip() else "")
+    return text.strip() or type(error).__name__
 
 
 # ----------------------------------------------------------------------------- the dataset
@@ -688,6 +691,9 @@ def _signature(inputs, labels):
 # ----------------------------------------------------------------------------- TFRecord
 
 
+_RECORD_FRAMING = 16  # a TFRecord's length (8 bytes) and its CRC (4), then the data's CRC (4)
+
+
 class _TFRecord(_Table):
     """``tf.train.Example`` records: each feature read as a variable-length list, then as one
     value per row where every row has exactly one."""
@@ -727,12 +733,19 @@ class _TFRecord(_Table):
         kinds = self.columns(path)
         storage = {"int": tf.int64, "float": tf.float32, "string": tf.string}
         spec = {n: tf.io.VarLenFeature(storage[kinds[n].split(":")[-1]]) for n in names}
+        framed = count = 0  # bytes of the records read, with their 16 bytes of framing each
         try:
             for records in tf.data.TFRecordDataset(path).batch(batch_size):
                 parsed = tf.io.parse_example(records, spec)
+                framed += int(tf.reduce_sum(tf.strings.length(records))) + _RECORD_FRAMING * len(records)
+                count += len(records)
                 yield {name: _rows(parsed[name], len(records)) for name in names}
         except tf.errors.OpError as error:
             raise DataFormatError(f"cannot read the TFRecord data ({_first_line(error)})", path=path) from None
+        if framed != os.path.getsize(path):  # TFRecordDataset ends quietly inside a record's header
+            raise DataFormatError(f"ends inside the header of record {count + 1} (truncated?): "
+                                  f"{os.path.getsize(path) - framed} byte(s) after the {count:,} whole records",
+                                  path=path)
 
 
 def _rows(sparse, count: int):
