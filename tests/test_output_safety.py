@@ -158,6 +158,23 @@ def test_disk_full_is_a_user_error_naming_the_requested_path(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+def test_a_destination_the_swap_may_not_replace_is_a_user_error(tmp_path, monkeypatch):
+    """Replacing a file the user may not (another owner's, in a sticky directory; an immutable one) failed in
+    the final swap with a PermissionError traceback, exit 1."""
+    target = tmp_path / "run"
+    with Destination(target, "run").staged() as staged:
+        write_dir(staged, {"v": "1"})
+
+    def refused(first, second):
+        raise OSError(errno.EPERM, "Operation not permitted", second)
+
+    monkeypatch.setattr(io_utils, "exchange", refused)
+    with pytest.raises(UserError, match=f"cannot write {target}: Operation not permitted"):
+        with Destination(target, "run").staged() as staged:
+            write_dir(staged, {"v": "2"})
+    assert (target / "v").read_text() == "1" and temporaries(tmp_path) == []
+
+
 def test_directory_replace_without_atomic_exchange(tmp_path, monkeypatch):
     monkeypatch.setattr(io_utils, "exchange", lambda a, b: False)
     target = tmp_path / "run"

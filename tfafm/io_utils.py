@@ -348,7 +348,10 @@ class Destination:
                 mark_artifact(staged, self.kind or "directory")
             self._check_placement()
             self._check_existing(is_directory)
-            self._swap_in(staged, temp.path)
+            try:
+                self._swap_in(staged, temp.path)
+            except OSError as error:  # a file the user may not replace (another owner's, under a sticky bit)
+                raise UserError(f"cannot write {self.requested}: {error.strerror or error}") from None
             succeeded = True
         finally:
             temp.remove()
