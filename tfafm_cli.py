@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import sys
 from typing import Iterator, NoReturn, Optional, Sequence
 
@@ -479,15 +480,41 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"tfafm {args.command}: error: {error} (see tfafm {args.command} --help)", file=sys.stderr)
         return 2
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    if not _quiets_tensorflow():
-        from tfafm import cli
+    try:
+        cli = _import_cli()
+    except KeyboardInterrupt:
+        print(f"tfafm {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except _StoppedWhileLoading:
+        print(f"tfafm {args.command}: terminated by SIGTERM", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    return cli.run(args)
 
-        return cli.run(args)
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "1"
-    with native_stderr_silenced():
-        from tfafm import cli
 
-        return cli.run(args)
+class _StoppedWhileLoading(BaseException):
+    """SIGTERM while TensorFlow loads, before the command's own handler is in place."""
+
+
+def _import_cli():
+    """``tfafm.cli`` (TensorFlow with it: seconds), a SIGTERM meanwhile raising :class:`_StoppedWhileLoading`."""
+    def stop(signum, frame):
+        raise _StoppedWhileLoading()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread: Python cannot install a handler there
+        previous = None
+    try:
+        if not _quiets_tensorflow():
+            from tfafm import cli
+        else:
+            os.environ["TF_CPP_MIN_LOG_LEVEL"] = "1"
+            with native_stderr_silenced():
+                from tfafm import cli
+        return cli
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -259,3 +259,22 @@ def test_sigterm_stops_a_training_cluster_worker_and_the_chief_fails_cleanly(cac
     assert workers[0].returncode == 2 and "Traceback" not in outputs[0][1], outputs[0][1][-3000:]
     assert re.match(r"tfafm train: error: Lost the cluster: another task stopped", chief_lines[-1]), chief_lines
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("signal_name, code, line", [("SIGTERM", 143, "terminated by SIGTERM"),
+                                                     ("SIGINT", 130, "interrupted")])
+def test_a_signal_while_tensorflow_loads_is_one_line(signal_name, code, line, tmp_path):
+    """Before the command's handler was in place (TensorFlow loading, seconds), Ctrl-C printed a 78-line
+    KeyboardInterrupt traceback and SIGTERM ended the process without a word."""
+    script = (
+        "import os, signal, sys, time\n"
+        "import tfafm_cli\n"
+        "quiets = tfafm_cli._quiets_tensorflow\n"
+        "def slow():  # the signal lands while tfafm.cli (and TensorFlow) is being imported\n"
+        f"    os.kill(os.getpid(), signal.{signal_name}); time.sleep(5); return quiets()\n"
+        "tfafm_cli._quiets_tensorflow = slow\n"
+        "sys.exit(tfafm_cli.main(['eval', 'model.keras', '--quiet']))\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert done.returncode == code
+    assert done.stderr.strip().splitlines() == [f"tfafm eval: {line}"]
