@@ -88,3 +88,25 @@ def test_import_reruns_itself_under_legacy_keras_when_tfrs_is_installed(dcn_file
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Saved run to" in result.stdout
     assert json.loads((tmp_path / "run" / "run.json").read_text())["kind"] == "imported"
+
+
+def test_import_compares_every_output_and_names_a_model_that_fails_on_sampled_rows(tmp_path, capsys):
+    """Dict outputs, or outputs of different widths, ended the parity check in a TypeError / numpy ValueError
+    traceback; a float input read by an Embedding in TensorFlow's InvalidArgumentError traceback."""
+    import tf_keras as k2
+
+    inputs = k2.Input((3,), name="x")
+    hidden = k2.layers.Dense(4, activation="relu")(inputs)
+    heads = {"ctr": k2.layers.Dense(1, activation="sigmoid", name="ctr_head")(hidden),
+             "attributes": k2.layers.Dense(3, name="attribute_head")(hidden)}
+    k2.Model(inputs, heads).save(tmp_path / "heads.keras")
+    assert main(["import", "keras2", str(tmp_path / "heads.keras"), "--out", str(tmp_path / "heads"), "--quiet"]) == 0
+    assert json.loads((tmp_path / "heads" / "run.json").read_text())["parity"]["max_abs_difference"] <= PARITY
+    ids = k2.Input((1,), name="item")  # float32, the Keras 2 tutorials' default
+    vectors = k2.layers.Flatten()(k2.layers.Embedding(300, 4)(ids))
+    k2.Model(ids, k2.layers.Dense(1, activation="sigmoid")(vectors)).save(tmp_path / "ids.keras")
+    capsys.readouterr()
+    assert main(["import", "keras2", str(tmp_path / "ids.keras"), "--out", str(tmp_path / "ids"), "--quiet"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "fails on 1000 rows sampled within its inputs' types: indices" in error and "dtype='int32'" in error
+    assert len(error.splitlines()) == 1 and not (tmp_path / "ids").exists()

@@ -43,18 +43,31 @@ def save_imported_run(model, path: str, info: dict[str, Any] | None = None, over
 
 
 def predictions(model, inputs):
-    """``model.predict`` (Keras 2 or 3) flattened to a float64 array."""
+    """``model.predict`` (Keras 2 or 3) flattened to one float64 array: every output (a dict's in sorted
+    key order, as both flatten it), each flattened, one after the other."""
     import numpy as np
+    import tensorflow as tf
 
-    return np.asarray(model.predict(inputs, batch_size=1024, verbose=0), np.float64).reshape(-1)
+    outputs = model.predict(inputs, batch_size=1024, verbose=0)
+    return np.concatenate([np.asarray(output, np.float64).reshape(-1) for output in tf.nest.flatten(outputs)])
 
 
 def parity(original, converted, rows: int = 1000, seed: int = 0) -> float:
     """Largest absolute difference between the Keras 2 original and the converted model on sampled raw rows."""
     import numpy as np
 
+    from tfafm.errors import UserError
+
     raw = converted.raw_feature_encoder.sample(rows, seed)
-    expected = predictions(original, raw)
+    try:
+        expected = predictions(original, raw)
+    except Exception as error:  # the user's model on rows drawn within its inputs' types
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        message = next((line for line in lines if "indices" in line), lines[-1] if lines else type(error).__name__)
+        hint = (" (an Embedding reading a float input? make that input an integer one, dtype='int32')"
+                if "indices" in message else "")
+        raise UserError(f"The Keras 2 model fails on {rows} rows sampled within its inputs' types: "
+                        f"{message}{hint}") from None
     return float(np.max(np.abs(expected - predictions(converted, converted.raw_feature_encoder.encode(raw)))))
 
 
