@@ -129,3 +129,34 @@ def test_ranking_dcn_with_a_sequential_interaction_converts():
 def test_tfrs_model_without_the_named_attribute_lists_its_keras_models(dcn_case):
     with pytest.raises(UserError, match=r"no attribute 'scorer'.*\['ranking_model'\]"):
         from_tfrs_ranking(dcn_case.original, attribute="scorer")
+
+
+def test_a_subclassed_network_in_the_attribute_is_named_once_with_what_to_do():
+    """The TFRS basic tutorial's style (``self.ranking_model = RankingModel()``, a subclass) was refused as
+    "Attribute 'ranking_model' 'ranking_model' is a subclassed model ...; use from_tfrs_ranking", the function
+    already called."""
+    class RankingModel(k2.Model):
+        def __init__(self):
+            super().__init__(name="ranking_model")
+            self.score = k2.layers.Dense(1)
+
+        def call(self, features):
+            return self.score(features["x"])
+
+    class Tutorial(tfrs.models.Model):
+        def __init__(self):
+            super().__init__()
+            self.ranking_model = RankingModel()
+            self.task = tfrs.tasks.Ranking(loss=k2.losses.MeanSquaredError())
+
+        def compute_loss(self, features, training=False):
+            return self.task(labels=features["y"], predictions=self.ranking_model(features))
+
+    model = Tutorial()
+    model.ranking_model({"x": np.zeros((1, 3), "float32")})
+    with pytest.raises(UserError) as error:
+        from_tfrs_ranking(model)
+    message = str(error.value)
+    assert message.startswith("Attribute 'ranking_model' is a subclassed model (RankingModel)")
+    assert "build that network as a functional or Sequential model" in message
+    assert "from_tfrs_ranking" not in message

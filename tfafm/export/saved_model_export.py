@@ -14,7 +14,9 @@ def saved_model(model, directory: str, verification_data=None) -> str:
     The ``serving_default`` signature takes one named input per model input
     (for tfafm's zoo: int32 ids of shape ``(None, 1)`` for sparse features,
     float32 ``(None, 1)`` for dense ones) and returns the named outputs
-    (``{"prediction": probabilities (None, 1)}`` for a single-output model).
+    (``{"prediction": (None, 1)}`` for a single-output model: what the model
+    gives, probabilities, or logits where it ends without a sigmoid; tfafm's
+    own metrics score the sigmoid of those).
     Load it with ``tf.saved_model.load(directory).signatures["serving_default"]``
     (no tfafm or Keras needed) or :class:`SavedModelRunner`.
 

@@ -65,8 +65,10 @@ def load_keras2(path: str):
         return tf_keras.models.load_model(path, compile=False)
     except (OSError, ValueError, TypeError, KeyError, ImportError, tf.errors.OpError) as error:
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        if "Unknown layer" in message and "tensorflow_recommenders" not in sys.modules:
-            message = f"{message.split('. ')[0]}. If it is a TensorFlow Recommenders layer: {_LEGACY_KERAS_HOW}"
+        if "tensorflow_recommenders" not in sys.modules:  # its layers load only under Keras 2
+            what = "it is a TensorFlow Recommenders layer" if "Unknown layer" in message else \
+                "the model holds TensorFlow Recommenders layers"
+            message = f"{message.split('. ')[0]}. If {what}: {_LEGACY_KERAS_HOW}"
         raise UserError(f"Cannot load {path} as a Keras 2 model: {message}") from error
 
 
@@ -86,11 +88,13 @@ def check_keras2_model(model, what: str = "model") -> None:
     if not isinstance(model, tf_keras.Model):
         raise UserError(f"Expected a Keras 2 (tf_keras) model as {what}, got {type(model).__name__}.")
     if not getattr(model, "_is_graph_network", False):
+        hint = ("build that network as a functional or Sequential model" if what.startswith("attribute") else
+                "for TFRS models use tfafm.interop.from_tfrs_ranking")
         detail = ("a Sequential model without a known input shape: build it (call it once, or start it with "
                   "an Input)" if isinstance(model, tf_keras.Sequential) else
-                  f"a subclassed model ({type(model).__name__}): its graph cannot be read; for TFRS models use "
-                  "tfafm.interop.from_tfrs_ranking")
-        raise UnsupportedLayerError(f"{what.capitalize()} {model.name!r} is {detail}.")
+                  f"a subclassed model ({type(model).__name__}): its graph cannot be read; {hint}")
+        subject = what.capitalize() if repr(model.name) in what else f"{what.capitalize()} {model.name!r}"
+        raise UnsupportedLayerError(f"{subject} is {detail}.")
 
 
 def from_keras2(model_or_path) -> keras.Model:

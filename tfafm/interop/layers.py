@@ -9,6 +9,7 @@ not assumed to compute the same thing).
 from __future__ import annotations
 
 import inspect
+import os
 import sys
 from typing import Any, Callable, NamedTuple
 
@@ -46,6 +47,9 @@ def unsupported(layer, why: str | None = None) -> UnsupportedLayerError:
     if why is None and type(layer).__name__ in ("TFOpLambda", "SlicingOpLambda"):
         why = "a TensorFlow operation applied to a tensor is not converted; use the Keras layer that does the same"
     reason = why or "this layer class is not supported"
+    if class_label(layer).startswith("Custom>") and os.environ.get("TF_USE_LEGACY_KERAS") != "1":
+        reason += ("; a layer saved as 'Custom>' (TensorFlow Recommenders' among them) loads as itself only under "
+                   "Keras 2: set TF_USE_LEGACY_KERAS=1 before TensorFlow is imported")
     return UnsupportedLayerError(
         f"Layer {layer.name!r} ({class_label(layer)}): {reason}. tfafm.interop converts: "
         f"{', '.join(SUPPORTED_LAYERS)}."
