@@ -141,7 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "validation metrics). Options given here override the --config file.")
     train.add_argument("--model", metavar="NAME",
                        help=f"model-zoo builder: {', '.join(MODEL_NAMES)} (default: the config's, else deepfm)")
-    train.add_argument("--data", default="synthetic", help=f"{DATA_HELP} (default: synthetic)")
+    train.add_argument("--data", default="synthetic",
+                       help="data spec: synthetic, synthetic:ROWS, criteo:PATH, avazu:PATH, parquet:PATH (with "
+                            "?label=COLUMN&categorical=..) or cache:DIR (from tfafm prepare); PATH is a file (may be "
+                            "gzipped), a directory, a glob or a comma-separated list (default: synthetic; csv: and "
+                            "tfrecord: feed models of your own, in eval, compress and export)")
     train.add_argument("--config", metavar="YAML", help="experiment config, e.g. models/deepfm_criteo.yaml")
     train.add_argument("--epochs", type=positive_int, help="maximum training epochs; training stops early when "
                                                            "validation AUC stops improving (default 1)")

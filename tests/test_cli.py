@@ -334,3 +334,23 @@ def test_a_trained_run_holds_no_optimizer_state(trained_run):
     with zipfile.ZipFile(trained_run / "model.keras") as archive:
         weights = h5py.File(io.BytesIO(archive.read("model.weights.h5")), "r")
     assert not model.compiled and "optimizer" not in weights  # Adam's slots: 2 values per weight
+
+
+def test_a_warning_of_tfafm_is_one_line_naming_the_command(monkeypatch, capsys):
+    """Under --quiet a library warning (few calibration rows) came with its source file, line number and the
+    code line that raised it."""
+    import argparse
+    import warnings
+
+    import tfafm.cli as cli
+
+    def warns(args, output):
+        warnings.warn("Layer 'd1': 297 calibration rows\nfor a 400-wide output", UserWarning)
+        return 0
+
+    monkeypatch.setitem(cli.COMMANDS, "eval", warns)
+    previous = warnings.showwarning
+    assert cli.run(argparse.Namespace(command="eval", quiet=True)) == 0
+    assert capsys.readouterr().err.splitlines() == ["tfafm eval: warning: Layer 'd1': 297 calibration rows for a "
+                                                    "400-wide output"]
+    assert warnings.showwarning is previous

@@ -536,6 +536,14 @@ def _import_user_modules(names: list[str]) -> None:
                             f"{_one_line(error)}") from None
 
 
+def _one_line_warning(command: str) -> Callable:
+    """A ``warnings.showwarning`` printing ``tfafm COMMAND: warning: MESSAGE`` (not the source line)."""
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f"tfafm {command}: warning: {_one_line(message)}", file=sys.stderr)
+
+    return show
+
+
 def run(args: argparse.Namespace) -> int:
     """Runs the command parsed by :func:`tfafm_cli.build_parser`; returns the exit code.
 
@@ -552,7 +560,8 @@ def run(args: argparse.Namespace) -> int:
     _RUNNING.append(finished)
     terminated = f"tfafm {args.command}: terminated by SIGTERM"
     try:
-        with _python_logs_quiet(args.quiet):
+        with _python_logs_quiet(args.quiet), warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning(args.command)
             _import_user_modules(getattr(args, "imports", []))
             code = COMMANDS[args.command](args, Output(args.quiet))
         if _SIGNALLED:  # swallowed on the way (the outputs were written whole, or not at all)

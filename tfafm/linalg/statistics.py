@@ -81,7 +81,8 @@ class LayerStatistics:
         if self.count < min_rows:
             raise UserError(
                 f"Layer {name!r}: only {int(self.count)} calibration rows, fewer than the {min_rows} needed "
-                f"for a {self.dim}-wide output (2x its width); give more calibration data or lower min_calibration_rows."
+                f"for a {self.dim}-wide output (2x its width); give more calibration data (or, from Python, "
+                "lower min_calibration_rows)."
             )
         variance = float(np.trace(self.covariance))
         scale = float(np.dot(self.mean, self.mean)) + 1.0
