@@ -160,3 +160,28 @@ def test_a_subclassed_network_in_the_attribute_is_named_once_with_what_to_do():
     assert message.startswith("Attribute 'ranking_model' is a subclassed model (RankingModel)")
     assert "build that network as a functional or Sequential model" in message
     assert "from_tfrs_ranking" not in message
+
+
+def test_a_tfrs_model_whose_call_adds_a_step_around_the_network_is_refused():
+    """A TFRS model returning ``sigmoid(self.ranking_model(features))``: only the network was converted, and the
+    converted model served its logits (0.60 / 1.14 / 0.89 against 0.65 / 0.76 / 0.71), without a word."""
+    inputs = {"x": k2.Input((3,), name="x")}
+    network = k2.Model(inputs, k2.layers.Dense(1, name="score")(inputs["x"]))
+
+    class Wrapped(tfrs.models.Model):
+        def __init__(self, squash: bool):
+            super().__init__()
+            self.ranking_model, self.squash = network, squash
+            self.task = tfrs.tasks.Ranking(loss=k2.losses.BinaryCrossentropy())
+
+        def call(self, features):
+            scores = self.ranking_model(features)
+            return tf.nn.sigmoid(scores) if self.squash else scores
+
+        def compute_loss(self, features, training=False):
+            return self.task(labels=features["y"], predictions=self(features))
+
+    assert from_tfrs_ranking(Wrapped(squash=False)).count_params() == network.count_params()
+    with pytest.raises(UserError, match=r"its call computes other values than 'ranking_model', the network "
+                                        r"converted \(max abs difference"):
+        from_tfrs_ranking(Wrapped(squash=True))

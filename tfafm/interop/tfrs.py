@@ -59,7 +59,36 @@ def from_tfrs_ranking(model, attribute: str = "ranking_model") -> keras.Model:
             f"{found or 'no public attribute'}: pass attribute=NAME."
         )
     check_keras2_model(network, what=f"attribute {attribute!r}")
-    return from_keras2(network)
+    converted = from_keras2(network)
+    _check_call_is_the_network(model, network, attribute, converted.raw_feature_encoder.sample(256, 0))
+    return converted
+
+
+def _check_call_is_the_network(model, network, attribute: str, raw) -> None:
+    """Refuses a TFRS model whose own ``call`` gives other values than the network converted (a sigmoid
+    or another step around it): only the network would be served. A model without a ``call`` of its
+    own (it trains through ``compute_loss`` only) passes."""
+    import numpy as np
+    import tensorflow as tf
+
+    try:
+        whole = model(raw, training=False)
+    except Exception:  # noqa: BLE001 -- no call of its own, or one taking other features: nothing to compare
+        return
+    part = network(raw, training=False)
+    whole, part = tf.nest.flatten(whole), tf.nest.flatten(part)
+    if len(whole) != len(part) or any(np.size(w) != np.size(p) for w, p in zip(whole, part)):
+        raise UnsupportedLayerError(f"TFRS model {model.name!r}: its call returns other outputs than {attribute!r}, "
+                                    f"the network converted; move what its call adds into that network.")
+    difference = max(float(np.max(np.abs(np.ravel(w) - np.ravel(p)))) for w, p in zip(whole, part))
+    if difference > _CALL_TOLERANCE:
+        raise UnsupportedLayerError(
+            f"TFRS model {model.name!r}: its call computes other values than {attribute!r}, the network converted "
+            f"(max abs difference {difference:.3g} on {len(np.ravel(part[0]))} sampled rows: an activation or "
+            "another step around it?); only that network would be served: move the step into it.")
+
+
+_CALL_TOLERANCE = 1e-5
 
 
 def _squeezed(converter: GraphConverter, tensor, name: str):
