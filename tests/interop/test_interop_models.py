@@ -117,11 +117,14 @@ def test_tfrs_dcn_converts_cross_to_feature_cross_and_lookups_to_the_sidecar(dcn
 def test_ranking_dcn_with_a_sequential_interaction_converts():
     # Ranking's docstring DCN: Sequential([Concatenate(), Cross()]). TFRS 0.7.7 cannot fit it with tf_keras 2.21
     # (unknown shapes after tf.squeeze in graph mode), so the model is only called eagerly, untrained.
+    k2.backend.clear_session()  # the bottom stack's first Dense is named "dense", as in a fresh process
     interaction = k2.Sequential([k2.layers.Concatenate(), tfrs.layers.feature_interaction.Cross(projection_dim=4)])
     model = ranking_dlrm(feature_interaction=interaction, steps=0)
     raw = dlrm_data(200, seed=9)[0]
     expected = model(raw).numpy()
     converted = from_tfrs_ranking(model)
+    # The documented names: they were dense_dense_0.. where a layer was named "dense".
+    assert [t.name for t in converted.inputs if t.name.startswith("dense")] == [f"dense_{i}" for i in range(8)]
     assert any(type(layer).__name__ == "FeatureCross" for layer in converted.layers)
     assert max_difference(converted.predict(converted.raw_feature_encoder.encode(raw), verbose=0), expected) < PARITY
 

@@ -131,8 +131,12 @@ class GraphConverter:
         """Keras 3 ``(batch, 1)`` inputs for ``raw`` (one per column), shaped back like ``raw``."""
         if key in self._materialized:
             return self._materialized[key]
-        base = raw.name if raw.name not in self._names else f"{raw.name}_{feature_name(reader.name)}"
         columns = [None] if len(raw.shape) == 0 or raw.shape == (1,) else list(range(raw.shape[0]))
+
+        def taken(base: str) -> bool:  # the input names it would give are a layer's (Ranking's "dense" MLP)
+            return any((base if column is None else f"{base}_{column}") in self._names for column in columns)
+
+        base = raw.name if not taken(raw.name) else f"{raw.name}_{feature_name(reader.name)}"
         tensors, encodings = [], []
         for column in columns:
             name = self.unique_name(base if column is None else f"{base}_{column}")
