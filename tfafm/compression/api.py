@@ -9,7 +9,8 @@ import keras
 import numpy as np
 
 from tfafm.compression.arguments import check_budget
-from tfafm.compression.budget import best_of, compare_on, labelled, sample_agreement, smallest_within_budget
+from tfafm.compression.budget import (best_of, compare_on, labelled, sample_agreement, smallest_within_budget,
+                                      too_few_to_choose)
 from tfafm.compression.calibration import calibrate
 from tfafm.compression.check import check_input_layers, failures_named, run_checked
 from tfafm.compression import first_order as first_orders, rare_ids
@@ -337,6 +338,12 @@ def compress(
                       and bool(rare_ids.find_fields(model))))
     validation = labelled(model, validation_data) if choosing else None
     variants, choice_notes = [(model, None)], []
+    too_few = too_few_to_choose(validation[1]) if validation is not None else None
+    if too_few is not None:  # the defaults, not a choice made by noise
+        choice_notes.append(f"{too_few}: AFM{', every row kept' * (id_coverage == 'auto')}, without weighing "
+                            "the alternatives")
+        validation, weigh_svd = None, False
+        id_coverage = 1.0 if id_coverage == "auto" else id_coverage
     if budgeted and calibration_data is not None:
         variants, choice_note = _variants(model, calibration_data, calibration_steps, id_coverage, validation,
                                           rows, reference)

@@ -122,6 +122,25 @@ def labelled(original, validation_data) -> tuple[dict, dict] | None:
     return (reference, labels) if _scored(reference, labels) else None
 
 
+# Fewest validation rows (and of each class) that method="auto" and id_coverage="auto" choose on: on 33 rows a
+# weight-SVD model whose predictions followed the original's with rank correlation 0.44 "gained" 0.21 AUC.
+MIN_CHOICE_ROWS = 200
+MIN_CHOICE_CLASS = 20
+
+
+def too_few_to_choose(labels: dict[str, np.ndarray]) -> str | None:
+    """Why the labelled validation rows are too few to choose between compressions on, or None."""
+    for name, values in labels.items():
+        if not is_binary(values):
+            continue
+        positives = int(np.sum(values > 0.5))
+        if len(values) < MIN_CHOICE_ROWS or min(positives, len(values) - positives) < MIN_CHOICE_CLASS:
+            return (f"{len(values):,} validation rows ({positives:,} positive) on output {name!r} are too few to "
+                    f"choose on (at least {MIN_CHOICE_ROWS} rows and {MIN_CHOICE_CLASS} of each class)")
+        return None
+    return None
+
+
 def best_of(plans, ratio: float, validation_data, reference, labels, quantization: str | None) -> Candidate:
     """Each of ``plans`` (variants of one calibrated compression, see :mod:`tfafm.compression.api`)
     allocated at ``ratio``, built and evaluated on ``validation_data``: the one with the smallest
