@@ -183,3 +183,17 @@ def test_an_integer_the_input_dtype_cannot_hold_is_refused_not_wrapped(tmp_path)
         _read(f"csv:{csv}?label=click", InputColumn("user", "int32", (), high=100))
     with pytest.raises(DataFormatError, match=r"value 4294967303 does not fit model input 'user'"):
         _read(f"csv:{csv}?label=click", InputColumn("user", "int32", ()))  # not an id: it wrapped all the same
+
+
+def test_a_csv_column_of_number_lists_feeds_a_float_vector_input(tmp_path):
+    """Delimited numbers with decimals ("0.5|1.25|-2e-1") were read as text: "holds strings, but model input
+    'dense' takes float32 numbers"; only integer lists were lists."""
+    csv = tmp_path / "t.csv"
+    csv.write_text("dense,click\n0.5|1.25|-2e-1,0\n1|2|3,1\n")
+    vector = InputColumn("dense", "float32", (3,))
+    np.testing.assert_allclose(_read(f"csv:{csv}?label=click", vector), [[0.5, 1.25, -0.2], [1, 2, 3]])
+    with pytest.raises(DataFormatError, match=r"holds floating-point values, but model input 'dense' takes int32"):
+        _read(f"csv:{csv}?label=click", InputColumn("dense", "int32", (3,), high=10))
+    csv.write_text("dense,click\n0.5|nan|1,0\n1|2|3,1\n")
+    with pytest.raises(DataFormatError, match=r"row 1: a missing \(NaN\) or infinite value"):
+        _read(f"csv:{csv}?label=click", vector)

@@ -290,22 +290,24 @@ class _Csv(_Table):
         _require_unique(first.schema.names, path)
         kinds = {field.name: _arrow_kind(field.type) for field in first.schema}
         for name, kind in kinds.items():  # text holding delimited lists of numbers reads as a list
-            if kind == "string" and self._is_list(first.column(name)):
-                kinds[name] = "list:int"
+            if kind == "string":
+                kinds[name] = self._list_kind(first.column(name)) or kind
         return kinds
 
-    def _is_list(self, column) -> bool:
-        """Whether a text column of the first block holds delimited integer lists: every value a list of
-        integers (or empty) and at least one of them with a delimiter, wherever it comes in the block."""
+    def _list_kind(self, column) -> str | None:
+        """``"list:int"`` or ``"list:float"`` where a text column of the first block holds delimited lists of
+        numbers: every value a list of integers (or of numbers, for float) or empty, and at least one of
+        them with a delimiter, wherever it comes in the block; else None."""
         import pyarrow.compute as pc
 
         separator = re.escape(self.spec.list_delimiter)
         filled = pc.filter(column, pc.invert(pc.fill_null(pc.equal(column, ""), True)))
-        if len(filled) == 0:
-            return False
-        integers = pc.match_substring_regex(filled, rf"^-?\d*({separator}-?\d*)*$")
-        return bool(pc.all(integers).as_py()) and bool(pc.any(pc.match_substring(filled, self.spec.list_delimiter))
-                                                      .as_py())
+        if len(filled) == 0 or not pc.any(pc.match_substring(filled, self.spec.list_delimiter)).as_py():
+            return None
+        for kind, number in (("list:int", r"-?\d*"), ("list:float", _FLOAT_TEXT)):
+            if pc.all(pc.match_substring_regex(filled, rf"^{number}({separator}{number})*$")).as_py():
+                return kind
+        return None
 
     def batches(self, path, names, batch_size):
         import pyarrow as pa
@@ -335,13 +337,14 @@ class _Csv(_Table):
             column = table.column(name).combine_chunks()
             if kinds[name].startswith("list"):
                 separator = self.spec.list_delimiter
+                number = float if kinds[name] == "list:float" else int
                 try:
                     # An empty item ("1||3", "1|2|") is a missing value, not nothing: None, refused later.
-                    lists = [[int(v) if v else None for v in text.split(separator)] if text else []
+                    lists = [[number(v) if v else None for v in text.split(separator)] if text else []
                              for text in column.to_pylist()]
                 except ValueError:
-                    raise DataFormatError(f"expected lists of integers separated by {separator!r}",
-                                          path=path, column=name) from None
+                    raise DataFormatError(f"expected lists of {'numbers' if number is float else 'integers'} "
+                                          f"separated by {separator!r}", path=path, column=name) from None
                 result[name] = (lists, 0)
             else:
                 result[name] = (_arrow_to_numpy(column), column.null_count)
@@ -355,6 +358,10 @@ def _map_arrays(function, structure):
     if isinstance(structure, dict):
         return {key: function(value) for key, value in structure.items()}
     return function(structure)
+
+
+# A number as CSV text: integer, decimal or exponent form, nan / inf (refused later with their row).
+_FLOAT_TEXT = r"(?i:[-+]?(\d+\.?\d*([eE][-+]?\d+)?|\.\d+([eE][-+]?\d+)?|nan|inf|infinity)?)"
 
 
 def _first_line(error: BaseException) -> str:
