@@ -462,21 +462,15 @@ REDELIVERY_DELAY_S = 0.1
 
 def _redelivering_termination(previous_hook: Callable) -> Callable:
     """A ``sys.unraisablehook`` for the time a command runs. A signal handler's exception raised while a
-    finalizer or a weakref callback runs is dropped by Python ("Exception ignored in ..."), and the command
-    would run on to its end as if no SIGTERM had come: a dropped :class:`Terminated` is delivered again
-    shortly after, from a timer thread, until it lands where it unwinds the command. Anything else goes to
-    ``previous_hook``."""
+    finalizer or a weakref callback runs is dropped by Python ("Exception ignored in ..."): a dropped
+    :class:`Terminated` is dropped silently, the redelivery that the first SIGTERM started
+    (:func:`_redeliver_while_running`) landing where it unwinds the command. The hook does nothing that
+    waits (it started a timer thread, and a redelivery landing while it waited for that thread printed
+    "Exception ignored in sys.unraisablehook" and a traceback). Anything else goes to ``previous_hook``."""
 
     def hook(unraisable) -> None:
         if not isinstance(unraisable.exc_value, Terminated):
             previous_hook(unraisable)
-            return
-        import _thread
-        import threading
-
-        timer = threading.Timer(REDELIVERY_DELAY_S, _thread.interrupt_main, args=(signal.SIGTERM,))
-        timer.daemon = True
-        timer.start()
 
     return hook
 
