@@ -197,3 +197,18 @@ def test_a_csv_column_of_number_lists_feeds_a_float_vector_input(tmp_path):
     csv.write_text("dense,click\n0.5|nan|1,0\n1|2|3,1\n")
     with pytest.raises(DataFormatError, match=r"row 1: a missing \(NaN\) or infinite value"):
         _read(f"csv:{csv}?label=click", vector)
+
+
+def test_a_missing_scalar_is_refused_with_its_row(tmp_path):
+    """A null id or number said "1 missing value(s) in this batch" (NaN named its row)."""
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"user": pa.array([1, 2, None, 4], pa.int64()), "price": pa.array([1.0, None, 2.0, 3.0]),
+                             "click": [0, 1, 0, 1]}), path)
+    with pytest.raises(DataFormatError, match=r"column user: row 3: a missing value \(1 in this batch\)"):
+        _read(f"parquet:{path}?label=click", InputColumn("user", "int64", (), high=10))
+    with pytest.raises(DataFormatError, match=r"column price: row 2: a missing value"):
+        _read(f"parquet:{path}?label=click", InputColumn("price", "float32", ()))
+    csv = tmp_path / "t.csv"
+    csv.write_text("user,click\n1,0\n,1\n")
+    with pytest.raises(DataFormatError, match=r"column user: row 2: a missing value"):
+        _read(f"csv:{csv}?label=click", InputColumn("user", "int64", (), high=10))

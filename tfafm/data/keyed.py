@@ -579,8 +579,11 @@ def _feature(column: InputColumn, values, nulls: int, path: str, pad: bool = Fal
     """One batch of ``column`` as an array of its shape; ``pad``: lists padded with 0 (``""`` for
     strings) or cut to its length; ``first_row``: the batch's first row in the file (from 1), for errors."""
     if nulls and column.length == 1:
-        raise DataFormatError(f"{nulls} missing value(s) in this batch: model input {column.name!r} needs a "
-                              "value on every row (fill them before)", path=path, column=column.name)
+        row = _first_missing(values)
+        where = f"{nulls} missing value(s) in this batch" if row is None else \
+            f"row {first_row + row}: a missing value ({nulls} in this batch)"
+        raise DataFormatError(f"{where}: model input {column.name!r} needs a value on every row (fill them before)",
+                              path=path, column=column.name)
     if pad and not isinstance(values, list) and np.ndim(values) == 1:
         values = [[value] for value in values]  # a batch whose every row holds one value, to be padded
     if isinstance(values, list):
@@ -605,6 +608,17 @@ def _feature(column: InputColumn, values, nulls: int, path: str, pad: bool = Fal
         _check_ids(column, array, path)
     return array.reshape((len(array), *[d if d is not None else -1 for d in column.shape])) if column.shape \
         else array.reshape(len(array))
+
+
+def _first_missing(values) -> int | None:
+    """The first missing entry of a batch column as Arrow gives it (None for text, NaN for numbers), or None
+    where it cannot tell (a TFRecord column holds only the values present)."""
+    if isinstance(values, list) or not isinstance(values, np.ndarray) or not len(values):
+        return None
+    missing = np.equal(values, None) if values.dtype == object else \
+        np.isnan(values) if values.dtype.kind == "f" else np.zeros(len(values), bool)
+    found = np.flatnonzero(missing)
+    return int(found[0]) if len(found) else None
 
 
 def _check_range(column: InputColumn, array: np.ndarray, path: str, first_row: int) -> None:
