@@ -291,3 +291,18 @@ def test_a_custom_layer_loads_with_import_and_is_named_without_it(tmp_path, user
         roc_auc_score(table["click"].to_numpy(), predictions.ravel()), abs=1e-6)
     assert main(args + ["--import", "no_such_user_module"]) == 2
     assert "--import no_such_user_module: No module named" in capsys.readouterr().err
+
+
+def test_eval_names_the_data_it_cannot_score(user, tmp_path, capsys):
+    """An empty file or labels of one class: "AUC needs both positive and negative labels in the evaluation
+    data." named no file."""
+    root, _ = user
+    table = pq.read_table(root / "events.parquet")
+    zeros = pa.array(np.zeros(table.num_rows, np.int64))
+    pq.write_table(table.set_column(table.schema.get_field_index("click"), "click", zeros), tmp_path / "zeros.parquet")
+    pq.write_table(table.slice(0, 0), tmp_path / "empty.parquet")
+    for name, message in (("zeros", "AUC needs both positive and negative labels"), ("empty", "is empty")):
+        spec = f"parquet:{tmp_path / name}.parquet?label=click,buy&pad=history"
+        assert main(["eval", str(root / "my.keras"), "--data", spec, "--quiet"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"tfafm eval: error: {spec}: ") and message in err and len(err.splitlines()) == 1

@@ -208,9 +208,12 @@ def cmd_eval(args, out: Output) -> int:
 
         data = keyed_for(run.model, spec, run.config.batch_size, labels_required=True)
         out.note(f"Evaluating {args.run} on {spec}")
-        with data.errors_raised():
-            outputs, labels = predict_outputs(run.model, data.dataset())
-        rows = {name: scores(labels[name], outputs[name]) for name in outputs}
+        try:
+            with data.errors_raised():
+                outputs, labels = predict_outputs(run.model, data.dataset())
+            rows = {name: scores(labels[name], outputs[name]) for name in outputs}
+        except UserError as error:  # an empty file, one class only: name the data
+            raise UserError(f"{spec}: {_one_line(error)}") from None
         description, where = data.description, spec
     else:
         from tfafm.metrics import evaluate
