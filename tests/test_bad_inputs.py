@@ -185,6 +185,27 @@ def _(c):
     return ["eval", "run"], r"run/model\.keras: not a Keras model file \(not a zip archive: truncated or corrupt\?\)"
 
 
+@case("model.keras whose weights do not fit its config")
+def _(c):
+    """The reason Keras gives came on its second line and was cut: "A total of 2 objects could not be loaded.
+    Example error message for object <Embedding ...>:" and nothing more."""
+    import json
+    import zipfile
+
+    model = c.copy_run() / "model.keras"
+    with zipfile.ZipFile(model) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    config = members["config.json"].decode()
+    table = next(layer for layer in json.loads(config)["config"]["layers"] if "input_dim" in layer["config"])
+    rows = table["config"]["input_dim"]
+    members["config.json"] = config.replace(f'"input_dim": {rows},', f'"input_dim": {rows + 7},', 1).encode()
+    with zipfile.ZipFile(model, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return ["eval", "run"], (r"run/model\.keras: damaged Keras model file \(ValueError: .*could not be loaded\. "
+                             rf".*variable\.shape=\({rows + 7}, \d+\), Received: value\.shape=\({rows}, \d+\)\.\)$")
+
+
 @case("model.keras with a bad CRC")
 def _(c):
     import zipfile

@@ -337,15 +337,19 @@ def test_a_trained_run_holds_no_optimizer_state(trained_run):
 
 
 def test_a_warning_of_tfafm_is_one_line_naming_the_command(monkeypatch, capsys):
-    """Under --quiet a library warning (few calibration rows) came with its source file, line number and the
-    code line that raised it."""
+    """Under --quiet a tfafm warning (few calibration rows) came with its source file, line number and the code
+    line that raised it; other libraries' warnings are left to Python's (or pytest's) handling as before."""
     import argparse
     import warnings
 
     import tfafm.cli as cli
 
-    def warns(args, output):
-        warnings.warn("Layer 'd1': 297 calibration rows\nfor a 400-wide output", UserWarning)
+    import tfafm.compression.api as api
+
+    def warns(args, output):  # one of tfafm's warnings (as compress gives it), and one of another library's
+        warnings.warn_explicit("Layer 'd1': 297 calibration rows\nfor a 400-wide output", UserWarning,
+                               api.__file__, 320)
+        warnings.warn_explicit("a deprecation deep inside a dependency", DeprecationWarning, "/elsewhere/lib.py", 1)
         return 0
 
     monkeypatch.setitem(cli.COMMANDS, "eval", warns)

@@ -533,10 +533,17 @@ def _import_user_modules(names: list[str]) -> None:
                             f"{_one_line(error)}") from None
 
 
-def _one_line_warning(command: str) -> Callable:
-    """A ``warnings.showwarning`` printing ``tfafm COMMAND: warning: MESSAGE`` (not the source line)."""
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def _one_line_warning(command: str, previous: Callable) -> Callable:
+    """A ``warnings.showwarning`` printing tfafm's own warnings as ``tfafm COMMAND: warning: MESSAGE`` (not
+    their source line); other libraries' go to ``previous``, as before."""
     def show(message, category, filename, lineno, file=None, line=None) -> None:
-        print(f"tfafm {command}: warning: {_one_line(message)}", file=sys.stderr)
+        if os.path.abspath(filename).startswith(_PACKAGE_DIR + os.sep):
+            print(f"tfafm {command}: warning: {_one_line(message)}", file=sys.stderr)
+        else:
+            previous(message, category, filename, lineno, file, line)
 
     return show
 
@@ -558,7 +565,7 @@ def run(args: argparse.Namespace) -> int:
     terminated = f"tfafm {args.command}: terminated by SIGTERM"
     try:
         with _python_logs_quiet(args.quiet), warnings.catch_warnings():
-            warnings.showwarning = _one_line_warning(args.command)
+            warnings.showwarning = _one_line_warning(args.command, warnings.showwarning)
             _import_user_modules(getattr(args, "imports", []))
             code = COMMANDS[args.command](args, Output(args.quiet))
         if _SIGNALLED:  # swallowed on the way (the outputs were written whole, or not at all)

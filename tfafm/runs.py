@@ -172,7 +172,16 @@ def load_model_file(path: str) -> keras.Model:
             raise UserError(f"{path}: the model uses {unknown.group(1)!r}, which is not registered in this process: "
                             "import the module that defines it (with @keras.saving.register_keras_serializable) "
                             "first; on the command line, --import MODULE") from None
-        raise UserError(f"{path}: damaged Keras model file ({type(error).__name__}: {_first_line(error)})") from None
+        raise UserError(f"{path}: damaged Keras model file ({type(error).__name__}: {_keras_reason(error)})") from None
+
+
+def _keras_reason(error: BaseException) -> str:
+    """The first line of a Keras loading error, with the example reason Keras gives on its next line when the
+    first only counts the objects that failed (cut before any variable's values)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if len(lines) > 1 and "could not be loaded" in lines[0]:
+        return f"{lines[0]} {lines[1].split(' Target variable:')[0]}"
+    return _first_line(error)
 
 
 def check_schema_matches_model(schema: Schema, model: keras.Model, schema_path: str, model_path: str) -> None:
