@@ -626,10 +626,10 @@ def _check_range(column: InputColumn, array: np.ndarray, path: str, first_row: i
     if not column.is_integer or array.dtype.kind not in "iu" or not array.size:
         return
     limits = np.iinfo(column.dtype)
-    outside = (array < limits.min) | (array > limits.max)
-    if outside.any():
-        row = int(np.flatnonzero(outside.reshape(len(array), -1).any(axis=1))[0])
-        value = int(array.reshape(len(array), -1)[row][outside.reshape(len(array), -1)[row]][0])
+    rows = array.reshape(len(array), -1)
+    outside = np.flatnonzero((rows < limits.min) | (rows > limits.max))  # flat positions, row by row
+    if len(outside):
+        row, value = int(outside[0]) // rows.shape[1], int(rows.flat[outside[0]])
         raise DataFormatError(f"row {first_row + row}: value {value} does not fit model input {column.name!r} "
                               f"({column.dtype}: {limits.min} to {limits.max})", path=path, column=column.name)
 
