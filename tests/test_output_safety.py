@@ -184,6 +184,39 @@ def test_directory_replace_without_atomic_exchange(tmp_path, monkeypatch):
     assert (target / "v").read_text() == "2" and temporaries(tmp_path) == []
 
 
+def test_an_interrupt_landing_in_the_clean_up_does_not_leave_the_temporary_folder(tmp_path, monkeypatch):
+    """A second Ctrl-C while the temporary folder is removed: cut short, the folder could have lost its
+    marker already and be kept by later runs as not tfafm's. It is removed, then the interrupt raised."""
+    import shutil
+
+    remove_tree, calls = shutil.rmtree, []
+
+    def interrupted_once(path, ignore_errors=False):
+        calls.append(path)
+        if len(calls) == 1:
+            os.remove(os.path.join(path, io_utils.TEMP_MARKER))
+            raise KeyboardInterrupt
+        remove_tree(path, ignore_errors=ignore_errors)
+
+    monkeypatch.setattr(shutil, "rmtree", interrupted_once)
+    with pytest.raises(KeyboardInterrupt):
+        with Destination(tmp_path / "run", "run").staged() as staged:
+            write_dir(staged, {"part": "new"})
+            raise RuntimeError("the command failed")
+    assert len(calls) == 2 and os.listdir(tmp_path) == []
+
+
+def test_a_temporary_folder_that_cannot_be_marked_is_not_left(tmp_path, monkeypatch):
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(io_utils.json, "dump", disk_full)
+    with pytest.raises(UserError, match="No space left on device"):
+        with Destination(tmp_path / "run", "run").staged() as staged:
+            write_dir(staged, {"part": "new"})
+    assert os.listdir(tmp_path) == []
+
+
 def test_stale_temporaries_are_reclaimed_but_live_and_foreign_ones_kept(tmp_path):
     live = io_utils._TempFolder(str(tmp_path), "live")  # this process holds its lock
     dead = tmp_path / f".dead{TEMP_INFIX}abc"

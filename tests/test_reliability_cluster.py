@@ -226,6 +226,35 @@ def test_sigterm_turned_into_another_error_or_swallowed_still_stops_the_command(
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
+def test_sigterm_lets_the_clean_up_of_the_command_it_stops_finish(monkeypatch, capsys):
+    """The signal comes again every REDELIVERY_DELAY_S until the command returns (for a Terminated that
+    third-party code swallowed): one landing in a ``finally`` that runs because of the first cut that
+    clean-up short (CI once found a run's temporary folder left behind). While a Terminated unwinds the
+    command, the repeated signal waits."""
+    import tfafm.cli as cli
+
+    cleaned = []
+
+    def slow_clean_up(args, output):
+        try:
+            signal.raise_signal(signal.SIGTERM)
+        finally:
+            deadline = time.monotonic() + 10 * cli.REDELIVERY_DELAY_S
+            while time.monotonic() < deadline:
+                time.sleep(0.01)
+            try:
+                raise OSError("a clean-up step failing and handled on the way")
+            except OSError:
+                time.sleep(2 * cli.REDELIVERY_DELAY_S)
+            cleaned.append(True)
+        return 0
+
+    monkeypatch.setitem(cli.COMMANDS, "train", slow_clean_up)
+    code = cli.run(cli.argparse.Namespace(command="train", quiet=True))
+    assert (code, capsys.readouterr().err.strip().splitlines()) == (143, ["tfafm train: terminated by SIGTERM"])
+    assert cleaned == [True]
+
+
 def start_worker(cwd: Path, index: int, ports: list[int], cache: Path) -> subprocess.Popen:
     env = {**os.environ, "TF_CONFIG": tf_config(ports, index=index),
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}

@@ -445,8 +445,22 @@ _RUNNING: list[threading.Event] = []  # per command run() is running: set once i
 def _raise_terminated(signum, frame) -> None:
     if not _SIGNALLED and _RUNNING:  # until the command has unwound, the signal comes again
         threading.Thread(target=_redeliver_while_running, args=(_RUNNING[-1],), daemon=True).start()
+    elif _unwinding_from_termination():
+        return  # a repeat landing in a clean-up the first one runs (removing a temporary output) would cut it short
     _SIGNALLED.append(signal.Signals(signum).name)
     raise Terminated(signal.Signals(signum).name)
+
+
+def _unwinding_from_termination() -> bool:
+    """True while a :class:`Terminated` (or an error raised while handling one) unwinds the main thread: the
+    exception being handled there, or one it was raised during, is a Terminated."""
+    error, seen = sys.exc_info()[1], set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, Terminated):
+            return True
+        seen.add(id(error))
+        error = error.__context__
+    return False
 
 
 def _redeliver_while_running(running: threading.Event) -> None:

@@ -120,15 +120,29 @@ class _TempFolder:
 
     def __init__(self, parent: str, name: str):
         self.path = tempfile.mkdtemp(prefix=f".{name[:80]}{TEMP_INFIX}", dir=parent)
-        self._fd = os.open(self.path, os.O_RDONLY)
-        if fcntl is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
-        with open(os.path.join(self.path, TEMP_MARKER), "w") as f:
-            json.dump({"tfafm_temporary": True, "destination": name, "pid": os.getpid()}, f)
+        try:
+            self._fd = os.open(self.path, os.O_RDONLY)
+            if fcntl is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_EX)
+            with open(os.path.join(self.path, TEMP_MARKER), "w") as f:
+                json.dump({"tfafm_temporary": True, "destination": name, "pid": os.getpid()}, f)
+        except BaseException:  # an error or an interrupt before the caller holds the folder: not left behind
+            shutil.rmtree(self.path, ignore_errors=True)
+            raise
 
     def remove(self) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
+        """Deletes the folder. An interrupt landing meanwhile (a second Ctrl-C) is raised once it is gone: cut
+        short, the folder could have lost its marker and be kept by later runs as not tfafm's."""
+        interrupted = None
+        while True:
+            try:
+                shutil.rmtree(self.path, ignore_errors=True)
+                break
+            except BaseException as error:  # noqa: BLE001 -- raised below, after the folder is gone
+                interrupted = interrupted or error
         os.close(self._fd)
+        if interrupted is not None:
+            raise interrupted
 
 
 def _temp_destination(path: str) -> Optional[str]:
