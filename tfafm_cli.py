@@ -466,9 +466,15 @@ def native_stderr_silenced() -> Iterator[None]:
         os.close(saved)
 
 
+# Set beside the TF_CPP_MIN_LOG_LEVEL the CLI chose: a tfafm process it starts (`tfafm import` rerunning itself
+# under Keras 2) inherits both and hides TensorFlow's start-up notes too, as it would for a level the user set.
+_CLI_CHOSE_TF_LOG_LEVEL = "TFAFM_CLI_CHOSE_TF_LOG_LEVEL"
+
+
 def _quiets_tensorflow() -> bool:
     """Whether the CLI chooses TensorFlow's logging: not when the user set it, or TensorFlow is loaded."""
-    return "TF_CPP_MIN_LOG_LEVEL" not in os.environ and "tensorflow" not in sys.modules
+    user_level = "TF_CPP_MIN_LOG_LEVEL" in os.environ and os.environ.get(_CLI_CHOSE_TF_LOG_LEVEL) != "1"
+    return not user_level and "tensorflow" not in sys.modules
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -513,8 +519,14 @@ def _import_cli():
             from tfafm import cli
         else:
             os.environ["TF_CPP_MIN_LOG_LEVEL"] = "1"
+            os.environ[_CLI_CHOSE_TF_LOG_LEVEL] = "1"
             with native_stderr_silenced():
                 from tfafm import cli
+                import tensorflow as tf
+
+                # Finds the devices now, while its notes are hidden: on a machine without a GPU driver, TensorFlow
+                # would print "failed call to cuInit" as an error line when a command first runs an op.
+                tf.config.list_physical_devices()
         return cli
     finally:
         if previous is not None:

@@ -500,6 +500,18 @@ def test_help_and_argument_errors_answer_without_tensorflow():
     assert "--overwrite" in process.stdout and "``" not in process.stdout
 
 
+def test_a_quiet_command_prints_no_tensorflow_notes(tmp_path):
+    """Under --quiet, with no TF_CPP_MIN_LOG_LEVEL of the user's, stderr stays empty: TensorFlow's start-up
+    notes are hidden, and so is the "failed call to cuInit" error line it prints on a machine without a GPU
+    driver when a command first runs an op."""
+    env = {k: v for k, v in __import__("os").environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    process = subprocess.run([sys.executable, "-m", "tfafm_cli", "train", "--data", "synthetic:2000", "--epochs", "1",
+                              "--embedding-dim", "2", "--out", str(tmp_path / "run"), "--quiet"], capture_output=True,
+                             text=True, env={**env, "PYTHONPATH": str(ROOT)}, timeout=300, cwd=tmp_path)
+    assert process.returncode == 0, process.stderr
+    assert process.stderr == "" and "Saved run to" in process.stdout
+
+
 def test_importing_tfafm_changes_nothing_in_the_process(tmp_path):
     script = ("import os, sys; before = dict(os.environ); import tfafm, keras; "
               "from tfafm.layers import LowRankDense; "
