@@ -25,7 +25,7 @@ and export them to LiteRT, SavedModel or ONNX. A typical session: tfafm train, t
 tfafm export, tfafm bench. User errors print one line and exit with code 2.
 Outputs are never half-written, and tfafm replaces only what it wrote itself unless you pass --overwrite."""
 
-EPILOG = """TensorFlow's own start-up and converter notes are hidden unless you set TF_CPP_MIN_LOG_LEVEL.
+EPILOG = """TensorFlow's own start-up notes and warnings are hidden unless you set TF_CPP_MIN_LOG_LEVEL.
 Run 'tfafm COMMAND --help' for the options of a command."""
 
 
@@ -518,7 +518,7 @@ def _import_cli():
         if not _quiets_tensorflow():
             from tfafm import cli
         else:
-            os.environ["TF_CPP_MIN_LOG_LEVEL"] = "1"
+            os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
             os.environ[_CLI_CHOSE_TF_LOG_LEVEL] = "1"
             with native_stderr_silenced():
                 from tfafm import cli

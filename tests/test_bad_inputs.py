@@ -20,6 +20,8 @@ import sys
 from pathlib import Path
 from typing import Callable, NamedTuple
 
+import keras
+import numpy as np
 import pytest
 
 from tfafm_cli import main
@@ -500,16 +502,36 @@ def test_help_and_argument_errors_answer_without_tensorflow():
     assert "--overwrite" in process.stdout and "``" not in process.stdout
 
 
-def test_a_quiet_command_prints_no_tensorflow_notes(tmp_path):
-    """Under --quiet, with no TF_CPP_MIN_LOG_LEVEL of the user's, stderr stays empty: TensorFlow's start-up
-    notes are hidden, and so is the "failed call to cuInit" error line it prints on a machine without a GPU
-    driver when a command first runs an op."""
+def run_cli_process(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """``tfafm ARGV`` in a fresh process, without a TF_CPP_MIN_LOG_LEVEL of the user's (the CLI chooses it)."""
     env = {k: v for k, v in __import__("os").environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-    process = subprocess.run([sys.executable, "-m", "tfafm_cli", "train", "--data", "synthetic:2000", "--epochs", "1",
-                              "--embedding-dim", "2", "--out", str(tmp_path / "run"), "--quiet"], capture_output=True,
-                             text=True, env={**env, "PYTHONPATH": str(ROOT)}, timeout=300, cwd=tmp_path)
+    return subprocess.run([sys.executable, "-m", "tfafm_cli", *argv], capture_output=True, text=True,
+                          env={**env, "PYTHONPATH": str(ROOT)}, timeout=300, cwd=cwd)
+
+
+def test_a_quiet_command_prints_no_tensorflow_notes(tmp_path):
+    """Under --quiet stderr stays empty: TensorFlow's start-up notes are hidden, and so is the "failed call
+    to cuInit" error line it prints on a machine without a GPU driver when a command first runs an op."""
+    process = run_cli_process(["train", "--data", "synthetic:2000", "--epochs", "1", "--embedding-dim", "2", "--out",
+                               str(tmp_path / "run"), "--quiet"], tmp_path)
     assert process.returncode == 0, process.stderr
     assert process.stderr == "" and "Saved run to" in process.stdout
+
+
+def test_a_data_error_found_while_tensorflow_reads_the_file_is_one_line(tmp_path):
+    """An id out of range in the second batch of a CSV file is found inside TensorFlow's reading of it:
+    TensorFlow logged the Python traceback of that error as a native warning (and a finalizer note at
+    exit) around tfafm's own line."""
+    ids = keras.Input((1,), dtype="int64", name="user")
+    keras.Model(ids, keras.layers.Dense(1, activation="sigmoid")(keras.layers.Flatten()(
+        keras.layers.Embedding(100, 4)(ids)))).save(tmp_path / "m.keras")
+    users = np.arange(3000) % 100
+    users[2500] = 100
+    (tmp_path / "rows.csv").write_text("user,click\n" + "".join(f"{u},{u % 2}\n" for u in users))
+    process = run_cli_process(["eval", "m.keras", "--data", "csv:rows.csv?label=click", "--quiet"], tmp_path)
+    assert process.returncode == 2 and process.stderr.splitlines() == [
+        "tfafm eval: error: csv:rows.csv?label=click: rows.csv: column user: id 100 is outside the table it indexes "
+        "(ids 0..99; largest id 100, smallest 0)"], process.stderr
 
 
 def test_importing_tfafm_changes_nothing_in_the_process(tmp_path):
