@@ -395,6 +395,70 @@ def test_constrained_layer_is_left_alone_with_the_reason():
     assert [row.name for row in report.layers] == ["free"]
 
 
+class ScaledDense(keras.layers.Dense):
+    """A user's Dense subclass computing something else than Dense: a factored Dense would drop the scale."""
+
+    def call(self, inputs):
+        return super().call(inputs) * 3.0 + 1.0
+
+
+class HashedEmbedding(keras.layers.Embedding):
+    """A user's Embedding subclass hashing its ids into the table."""
+
+    def call(self, inputs):
+        return super().call(ops.mod(inputs, self.input_dim))
+
+
+def test_subclasses_with_their_own_call_are_left_alone_with_the_reason():
+    """Compressed as plain Dense / Embedding, they lost what their call adds, even at full rank (the
+    predictions moved by 0.28, compress reported success)."""
+    ids = keras.Input((1,), dtype="int32", name="ids")
+    x = keras.layers.Flatten()(HashedEmbedding(VOCAB, DIM, name="hashed")(ids))
+    x = ScaledDense(32, activation="relu", name="scaled")(x)
+    model = keras.Model(ids, keras.layers.Dense(1, activation="sigmoid")(keras.layers.Dense(16, name="free")(x)))
+    data = _ids(np.random.default_rng(0), (ROWS, 1), vocab=3 * VOCAB)
+    _, skipped = find_targets(model)
+    reasons = {s.name: s.reason for s in skipped}
+    assert "ScaledDense has its own call()" in reasons["scaled"]
+    assert "HashedEmbedding has its own call()" in reasons["hashed"]
+    compressed, report = tfafm.compress(model, data, ranks={"free": 16}, progress=False)
+    assert [row.name for row in report.layers] == ["free"]
+    assert type(compressed.get_layer("scaled")) is ScaledDense
+    assert _max_diff(_outputs(compressed, data), _outputs(model, data)) <= 1e-5
+    with pytest.raises(UserError, match="'scaled', which is not compressible \\(its class ScaledDense has its own"):
+        tfafm.compress(model, data, ranks={"scaled": 32}, progress=False)
+
+
+def test_frozen_layers_stay_frozen_once_factored():
+    inputs = _field_inputs()
+    x = keras.layers.Concatenate()(_embed_fields(inputs))
+    x = keras.layers.Dense(32, activation="relu", name="frozen_dense")(x)
+    model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid", name="top")(x))
+    model.get_layer("emb_f0").trainable = False
+    model.get_layer("frozen_dense").trainable = False
+    data = _field_data(np.random.default_rng(0))
+    full = {t.name: min(t.input_dim, t.output_dim) for t in find_targets(model)[0]}
+    compressed, _ = tfafm.compress(model, data, ranks=full, progress=False)
+    frozen = {"emb_f0", "frozen_dense"}
+    assert {layer.name: layer.trainable for layer in compressed.layers if layer.name in frozen} == dict.fromkeys(
+        frozen, False)
+    assert not any(w.path.split("/")[0] in frozen for w in compressed.trainable_weights)
+    assert any(w.path.split("/")[0] == "emb_f1" for w in compressed.trainable_weights)
+
+
+def test_einsum_dense_whose_bias_spans_an_input_axis_is_left_alone_with_the_reason():
+    """A bias over ``b`` in ``abc,cd->abd`` differs per position: compress raised numpy's broadcasting error."""
+    inputs = keras.Input((6, 16), name="x")
+    x = keras.layers.EinsumDense("abc,cd->abd", output_shape=(6, 32), bias_axes="bd", name="per_position")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(1)(keras.layers.Dense(16)(keras.layers.Flatten()(x))))
+    data = np.random.default_rng(0).normal(size=(ROWS, 6, 16)).astype("float32")
+    reason = {s.name: s.reason for s in find_targets(model)[1]}["per_position"]
+    assert reason == ("its bias spans axes 'bd', not only the kernel's output axes 'd': a factor's bias could not "
+                      "hold it")
+    with pytest.raises(UserError, match="per_position.*its bias spans axes"):
+        tfafm.compress(model, data, ranks={"per_position": 8}, progress=False)
+
+
 def test_subclassed_model_gets_a_clear_error_pointing_to_the_layer_constructors(subclassed_model):
     with pytest.raises(UnsupportedLayerError, match="subclassed.*from_dense"):
         tfafm.compress(subclassed_model, method="svd", ranks={"dense": 2}, progress=False)

@@ -64,7 +64,7 @@ def _select(model, targets: list[Target], include, exclude) -> list[Target]:
     return chosen
 
 
-def _explicit_ranks(model, ranks: Mapping[str, int], targets: list[Target]) -> dict[str, int]:
+def _explicit_ranks(model, ranks: Mapping[str, int], targets: list[Target], skipped) -> dict[str, int]:
     by_name = {t.name: t for t in targets}
     resolved = {}
     for name, rank in ranks.items():
@@ -75,7 +75,9 @@ def _explicit_ranks(model, ranks: Mapping[str, int], targets: list[Target]) -> d
             matches = [t for t in targets if t.layer is layer]
             if len(matches) != 1:
                 names = [t.name for t in matches]
-                raise UserError(f"ranks names layer {name!r}, which is not compressible (or is excluded)"
+                reasons = [s.reason for s in skipped if s.name == name or s.name.startswith(f"{name}/")]
+                why = f" ({'; '.join(reasons)})" if reasons else " (or is excluded)"
+                raise UserError(f"ranks names layer {name!r}, which is not compressible{why}"
                                 if not matches else f"ranks: layer {name!r} has several matrices {names}; "
                                 "give a rank per matrix name.")
             target = matches[0]
@@ -309,7 +311,7 @@ def compress(
     all_targets, skipped = find_targets(model)
     targets = _select(model, all_targets, include, exclude)
     if ranks is not None:
-        ranks = _explicit_ranks(model, ranks, targets)
+        ranks = _explicit_ranks(model, ranks, targets, skipped)
         targets = [t for t in targets if t.name in ranks]
 
     by_loss = criterion == "loss"

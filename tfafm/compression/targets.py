@@ -82,9 +82,20 @@ class Adapter:
     """How compression handles one layer type (see the module docstring)."""
 
     kind = "dense"
+    # The methods whose code the adapter's ``tap`` and factored layer reproduce, with the implementations
+    # known to compute that: a subclass with its own (a scaled output, hashed ids) computes something else.
+    computes: dict[str, tuple] = {}
 
     def handles(self, layer) -> bool:
         raise NotImplementedError
+
+    def own_code_reason(self, layer) -> str | None:
+        """Why ``layer``'s class computes something this adapter does not know (a method of its own), or None."""
+        for method, known in self.computes.items():
+            if getattr(type(layer), method, None) not in known:
+                return (f"its class {type(layer).__name__} has its own {method}(), which a factored layer would "
+                        "not run (implement tfafm.CompressibleLayer to compress it)")
+        return None
 
     def skip_reason(self, layer) -> str | None:
         """Why the whole layer cannot be factored correctly, or None."""
@@ -120,6 +131,7 @@ def _array(variable) -> np.ndarray:
 
 class DenseAdapter(Adapter):
     kind = "dense"
+    computes = {"call": (keras.layers.Dense.call,)}
 
     def handles(self, layer) -> bool:
         return isinstance(layer, keras.layers.Dense)
@@ -143,6 +155,7 @@ class DenseAdapter(Adapter):
 
 class EmbeddingAdapter(Adapter):
     kind = "embedding"
+    computes = {"call": (keras.layers.Embedding.call, InRangeEmbedding.call)}
 
     def handles(self, layer) -> bool:
         return isinstance(layer, keras.layers.Embedding)
@@ -187,15 +200,19 @@ def _rows(tensor, width: int):
 
 class EinsumDenseAdapter(Adapter):
     kind = "einsum"
+    computes = {"call": (keras.layers.EinsumDense.call,)}
 
     def handles(self, layer) -> bool:
         return isinstance(layer, keras.layers.EinsumDense)
 
     def skip_reason(self, layer):
         try:
-            EinsumMatrix.parse(layer.equation)
+            layout = EinsumMatrix.parse(layer.equation)
         except UserError as error:
             return str(error)
+        if layer.bias is not None and not set(layer.bias_axes) <= set(layout.free):
+            return (f"its bias spans axes {layer.bias_axes!r}, not only the kernel's output axes {layout.free!r}: "
+                    "a factor's bias could not hold it")
         return super().skip_reason(layer)
 
     def matrices(self, layer):
@@ -219,6 +236,8 @@ class AttentionAdapter(Adapter):
     """``keras.layers.MultiHeadAttention``: its query, key, value and output projections."""
 
     kind = "attention"
+    computes = {"call": (keras.layers.MultiHeadAttention.call,),
+                "_compute_attention": (keras.layers.MultiHeadAttention._compute_attention,)}  # Keras 3.15
 
     def handles(self, layer) -> bool:
         return isinstance(layer, keras.layers.MultiHeadAttention)
@@ -287,6 +306,7 @@ class FeatureCrossAdapter(Adapter):
     """keras_rs ``FeatureCross`` without ``projection_dim``: its inner ``d x d`` dense."""
 
     kind = "cross"
+    computes = {"call": (keras_rs.layers.FeatureCross.call,)}
 
     def handles(self, layer) -> bool:
         return isinstance(layer, keras_rs.layers.FeatureCross)
@@ -388,7 +408,7 @@ def find_targets(model: keras.Model) -> tuple[list[Target], list[SkippedLayer]]:
         if not layer.built:
             skipped.append(SkippedLayer(qualified, kind, "not built"))
             continue
-        reason = adapter.skip_reason(layer)
+        reason = adapter.own_code_reason(layer) or adapter.skip_reason(layer)
         if reason:
             skipped.append(SkippedLayer(qualified, kind, reason))
             continue

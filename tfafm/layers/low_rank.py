@@ -40,10 +40,11 @@ def _assign(layer: keras.layers.Layer, values: dict[str, np.ndarray]) -> None:
 
 
 def _base_kwargs(layer: keras.layers.Layer) -> dict[str, Any]:
-    """Name, dtype policy and activity regulariser carried over from a replaced layer."""
+    """Name, dtype policy, whether it trains and activity regulariser carried over from a replaced layer."""
     return {
         "name": layer.name,
         "dtype": layer.dtype_policy,
+        "trainable": layer.trainable,
         "activity_regularizer": keras.regularizers.get(getattr(layer, "activity_regularizer", None)),
     }
 
