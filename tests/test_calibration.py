@@ -216,6 +216,58 @@ def test_mirrored_strategy_matches_single_device():
 # ---------------------------------------------------------------- errors
 
 
+def _two_input_model():
+    ids, numbers = keras.Input((4,), dtype="int32", name="ids"), keras.Input((6,), name="numbers")
+    x = keras.layers.Concatenate()([keras.layers.Flatten()(keras.layers.Embedding(50, 4)(ids)), numbers])
+    x = keras.layers.Dense(16, activation="relu", name="hidden")(x)
+    return keras.Model([ids, numbers], keras.layers.Dense(1, activation="sigmoid")(x))
+
+
+def _two_input_rows(rows=512):
+    rng = np.random.default_rng(0)
+    return (rng.integers(0, 50, (rows, 4)).astype("int32"), rng.normal(size=(rows, 6)).astype("float32"),
+            (rng.random(rows) < 0.4).astype("float32"))
+
+
+def test_features_only_elements_of_a_list_input_model_calibrate():
+    """``((ids, numbers),)`` is features only, as Keras reads it: it was unwrapped, then read as
+    ``(features, labels)`` ("Model takes 2 input(s), the data gives 1")."""
+    import tensorflow as tf
+
+    model = _two_input_model()
+    ids, numbers, _ = _two_input_rows()
+    features_only = tf.data.Dataset.from_tensor_slices(((ids, numbers),)).batch(128)
+    expected = tfafm.calibrate(model, [ids, numbers], layers=["hidden"])["hidden"]
+    stats = tfafm.calibrate(model, features_only, layers=["hidden"])["hidden"]
+    assert stats.count == 512
+    np.testing.assert_allclose(stats.covariance, expected.covariance, rtol=1e-6, atol=1e-9)
+
+
+def test_a_dataset_of_single_rows_is_refused_in_one_line():
+    import tensorflow as tf
+
+    from tfafm.errors import UserError
+
+    model = _two_input_model()
+    ids, numbers, labels = _two_input_rows()
+    rows = tf.data.Dataset.from_tensor_slices(((ids, numbers), labels))
+    message = r"Feature 'ids' comes as \(4,\) per element where model .* takes \(None, 4\).*dataset.batch\(N\)"
+    with pytest.raises(UserError, match=message):
+        tfafm.calibrate(model, rows, layers=["hidden"])
+    with pytest.raises(UserError, match=message):
+        tfafm.compress(model, [ids, numbers], ranks={"hidden": 4}, validation_data=rows, progress=False)
+
+
+def test_sample_weights_of_the_validation_data_are_said_to_be_unused():
+    import tensorflow as tf
+
+    model = _two_input_model()
+    ids, numbers, labels = _two_input_rows()
+    weighted = tf.data.Dataset.from_tensor_slices(((ids, numbers), labels, np.ones(512, "float32"))).batch(128)
+    with pytest.warns(UserWarning, match="carries sample weights, which tfafm does not use"):
+        tfafm.compress(model, [ids, numbers], ranks={"hidden": 4}, validation_data=weighted, progress=False)
+
+
 def test_empty_data_raises(trained_deepfm, calib_features):
     empty = {k: v[:0] for k, v in calib_features.items()}
     with pytest.raises(ValueError, match="empty"):

@@ -15,7 +15,7 @@ Keras version note: the one private name used is
 from __future__ import annotations
 
 import re
-from typing import Iterator
+from typing import Any, Iterator
 
 import keras
 from keras.src.models.functional import Functional
@@ -213,6 +213,15 @@ def input_names(model: keras.Model) -> list[str]:
     return [tensor.name for tensor in model.inputs]
 
 
+def split_element(element) -> tuple[Any, Any, Any]:
+    """``(features, labels, sample weights)`` of a dataset element, ``None`` for what it lacks, as Keras reads
+    it: ``(features,)``, ``(features, labels)``, ``(features, labels, weights)``, else the element is the
+    features (a list-input model's ``((ids, numbers),)`` is its features)."""
+    if isinstance(element, (tuple, list)) and 1 <= len(element) <= 3:
+        return (*element, None, None)[:3]
+    return element, None, None
+
+
 def model_inputs(model: keras.Model, features) -> list:
     """Orders and casts a batch to ``model``'s flat input list (``model.inputs`` order).
 
@@ -243,6 +252,10 @@ def model_inputs(model: keras.Model, features) -> list:
         value = ops.cast(value, spec.dtype)
         if len(value.shape) == len(spec.shape) - 1 and spec.shape[-1] == 1:
             value = ops.expand_dims(value, -1)
+        if len(value.shape) < len(spec.shape):
+            raise UserError(f"Feature {name!r} comes as {tuple(value.shape)} per element where model {model.name!r} "
+                            f"takes {tuple(spec.shape)} (batch first): give a dataset of batches "
+                            "(dataset.batch(N)), not of single rows.")
         flat.append(value)
     return flat
 

@@ -3,22 +3,15 @@ closely two models' predictions agree."""
 
 from __future__ import annotations
 
+import warnings
+
 import keras
 import numpy as np
 import tensorflow as tf
 from sklearn.metrics import log_loss, roc_auc_score
 
-from tfafm.graph import model_inputs, output_activations, output_names, pack_inputs
+from tfafm.graph import model_inputs, output_activations, output_names, pack_inputs, split_element
 from tfafm.errors import UserError
-
-
-def _split(element):
-    """``(features, labels or None)`` of a dataset element or of a ``(features, labels)`` pair."""
-    if isinstance(element, (tuple, list)) and len(element) == 1:
-        return element[0], None
-    if isinstance(element, (tuple, list)) and len(element) in (2, 3):
-        return element[0], element[1]
-    return element, None
 
 
 def _named(model, values, what: str) -> dict[str, np.ndarray]:
@@ -89,13 +82,18 @@ def predict_outputs(model, data, probabilities: bool = True) -> tuple[dict[str, 
     batches = data if isinstance(data, tf.data.Dataset) else [data]
     outputs: list[dict[str, np.ndarray]] = []
     labels: list[dict[str, np.ndarray]] = []
+    weighted = False
     for element in batches:
-        features, batch_labels = _split(element)
+        features, batch_labels, weights = split_element(element)
+        weighted = weighted or weights is not None
         outputs.append(_named(model, run(*model_inputs(model, features)), "outputs"))
         if batch_labels is not None:
             labels.append(_named(model, batch_labels, "labels"))
     if not outputs:
         raise UserError("Evaluation data is empty: no batch to evaluate.")
+    if weighted and labels:
+        warnings.warn("The evaluation data carries sample weights, which tfafm does not use: its AUC, LogLoss and "
+                      "comparisons count every row once.", UserWarning, stacklevel=2)
     if labels and len(labels) != len(outputs):
         raise UserError("Evaluation data has labels in some batches only.")
     joined = {name: np.concatenate([o[name] for o in outputs]) for name in outputs[0]}

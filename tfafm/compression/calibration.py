@@ -42,7 +42,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfafm.graph import model_inputs, pack_inputs, require_graph_model
+from tfafm.graph import model_inputs, pack_inputs, require_graph_model, split_element
 from tfafm.compression.probe import build_probe
 from tfafm.compression.targets import Target, adapter_for, find_targets
 from tfafm.errors import UserError
@@ -53,11 +53,8 @@ _NOISY_BELOW = 10  # warn when a matrix sees fewer rows than this many times its
 
 
 def features_of(element):
-    """The features of a dataset element: the item of a 1-tuple, the first of ``(features,
-    labels[, weights])``, else the element itself."""
-    if isinstance(element, (tuple, list)) and len(element) == 1:
-        element = element[0]
-    return element[0] if isinstance(element, (tuple, list)) and len(element) in (2, 3) else element
+    """The features of a dataset element (see :func:`tfafm.graph.split_element`)."""
+    return split_element(element)[0]
 
 
 def _is_array_data(data) -> bool:
