@@ -191,6 +191,41 @@ def auc_models():
     return {"original": model, "compressed": compressed, "calibration": calibration}
 
 
+@pytest.mark.parametrize("one_hot", ["category_encoding", "ops"])
+def test_one_hot_of_a_negative_id_is_a_row_of_zeros_in_every_format(one_hot, tmp_path):
+    """TensorFlow gives an all-zero row for a negative id; ONNX's OneHot read -1 as the last class (a file
+    written and said checked, as the generated check rows hold no negative id)."""
+    ids = keras.Input((1,), dtype="int32", name="ids")
+    flat = keras.layers.Flatten()(ids)
+    encoded = (keras.layers.CategoryEncoding(5, output_mode="one_hot")(flat) if one_hot == "category_encoding"
+               else keras.ops.one_hot(keras.ops.squeeze(flat, -1), 5))
+    model = keras.Model(ids, keras.layers.Dense(1, activation="sigmoid", kernel_initializer="ones",
+                                                bias_initializer="zeros")(encoded))
+    rows = {"ids": np.array([[-1], [-5], [0], [4], [5]], "int32")}
+    expected = np.asarray(model(rows)).ravel()
+    np.testing.assert_allclose(expected, 1 / (1 + np.exp(-np.array([0, 0, 1, 1, 0]))), atol=1e-6)
+    path = export.onnx(model, str(tmp_path / "m.onnx"))
+    np.testing.assert_allclose(export.OnnxRunner(path)(rows).ravel(), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("names, fmt, message", [
+    (["age", "Age"], "saved_model", "inputs 'Age' and 'age' differ only by case, which a SavedModel signature"),
+    (["age", "Age"], "onnx", "inputs 'Age' and 'age' differ only by case, which an ONNX graph"),
+    (["user id"], "onnx", "input 'user id' cannot keep its name in an ONNX graph"),
+    (["item-id"], "saved_model", "input 'item-id' cannot keep its name in a SavedModel signature"),
+])
+def test_input_names_a_format_would_rename_are_refused_naming_them(names, fmt, message, tmp_path):
+    """TensorFlow renames such inputs in the graph or signature: the export died with a KeyError or a
+    TensorFlow ValueError, or the file could not be fed by the names the model has."""
+    inputs = {name: keras.Input((1,), name=name) for name in names}
+    joined = keras.layers.Concatenate()(list(inputs.values())) if len(names) > 1 else inputs[names[0]]
+    model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(joined))
+    with pytest.raises(tfafm.errors.UserError, match=message.replace("(", r"\(")):
+        getattr(export, fmt)(model, str(tmp_path / "model"))
+    assert os.listdir(tmp_path) == []
+    assert export.litert(model, str(tmp_path / "m.tflite"))  # LiteRT signatures keep any name
+
+
 @pytest.mark.parametrize("variant", ["original", "compressed"])
 @pytest.mark.parametrize("quantization,tolerance", [("dynamic", 0.002), ("float16", 0.002), ("int8", 0.005)])
 def test_quantized_litert_keeps_auc(variant, quantization, tolerance, tmp_path):

@@ -351,16 +351,16 @@ def test_onnx_file_with_wrong_weights_is_refused(mlp, tmp_path, monkeypatch):
 
     onnx_module = importlib.import_module("tfafm.export.onnx_export")
 
-    rename = onnx_module._rename_outputs
+    finish = onnx_module._finish
 
     def tampered(path, names):
-        rename(path, names)
+        finish(path, names)
         graph = onnx.load(path)
         initializer = max(graph.graph.initializer, key=lambda t: len(t.raw_data))
         initializer.CopyFrom(onnx.numpy_helper.from_array(-onnx.numpy_helper.to_array(initializer), initializer.name))
         onnx.save(graph, path)
 
-    monkeypatch.setattr(onnx_module, "_rename_outputs", tampered)
+    monkeypatch.setattr(onnx_module, "_finish", tampered)
     with pytest.raises(UserError, match="ONNX file .*disagrees"):
         tfafm.export.onnx(mlp[0], str(tmp_path / "m.onnx"))
     _assert_nothing_written(tmp_path)
@@ -386,6 +386,61 @@ def test_exports_are_checked_on_the_given_rows(mlp, tmp_path):
     path = tfafm.export.litert(model, str(tmp_path / "m.tflite"), quantization="dynamic", verification_data=x)
     got = tfafm.export.LiteRTRunner(path)({"x": x[:64]})
     assert agreement(np.asarray(model(x[:64])), got)["rank_correlation"] > 0.99
+
+
+def _normalized_amount_model():
+    """A model with a ``Normalization`` adapted to amounts around 20,000: standard-normal check rows lie
+    thousands of standard deviations away from what it was fitted on."""
+    keras.utils.set_random_seed(0)
+    amount = (20_000 + 5 * np.random.default_rng(0).normal(size=(2_000, 1))).astype("float32")
+    normalization = keras.layers.Normalization()
+    normalization.adapt(amount)
+    inputs = keras.Input((1,), name="amount")
+    hidden = keras.layers.Dense(16, activation="relu")(normalization(inputs))
+    model = keras.Model({"amount": inputs}, keras.layers.Dense(1, activation="sigmoid")(hidden))
+    model.compile(keras.optimizers.Adam(0.01), "binary_crossentropy")
+    model.fit({"amount": amount}, (amount[:, 0] > 20_001.5).astype("float32"), epochs=5, batch_size=64, verbose=0)
+    return model, amount
+
+
+def test_generated_check_rows_follow_what_normalization_and_discretization_were_fitted_on():
+    from tfafm.compression.samples import generated_rows
+
+    model, amount = _normalized_amount_model()
+    rows = generated_rows(model, rows=4_000)["amount"]
+    assert abs(rows.mean() - amount.mean()) < 0.5 and abs(rows.std() - amount.std()) < 0.5
+    inputs = keras.Input((1,), name="age")
+    binned = keras.layers.Discretization(bin_boundaries=[18.0, 30.0, 65.0])(inputs)
+    ages = generated_rows(keras.Model(inputs, keras.layers.CategoryEncoding(4)(binned)), rows=4_000)["age"]
+    assert all(np.mean(np.digitize(ages, [18.0, 30.0, 65.0]) == b) > 0.05 for b in range(4))
+
+
+def test_a_float16_file_wrong_at_the_inputs_normalization_magnitude_is_refused_without_real_rows(tmp_path):
+    """Checked on standard-normal rows, a float16 file that loses the normalization constants of amounts
+    around 20,000 was written (off by 0.93 on real rows)."""
+    model, _ = _normalized_amount_model()
+    with pytest.raises(UserError, match=r"LiteRT file \(float16\) disagrees .* It was not written"):
+        tfafm.export.litert(model, str(tmp_path / "m.tflite"), quantization="float16")
+    assert not (tmp_path / "m.tflite").exists()
+
+
+def test_a_full_int8_file_is_checked_on_its_representative_rows(tmp_path, monkeypatch):
+    """Without verification_data, the rows of representative_data (real rows the caller gave) check the
+    file: generated rows, on which a wrong file can pass, are the last resort."""
+    import tfafm.export.verify as verify_module
+
+    model, amount = _normalized_amount_model()
+    checked = []
+    verify_export = verify_module.verify_export
+    monkeypatch.setattr(verify_module, "verify_export",
+                        lambda path, kind, keras_model, rows, *args: (checked.append(rows["amount"]),
+                                                                      verify_export(path, kind, keras_model, rows,
+                                                                                    *args))[1])
+    representative = tf.data.Dataset.from_tensor_slices({"amount": amount}).batch(64)
+    with pytest.raises(UserError, match="It was not written"):
+        tfafm.export.litert(model, str(tmp_path / "m.tflite"), quantization="int8",
+                            representative_data=representative)
+    np.testing.assert_array_equal(checked[0], amount[:256])
 
 
 # ---------------------------------------------------------------- tables written outside the converter

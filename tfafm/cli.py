@@ -314,7 +314,7 @@ def cmd_export(args, out: Output) -> int:
     if args.format == "litert":
         ops = export.litert_ops(args.out)
         out.result(f"LiteRT ops ({len(ops)}): {', '.join(sorted(set(ops)))}")
-    checked = f"{spec}" if spec else "generated rows inside each input's range"
+    checked = f"{spec}" if spec else "generated rows inside each input's range; --data checks it on your rows"
     out.result(f"Wrote {args.out} (loaded and checked against the Keras model on {checked})")
     return 0
 

@@ -7,7 +7,9 @@ when there is some (:func:`sample_rows`); otherwise :func:`generated_rows`
 draws them from what the model itself says its inputs may hold
 (:func:`input_domains`): ids below the size of the table or encoding they
 index, values a lookup layer knows (its vocabulary), text made of a
-``TextVectorization``'s words, and standard-normal floats.
+``TextVectorization``'s words, floats at the magnitude a ``Normalization``
+was adapted to or across a ``Discretization``'s bins, and standard-normal
+floats where nothing tells.
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ class InputDomain:
         high: integer ids lie in ``[0, high)`` (the table or encoding they index).
         values: the values a lookup layer knows (its vocabulary, special tokens excluded).
         words: text inputs are made of these words (a ``TextVectorization``'s vocabulary).
+        centre, spread: floats are drawn as ``centre + spread * N(0, 1)`` (arrays broadcast to the
+            input's shape: a ``Normalization``'s adapted mean and standard deviation; around a
+            ``Discretization``'s boundaries).
     """
 
     name: str
@@ -44,6 +49,8 @@ class InputDomain:
     high: int | None = None
     values: tuple | None = None
     words: tuple | None = None
+    centre: Any = None
+    spread: Any = None
 
 
 def _vocabulary(layer) -> tuple:
@@ -69,6 +76,13 @@ def _domain_of(layer, position: int) -> dict[str, Any] | None:
     if isinstance(layer, (keras.layers.StringLookup, keras.layers.IntegerLookup)):
         values = _vocabulary(layer)
         return {"values": values} if values else None
+    if isinstance(layer, keras.layers.Normalization) and not layer.invert and layer.built:
+        mean, variance = (np.asarray(keras.ops.convert_to_numpy(v), np.float64) for v in (layer.mean, layer.variance))
+        return {"centre": mean, "spread": np.sqrt(np.maximum(variance, 0.0))}
+    if isinstance(layer, keras.layers.Discretization) and layer.bin_boundaries:
+        boundaries = np.asarray(layer.bin_boundaries, np.float64)
+        low, high = float(boundaries.min()), float(boundaries.max())
+        return {"centre": (low + high) / 2, "spread": max(high - low, 1e-6)}
     return None
 
 
@@ -127,8 +141,20 @@ def generated_rows(model: keras.Model, rows: int = 256, seed: int = 0) -> dict[s
         elif domain.dtype == "bool":
             batch[name] = rng.integers(0, 2, shape).astype(bool)
         else:
-            batch[name] = rng.standard_normal(shape).astype(domain.dtype)
+            batch[name] = _floats(rng, shape, domain)
     return batch
+
+
+def _floats(rng: np.random.Generator, shape: tuple, domain: InputDomain) -> np.ndarray:
+    """Standard-normal floats, moved and scaled to the domain's ``centre`` and ``spread`` where it has them
+    (and they broadcast to ``shape``)."""
+    values = rng.standard_normal(shape)
+    if domain.centre is not None:
+        try:
+            values = np.broadcast_to(domain.centre + domain.spread * values, shape)
+        except ValueError:  # statistics over other axes than the input's: standard normal, as without them
+            pass
+    return np.asarray(values).astype(domain.dtype)
 
 
 def sample_rows(model: keras.Model, data, rows: int = 256) -> dict[str, np.ndarray]:

@@ -70,8 +70,9 @@ def litert(
         schema: the :class:`~tfafm.Schema` of the model's features, recorded in
             the metadata (vocabulary sizes are otherwise read off the model).
         verification_data: rows the written file is checked on before it is
-            swapped in (anything :func:`tfafm.calibrate` takes; default: rows
-            generated inside each input's valid range); see
+            swapped in (anything :func:`tfafm.calibrate` takes; default: the
+            rows of ``representative_data`` where given, else rows generated
+            inside each input's valid range); see
             :mod:`tfafm.export.verify`. The file is always checked against
             ``model`` as given, never against its fused form.
         fusion_notes: a list that receives what fusion did (the
@@ -142,7 +143,9 @@ def litert(
         raise UserError("quantization='int8' needs representative_data (e.g. the calibration data).")
     require_graph_model(model)
     keras_model = model
-    rows = verification_rows(keras_model, verification_data)
+    # Real rows where the caller gave any: the representative rows stand in for verification rows not given.
+    real = verification_data if verification_data is not None else representative_data
+    rows = verification_rows(keras_model, real)
     model, _ = servable(model, "litert")
     model = _maybe_fuse(model, fuse, fusion_notes, rows)
     _check_size(model, quantization)
@@ -470,6 +473,8 @@ def _unsupported_error(error: Exception, model, frozen) -> Exception:
     ops = set(_FLEX_OP.findall(message))
     for listed in _SELECT_LIST.findall(message):
         ops.update(op.strip() for op in listed.split(",") if op.strip())
+    if ops - {"Placeholder"}:
+        ops.discard("Placeholder")  # the handle of a lookup table listed beside it, not an op of the model's own
     if not ops:
         return error
     layers = _layers_using(ops, model, frozen)

@@ -40,13 +40,14 @@ def onnx(model, path: str, opset: int | None = None, verification_data=None) -> 
     from tensorflow.python.framework import convert_to_constants
 
     from tfafm.export.portable import servable
-    from tfafm.export.signature import positional_function
+    from tfafm.export.signature import check_input_names, positional_function
     from tfafm.export.verify import converter_error, verification_rows, verify_export
     from tfafm.io_utils import atomic_path
     from tfafm.errors import UserError
     from tfafm.logs import collecting, dropping
 
     keras_model = model
+    check_input_names(keras_model, "onnx")
     rows = verification_rows(keras_model, verification_data)
     model, _ = servable(model, "onnx")
     function, _ = positional_function(model)
@@ -63,7 +64,7 @@ def onnx(model, path: str, opset: int | None = None, verification_data=None) -> 
                                                output_names=list(outputs.values()), opset=opset, output_path=tmp)
         except Exception as error:  # tf2onnx's ValueError / RuntimeError on ops it cannot map
             raise converter_error("tf2onnx", error, keras_model) from error
-        _rename_outputs(tmp, {tensor: name for name, tensor in outputs.items()})
+        _finish(tmp, {tensor: name for name, tensor in outputs.items()})
         try:
             verify_export(tmp, "onnx", keras_model, rows)
         except UserError as error:  # what tf2onnx logged it could not convert says why, where there is some
@@ -84,20 +85,49 @@ def _unconverted_ops(records) -> list[str]:
     return sorted(found)
 
 
-def _rename_outputs(path: str, names: dict[str, str]) -> None:
-    """Gives the graph outputs their serving names (``Identity:0`` -> ``prediction``) and
-    strips the ``:0`` suffix tf2onnx keeps on input names."""
+def _finish(path: str, names: dict[str, str]) -> None:
+    """The converted file made to serve as the Keras model does: named outputs, TensorFlow's one-hot."""
     import onnx as onnx_lib
 
     model = onnx_lib.load(path)
-    renames = {out.name: names[out.name] for out in model.graph.output if out.name in names}
-    renames.update({i.name: i.name.split(":")[0] for i in model.graph.input if i.name.endswith(":0")})
-    for value in list(model.graph.input) + list(model.graph.output):
+    _rename_outputs(model.graph, names)
+    _one_hot_of_negative_ids_is_off(model.graph)
+    onnx_lib.save(model, path)
+
+
+def _rename_outputs(graph, names: dict[str, str]) -> None:
+    """Gives the graph outputs their serving names (``Identity:0`` -> ``prediction``) and
+    strips the ``:0`` suffix tf2onnx keeps on input names."""
+    renames = {out.name: names[out.name] for out in graph.output if out.name in names}
+    renames.update({i.name: i.name.split(":")[0] for i in graph.input if i.name.endswith(":0")})
+    for value in list(graph.input) + list(graph.output):
         value.name = renames.get(value.name, value.name)
-    for node in model.graph.node:
+    for node in graph.node:
         node.input[:] = [renames.get(n, n) for n in node.input]
         node.output[:] = [renames.get(n, n) for n in node.output]
-    onnx_lib.save(model, path)
+
+
+def _one_hot_of_negative_ids_is_off(graph) -> None:
+    """ONNX's ``OneHot`` reads a negative index ``i`` as ``depth + i``, where TensorFlow's (so Keras', LiteRT's and
+    the SavedModel's ``CategoryEncoding`` / ``ops.one_hot``) gives a row of zeros: each OneHot's negative indices
+    become ``depth``, outside the range, which ONNX too gives as a row of zeros."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = []
+    for number, node in enumerate(graph.node):
+        if node.op_type == "OneHot":
+            prefix = f"tfafm_one_hot_{number}"
+            ids, depth, zero, negative, indices = (f"{prefix}/{part}" for part in
+                                                    ("ids", "depth", "zero", "negative", "indices"))
+            graph.initializer.append(numpy_helper.from_array(np.zeros((), np.int64), zero))
+            nodes += [helper.make_node("Cast", [node.input[0]], [ids], to=TensorProto.INT64),
+                      helper.make_node("Cast", [node.input[1]], [depth], to=TensorProto.INT64),
+                      helper.make_node("Less", [ids, zero], [negative]),
+                      helper.make_node("Where", [negative, depth, ids], [indices])]
+            node.input[0] = indices
+        nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
 
 
 class OnnxRunner:

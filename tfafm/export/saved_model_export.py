@@ -27,9 +27,11 @@ def saved_model(model, directory: str, verification_data=None) -> str:
     """
     import tensorflow as tf
 
+    from tfafm.export.signature import check_input_names
     from tfafm.export.verify import verification_rows, verify_export
     from tfafm.io_utils import atomic_path
 
+    check_input_names(model, "saved_model")
     rows = verification_rows(model, verification_data)
 
     module = serving_module(model)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from typing import Any, Mapping
 
 import numpy as np
@@ -120,6 +121,34 @@ def _vocabularies(model) -> dict[str, int]:
     from tfafm.compression.samples import input_domains
 
     return {name: domain.high for name, domain in input_domains(model).items() if domain.high is not None}
+
+
+# Input names each format carries as they are (others are renamed in its graph or signature, and an app
+# feeding the documented names fails): SavedModel signature arguments are identifiers; ONNX graph inputs are
+# TensorFlow op names. Neither tells two names apart by case alone.
+_NAME_RULES = {
+    "saved_model": ("a SavedModel signature", re.compile(r"[A-Za-z_][A-Za-z0-9_]*"),
+                    "letters, digits and '_' only, not a digit first"),
+    "onnx": ("an ONNX graph", re.compile(r"[A-Za-z0-9.][A-Za-z0-9_.\-/]*"),
+             "letters, digits, '_', '.', '-' and '/' only"),
+}
+
+
+def check_input_names(model, export_format: str) -> None:
+    """Refuses, naming the input, a model whose input names an ``export_format`` file (``"saved_model"``,
+    ``"onnx"``) would not keep as they are (LiteRT signatures keep any name)."""
+    label, pattern, allowed = _NAME_RULES[export_format]
+    names = [spec.name for spec in interface(model, vocabularies=False).inputs]
+    for name in names:
+        if not pattern.fullmatch(name):
+            raise UserError(f"Model {model.name!r}: input {name!r} cannot keep its name in {label} ({allowed}): "
+                            "rename its keras.Input (a LiteRT file keeps it).")
+    first: dict[str, str] = {}
+    for name in names:
+        other = first.setdefault(name.lower(), name)
+        if other != name:
+            raise UserError(f"Model {model.name!r}: inputs {other!r} and {name!r} differ only by case, which "
+                            f"{label} does not tell apart: rename one (a LiteRT file keeps both).")
 
 
 def tensor_specs(model) -> dict[str, Any]:
