@@ -466,6 +466,47 @@ def native_stderr_silenced() -> Iterator[None]:
         os.close(saved)
 
 
+@contextlib.contextmanager
+def native_stderr_kept_aside() -> Iterator[None]:
+    """Sends file descriptor 2 to a temporary file while a command runs, Python's ``sys.stderr`` still
+    writing to the real stderr.
+
+    What the C++ runtimes print there (a converter's dump of the ops it could not convert beside tfafm's
+    one-line error, "Created TensorFlow Lite XNNPACK delegate" at every interpreter) is dropped when the
+    command ends with an answer (its results, or tfafm's one-line error); an unexpected error prints it
+    first, as it may say why. ``faulthandler`` (unless already on) writes a crash's Python traceback to the
+    real stderr.
+    """
+    import faulthandler
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    python_stderr = sys.stderr
+    real = open(saved, "w", buffering=1, encoding=python_stderr.encoding or "utf-8", errors="backslashreplace",
+                closefd=False)
+    with tempfile.TemporaryFile() as native:
+        os.dup2(native.fileno(), 2)
+        sys.stderr = real
+        crash_traceback = not faulthandler.is_enabled()
+        if crash_traceback:
+            faulthandler.enable(file=real)
+        try:
+            yield
+        except BaseException as error:
+            if not isinstance(error, (KeyboardInterrupt, SystemExit)):
+                native.seek(0)
+                real.write(native.read().decode("utf-8", "backslashreplace"))
+            raise
+        finally:
+            if crash_traceback:
+                faulthandler.disable()
+            real.flush()
+            sys.stderr = python_stderr
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 # Set beside the TF_CPP_MIN_LOG_LEVEL the CLI chose: a tfafm process it starts (`tfafm import` rerunning itself
 # under Keras 2) inherits both and hides TensorFlow's start-up notes too, as it would for a level the user set.
 _CLI_CHOSE_TF_LOG_LEVEL = "TFAFM_CLI_CHOSE_TF_LOG_LEVEL"
@@ -490,23 +531,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"tfafm {args.command}: error: {error} (see tfafm {args.command} --help)", file=sys.stderr)
         return 2
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    quiet_native = _quiets_tensorflow()
     try:
-        cli = _import_cli()
+        cli = _import_cli(quiet_native)
     except KeyboardInterrupt:
         print(f"tfafm {args.command}: interrupted", file=sys.stderr)
         return 130
     except _StoppedWhileLoading:
         print(f"tfafm {args.command}: terminated by SIGTERM", file=sys.stderr)
         return 128 + signal.SIGTERM
-    return cli.run(args)
+    with native_stderr_kept_aside() if quiet_native else contextlib.nullcontext():
+        return cli.run(args)
 
 
 class _StoppedWhileLoading(BaseException):
     """SIGTERM while TensorFlow loads, before the command's own handler is in place."""
 
 
-def _import_cli():
-    """``tfafm.cli`` (TensorFlow with it: seconds), a SIGTERM meanwhile raising :class:`_StoppedWhileLoading`."""
+def _import_cli(quiet_native: bool):
+    """``tfafm.cli`` (TensorFlow with it: seconds), a SIGTERM meanwhile raising :class:`_StoppedWhileLoading`;
+    with ``quiet_native``, TensorFlow's native start-up notes are hidden."""
     def stop(signum, frame):
         raise _StoppedWhileLoading()
 
@@ -515,7 +559,7 @@ def _import_cli():
     except ValueError:  # not the main thread: Python cannot install a handler there
         previous = None
     try:
-        if not _quiets_tensorflow():
+        if not quiet_native:
             from tfafm import cli
         else:
             os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
