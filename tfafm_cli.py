@@ -531,9 +531,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"tfafm {args.command}: error: {error} (see tfafm {args.command} --help)", file=sys.stderr)
         return 2
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    quiet_native = _quiets_tensorflow()
     try:
-        cli = _import_cli(quiet_native)
+        cli, quiet_native = _import_cli()
     except KeyboardInterrupt:
         print(f"tfafm {args.command}: interrupted", file=sys.stderr)
         return 130
@@ -548,9 +547,9 @@ class _StoppedWhileLoading(BaseException):
     """SIGTERM while TensorFlow loads, before the command's own handler is in place."""
 
 
-def _import_cli(quiet_native: bool):
-    """``tfafm.cli`` (TensorFlow with it: seconds), a SIGTERM meanwhile raising :class:`_StoppedWhileLoading`;
-    with ``quiet_native``, TensorFlow's native start-up notes are hidden."""
+def _import_cli():
+    """``tfafm.cli`` (TensorFlow with it: seconds), a SIGTERM meanwhile raising :class:`_StoppedWhileLoading`,
+    and whether the CLI chose TensorFlow's logging (then its native start-up notes are hidden)."""
     def stop(signum, frame):
         raise _StoppedWhileLoading()
 
@@ -559,6 +558,7 @@ def _import_cli(quiet_native: bool):
     except ValueError:  # not the main thread: Python cannot install a handler there
         previous = None
     try:
+        quiet_native = _quiets_tensorflow()
         if not quiet_native:
             from tfafm import cli
         else:
@@ -571,7 +571,7 @@ def _import_cli(quiet_native: bool):
                 # Finds the devices now, while its notes are hidden: on a machine without a GPU driver, TensorFlow
                 # would print "failed call to cuInit" as an error line when a command first runs an op.
                 tf.config.list_physical_devices()
-        return cli
+        return cli, quiet_native
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

@@ -240,7 +240,7 @@ def test_features_only_elements_of_a_list_input_model_calibrate():
     expected = tfafm.calibrate(model, [ids, numbers], layers=["hidden"])["hidden"]
     stats = tfafm.calibrate(model, features_only, layers=["hidden"])["hidden"]
     assert stats.count == 512
-    np.testing.assert_allclose(stats.covariance, expected.covariance, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(stats.covariance, expected.covariance, rtol=1e-4, atol=1e-7)  # float32 batches of 128
 
 
 def test_a_dataset_of_single_rows_is_refused_in_one_line():
