@@ -73,6 +73,30 @@ def test_benchmark_two_tflite_files(two_tflite):
     assert rows[0]["ops"] == len(export.litert_ops(two_tflite[0])) > 0
 
 
+def test_files_of_the_same_name_get_rows_and_ratios_of_their_own(two_tflite, tmp_path, capsys):
+    """``tfafm bench run1/model.tflite run2/model.tflite``: both rows were named model.tflite and the ratios
+    taken against the second file (the first row showed 7.36x its own size)."""
+    import shutil
+
+    from tfafm_cli import main
+
+    for folder, source in (("a", two_tflite[0]), ("b", two_tflite[1])):
+        (tmp_path / folder).mkdir()
+        shutil.copy(source, tmp_path / folder / "model.tflite")
+    paths = [str(tmp_path / "a" / "model.tflite"), str(tmp_path / "b" / "model.tflite")]
+    assert bench.display_names(paths) == paths
+    assert bench.display_names([paths[0], paths[0], two_tflite[1]]) == [paths[0], f"{paths[0]} #2",
+                                                                        "compressed.tflite"]
+    assert main(["bench", *paths, "--batch-sizes", "1", "--threads", "1", "--iterations", "5", "--format", "json",
+                 "--quiet"]) == 0
+    rows = __import__("json").loads(capsys.readouterr().out)
+    assert [r["name"] for r in rows] == paths and rows[0]["size_ratio"] == 1.0
+    assert math.isclose(rows[1]["size_ratio"], rows[1]["size_bytes"] / rows[0]["size_bytes"]) and \
+        rows[1]["size_ratio"] < 1
+    with pytest.raises(tfafm.errors.UserError, match="names must differ"):
+        bench.benchmark(two_tflite, SCHEMA, names=["m", "m"], batch_sizes=(1,), threads=(1,), iterations=2)
+
+
 def test_benchmark_reads_the_interface_stored_in_the_file(two_tflite):
     rows = bench.benchmark(two_tflite, batch_sizes=(1,), threads=(1,), warmup=1, iterations=5)
     assert len(rows) == 2 and all(r["p50_ms"] > 0 for r in rows)

@@ -320,7 +320,7 @@ def cmd_export(args, out: Output) -> int:
 
 
 def cmd_bench(args, out: Output) -> int:
-    from tfafm.export.bench import add_ratios, benchmark, model_kind, results_table
+    from tfafm.export.bench import add_ratios, benchmark, display_names, model_kind, results_table
 
     for path in args.models:
         model_kind(path)  # every model is checked before the first one is measured
@@ -329,11 +329,11 @@ def cmd_bench(args, out: Output) -> int:
     schemas = {path: _load_schema(args.schema) if args.schema else _bench_schema(path, args.models)
                for path in args.models}
     rows = []
-    for path in args.models:
+    for path, name in zip(args.models, display_names(args.models)):
         out.note(f"Measuring {path} (threads {', '.join(map(str, args.threads))}; "
                  f"batch sizes {', '.join(map(str, args.batch_sizes))})")
         rows += benchmark([path], schemas[path], batch_sizes=args.batch_sizes, threads=args.threads,
-                          iterations=args.iterations, max_seconds=args.max_seconds)
+                          iterations=args.iterations, max_seconds=args.max_seconds, names=[name])
     if args.report_format == "json":
         out.result(json.dumps(add_ratios(rows), indent=2))
     else:

@@ -309,18 +309,40 @@ def _run_worker(job: dict, timeout: float) -> dict:
 
 def _targets(paths_or_models, names, tmp: str) -> list[tuple[str, str, str]]:
     """``(name, kind, path)`` per item; in-memory Keras models are saved under ``tmp`` first."""
+    from tfafm.errors import UserError
+
+    names = list(names) if names else display_names(paths_or_models)
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise UserError(f"benchmark: names must differ (each row and ratio is keyed by its name): {repeated} "
+                        "given more than once.")
     targets = []
     for i, item in enumerate(paths_or_models):
         if isinstance(item, (str, os.PathLike)):
             path = os.fspath(item)
             kind = model_kind(path)
-            name = os.path.basename(os.path.normpath(path))
         else:
             path = os.path.join(tmp, f"model_{i}.keras")
             item.save(path)
-            kind, name = "keras", item.name
-        targets.append((names[i] if names else name, kind, path))
+            kind = "keras"
+        targets.append((names[i], kind, path))
     return targets
+
+
+def display_names(paths_or_models: Sequence) -> list[str]:
+    """The name of each model in a benchmark's rows: its file or directory name (``model.name`` in
+    memory); where those repeat (``run1/model.keras`` and ``run2/model.keras``), its path as given, and
+    a number where that repeats too. Rows and ratios are keyed by these names."""
+    base = [os.path.basename(os.path.normpath(os.fspath(item))) if isinstance(item, (str, os.PathLike))
+            else item.name for item in paths_or_models]
+    fuller = [os.path.normpath(os.fspath(item)) if base.count(name) > 1 and isinstance(item, (str, os.PathLike))
+              else name for item, name in zip(paths_or_models, base)]
+    seen: dict[str, int] = {}
+    names = []
+    for name in fuller:
+        seen[name] = seen.get(name, 0) + 1
+        names.append(name if seen[name] == 1 else f"{name} #{seen[name]}")
+    return names
 
 
 def described_interface(paths: Sequence) -> dict:
