@@ -102,6 +102,19 @@ def test_resolve_paths_sorts_directory_and_skips_non_data(tmp_path):
     assert [Path(p).name for p in resolve_paths(str(tmp_path))] == ["a.txt.gz", "b.csv"]
 
 
+def test_a_file_named_twice_is_read_once(tmp_path):
+    """``p1.csv,dir/`` or overlapping globs named p1 twice: its rows were read twice (4,000 rows of 3,000,
+    a different AUC, no word)."""
+    from tfafm.data.keyed import resolve
+
+    for name in ("p1.csv", "p2.csv"):
+        (tmp_path / name).write_text("x")
+    first, second = str(tmp_path / "p1.csv"), str(tmp_path / "p2.csv")
+    assert resolve(f"{first},{tmp_path}/*.csv") == [first, second]
+    assert resolve(f"{tmp_path},{first}") == [first, second]
+    assert resolve_paths(f"{first},{tmp_path}") == [first, second]
+
+
 def test_gzip_and_header_variants(tmp_path):
     header = ["Id", "Label"] + [f"I{i}" for i in range(1, 14)] + [f"C{i}" for i in range(1, 27)]
     with gzip.open(tmp_path / "k.csv.gz", "wt") as f:

@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Iterator, Optional, Sequence
 import numpy as np
 
 from tfafm.data.errors import DataFormatError
+from tfafm.data.readers import each_file_once
 from tfafm.errors import MissingFileError, UserError
 from tfafm_choices import KEYED_DATA as KINDS
 
@@ -143,7 +144,8 @@ def parse_spec(spec: str) -> KeyedSpec:
 
 
 def resolve(location: str) -> list[str]:
-    """Files named by a comma-separated list of files, directories (their files, sorted) and globs."""
+    """Files named by a comma-separated list of files, directories (their files, sorted) and globs, each
+    once (``parts/p1.parquet,parts/*.parquet`` reads ``p1`` once, not twice)."""
     paths: list[str] = []
     for part in (p.strip() for p in location.split(",")):
         if not part:
@@ -165,7 +167,7 @@ def resolve(location: str) -> list[str]:
             raise MissingFileError(f"Data file not found: {part}")
     if not paths:
         raise MissingFileError(f"No data path given in {location!r}.")
-    return paths
+    return each_file_once(paths)
 
 
 # ----------------------------------------------------------------------------- batches of numpy arrays

@@ -20,7 +20,8 @@ _DATA_SUFFIXES = {"", ".txt", ".csv", ".tsv", ".gz", ".parquet"}
 
 
 def resolve_paths(spec: str) -> list[str]:
-    """Data files named by ``spec``: a file, a directory (its data files, sorted) or a comma-separated list.
+    """Data files named by ``spec``: a file, a directory (its data files, sorted) or a comma-separated list,
+    each once.
 
     Raises FileNotFoundError naming the first path that does not exist.
     """
@@ -48,7 +49,19 @@ def resolve_paths(spec: str) -> list[str]:
             raise MissingFileError(f"Data file not found: {part}")
     if not paths:
         raise MissingFileError(f"No data path given in {spec!r}.")
-    return paths
+    return each_file_once(paths)
+
+
+def each_file_once(paths: list[str]) -> list[str]:
+    """``paths`` without a file named again (``a.csv,dir/`` with ``a.csv`` in ``dir``, overlapping globs), in
+    order of first mention: a file is data once, not twice."""
+    seen: set[str] = set()
+    once = []
+    for path in paths:
+        if os.path.realpath(path) not in seen:
+            seen.add(os.path.realpath(path))
+            once.append(path)
+    return once
 
 
 class RowReader:
