@@ -171,10 +171,21 @@ def test_inspect_lists_layers_targets_and_sizes(user, capsys):
     assert "## What compress would factor" in capsys.readouterr().out
 
 
+def test_label_columns_named_as_the_outputs_pair_by_name_in_any_order(user, capsys):
+    """``?label=buy,click`` for outputs (click, buy) scored click on the buy column (AUC 0.65 for 0.74)."""
+    root, expected = user
+    assert main(["eval", str(root / "my.keras"), "--data", f"parquet:{root}/events.parquet?label=buy,click&pad=history",
+                 "--format", "json", "--quiet"]) == 0
+    models = json.loads(capsys.readouterr().out)["models"]
+    assert {name: models[name]["auc"] for name in models} == pytest.approx(expected, abs=1e-6)
+
+
 @pytest.mark.parametrize("data, message", [
     ("parquet:{root}/events.parquet?label=nope,buy&pad=history", r"no label column\(s\) \[.nope.\]"),
     ("parquet:{root}/events.parquet?label=click&pad=history", r"1 label column\(s\) \['click'\] for a model with 2 output"),
     ("parquet:{root}/events.parquet?label=extra,buy&pad=history", r"column extra: labels must be 0 or 1"),
+    ("parquet:{root}/events.parquet?label=buy,extra&pad=history",
+     r"label column 'buy' is given for output 'click', but the model has an output named 'buy'"),
     ("parquet:{root}/users_out_of_range.parquet?label=click,buy&pad=history",
      r"column user: id 250 is outside the table it indexes \(ids 0..199; largest id 250"),
     ("parquet:{root}/no_user.parquet?label=click,buy&pad=history", r"no column for model input\(s\) \['user'\]"),

@@ -493,6 +493,14 @@ def _labels_for(parsed: KeyedSpec, available: Sequence[str], outputs: Sequence[s
     missing = [c for c in labels if c not in available]
     if missing:
         raise DataFormatError(f"no label column(s) {missing} (columns: {', '.join(available)})", path=path)
+    if set(labels) == set(outputs):
+        return tuple(outputs)  # columns named as the outputs: each output reads its own, whatever the order given
+    crossed = [(c, o) for c, o in zip(labels, outputs) if c != o and c in outputs]
+    if crossed:
+        column, output = crossed[0]
+        raise UserError(f"{parsed.spec}: label column {column!r} is given for output {output!r}, but the model "
+                        f"has an output named {column!r}: give one column per output in the order "
+                        f"{list(outputs)}, or name each output's own column.")
     return labels
 
 
