@@ -83,6 +83,10 @@ def test_compress_writes_model_and_reports(trained_run, tmp_path, capsys):
     assert "original" in printed and "finetuned" in printed and "deep_dense_0" in printed
     # Whether the fine-tuned weights were kept is a result: printed under --quiet too.
     assert f"Fine-tuning {'kept' if stages['finetuned']['kept'] else 'discarded'}" in printed
+    # The finetuned row shows the weights fine-tuning gave (not the compressed ones kept instead of them).
+    tuned = stages["finetuned"]["tuned"]
+    label = "finetuned" if stages["finetuned"]["kept"] else "finetuned (discarded)"
+    assert f"| {label} | {tuned['auc']:.4f} | {tuned['logloss']:.4f} |" in printed
 
 
 def test_compress_objective_and_quantization_reach_the_allocator(trained_run, tmp_path):

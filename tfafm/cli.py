@@ -258,12 +258,15 @@ def cmd_compress(args, out: Output) -> int:
             calibration_steps=args.calibration_steps, verbose=out.keras_verbose,
         )
     out.result(result.report.to_markdown())
+    tuned = result.metrics.get("finetuned")
     if result.metrics:
         outputs = ((result.report.accuracy or {}).get("validation") or {}).get("outputs", {})
         scored = [name for name, row in outputs.items() if row["original"] is not None]
+        rows = dict(result.metrics)
+        if tuned is not None and not tuned["kept"]:  # the weights tried, not the compressed ones saved instead
+            rows["finetuned (discarded)"] = {**rows.pop("finetuned"), **tuned["tuned"]}
         _show_metrics(out, "validation" if len(outputs) <= 1 else
-                      f"validation, output {scored[0]!r} (every output: the accuracy table above)", result.metrics)
-    tuned = result.metrics.get("finetuned")
+                      f"validation, output {scored[0]!r} (every output: the accuracy table above)", rows)
     if tuned is not None:
         gains = tuned.get("outputs") or {"": tuned}
         measured = "; ".join(f"{name + ' ' if name else ''}{g['auc_gain']:+.4f}, z = "

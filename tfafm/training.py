@@ -88,7 +88,8 @@ def fine_tune(
     Returns the first output's final exact metrics plus ``auc_gain`` and
     ``gain_z`` (of the fine-tuned weights over the starting ones; ``gain_z``
     None where the difference has no spread) and ``kept`` (whether the
-    fine-tuned weights were kept); with several outputs compared, also
+    fine-tuned weights were kept) and ``tuned`` (the fine-tuned weights' own
+    metrics, kept or not); with several outputs compared, also
     ``outputs``: ``{name: {auc_gain, gain_z}}`` for each.
 
     With ``teacher`` (the original model), the training rows' targets are the
@@ -114,7 +115,7 @@ def fine_tune(
     ...                              validation=tf.data.Dataset.from_tensor_slices((x, y)).batch(512))
     >>> result = tfafm.fine_tune(small, data, epochs=1, learning_rate=1e-3, teacher=model)
     >>> sorted(result)
-    ['auc', 'auc_gain', 'gain_z', 'kept', 'logloss', 'positive_rate', 'rows']
+    ['auc', 'auc_gain', 'gain_z', 'kept', 'logloss', 'positive_rate', 'rows', 'tuned']
 
     Raises:
         UserError: if the validation rows do not come in the same order on every pass (the
@@ -150,8 +151,9 @@ def fine_tune(
     kept = gain["z"] >= FINE_TUNE_MIN_Z and all(g["z"] > -FINE_TUNE_MIN_Z for g in gains.values())
     if not kept:
         model.set_weights(start_weights)
-    result = {**(scores(labels, after[first]) if kept else before), "auc_gain": gain["difference"],
-              "gain_z": _finite(gain["z"]), "kept": bool(kept)}
+    tuned = scores(labels, after[first])
+    result = {**(tuned if kept else before), "auc_gain": gain["difference"], "gain_z": _finite(gain["z"]),
+              "kept": bool(kept), "tuned": tuned}
     if len(gains) > 1:
         result["outputs"] = {name: {"auc_gain": g["difference"], "gain_z": _finite(g["z"])}
                              for name, g in gains.items()}
