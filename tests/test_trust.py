@@ -182,6 +182,21 @@ def test_a_regression_output_is_compared_as_it_is(mlp):
         fine_tune(rating, _tuning(x, np.ones((len(x), 1), "float32"), ratings), epochs=1, learning_rate=1e-3)
 
 
+def test_labels_that_are_not_0_1_are_named_not_scored(mlp):
+    """Soft, -1/1 or missing labels: tfafm.metrics.scores raised sklearn's ValueError, and compress's report
+    left the AUC cells blank without a word."""
+    from tfafm.metrics import scores
+
+    for labels, shown in (([0, 0.3, 1, 1], "0.3"), ([-1, 1, 1, -1], "-1, 1"), ([0, np.nan, 1, 1], "nan")):
+        with pytest.raises(UserError, match=f"AUC and LogLoss score 0/1 labels; these hold .*{shown}"):
+            scores(labels, [0.1, 0.2, 0.3, 0.4])
+    model, x, validation = mlp
+    signed = validation.map(lambda features, y: (features, 2.0 * y - 1.0))
+    _, report = tfafm.compress(model, x, ranks={"hidden": 4}, validation_data=signed, progress=False)
+    assert "No AUC or LogLoss for output 'click': its labels hold 2 distinct value(s): -1, 1; AUC and LogLoss " \
+           "score 0/1 labels of both classes." in report.to_markdown()
+
+
 def test_fine_tuning_a_model_of_logits_trains_on_their_sigmoid(mlp):
     """Fine-tuning and distilling a logit model: the loss takes its outputs from_logits and the teacher's
     logits become probabilities (binary cross-entropy on raw logits trains a different model)."""

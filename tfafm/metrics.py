@@ -122,11 +122,19 @@ def is_binary(labels: np.ndarray) -> bool:
     return len(values) == 2 and set(values.tolist()) <= {0.0, 1.0}
 
 
+def label_values(labels: np.ndarray) -> str:
+    """What ``labels`` hold, for a message: ``"3 distinct value(s): -1, 0, 1"``."""
+    values = np.unique(labels)
+    shown = ", ".join(f"{v:g}" for v in values[:5])
+    return f"{len(values)} distinct value(s): {shown}{', ...' if len(values) > 5 else ''}"
+
+
 def scores(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
     """AUC, LogLoss, positive rate and row count of binary ``labels`` vs ``probabilities``.
 
     Raises:
-        UserError: one class only, predictions outside ``[0, 1]`` (logits) or not finite.
+        UserError: labels other than 0/1 (soft, missing, -1/1), one class only, predictions outside
+            ``[0, 1]`` (logits) or not finite.
 
     >>> result = scores([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8])
     >>> result["auc"], result["rows"]
@@ -134,6 +142,8 @@ def scores(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
     """
     labels = np.asarray(labels, dtype=np.float64).reshape(-1)
     probabilities = np.asarray(probabilities, dtype=np.float64).reshape(-1)
+    if not set(np.unique(labels).tolist()) <= {0.0, 1.0}:
+        raise UserError(f"AUC and LogLoss score 0/1 labels; these hold {label_values(labels)}.")
     if len(np.unique(labels)) < 2:
         raise UserError("AUC needs both positive and negative labels in the evaluation data.")
     if not np.all(np.isfinite(probabilities)):

@@ -19,7 +19,7 @@ from tfafm.data.sources import open_cache
 from tfafm.distribute import cluster_size, cluster_strategy, is_chief
 from tfafm.errors import UserError
 from tfafm.graph import clone, output_names, output_structure
-from tfafm.metrics import (SIGNIFICANT_Z, as_probabilities, evaluate, is_binary, logit_outputs,
+from tfafm.metrics import (SIGNIFICANT_Z, as_probabilities, evaluate, is_binary, label_values, logit_outputs,
                            paired_auc_difference, predict_outputs, scores)
 from tfafm.progress import progress_bar
 from tfafm.runs import save_run
@@ -130,7 +130,7 @@ def fine_tune(
     labels = labels_by_output[first]
     if not is_binary(labels):
         raise UserError(f"Fine-tuning keeps or drops its weights by the validation AUC of output {first!r}, which "
-                        f"needs 0/1 labels of both classes; its labels hold {_label_values(labels)}.")
+                        f"needs 0/1 labels of both classes; its labels hold {label_values(labels)}.")
     before = scores(labels, start[first])
     start_weights = model.get_weights()
     compile_for_ctr(model, learning_rate, logits)
@@ -158,12 +158,6 @@ def fine_tune(
         result["outputs"] = {name: {"auc_gain": g["difference"], "gain_z": _finite(g["z"])}
                              for name, g in gains.items()}
     return result
-
-
-def _label_values(labels: np.ndarray) -> str:
-    values = np.unique(labels)
-    shown = ", ".join(f"{v:g}" for v in values[:5])
-    return f"{len(values)} distinct value(s): {shown}{', ...' if len(values) > 5 else ''}"
 
 
 def _finite(z: float) -> float | None:

@@ -21,7 +21,8 @@ import numpy as np
 
 from tfafm.compression.report import estimated_file_bytes
 from tfafm.errors import UserError
-from tfafm.metrics import SIGNIFICANT_Z, agreement, is_binary, paired_auc_difference, predict_outputs, scores
+from tfafm.metrics import (SIGNIFICANT_Z, agreement, is_binary, label_values, paired_auc_difference,
+                           predict_outputs, scores)
 
 MAX_EVALUATIONS = 10
 FIRST_RATIOS = (2.0, 4.0, 8.0, 16.0, 32.0, 64.0)  # doubled until the budget breaks
@@ -58,6 +59,9 @@ def _comparison(reference, labels, candidate) -> dict[str, Any]:
             "auc_drop": None if original is None else original["auc"] - new["auc"],
             "agreement": agreement(reference[name], candidate[name]),
         }
+        if labels is not None and original is None:  # said, not left as blank cells
+            outputs[name]["unscored"] = (f"its labels hold {label_values(labels[name])}; AUC and LogLoss score 0/1 "
+                                         "labels of both classes")
     return {"rows": int(len(next(iter(reference.values())))), "outputs": outputs}
 
 

@@ -185,6 +185,9 @@ def _accuracy_markdown(accuracy: dict[str, Any]) -> list[str]:
                          f"{_number(row['auc_drop'])} | {_number(before.get('logloss'))} | "
                          f"{_number(after.get('logloss'))} | {agree['mean_abs_diff']:.2e} | "
                          f"{agree['max_abs_diff']:.2e} | {agree['rank_correlation']:.4f} |")
+        unscored = [f"No AUC or LogLoss for output {name!r}: {row['unscored']}." for name, row in
+                    validation["outputs"].items() if row.get("unscored")]
+        lines += [""] + unscored if unscored else []
     budget = accuracy.get("budget")
     if budget:
         lines += ["", f"## Smallest model within max_auc_drop={budget['max_auc_drop']:g} "
