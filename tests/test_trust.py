@@ -197,6 +197,22 @@ def test_labels_that_are_not_0_1_are_named_not_scored(mlp):
            "score 0/1 labels of both classes." in report.to_markdown()
 
 
+def test_an_output_the_graph_does_not_say_the_kind_of_is_read_with_a_warning():
+    """An Add of two logits: values inside [0, 1] were read as probabilities without a word (LogLoss 1.98
+    where the sigmoid's is 0.64)."""
+    import warnings
+
+    from tfafm.metrics import logit_outputs
+
+    inputs = keras.Input((1,), name="x")
+    model = keras.Model(inputs, keras.layers.Add(name="sum")([inputs, inputs]))
+    with pytest.warns(UserWarning, match="'sum' of model .* does not say whether it gives probabilities or logits"):
+        assert logit_outputs(model, {"sum": np.array([0.1, 0.7])}) == {"sum": False}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # values outside [0, 1] are logits for certain: nothing to say
+        assert logit_outputs(model, {"sum": np.array([-0.5, 0.7])}) == {"sum": True}
+
+
 def test_fine_tuning_a_model_of_logits_trains_on_their_sigmoid(mlp):
     """Fine-tuning and distilling a logit model: the loss takes its outputs from_logits and the teacher's
     logits become probabilities (binary cross-entropy on raw logits trains a different model)."""

@@ -36,7 +36,8 @@ _PROBABILITY_ACTIVATIONS = ("sigmoid", "hard_sigmoid", "softmax")
 def logit_outputs(model, outputs: dict[str, np.ndarray]) -> dict[str, bool]:
     """Per output of ``model``, whether it gives logits rather than probabilities: where its last
     layer applies no activation (``Dense(1)`` trained with ``from_logits=True``), or, where the graph
-    does not say, where ``outputs`` (its predictions) leave ``[0, 1]``."""
+    does not say, where ``outputs`` (its predictions) leave ``[0, 1]`` (values inside it are read as
+    probabilities, with a warning: logits can lie there too)."""
     activations = dict(zip(output_names(model), output_activations(model)))
     flags = {}
     for name, values in outputs.items():
@@ -47,6 +48,11 @@ def logit_outputs(model, outputs: dict[str, np.ndarray]) -> dict[str, bool]:
             flags[name] = True
         else:
             flags[name] = bool(values.size) and bool(np.min(values) < 0.0 or np.max(values) > 1.0)
+            if values.size and not flags[name]:
+                warnings.warn(f"Output {name!r} of model {model.name!r}: its last layer does not say whether it gives "
+                              "probabilities or logits, and its values lie in [0, 1]: read as probabilities (end the "
+                              "model with a sigmoid Dense or Activation to make it certain).", UserWarning,
+                              stacklevel=2)
     return flags
 
 
