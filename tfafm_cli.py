@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import os
 import signal
 import sys
@@ -441,6 +442,11 @@ def _check_and_fill(args: argparse.Namespace) -> None:
 # ----------------------------------------------------------------------------- the process
 
 
+# The real stderr while file descriptor 2 is silenced: never closed, since a logging handler created meanwhile
+# (TensorFlow's, as it loads) keeps writing to it after (a closed one wrote to whatever file took its number).
+_REAL_STDERR = None
+
+
 @contextlib.contextmanager
 def native_stderr_silenced() -> Iterator[None]:
     """Sends file descriptor 2 to /dev/null while Python's ``sys.stderr`` keeps writing to the real stderr.
@@ -449,62 +455,25 @@ def native_stderr_silenced() -> Iterator[None]:
     converter, XNNPACK) straight to the file descriptor, some before any log
     level applies; Python's warnings, progress lines and errors are unaffected.
     """
+    global _REAL_STDERR
     sys.stderr.flush()
+    python_stderr = sys.stderr
+    if _REAL_STDERR is None:
+        _REAL_STDERR = open(os.dup(2), "w", buffering=1, encoding=python_stderr.encoding or "utf-8",
+                            errors="backslashreplace")
     saved = os.dup(2)
     devnull = os.open(os.devnull, os.O_WRONLY)
-    python_stderr = sys.stderr
     os.dup2(devnull, 2)
-    sys.stderr = open(saved, "w", buffering=1, encoding=python_stderr.encoding or "utf-8",
-                      errors="backslashreplace", closefd=False)
+    sys.stderr = _REAL_STDERR
     try:
         yield
     finally:
-        sys.stderr.flush()
+        _REAL_STDERR.flush()
         sys.stderr = python_stderr
         os.dup2(saved, 2)
         os.close(devnull)
         os.close(saved)
 
-
-@contextlib.contextmanager
-def native_stderr_kept_aside() -> Iterator[None]:
-    """Sends file descriptor 2 to a temporary file while a command runs, Python's ``sys.stderr`` still
-    writing to the real stderr.
-
-    What the C++ runtimes print there (a converter's dump of the ops it could not convert beside tfafm's
-    one-line error, "Created TensorFlow Lite XNNPACK delegate" at every interpreter) is dropped when the
-    command ends with an answer (its results, or tfafm's one-line error); an unexpected error prints it
-    first, as it may say why. ``faulthandler`` (unless already on) writes a crash's Python traceback to the
-    real stderr.
-    """
-    import faulthandler
-    import tempfile
-
-    sys.stderr.flush()
-    saved = os.dup(2)
-    python_stderr = sys.stderr
-    real = open(saved, "w", buffering=1, encoding=python_stderr.encoding or "utf-8", errors="backslashreplace",
-                closefd=False)
-    with tempfile.TemporaryFile() as native:
-        os.dup2(native.fileno(), 2)
-        sys.stderr = real
-        crash_traceback = not faulthandler.is_enabled()
-        if crash_traceback:
-            faulthandler.enable(file=real)
-        try:
-            yield
-        except BaseException as error:
-            if not isinstance(error, (KeyboardInterrupt, SystemExit)):
-                native.seek(0)
-                real.write(native.read().decode("utf-8", "backslashreplace"))
-            raise
-        finally:
-            if crash_traceback:
-                faulthandler.disable()
-            real.flush()
-            sys.stderr = python_stderr
-            os.dup2(saved, 2)
-            os.close(saved)
 
 
 # Set beside the TF_CPP_MIN_LOG_LEVEL the CLI chose: a tfafm process it starts (`tfafm import` rerunning itself
@@ -532,15 +501,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     try:
-        cli, quiet_native = _import_cli()
+        cli = _import_cli()
     except KeyboardInterrupt:
         print(f"tfafm {args.command}: interrupted", file=sys.stderr)
         return 130
     except _StoppedWhileLoading:
         print(f"tfafm {args.command}: terminated by SIGTERM", file=sys.stderr)
         return 128 + signal.SIGTERM
-    with native_stderr_kept_aside() if quiet_native else contextlib.nullcontext():
+    try:
         return cli.run(args)
+    finally:
+        # Finalizes what the command left in reference cycles (a failed read's tf.data generator iterator, held by
+        # its traceback) while Python can still run: finalized during interpreter shutdown instead, TensorFlow's
+        # generator dataset hung the process now and then after the command had answered.
+        gc.collect()
 
 
 class _StoppedWhileLoading(BaseException):
@@ -548,8 +522,8 @@ class _StoppedWhileLoading(BaseException):
 
 
 def _import_cli():
-    """``tfafm.cli`` (TensorFlow with it: seconds), a SIGTERM meanwhile raising :class:`_StoppedWhileLoading`,
-    and whether the CLI chose TensorFlow's logging (then its native start-up notes are hidden)."""
+    """``tfafm.cli`` (TensorFlow with it: seconds), a SIGTERM meanwhile raising :class:`_StoppedWhileLoading`;
+    TensorFlow's native start-up notes hidden where the CLI chooses its logging."""
     def stop(signum, frame):
         raise _StoppedWhileLoading()
 
@@ -558,8 +532,7 @@ def _import_cli():
     except ValueError:  # not the main thread: Python cannot install a handler there
         previous = None
     try:
-        quiet_native = _quiets_tensorflow()
-        if not quiet_native:
+        if not _quiets_tensorflow():
             from tfafm import cli
         else:
             os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
@@ -571,7 +544,7 @@ def _import_cli():
                 # Finds the devices now, while its notes are hidden: on a machine without a GPU driver, TensorFlow
                 # would print "failed call to cuInit" as an error line when a command first runs an op.
                 tf.config.list_physical_devices()
-        return cli, quiet_native
+        return cli
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

@@ -516,19 +516,17 @@ def test_a_quiet_command_prints_no_tensorflow_notes(tmp_path):
                                str(tmp_path / "run"), "--quiet"], tmp_path)
     assert process.returncode == 0, process.stderr
     assert process.stderr == "" and "Saved run to" in process.stdout
-    # LiteRT's interpreter announced "Created TensorFlow Lite XNNPACK delegate for CPU." on stderr.
-    process = run_cli_process(["export", "run", "--out", "m.tflite", "--quiet"], tmp_path)
-    assert (process.returncode, process.stderr) == (0, ""), process.stderr
 
 
-def test_a_conversion_error_is_one_line_without_the_converters_dump(tmp_path):
-    """The converter printed its ops and their call sites (about 9 lines, "you can enable TF kernels
-    fallback using TF Select") above tfafm's line, which listed the table's handle as an op of its own."""
+def test_a_conversion_error_ends_in_one_line_naming_the_ops_of_the_model(tmp_path):
+    """tfafm's line listed the lookup table's handle (tf.Placeholder) as an op of its own. (The converter's
+    own dump of those ops stays above it: what C++ code prints is left on stderr, where a crash's reason
+    would be.)"""
     text = keras.Input((1,), dtype="string", name="country")
     ids = keras.layers.StringLookup(vocabulary=["fr", "de"], name="country_lookup")(text)
     keras.Model(text, keras.layers.Dense(1)(keras.ops.cast(ids, "float32"))).save(tmp_path / "m.keras")
     process = run_cli_process(["export", "m.keras", "--out", "m.tflite", "--quiet"], tmp_path)
-    assert process.returncode == 2 and process.stderr.splitlines() == [
+    assert process.returncode == 2 and process.stderr.splitlines()[-1:] == [
         "tfafm export: error: Model 'functional' needs TensorFlow op(s) outside the LiteRT builtins: "
         "'tf.LookupTableFindV2' (from layer 'country_lookup'). tfafm exports builtin ops only (no SELECT_TF_OPS / "
         "Flex delegate): do this preprocessing outside the model (e.g. hash strings to int32 ids beforehand)."]
@@ -550,22 +548,16 @@ def test_a_data_error_found_while_tensorflow_reads_the_file_is_one_line(tmp_path
         "(ids 0..99; largest id 100, smallest 0)"], process.stderr
 
 
-def test_native_stderr_is_dropped_after_an_answer_and_shown_before_an_unexpected_error(capfd):
-    """The command line keeps the C++ runtimes' notes aside while a command runs (a converter's dump beside
-    tfafm's one-line error, LiteRT's "Created TensorFlow Lite XNNPACK delegate"): dropped once the command
-    answers, printed before an unexpected error's traceback, as they may say why."""
-    import os
-
-    from tfafm_cli import native_stderr_kept_aside
-
-    with native_stderr_kept_aside():
-        os.write(2, b"native note\n")
-        print("tfafm export: error: one line", file=sys.stderr)
-    assert capfd.readouterr().err == "tfafm export: error: one line\n"
-    with pytest.raises(RuntimeError, match="unexpected"), native_stderr_kept_aside():
-        os.write(2, b"Check failed: the reason\n")
-        raise RuntimeError("unexpected")
-    assert capfd.readouterr().err == "Check failed: the reason\n"
+def test_tensorflows_logger_writes_to_stderr_after_the_cli_loaded_it(tmp_path):
+    """TensorFlow's log handler, made while the CLI hid native stderr, held a stream over a descriptor closed
+    right after: its warnings failed ("Bad file descriptor"), or went into a file that took that number."""
+    script = ("import os, sys, tfafm_cli; tfafm_cli._import_cli(); import tensorflow as tf\n"
+              "f = open(sys.argv[1], 'w'); tf.get_logger().warning('a warning from TensorFlow'); f.close()")
+    env = {k: v for k, v in __import__("os").environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    process = subprocess.run([sys.executable, "-c", script, str(tmp_path / "user.txt")], capture_output=True,
+                             text=True, env={**env, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert process.returncode == 0, process.stderr
+    assert "a warning from TensorFlow" in process.stderr and (tmp_path / "user.txt").read_text() == ""
 
 
 def test_importing_tfafm_changes_nothing_in_the_process(tmp_path):

@@ -251,7 +251,7 @@ def test_a_dataset_of_single_rows_is_refused_in_one_line():
     model = _two_input_model()
     ids, numbers, labels = _two_input_rows()
     rows = tf.data.Dataset.from_tensor_slices(((ids, numbers), labels))
-    message = r"Feature 'ids' comes as \(4,\) per element where model .* takes \(None, 4\).*dataset.batch\(N\)"
+    message = r"Feature 'ids' comes as \(4,\) where model .* takes \(None, 4\).*dataset.batch\(N\)"
     with pytest.raises(UserError, match=message):
         tfafm.calibrate(model, rows, layers=["hidden"])
     with pytest.raises(UserError, match=message):

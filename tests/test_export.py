@@ -213,6 +213,8 @@ def test_one_hot_of_a_negative_id_is_a_row_of_zeros_in_every_format(one_hot, tmp
     (["age", "Age"], "onnx", "inputs 'Age' and 'age' differ only by case, which an ONNX graph"),
     (["user id"], "onnx", "input 'user id' cannot keep its name in an ONNX graph"),
     (["item-id"], "saved_model", "input 'item-id' cannot keep its name in a SavedModel signature"),
+    (["_ids"], "saved_model", "input '_ids' cannot keep its name in a SavedModel signature"),
+    (["class"], "saved_model", "input 'class' cannot keep its name in a SavedModel signature"),
 ])
 def test_input_names_a_format_would_rename_are_refused_naming_them(names, fmt, message, tmp_path):
     """TensorFlow renames such inputs in the graph or signature: the export died with a KeyError or a

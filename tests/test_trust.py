@@ -444,6 +444,9 @@ def test_generated_check_rows_follow_what_normalization_and_discretization_were_
     binned = keras.layers.Discretization(bin_boundaries=[18.0, 30.0, 65.0])(inputs)
     ages = generated_rows(keras.Model(inputs, keras.layers.CategoryEncoding(4)(binned)), rows=4_000)["age"]
     assert all(np.mean(np.digitize(ages, [18.0, 30.0, 65.0]) == b) > 0.05 for b in range(4))
+    one = keras.layers.Discretization(bin_boundaries=[20_000.0])(inputs)  # one boundary: both sides of it
+    amounts = generated_rows(keras.Model(inputs, keras.layers.CategoryEncoding(2)(one)), rows=4_000)["age"]
+    assert 0.2 < np.mean(amounts < 20_000.0) < 0.8
 
 
 def test_a_float16_file_wrong_at_the_inputs_normalization_magnitude_is_refused_without_real_rows(tmp_path):

@@ -429,6 +429,21 @@ def test_subclasses_with_their_own_call_are_left_alone_with_the_reason():
         tfafm.compress(model, data, ranks={"scaled": 32}, progress=False)
 
 
+class SharperAttention(keras.layers.MultiHeadAttention):
+    """Overrides a hook of MultiHeadAttention other than call: its factored form would drop it."""
+
+    def _masked_softmax(self, attention_scores, attention_mask=None):
+        return super()._masked_softmax(attention_scores * 8.0, attention_mask)
+
+
+def test_a_multi_head_attention_subclass_is_left_alone_with_the_reason():
+    inputs = keras.Input((4, 8), name="x")
+    attended = SharperAttention(num_heads=2, key_dim=4, name="sharper")(inputs, inputs)
+    model = keras.Model(inputs, keras.layers.Dense(1)(keras.layers.Flatten()(attended)))
+    reasons = {s.name: s.reason for s in find_targets(model)[1]}
+    assert "SharperAttention subclasses MultiHeadAttention" in reasons["sharper"]
+
+
 def test_frozen_layers_stay_frozen_once_factored():
     inputs = _field_inputs()
     x = keras.layers.Concatenate()(_embed_fields(inputs))

@@ -263,7 +263,8 @@ def cmd_compress(args, out: Output) -> int:
         outputs = ((result.report.accuracy or {}).get("validation") or {}).get("outputs", {})
         scored = [name for name, row in outputs.items() if row["original"] is not None]
         rows = dict(result.metrics)
-        if tuned is not None and not tuned["kept"]:  # the weights tried, not the compressed ones saved instead
+        if tuned is not None and not tuned["kept"] and out.report_format(None) != "json":
+            # the weights tried, not the compressed ones saved instead (JSON keeps its keys, with "kept")
             rows["finetuned (discarded)"] = {**rows.pop("finetuned"), **tuned["tuned"]}
         _show_metrics(out, "validation" if len(outputs) <= 1 else
                       f"validation, output {scored[0]!r} (every output: the accuracy table above)", rows)

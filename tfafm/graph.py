@@ -213,7 +213,7 @@ def input_names(model: keras.Model) -> list[str]:
     return [tensor.name for tensor in model.inputs]
 
 
-def split_element(element) -> tuple[Any, Any, Any]:
+def split_element(element: Any) -> tuple[Any, Any, Any]:
     """``(features, labels, sample weights)`` of a dataset element, ``None`` for what it lacks, as Keras reads
     it: ``(features,)``, ``(features, labels)``, ``(features, labels, weights)``, else the element is the
     features (a list-input model's ``((ids, numbers),)`` is its features)."""
@@ -253,9 +253,9 @@ def model_inputs(model: keras.Model, features) -> list:
         if len(value.shape) == len(spec.shape) - 1 and spec.shape[-1] == 1:
             value = ops.expand_dims(value, -1)
         if len(value.shape) < len(spec.shape):
-            raise UserError(f"Feature {name!r} comes as {tuple(value.shape)} per element where model {model.name!r} "
-                            f"takes {tuple(spec.shape)} (batch first): give a dataset of batches "
-                            "(dataset.batch(N)), not of single rows.")
+            raise UserError(f"Feature {name!r} comes as {tuple(value.shape)} where model {model.name!r} takes "
+                            f"{tuple(spec.shape)} (batch first): give arrays with one row per example, and a "
+                            "dataset of batches (dataset.batch(N)), not of single rows.")
         flat.append(value)
     return flat
 

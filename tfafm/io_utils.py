@@ -120,6 +120,7 @@ class _TempFolder:
 
     def __init__(self, parent: str, name: str):
         self.path = tempfile.mkdtemp(prefix=f".{name[:80]}{TEMP_INFIX}", dir=parent)
+        self._fd = -1
         try:
             self._fd = os.open(self.path, os.O_RDONLY)
             if fcntl is not None:
@@ -128,6 +129,8 @@ class _TempFolder:
                 json.dump({"tfafm_temporary": True, "destination": name, "pid": os.getpid()}, f)
         except BaseException:  # an error or an interrupt before the caller holds the folder: not left behind
             shutil.rmtree(self.path, ignore_errors=True)
+            if self._fd >= 0:
+                os.close(self._fd)
             raise
 
     def remove(self) -> None:
@@ -138,7 +141,9 @@ class _TempFolder:
             try:
                 shutil.rmtree(self.path, ignore_errors=True)
                 break
-            except BaseException as error:  # noqa: BLE001 -- raised below, after the folder is gone
+            except Exception:
+                raise
+            except BaseException as error:  # an interrupt (Ctrl-C, SIGTERM): raised below, once the folder is gone
                 interrupted = interrupted or error
         os.close(self._fd)
         if interrupted is not None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
 
 import keras
 import numpy as np
@@ -64,7 +64,8 @@ def _select(model, targets: list[Target], include, exclude) -> list[Target]:
     return chosen
 
 
-def _explicit_ranks(model, ranks: Mapping[str, int], targets: list[Target], skipped) -> dict[str, int]:
+def _explicit_ranks(model, ranks: Mapping[str, int], targets: list[Target],
+                    skipped: Sequence[SkippedLayer]) -> dict[str, int]:
     by_name = {t.name: t for t in targets}
     resolved = {}
     for name, rank in ranks.items():

@@ -52,11 +52,6 @@ from tfafm.progress import progress_bar
 _NOISY_BELOW = 10  # warn when a matrix sees fewer rows than this many times its width
 
 
-def features_of(element):
-    """The features of a dataset element (see :func:`tfafm.graph.split_element`)."""
-    return split_element(element)[0]
-
-
 def _is_array_data(data) -> bool:
     if isinstance(data, dict):
         return all(hasattr(v, "shape") for v in data.values())
@@ -67,7 +62,7 @@ def _is_array_data(data) -> bool:
 
 def as_dataset(data, batch_size: int) -> tuple[tf.data.Dataset, bool]:
     """``data`` as a dataset of batches, and whether its elements may hold labels too (a user's
-    dataset: the step picks the features with :func:`features_of`, no ``map`` to trace)."""
+    dataset: the step picks the features with :func:`~tfafm.graph.split_element`, no ``map`` to trace)."""
     if isinstance(data, tf.data.Dataset):
         return data, True
     if _is_array_data(data):
@@ -182,7 +177,7 @@ class _Calibrator:
     """A model's probe, float64 accumulators and traced update step for one list of targets,
     one strategy and one batch structure (kept between calls by :func:`_calibrator`, so that
     only the first call builds the probe and traces). ``labelled``: batches may be ``(features,
-    labels)`` (see :func:`features_of`). ``fisher``: also sum, per target, the Fisher information
+    labels)`` (see :func:`~tfafm.graph.split_element`). ``fisher``: also sum, per target, the Fisher information
     of the predictions with respect to its rows (one backward pass per model output)."""
 
     def __init__(self, model: keras.Model, targets: list[Target], strategy, element_spec, labelled: bool,
@@ -202,7 +197,7 @@ class _Calibrator:
         model_ref = weakref.ref(model)
 
         def replica_moments(element):
-            features = features_of(element) if labelled else element
+            features = split_element(element)[0] if labelled else element
             inputs = pack_inputs(model_ref(), model_inputs(model_ref(), features))
             with tf.GradientTape(persistent=True) if fisher else contextlib.nullcontext() as tape:
                 flat = keras.tree.flatten(probe.model(inputs, training=False))

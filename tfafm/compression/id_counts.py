@@ -10,9 +10,9 @@ from typing import Sequence
 import keras
 import numpy as np
 
-from tfafm.compression.calibration import as_dataset, features_of
+from tfafm.compression.calibration import as_dataset
 from tfafm.errors import UserError
-from tfafm.graph import model_inputs, pack_inputs
+from tfafm.graph import model_inputs, pack_inputs, split_element
 
 # Calibration rows whose guarded ids are kept side by side (the first-order term's joint fit, at most).
 SAMPLE_ROWS = 65_536
@@ -46,7 +46,7 @@ def count_guarded_ids(model: keras.Model, guard, indices: Sequence[int], data, s
     for step, element in enumerate(dataset):
         if steps is not None and step >= steps:
             break
-        results = probe(pack_inputs(model, model_inputs(model, features_of(element))), training=False)
+        results = probe(pack_inputs(model, model_inputs(model, split_element(element)[0])), training=False)
         ids = np.stack([np.asarray(field_ids).reshape(-1) for field_ids in results[:-1]], axis=1).astype(np.int64)
         for field in range(ids.shape[1]):
             counts[field] += np.bincount(ids[:, field], minlength=len(counts[field]))

@@ -20,7 +20,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from tfafm.graph import as_functional, input_names, model_inputs
+from tfafm.graph import as_functional, input_names, model_inputs, split_element
 from tfafm.errors import UserError
 
 SEQUENCE_LENGTH = 8  # steps drawn for an input whose length is not fixed
@@ -82,7 +82,8 @@ def _domain_of(layer, position: int) -> dict[str, Any] | None:
     if isinstance(layer, keras.layers.Discretization) and layer.bin_boundaries:
         boundaries = np.asarray(layer.bin_boundaries, np.float64)
         low, high = float(boundaries.min()), float(boundaries.max())
-        return {"centre": (low + high) / 2, "spread": max(high - low, 1e-6)}
+        centre = (low + high) / 2  # one boundary: values on both sides of it all the same
+        return {"centre": centre, "spread": max(high - low, 0.1 * abs(centre), 1.0)}
     return None
 
 
@@ -166,12 +167,11 @@ def sample_rows(model: keras.Model, data, rows: int = 256) -> dict[str, np.ndarr
     """
     import tensorflow as tf
 
-    from tfafm.compression.calibration import features_of
 
     if isinstance(data, tf.data.Dataset):
         parts, count = [], 0
         for element in data:
-            flat = [np.asarray(x) for x in model_inputs(model, features_of(element))]
+            flat = [np.asarray(x) for x in model_inputs(model, split_element(element)[0])]
             parts.append(flat)
             count += len(flat[0])
             if count >= rows:

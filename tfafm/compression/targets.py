@@ -236,8 +236,14 @@ class AttentionAdapter(Adapter):
     """``keras.layers.MultiHeadAttention``: its query, key, value and output projections."""
 
     kind = "attention"
-    computes = {"call": (keras.layers.MultiHeadAttention.call,),
-                "_compute_attention": (keras.layers.MultiHeadAttention._compute_attention,)}  # Keras 3.15
+
+    def own_code_reason(self, layer):
+        # Its factored form is a new LowRankMultiHeadAttention: any override (the softmax, the masks, the
+        # attention) of a subclass would be dropped.
+        if type(layer) in (keras.layers.MultiHeadAttention, LowRankMultiHeadAttention):
+            return None
+        return (f"its class {type(layer).__name__} subclasses MultiHeadAttention, and a factored layer would not "
+                "run its code (implement tfafm.CompressibleLayer to compress it)")
 
     def handles(self, layer) -> bool:
         return isinstance(layer, keras.layers.MultiHeadAttention)

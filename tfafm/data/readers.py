@@ -55,11 +55,12 @@ def resolve_paths(spec: str) -> list[str]:
 def each_file_once(paths: list[str]) -> list[str]:
     """``paths`` without a file named again (``a.csv,dir/`` with ``a.csv`` in ``dir``, overlapping globs), in
     order of first mention: a file is data once, not twice."""
-    seen: set[str] = set()
+    seen: set[tuple[int, int]] = set()
     once = []
     for path in paths:
-        if os.path.realpath(path) not in seen:
-            seen.add(os.path.realpath(path))
+        status = os.stat(path)
+        if (status.st_dev, status.st_ino) not in seen:  # the file itself, whatever path, link or case names it
+            seen.add((status.st_dev, status.st_ino))
             once.append(path)
     return once
 

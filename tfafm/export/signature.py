@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import keyword
 import re
 from typing import Any, Mapping
 
@@ -124,13 +125,14 @@ def _vocabularies(model) -> dict[str, int]:
 
 
 # Input names each format carries as they are (others are renamed in its graph or signature, and an app
-# feeding the documented names fails): SavedModel signature arguments are identifiers; ONNX graph inputs are
-# TensorFlow op names. Neither tells two names apart by case alone.
+# feeding the documented names fails): SavedModel signature arguments are Python parameter names that
+# TensorFlow keeps (no leading '_', no keyword, not 'self'); ONNX graph inputs are TensorFlow op names.
+# Neither tells two names apart by case alone.
 _NAME_RULES = {
-    "saved_model": ("a SavedModel signature", re.compile(r"[A-Za-z_][A-Za-z0-9_]*"),
-                    "letters, digits and '_' only, not a digit first"),
-    "onnx": ("an ONNX graph", re.compile(r"[A-Za-z0-9.][A-Za-z0-9_.\-/]*"),
-             "letters, digits, '_', '.', '-' and '/' only"),
+    "saved_model": ("a SavedModel signature", re.compile(r"[A-Za-z][A-Za-z0-9_]*"),
+                    "ASCII letters, digits and '_', a letter first, not a Python keyword or 'self'"),
+    "onnx": ("an ONNX graph", re.compile(r"[A-Za-z0-9.][A-Za-z0-9_.\-/>]*"),
+             "ASCII letters, digits, '_', '.', '-', '/' and '>', a letter, digit or '.' first"),
 }
 
 
@@ -140,7 +142,8 @@ def check_input_names(model, export_format: str) -> None:
     label, pattern, allowed = _NAME_RULES[export_format]
     names = [spec.name for spec in interface(model, vocabularies=False).inputs]
     for name in names:
-        if not pattern.fullmatch(name):
+        if not pattern.fullmatch(name) or export_format == "saved_model" and (keyword.iskeyword(name)
+                                                                               or name == "self"):
             raise UserError(f"Model {model.name!r}: input {name!r} cannot keep its name in {label} ({allowed}): "
                             "rename its keras.Input (a LiteRT file keeps it).")
     first: dict[str, str] = {}

@@ -116,7 +116,7 @@ def run_import_command(args: argparse.Namespace, out) -> int:
         command = [sys.executable, "-m", "tfafm_cli", "import", args.source_format, args.path, "--out", args.out,
                    "--parity-rows", str(args.parity_rows)]
         command += ["--overwrite"] * args.overwrite + ["--quiet"] * args.quiet
-        # stderr: the real one (the CLI points file descriptor 2 at /dev/null to hide TensorFlow's notes)
+        # stderr: Python's (the CLI points file descriptor 2 at /dev/null while TensorFlow loads, to hide its notes)
         return subprocess.run(command, env={**os.environ, "TF_USE_LEGACY_KERAS": "1"}, stderr=sys.stderr,
                               check=False).returncode
     destination = Destination(args.out, "run", overwrite=args.overwrite, sources=[args.path])
