@@ -37,5 +37,5 @@ setup(
         "interop": ["tensorflow-recommenders>=0.7.7,<0.8", "tf-keras>=2.21,<2.22"],
         "test": ["pytest>=8"],
     },
-    entry_points={"console_scripts": ["tfafm=tfafm_cli:main"]},
+    entry_points={"console_scripts": ["tfafm=tfafm_cli:console"]},
 )
