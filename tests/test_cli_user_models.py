@@ -171,6 +171,21 @@ def test_inspect_lists_layers_targets_and_sizes(user, capsys):
     assert "## What compress would factor" in capsys.readouterr().out
 
 
+def test_a_run_records_its_data_by_absolute_paths(user, tmp_path, monkeypatch):
+    """Runs recorded their data as given ('parquet:events.parquet'): what reads a run's data back (eval,
+    compress, export of a trained run) from another directory read that directory's file of that name."""
+    from tfafm.data.specs import absolute_spec
+
+    root, _ = user
+    monkeypatch.chdir(root)
+    assert main(["compress", "my.keras", "--data", "parquet:events.parquet?label=click,buy&pad=history", "--ratio",
+                 "1.5", "--out", str(tmp_path / "small"), "--quiet"]) == 0
+    recorded = json.loads((tmp_path / "small" / "run.json").read_text())["data"]
+    assert recorded == f"parquet:{root / 'events.parquet'}?label=click,buy&pad=history"
+    assert absolute_spec("criteo:a.txt,b.txt") == f"criteo:{root / 'a.txt'},{root / 'b.txt'}"
+    assert absolute_spec("cache:prepared") == f"cache:{root / 'prepared'}"
+
+
 def test_label_columns_named_as_the_outputs_pair_by_name_in_any_order(user, capsys):
     """``?label=buy,click`` for outputs (click, buy) scored click on the buy column (AUC 0.65 for 0.74)."""
     root, expected = user

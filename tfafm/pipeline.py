@@ -14,6 +14,7 @@ import keras
 from tfafm.compression.api import compress
 from tfafm.compression.budget import compare_on
 from tfafm.compression.report import CompressionReport, plot_budget
+from tfafm.data.specs import absolute_spec
 from tfafm.errors import UserError
 from tfafm.runs import Run, save_run
 from tfafm_choices import FINETUNE_FROM, ID_COVERAGE, METHOD
@@ -170,7 +171,7 @@ def compress_run(
                                         finetune_epochs, finetune_from)
     if out is not None:
         info: dict[str, Any] = {
-            **run.info, "kind": "compressed", "source_run": run.path, "data": data.spec, "method": report.method,
+            **run.info, "kind": "compressed", "source_run": run.path, "data": absolute_spec(data.spec), "method": report.method,
             "method_option": method,
             "objective": objective, "criterion": criterion, "first_order": first_order, "id_coverage": id_coverage,
             "quantization": quantization,

@@ -16,6 +16,7 @@ from tfafm.config import TrainConfig
 from tfafm.data import DataBundle, load_data
 from tfafm.data.cache import read_dataset
 from tfafm.data.sources import open_cache
+from tfafm.data.specs import absolute_spec
 from tfafm.distribute import cluster_size, cluster_strategy, is_chief
 from tfafm.errors import UserError
 from tfafm.graph import clone, output_names, output_structure
@@ -227,7 +228,7 @@ def train(
 def _save(out: str, model: keras.Model, bundle: DataBundle, data: str, config: TrainConfig,
           metrics: dict[str, float], epochs_run: int) -> None:
     info: dict[str, Any] = {
-        "kind": "trained", "data": data, "config": config.to_dict(),
+        "kind": "trained", "data": absolute_spec(data), "config": config.to_dict(),
         "metrics": metrics, "epochs_run": epochs_run,
     }
     # Saved without the optimizer's state (Adam's two slots per weight made model.keras 3x its weights, and

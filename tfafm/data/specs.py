@@ -15,6 +15,7 @@ pandas index (a name starting with ``__``); ``dense`` defaults to none.
 from __future__ import annotations
 
 import dataclasses
+import os
 import urllib.parse
 
 from tfafm.data.errors import DataFormatError
@@ -22,6 +23,7 @@ from tfafm.data.formats import FORMATS, TABLE, DataFormat, table_format
 from tfafm.data.parquet import check_unique, open_parquet
 from tfafm.data.readers import resolve_paths
 from tfafm.errors import UserError
+from tfafm_choices import CACHE_DATA, FORMAT_DATA, KEYED_DATA, WITH_OPTIONS
 
 FILE_PREFIXES = (*FORMATS, TABLE)
 _ROLES = ("label", "dense", "categorical")
@@ -34,6 +36,24 @@ class FileSource:
     spec: str
     format: DataFormat
     paths: tuple[str, ...]
+
+
+def absolute_spec(spec: str) -> str:
+    """``spec`` with the paths it names made absolute, its options as they are: what a run records as its
+    data, so that ``tfafm eval RUN`` from another directory reads the same files (a relative path read
+    whatever file of that name the other directory held). Specs naming no file (``synthetic``) are kept.
+
+    >>> absolute_spec("synthetic:1000")
+    'synthetic:1000'
+    >>> absolute_spec("parquet:/data/a.parquet,/data/b.parquet?label=click")
+    'parquet:/data/a.parquet,/data/b.parquet?label=click'
+    """
+    kind, colon, rest = spec.partition(":")
+    if not colon or not rest or kind not in (*FORMAT_DATA, *KEYED_DATA, CACHE_DATA):
+        return spec
+    location, mark, options = rest.partition("?") if kind in WITH_OPTIONS else (rest, "", "")
+    paths = ",".join(os.path.abspath(path.strip()) if path.strip() else path for path in location.split(","))
+    return f"{kind}:{paths}{mark}{options}"
 
 
 def is_parquet(path: str) -> bool:
