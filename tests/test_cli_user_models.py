@@ -141,6 +141,10 @@ def test_compress_a_keras_file_then_export_and_bench_it(user, tmp_path, capsys):
     assert main(["export", str(out), "--format", "saved_model", "--data", data, "--out", str(saved), "--quiet"]) == 0
     assert "checked against the Keras model on parquet:" in capsys.readouterr().out
     assert (saved / "saved_model.pb").is_file()
+    # Without --data, the SavedModel is checked on the rows the run was compressed on (not generated ones).
+    assert main(["export", str(out), "--format", "saved_model", "--out", str(tmp_path / "again.saved_model"),
+                 "--quiet"]) == 0
+    assert f"checked against the Keras model on {data}, the data it was compressed on" in capsys.readouterr().out
     # The StringLookup has no LiteRT builtin form and no ONNX form onnxruntime loads: refused in one
     # line naming it, nothing written.
     for export_format, name in (("litert", "small.tflite"), ("onnx", "small.onnx")):
@@ -184,6 +188,20 @@ def test_a_run_records_its_data_by_absolute_paths(user, tmp_path, monkeypatch):
     assert recorded == f"parquet:{root / 'events.parquet'}?label=click,buy&pad=history"
     assert absolute_spec("criteo:a.txt,b.txt") == f"criteo:{root / 'a.txt'},{root / 'b.txt'}"
     assert absolute_spec("cache:prepared") == f"cache:{root / 'prepared'}"
+
+
+def test_an_output_over_its_own_csv_input_is_refused_even_with_overwrite(user, tmp_path, monkeypatch, capsys):
+    """The input files of a csv: or tfrecord: spec were taken with their ?options as part of the path, so the
+    guard that an output never replaces an input did not see them: --overwrite replaced the data file."""
+    import shutil
+
+    root, _ = user
+    shutil.copy(root / "events.csv", tmp_path / "events.csv")
+    before = (tmp_path / "events.csv").read_bytes()
+    monkeypatch.chdir(tmp_path)
+    assert main(["compress", str(root / "my.keras"), "--data", "csv:events.csv?label=click,buy&pad=history",
+                 "--out", "events.csv", "--overwrite", "--quiet"]) == 2
+    assert "input" in capsys.readouterr().err and (tmp_path / "events.csv").read_bytes() == before
 
 
 def test_label_columns_named_as_the_outputs_pair_by_name_in_any_order(user, capsys):

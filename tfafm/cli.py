@@ -22,6 +22,7 @@ from typing import Callable, Optional, Sequence
 
 from tfafm.errors import MissingFileError, UserError
 from tfafm.io_utils import Destination
+from tfafm_choices import WITH_OPTIONS
 
 EXPORT_KINDS = {"litert": "tflite", "onnx": "onnx", "saved_model": "saved_model"}
 
@@ -91,9 +92,18 @@ def _show_metrics(out: Output, title: str, rows: dict[str, dict[str, float]], fm
 def _data_paths(spec: Optional[str]) -> list[str]:
     """The files a data spec reads (none for synthetic data)."""
     prefix, _, rest = (spec or "").partition(":")
-    if prefix == "parquet":
+    if prefix in WITH_OPTIONS:  # parquet, csv, tfrecord: options after the path (csv's were read as part of it)
         rest = rest.partition("?")[0]
     return [p for p in rest.split(",") if p] if prefix != "synthetic" else []
+
+
+def _compressed_on(run) -> Optional[str]:
+    """The data a model tfafm did not train was compressed on, where its run records it by absolute paths that
+    all still exist: its export is checked on those rows when --data is not given (generated rows know nothing
+    of, say, a raw count's magnitude)."""
+    recorded = run.info.get("data") if run.reads_keyed_data else None
+    paths = _data_paths(recorded) if isinstance(recorded, str) else []
+    return recorded if paths and all(os.path.isabs(p) and os.path.isfile(p) for p in paths) else None
 
 
 def _run_data(run, spec: Optional[str]) -> str:
@@ -281,7 +291,8 @@ def cmd_compress(args, out: Output) -> int:
 
 def _export_data(run, args):
     """Rows to verify the export on and, for full int8, its representative data (None, None without)."""
-    spec = args.data or (_run_data(run, None) if args.quantization == "int8" and not run.reads_keyed_data else None)
+    spec = args.data or _compressed_on(run) or (
+        _run_data(run, None) if args.quantization == "int8" and not run.reads_keyed_data else None)
     if spec is None:
         if args.quantization == "int8":
             raise UserError(f"--quantization int8 needs representative data: pass --data for {args.run}")
@@ -318,7 +329,8 @@ def cmd_export(args, out: Output) -> int:
     if args.format == "litert":
         ops = export.litert_ops(args.out)
         out.result(f"LiteRT ops ({len(ops)}): {', '.join(sorted(set(ops)))}")
-    checked = f"{spec}" if spec else "generated rows inside each input's range; --data checks it on your rows"
+    checked = ("generated rows inside each input's range; --data checks it on your rows" if not spec else
+               spec if args.data else f"{spec}, the data it was compressed on")
     out.result(f"Wrote {args.out} (loaded and checked against the Keras model on {checked})")
     return 0
 
