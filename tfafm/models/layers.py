@@ -167,16 +167,17 @@ class CodeFactorizationMachine(keras.layers.Layer):
 
     so ONE matmul gives both, ``x = C [P | R] + [sum_f b_f | h R]``, and the
     output is half the sum of squares of the first ``d`` columns of ``x``
-    minus those of the last ``K`` minus ``constant = sum_f |r_f|^2``: three
-    ops (matmul, square, matmul). :func:`tfafm.fuse` builds it for an FM fed
-    by low-rank embeddings.
+    minus those of the last ``K`` minus ``constant = sum_f |r_f|^2``: a
+    matmul, a square, a product by the signs and a sum. :func:`tfafm.fuse`
+    builds it for an FM fed by low-rank embeddings.
 
     A field given as it is (``v_f = c_f``, a table left whole) needs no root:
     its columns of ``C`` are listed in ``raw_columns``, ``R`` covers the other
     ``K - len(raw_columns)`` code columns only, and the squares of the raw
-    columns are taken off directly (``C**2`` times a fixed 0/1 column: two
-    ops that batch well, where a gather of the columns costs a batch of rows
-    dearly), so the kernel stores no ``(K, K)`` block for them.
+    columns are taken off directly: ``C`` joins ``x`` (one concatenation), and
+    the one square and the one product by fixed signs take them off too (a
+    gather of the columns would cost a batch of rows dearly), so the kernel
+    stores no ``(K, K)`` block for them.
 
     Columns of ``C`` that belong to no field (read beside the codes to save a
     slice) have zero rows in the kernel and are neither raw nor rooted: give
@@ -207,13 +208,14 @@ class CodeFactorizationMachine(keras.layers.Layer):
     def call(self, codes):
         x = ops.matmul(codes, self.kernel) + self.bias
         halves = [0.5] * self.dim + [-0.5] * (self.kernel.shape[1] - self.dim)
-        signs = ops.convert_to_tensor([[h] for h in halves], dtype=self.compute_dtype)
-        result = ops.matmul(ops.square(x), signs) - 0.5 * self.constant
-        if self.raw_columns:
-            raw = np.zeros((codes.shape[-1], 1))
-            raw[self.raw_columns] = 0.5
-            result = result - ops.matmul(ops.square(codes), ops.convert_to_tensor(raw, dtype=self.compute_dtype))
-        return result
+        if self.raw_columns:  # the codes' squares beside x's: one square and one sum for both
+            raw = np.zeros(codes.shape[-1])
+            raw[self.raw_columns] = -0.5
+            x = ops.concatenate([x, ops.cast(codes, x.dtype)], axis=-1)
+            halves += raw.tolist()
+        # A product and a sum, not a matmul by one column (see tfafm.layers.DotProductDense).
+        signs = ops.convert_to_tensor(halves, dtype=self.compute_dtype)
+        return ops.sum(ops.square(x) * signs, axis=-1, keepdims=True) - 0.5 * self.constant
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], 1)
@@ -278,7 +280,8 @@ class CrossLayerV1(keras.layers.Layer):
         self.bias = self.add_weight(name="bias", shape=(dim,), initializer="zeros")
 
     def call(self, x0, x):
-        return x0 * ops.matmul(x, self.kernel) + self.bias + x
+        # x . w as a product and a sum, not a matmul by one column (see tfafm.layers.DotProductDense).
+        return x0 * ops.sum(x * ops.reshape(self.kernel, (-1,)), axis=-1, keepdims=True) + self.bias + x
 
     def compute_output_shape(self, x0_shape, x_shape=None):
         return x0_shape
