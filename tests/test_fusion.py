@@ -93,6 +93,8 @@ def test_deepfm_first_dense_reads_the_k_wide_rows(data):
     # The FM runs on the codes themselves: no d-wide field vector is ever formed.
     fm = fused.get_layer("fm")
     assert isinstance(fm, tfafm.models.layers.CodeFactorizationMachine)
+    # The one-unit logits are a product and a sum each (tfafm.layers.DotProductDense), not a matmul.
+    assert all(type(fused.get_layer(name)) is tfafm.layers.DotProductDense for name in ("linear_logit", "deep_logit"))
     assert fm.kernel.shape == (codes + fields, 6 + codes) and not np.any(fm.kernel.numpy()[weight_columns])
     assert not [layer for layer in fused.layers if "projection" in layer.name]
     # No weight more than the compressed model's but those zero rows (one per field in each of the two).
@@ -359,3 +361,20 @@ def test_fields_left_whole_around_a_padded_one_are_read_inside_the_output():
     fused, _ = tfafm.fuse(compressed)
     assert fused.get_layer("sparse_ids_tables").widths[-3:] == [32, 32, 32]  # c1 padded to the whole fields' width
     np.testing.assert_allclose(fused.predict(features, verbose=0), compressed.predict(features, verbose=0), atol=1e-5)
+
+
+def test_one_unit_dense_becomes_a_product_and_a_sum_where_its_kernel_stays_float():
+    """A Dense(1) is a DotProductDense in the fused model (same output), unless its kernel has the
+    1024 values from which dynamic-int8 files store it in int8 (a product's vector would stay float32)."""
+    narrow, wide = keras.Input((6,), name="narrow"), keras.Input((1024,), name="wide")
+    outputs = [keras.layers.Dense(1, activation="sigmoid", name="head")(narrow),
+               keras.layers.Dense(1, name="wide_head")(wide), keras.layers.Dense(2, name="pair")(narrow)]
+    model = keras.Model([narrow, wide], outputs)
+    fused, _ = tfafm.fuse(model)
+    assert type(fused.get_layer("head")) is tfafm.layers.DotProductDense
+    assert type(fused.get_layer("wide_head")) is keras.layers.Dense
+    assert type(fused.get_layer("pair")) is keras.layers.Dense
+    rng = np.random.default_rng(0)
+    x = [rng.normal(size=(4, 6)).astype("float32"), rng.normal(size=(4, 1024)).astype("float32")]
+    for got, want in zip(fused.predict(x, verbose=0), model.predict(x, verbose=0)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

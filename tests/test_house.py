@@ -93,7 +93,7 @@ def test_public_names_resolve_and_layers_holds_the_low_rank_layers():
     for name in tfafm.__all__:
         assert getattr(tfafm, name) is not None, name
     assert sorted(tfafm.layers.__all__) == ["BlockwiseDense", "BlockwiseLowRankDense", "CompressibleLayer",
-                                            "LowRankDense", "LowRankEinsumDense", "LowRankEmbedding",
+                                            "DotProductDense", "LowRankDense", "LowRankEinsumDense", "LowRankEmbedding",
                                             "LowRankMultiHeadAttention", "Matrix"]
     assert tfafm.models.layers.FactorizationMachine.__module__ == "tfafm.models.layers"
     assert {"compress", "calibrate", "fuse", "train", "save_run", "load_run"} <= set(tfafm.__all__)

@@ -31,6 +31,10 @@ by a factor that brings its peak to that of the codes of its width (the
 Dense divides it out), so an int8 file with one scale per width keeps them
 as precise as their own int8 table would.
 
+A plain ``Dense`` of one unit (a logit head; the first-order sum) becomes a
+:class:`~tfafm.layers.DotProductDense`, a product and a sum where LiteRT's
+XNNPACK would compute a whole tile of output columns for it.
+
 The model is rebuilt with ``keras.models.clone_model``. Each embedding's
 projection is applied right away and the result remembered as *segments*
 (code tensor, projection, bias); a consumer that can fold reads the
@@ -52,6 +56,7 @@ import keras_rs
 import numpy as np
 
 from tfafm.graph import as_functional, call_counts, call_sources, clone, readers, require_graph_model
+from tfafm.compression.report import DYNAMIC_MIN_ELEMENTS
 from tfafm.compression.rewrite import copy_state
 from tfafm.models.layers import (
     ClipToVocabulary,
@@ -61,6 +66,7 @@ from tfafm.models.layers import (
     LinearTerms,
     StackFields,
 )
+from tfafm.layers.dot_product import DotProductDense
 from tfafm.layers.lookup import InRangeEmbedding, MergedEmbedding
 from tfafm.layers.low_rank import LowRankDense, LowRankEmbedding
 
@@ -185,6 +191,13 @@ def _plain_linear_dense(layer) -> bool:
             and not layer.quantization_mode and not layer.lora_enabled)
 
 
+def _dense_class(units: int, inputs: int) -> type:
+    """``keras.layers.Dense``, or :class:`DotProductDense` for one unit over fewer than
+    ``DYNAMIC_MIN_ELEMENTS`` inputs (a kernel that quantized files keep float32 either way: the file's
+    bytes do not change)."""
+    return DotProductDense if units == 1 and inputs < DYNAMIC_MIN_ELEMENTS else keras.layers.Dense
+
+
 def _weights(layer) -> dict[str, np.ndarray]:
     return {w.path.split("/")[-1]: np.asarray(w.numpy(), dtype=np.float64) for w in layer.weights}
 
@@ -222,7 +235,11 @@ class _Fuser:
     def clone(self, layer):
         if not isinstance(layer, keras.layers.Layer):
             return layer
-        copy = layer.__class__.from_config(layer.get_config())
+        cls = layer.__class__
+        if (type(layer) is keras.layers.Dense and layer.built and not layer.quantization_mode
+                and not layer.lora_enabled):
+            cls = _dense_class(layer.units, layer.kernel.shape[0])
+        copy = cls.from_config(layer.get_config())
         self.originals[id(copy)] = layer
         if not isinstance(layer, LowRankEmbedding):
             self.copies.append((layer, copy))
@@ -336,7 +353,8 @@ class _Fuser:
         if linear is not None:
             kernel = np.zeros((codes.shape[-1], 1), dtype=np.float32)
             kernel[linear_rows, 0] = 1.0 / np.asarray(factors)
-            terms = keras.layers.Dense(1, use_bias=False, name=linear.name, dtype=linear.dtype_policy)
+            terms = _dense_class(1, codes.shape[-1])(1, use_bias=False, name=linear.name,
+                                                     dtype=linear.dtype_policy)
             self.codes[id(linear)] = terms(codes)
             terms.set_weights([kernel])
             self.linear_outputs[id(self.codes[id(linear)])] = (codes, kernel.astype(np.float64), None,
@@ -657,7 +675,7 @@ class _Fuser:
         for (_, weights, term_bias, _), position in zip(terms, positions):
             kernel[position:position + len(weights)] = weights
             bias += 0.0 if term_bias is None else term_bias
-        total = keras.layers.Dense(units, name=layer.name, dtype=layer.dtype_policy)
+        total = _dense_class(units, x.shape[-1])(units, name=layer.name, dtype=layer.dtype_policy)
         outputs = total(x)
         total.set_weights([kernel.astype(np.float32), bias.astype(np.float32)])
         self.linear_outputs[id(outputs)] = (x, kernel, bias, self.readers.get((layer.name, 0), []))
@@ -699,8 +717,8 @@ class _Fuser:
         new_bias = weights.get(bias_name, 0.0) + extra_bias
         self.report.folded.append(layer.name)
         if low_rank and new_kernel.shape[0] < layer.rank:
-            merged = keras.layers.Dense(layer.units, activation=layer.activation, name=layer.name,
-                                        dtype=layer.dtype_policy)
+            merged = _dense_class(layer.units, x.shape[-1])(layer.units, activation=layer.activation,
+                                                            name=layer.name, dtype=layer.dtype_policy)
             outputs = merged(x)
             merged.set_weights([(new_kernel @ weights["up_kernel"]).astype(np.float32),
                                 (new_bias @ weights["up_kernel"] + weights["up_bias"]).astype(np.float32)])
@@ -708,7 +726,8 @@ class _Fuser:
             self.report.notes.append(f"{layer.name}: folded input is {new_kernel.shape[0]} wide, below rank "
                                      f"{layer.rank}; its two factors were merged into one Dense")
             return outputs
-        fused = layer.__class__.from_config({**layer.get_config(), "use_bias": True})
+        cls = _dense_class(layer.units, x.shape[-1]) if type(layer) is keras.layers.Dense else layer.__class__
+        fused = cls.from_config({**layer.get_config(), "use_bias": True})
         outputs = fused(x)
         values = {**weights, kernel_name: new_kernel, bias_name: new_bias}
         for weight in fused.weights:

@@ -8,6 +8,7 @@ The feature interactions of the model zoo (and their fused forms) live in
 from tfafm.layers import lookup  # noqa: F401  (registers the lookup layers with Keras)
 from tfafm.layers.attention import LowRankMultiHeadAttention
 from tfafm.layers.blockwise import BlockwiseDense, BlockwiseLowRankDense
+from tfafm.layers.dot_product import DotProductDense
 from tfafm.layers.low_rank import LowRankDense, LowRankEinsumDense, LowRankEmbedding
 from tfafm.layers.protocol import CompressibleLayer, Matrix
 
@@ -15,6 +16,7 @@ __all__ = [
     "BlockwiseDense",
     "BlockwiseLowRankDense",
     "CompressibleLayer",
+    "DotProductDense",
     "LowRankDense",
     "LowRankEinsumDense",
     "LowRankEmbedding",
