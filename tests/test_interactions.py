@@ -99,6 +99,29 @@ def test_compressed_interaction_network():
     assert CompressedInteraction.from_config(low.get_config()).ranks == [1]
 
 
+def test_factored_compressed_interaction_matches_the_outer_product_formula():
+    """A factored CIN layer never forms the (hk * fields)-wide outer product (one matmul of x_k by D as
+    (hk, fields * rank), a product by x_0 and a sum over the fields): same output as the formula in numpy,
+    with fields (4) and feature maps (3, then 2) of different counts and factors without symmetry."""
+    rng = np.random.default_rng(0)
+    fields = rng.normal(size=(2, 4, 3)).astype("float32")  # (batch, fields, dim)
+    layer = CompressedInteraction(layer_sizes=(3, 2), activation="relu", ranks=[2, 1])
+    layer.build(fields.shape)
+    factors = []
+    for kernel in layer.kernels:
+        values = [rng.normal(size=tuple(w.shape)).astype("float32") for w in kernel]
+        for weight, value in zip(kernel, values):
+            weight.assign(value)
+        factors.append(values)
+    x0 = fields.transpose(0, 2, 1)  # (batch, dim, fields)
+    xk, pooled = x0, []
+    for down, down_bias, up, up_bias in factors:
+        outer = (xk[..., :, None] * x0[..., None, :]).reshape(-1, xk.shape[-1] * 4)
+        xk = np.maximum((outer @ down + down_bias) @ up + up_bias, 0).reshape(2, 3, -1)
+        pooled.append(xk.sum(axis=1))
+    np.testing.assert_allclose(_np(layer(fields)), np.concatenate(pooled, axis=-1), rtol=1e-5, atol=1e-5)
+
+
 def test_pairwise_product():
     # pairs (0,1), (0,2), (1,2) of left * right, elementwise
     expected = [[[3.0, 8.0], [5.0, 12.0], [15.0, 24.0]]]
