@@ -1,5 +1,8 @@
 """fuse(): folding low-rank embedding projections into the Dense layers they feed."""
 
+import os
+import tempfile
+
 import keras
 import numpy as np
 import pytest
@@ -378,3 +381,56 @@ def test_one_unit_dense_becomes_a_product_and_a_sum_where_its_kernel_stays_float
     x = [rng.normal(size=(4, 6)).astype("float32"), rng.normal(size=(4, 1024)).astype("float32")]
     for got, want in zip(fused.predict(x, verbose=0), model.predict(x, verbose=0)):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_one_unit_dense_stays_fully_connected_for_a_full_integer_file():
+    """Full-integer int8 would round a DotProductDense's product to int8 before its sum (a fully connected
+    layer sums in int32): fuse(model, "int8") keeps the Dense, and the int8 LiteRT file has no SUM."""
+    from tfafm.export import litert, litert_ops
+
+    ids = keras.Input((1,), dtype="int32", name="item")
+    codes = keras.layers.Flatten()(LowRankEmbedding(50, 16, rank=4, name="table")(ids))
+    model = keras.Model(ids, keras.layers.Dense(1, activation="sigmoid", name="head")(
+        keras.layers.Dense(8, activation="relu", name="hidden")(codes)))
+    assert type(tfafm.fuse(model)[0].get_layer("head")) is tfafm.layers.DotProductDense
+    assert type(tfafm.fuse(model, "int8")[0].get_layer("head")) is keras.layers.Dense
+    rows = {"item": np.arange(64, dtype="int32").reshape(-1, 1) % 50}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = litert(model, os.path.join(tmp, "m.tflite"), quantization="int8", representative_data=rows,
+                      verification_data=rows)
+        ops = litert_ops(path)
+    assert "SUM" not in ops and ops.count("FULLY_CONNECTED") == 2, ops
+
+
+def _embedding_into(head: keras.layers.Layer) -> keras.Model:
+    ids = keras.Input((1,), dtype="int32", name="item")
+    codes = keras.layers.Flatten()(LowRankEmbedding(50, 16, rank=4, name="table")(ids))
+    model = keras.Model(ids, head(codes))
+    rng = np.random.default_rng(0)
+    for weight in model.weights:
+        weight.assign(rng.normal(size=weight.shape).astype(weight.dtype))
+    return model
+
+
+class _ScaledDense(keras.layers.Dense):
+    def call(self, inputs, training=None):
+        return super().call(inputs) * 3.0 + 1.0
+
+
+@pytest.mark.parametrize("kind", ["int8", "lora", "own_call"])
+def test_a_dense_whose_kernel_is_not_its_float_matrix_is_not_folded(kind):
+    """An int8-quantized Dense (its kernel int8 with a scale beside it), a LoRA-enabled one and a subclass with
+    its own call read the projected embeddings as they are (a fold read the int8 kernel as floats: predictions
+    [1, 1, 1, 1] for [0.34, 0.0004, 0.9988, 0.9999]); the report says why."""
+    head = (_ScaledDense if kind == "own_call" else keras.layers.Dense)(1, activation="sigmoid", name="head")
+    model = _embedding_into(head)
+    if kind == "int8":
+        head.quantize("int8")
+    elif kind == "lora":
+        head.enable_lora(2)
+        head.lora_kernel_b.assign(np.full(head.lora_kernel_b.shape, 0.5, dtype="float32"))
+    fused, report = tfafm.fuse(model)
+    ids = np.array([[3], [7], [11], [0]], dtype="int32")
+    np.testing.assert_allclose(fused.predict(ids, verbose=0), model.predict(ids, verbose=0), rtol=1e-5, atol=1e-6)
+    assert "head" not in report.folded
+    assert any(note.startswith("head: not folded (") for note in report.notes), report.notes

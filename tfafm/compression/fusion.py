@@ -33,7 +33,9 @@ as precise as their own int8 table would.
 
 A plain ``Dense`` of one unit (a logit head; the first-order sum) becomes a
 :class:`~tfafm.layers.DotProductDense`, a product and a sum where LiteRT's
-XNNPACK would compute a whole tile of output columns for it.
+XNNPACK would compute a whole tile of output columns for it; not for a
+full-integer int8 file (``quantization="int8"``), whose product would be
+rounded to int8 before the sum where a fully connected layer sums in int32.
 
 The model is rebuilt with ``keras.models.clone_model``. Each embedding's
 projection is applied right away and the result remembered as *segments*
@@ -191,11 +193,18 @@ def _plain_linear_dense(layer) -> bool:
             and not layer.quantization_mode and not layer.lora_enabled)
 
 
-def _dense_class(units: int, inputs: int) -> type:
-    """``keras.layers.Dense``, or :class:`DotProductDense` for one unit over fewer than
-    ``DYNAMIC_MIN_ELEMENTS`` inputs (a kernel that quantized files keep float32 either way: the file's
-    bytes do not change)."""
-    return DotProductDense if units == 1 and inputs < DYNAMIC_MIN_ELEMENTS else keras.layers.Dense
+_FOLDABLE_CALLS = (keras.layers.Dense.call, DotProductDense.call, LowRankDense.call)
+
+
+def _fold_refusal(layer) -> str | None:
+    """Why the embedding projections before ``layer`` cannot be folded into its kernel, or None."""
+    if getattr(layer, "quantization_mode", None):
+        return f"quantized ({layer.quantization_mode}): its kernel is not the float matrix a fold rewrites"
+    if getattr(layer, "lora_enabled", False):
+        return "LoRA is enabled on it"
+    if type(layer).call not in _FOLDABLE_CALLS:
+        return f"its class {type(layer).__name__} has its own call(), which a fold would not keep"
+    return None
 
 
 def _weights(layer) -> dict[str, np.ndarray]:
@@ -211,7 +220,9 @@ class _Fuser:
     # padded with zeros to the next (3 ops per width; a 26-field DeepFM at target_ratio=4 has 6 to 9).
     MAX_RUNS = 8
 
-    def __init__(self, model: keras.Model):
+    def __init__(self, model: keras.Model, quantization: str | None):
+        # Full-integer int8 rounds a product to int8 before its sum: one-unit Dense layers stay fully connected.
+        self.dot_products = quantization != "int8"
         self.calls = call_counts(model)
         self.fm_zero_limit = max(self.SPARSE_LIMIT, 4 * model.count_params() * self.FM_ZERO_SHARE)
         self.originals: dict[int, Any] = {}
@@ -238,7 +249,7 @@ class _Fuser:
         cls = layer.__class__
         if (type(layer) is keras.layers.Dense and layer.built and not layer.quantization_mode
                 and not layer.lora_enabled):
-            cls = _dense_class(layer.units, layer.kernel.shape[0])
+            cls = self._dense_class(layer.units, layer.kernel.shape[0])
         copy = cls.from_config(layer.get_config())
         self.originals[id(copy)] = layer
         if not isinstance(layer, LowRankEmbedding):
@@ -279,7 +290,18 @@ class _Fuser:
                                                 self.readers.get((original.name, 0), []))
         return outputs
 
+    def _dense_class(self, units: int, inputs: int) -> type:
+        """``keras.layers.Dense``, or :class:`DotProductDense` for one unit over fewer than
+        ``DYNAMIC_MIN_ELEMENTS`` inputs (a kernel that dynamic-int8 files keep float32 either way), unless the
+        file will be full-integer int8."""
+        one_unit = self.dot_products and units == 1 and inputs < DYNAMIC_MIN_ELEMENTS
+        return DotProductDense if one_unit else keras.layers.Dense
+
     def _foldable(self, layer, segments: list[_Segment]) -> bool:
+        refusal = _fold_refusal(layer)
+        if refusal is not None:
+            self.report.notes.append(f"{layer.name}: not folded ({refusal})")
+            return False
         width = sum(s.tensor.shape[-1] for s in segments)
         if isinstance(layer, LowRankDense) and layer.inner_activation is not None and width < layer.rank:
             self.report.notes.append(f"{layer.name}: not folded (its input would be {width} wide, below its "
@@ -353,7 +375,7 @@ class _Fuser:
         if linear is not None:
             kernel = np.zeros((codes.shape[-1], 1), dtype=np.float32)
             kernel[linear_rows, 0] = 1.0 / np.asarray(factors)
-            terms = _dense_class(1, codes.shape[-1])(1, use_bias=False, name=linear.name,
+            terms = self._dense_class(1, codes.shape[-1])(1, use_bias=False, name=linear.name,
                                                      dtype=linear.dtype_policy)
             self.codes[id(linear)] = terms(codes)
             terms.set_weights([kernel])
@@ -675,7 +697,7 @@ class _Fuser:
         for (_, weights, term_bias, _), position in zip(terms, positions):
             kernel[position:position + len(weights)] = weights
             bias += 0.0 if term_bias is None else term_bias
-        total = _dense_class(units, x.shape[-1])(units, name=layer.name, dtype=layer.dtype_policy)
+        total = self._dense_class(units, x.shape[-1])(units, name=layer.name, dtype=layer.dtype_policy)
         outputs = total(x)
         total.set_weights([kernel.astype(np.float32), bias.astype(np.float32)])
         self.linear_outputs[id(outputs)] = (x, kernel, bias, self.readers.get((layer.name, 0), []))
@@ -717,7 +739,7 @@ class _Fuser:
         new_bias = weights.get(bias_name, 0.0) + extra_bias
         self.report.folded.append(layer.name)
         if low_rank and new_kernel.shape[0] < layer.rank:
-            merged = _dense_class(layer.units, x.shape[-1])(layer.units, activation=layer.activation,
+            merged = self._dense_class(layer.units, x.shape[-1])(layer.units, activation=layer.activation,
                                                             name=layer.name, dtype=layer.dtype_policy)
             outputs = merged(x)
             merged.set_weights([(new_kernel @ weights["up_kernel"]).astype(np.float32),
@@ -726,7 +748,7 @@ class _Fuser:
             self.report.notes.append(f"{layer.name}: folded input is {new_kernel.shape[0]} wide, below rank "
                                      f"{layer.rank}; its two factors were merged into one Dense")
             return outputs
-        cls = _dense_class(layer.units, x.shape[-1]) if type(layer) is keras.layers.Dense else layer.__class__
+        cls = self._dense_class(layer.units, x.shape[-1]) if type(layer) is keras.layers.Dense else layer.__class__
         fused = cls.from_config({**layer.get_config(), "use_bias": True})
         outputs = fused(x)
         values = {**weights, kernel_name: new_kernel, bias_name: new_bias}
@@ -735,10 +757,13 @@ class _Fuser:
         return outputs
 
 
-def fuse(model: keras.Model) -> tuple[keras.Model, FusionReport]:
+def fuse(model: keras.Model, quantization: str | None = None) -> tuple[keras.Model, FusionReport]:
     """Returns ``(fused, report)``: a copy of ``model`` with low-rank embedding projections folded away.
 
     Outputs are unchanged up to float rounding; ``model`` is not modified.
+    ``quantization`` is that of the file the fused model is for (as in
+    :func:`tfafm.export.litert`): under ``"int8"`` (full integer) one-unit
+    ``Dense`` layers stay fully connected (see the module docstring).
     The :class:`FusionReport` lists the folded layers, merged factor pairs
     and tables read by one gather. Like :func:`tfafm.compress`, it returns a
     pair.
@@ -759,7 +784,7 @@ def fuse(model: keras.Model) -> tuple[keras.Model, FusionReport]:
     """
     require_graph_model(model)
     model = as_functional(model)
-    fuser = _Fuser(model)
+    fuser = _Fuser(model, quantization)
     fused = clone(model, clone_function=fuser.clone, call_function=fuser.call, recursive=True)
     for original, copy in fuser.copies:
         copy_state(original, copy)

@@ -147,7 +147,7 @@ def litert(
     real = verification_data if verification_data is not None else representative_data
     rows = verification_rows(keras_model, real)
     model, _ = servable(model, "litert")
-    model = _maybe_fuse(model, fuse, fusion_notes, rows)
+    model = _maybe_fuse(model, fuse, fusion_notes, rows, quantization)
     _check_size(model, quantization)
     description = interface(model, schema)
     with atomic_path(path) as tmp:
@@ -370,15 +370,16 @@ def _check_size(model, quantization: str | None) -> None:
         )
 
 
-def _maybe_fuse(model, fuse: bool, notes: list[str] | None, rows):
-    """The fused form of ``model`` (when it has low-rank embeddings and ``fuse``), checked on ``rows``
-    to compute what ``model`` computes (:func:`~tfafm.export.verify.verify_rewrite`)."""
+def _maybe_fuse(model, fuse: bool, notes: list[str] | None, rows, quantization: str | None):
+    """The fused form of ``model`` for a ``quantization`` file (when it has low-rank embeddings and
+    ``fuse``), checked on ``rows`` to compute what ``model`` computes
+    (:func:`~tfafm.export.verify.verify_rewrite`)."""
     if not fuse or not _has_low_rank_embedding(model):
         return model
     from tfafm.compression.fusion import fuse as fuse_model
     from tfafm.export.verify import verify_rewrite
 
-    fused, report = fuse_model(model)
+    fused, report = fuse_model(model, quantization)
     verify_rewrite(model, fused, rows, "fused form")
     if notes is not None:
         notes.extend(report.notes)
