@@ -295,8 +295,9 @@ def test_sigterm_stops_a_training_cluster_worker_and_the_chief_fails_cleanly(cac
 def test_a_signal_while_tensorflow_loads_is_one_line(signal_name, code, line, tmp_path):
     """Before the command's handler was in place (TensorFlow loading, seconds), Ctrl-C printed a 78-line
     KeyboardInterrupt traceback and SIGTERM ended the process without a word."""
-    script = (
+    script = (  # Ctrl-C's handler: a job started in the background of a script inherits SIGINT ignored
         "import os, signal, sys, time\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "import tfafm_cli\n"
         "quiets = tfafm_cli._quiets_tensorflow\n"
         "def slow():  # the signal lands while tfafm.cli (and TensorFlow) is being imported\n"
