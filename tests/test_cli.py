@@ -278,8 +278,8 @@ def test_export_checks_the_file_against_the_runs_own_model_not_its_fused_form(tr
 
     fuse = fusion.fuse
 
-    def broken_fuse(model):  # a fusion defect: the prediction's logit shifted by 0.5
-        fused, report = fuse(model)
+    def broken_fuse(model, *args):  # a fusion defect: the prediction's logit shifted by 0.5
+        fused, report = fuse(model, *args)
         layer = fused.get_layer("deep_logit")
         layer.bias.assign(layer.bias.numpy() + 0.5)
         return fused, report

@@ -461,8 +461,8 @@ def test_a_fused_form_that_computes_something_else_is_refused_before_conversion(
     features, _ = rows()
     exact = fusion.fuse
 
-    def off_by_a_little(m):
-        fused, report = exact(m)
+    def off_by_a_little(m, *args):
+        fused, report = exact(m, *args)
         dense = next(layer for layer in fused.layers if isinstance(layer, keras.layers.Dense))
         kernel, *rest = dense.get_weights()
         dense.set_weights([kernel * 1.05, *rest])

@@ -57,7 +57,7 @@ import keras
 import keras_rs
 import numpy as np
 
-from tfafm.graph import as_functional, call_counts, call_sources, clone, readers, require_graph_model
+from tfafm.graph import as_functional, call_counts, call_sources, clone, iter_layers, readers, require_graph_model
 from tfafm.compression.report import DYNAMIC_MIN_ELEMENTS
 from tfafm.compression.rewrite import copy_state
 from tfafm.models.layers import (
@@ -123,22 +123,23 @@ def _block_diagonal(blocks: list[np.ndarray]) -> np.ndarray:
 
 def _mergeable(layer) -> bool:
     """Whether ``layer`` is a lookup of in-range ids that a :class:`MergedEmbedding` can take over."""
-    if isinstance(layer, LowRankEmbedding):
+    if type(layer) is LowRankEmbedding:
         return layer.ids_in_range and not layer.mask_zero
     return (type(layer) is InRangeEmbedding and not layer.mask_zero and not layer.quantization_mode
             and not layer.lora_enabled)
 
 
 def _merge_plan(model: keras.Model, calls: dict[int, int]) -> dict[str, list[tuple[int, Any]]]:
-    """Per :class:`ClipToVocabulary` guard: ``(output index, lookup layer)`` of the lookups (called once,
-    of one dtype policy) reading its guarded ids, when there are at least two of them."""
+    """Per :class:`ClipToVocabulary` guard (called once, one tensor per field): ``(output index, lookup
+    layer)`` of the lookups (called once, of one dtype policy) reading its guarded ids, when there are at
+    least two of them."""
     layers = {layer.name: layer for layer in model.layers}
     plan: dict[str, list[tuple[int, Any]]] = {}
     for name, sources in call_sources(model).items():
-        layer = layers.get(name)
-        if (len(sources) == 1 and _mergeable(layer) and calls.get(id(layer)) == 1
-                and isinstance(layers.get(sources[0][0]), ClipToVocabulary)):
-            plan.setdefault(sources[0][0], []).append((sources[0][1], layer))
+        layer, guard = layers.get(name), layers.get(sources[0][0]) if len(sources) == 1 else None
+        if (_mergeable(layer) and calls.get(id(layer)) == 1 and type(guard) is ClipToVocabulary
+                and calls.get(id(guard)) == 1 and not guard.stacked):
+            plan.setdefault(guard.name, []).append((sources[0][1], layer))
     plans = {}
     for guard, fields in plan.items():
         policy = fields[0][1].dtype_policy.name
@@ -193,7 +194,14 @@ def _plain_linear_dense(layer) -> bool:
             and not layer.quantization_mode and not layer.lora_enabled)
 
 
-_FOLDABLE_CALLS = (keras.layers.Dense.call, DotProductDense.call, LowRankDense.call)
+_FOLDABLE = (keras.layers.Dense, DotProductDense, LowRankDense)
+
+
+def _kind(layer) -> type:
+    """The class whose call fuse knows ``layer`` computes: its own, or the one its class declares in a
+    ``fuses_as`` attribute of its own (the export's static forms of Flatten and Dense), never inherited."""
+    cls = type(layer)
+    return cls.__dict__.get("fuses_as", cls)
 
 
 def _fold_refusal(layer) -> str | None:
@@ -202,8 +210,9 @@ def _fold_refusal(layer) -> str | None:
         return f"quantized ({layer.quantization_mode}): its kernel is not the float matrix a fold rewrites"
     if getattr(layer, "lora_enabled", False):
         return "LoRA is enabled on it"
-    if type(layer).call not in _FOLDABLE_CALLS:
-        return f"its class {type(layer).__name__} has its own call(), which a fold would not keep"
+    if _kind(layer) not in _FOLDABLE:
+        return (f"a {type(layer).__name__}: fuse folds into {', '.join(c.__name__ for c in _FOLDABLE)} only, "
+                "whose call it knows")
     return None
 
 
@@ -231,6 +240,7 @@ class _Fuser:
         self.tables: dict[int, tuple] = {}
         self.fields: dict[int, list[_Segment]] = {}  # stacked (batch, F, d) fields -> their code segments
         self.plan = _merge_plan(model, self.calls)
+        self.guards = {id(layer) for layer in model.layers if layer.name in self.plan}  # not a nested namesake
         self.linear = _linear_plan(model, self.calls, self.plan)
         self.codes: dict[int, Any] = {}  # lookup layer -> its slice of a MergedEmbedding's output
         self.slices: dict[int, tuple[Any, int, int]] = {}  # such a slice -> (merged output, start, stop)
@@ -240,6 +250,20 @@ class _Fuser:
         self.linear_outputs: dict[int, tuple] = {}  # linear 2-D Dense output -> (input, kernel, bias, readers)
         self.readers = readers(model)
         self.report = FusionReport()
+        self.names = {layer.name for layer in iter_layers(model)}
+        self.given: set[str] = set()  # names of the layers this fusion made
+        self.policy: Any = "float32"  # dtype policy of the layer being rewritten, for the layers made for it
+
+    def _unique(self, name: str, replaces: Any = None) -> str:
+        """``name`` or, where the model or this fusion uses it already, ``name_1``, ``name_2``, ...; the name
+        of the layer a new one ``replaces`` is free for its first replacement."""
+        own = replaces is not None and name == replaces.name
+        candidate, number = name, 0
+        while candidate in self.given or (candidate in self.names and not (own and number == 0)):
+            number += 1
+            candidate = f"{name}_{number}"
+        self.given.add(candidate)
+        return candidate
 
     # --------------------------------------------------------------- clone_model hooks
 
@@ -252,25 +276,28 @@ class _Fuser:
             cls = self._dense_class(layer.units, layer.kernel.shape[0])
         copy = cls.from_config(layer.get_config())
         self.originals[id(copy)] = layer
-        if not isinstance(layer, LowRankEmbedding):
+        if type(layer) is not LowRankEmbedding:  # rebuilt by _embed
             self.copies.append((layer, copy))
         return copy
 
     def call(self, op, *args, **kwargs):
         original = self.originals.get(id(op), op)
-        if isinstance(original, ClipToVocabulary) and original.name in self.plan and not kwargs:
+        # Handlers match exact classes: a subclass (its own call, ids mapped otherwise) runs as it is.
+        kind = _kind(original)
+        self.policy = getattr(original, "dtype_policy", None) or "float32"
+        if id(original) in self.guards and not kwargs:
             return self._guard(original, *args)
-        if isinstance(original, LowRankEmbedding):
+        if kind is LowRankEmbedding:
             return self._embed(original, *args, **kwargs)
         if id(original) in self.codes and not kwargs:
             return self.codes[id(original)]
-        if isinstance(original, keras.layers.Concatenate):
+        if kind is keras.layers.Concatenate:
             return self._concatenate(op, original, *args, **kwargs)
-        if isinstance(original, (keras.layers.Flatten, keras.layers.Reshape)):
+        if kind in (keras.layers.Flatten, keras.layers.Reshape):
             return self._flatten(op, original, *args, **kwargs)
-        if isinstance(original, (StackFields, keras_rs.layers.DotInteraction)) and not kwargs and len(args) == 1:
+        if kind in (StackFields, keras_rs.layers.DotInteraction) and not kwargs and len(args) == 1:
             return self._vector_list(op, original, list(args[0]))
-        if (isinstance(original, FactorizationMachine) and original.reduce_sum and id(args[0]) in self.fields
+        if (kind is FactorizationMachine and original.reduce_sum and id(args[0]) in self.fields
                 and _fm_on_codes_pays(self.fields[id(args[0])], self.fm_zero_limit)):
             return self._factorization_machine(original, self.fields[id(args[0])])
         if isinstance(original, (keras.layers.Dense, LowRankDense)) and not kwargs and len(args) == 1:
@@ -278,7 +305,7 @@ class _Fuser:
             if segments is not None and len(args[0].shape) == 2 and self.calls.get(id(original)) == 1:
                 if self._foldable(original, segments):
                     return self._dense(original, segments)
-        if isinstance(original, keras.layers.Add) and not kwargs and len(args) == 1:
+        if kind is keras.layers.Add and not kwargs and len(args) == 1:
             total = self._sum_of_linear(original, list(args[0]))
             if total is not None:
                 return total
@@ -354,7 +381,7 @@ class _Fuser:
         stacked_ids, guarded, position = self._stacked_guard(guard, ids, [table_sources[t] for t in order])
         merged = MergedEmbedding.from_tables([arrays[t] for t in order],
                                              sources=[position[table_sources[t]] for t in order], layout="rows",
-                                             name=f"{guard.name}_tables", dtype=layers[0].dtype_policy)
+                                             name=self._unique(f"{guard.name}_tables"), dtype=layers[0].dtype_policy)
         codes = merged(stacked_ids)
         linear_rows, start = [0] * len(weights), 0
         for t in order:
@@ -375,7 +402,7 @@ class _Fuser:
         if linear is not None:
             kernel = np.zeros((codes.shape[-1], 1), dtype=np.float32)
             kernel[linear_rows, 0] = 1.0 / np.asarray(factors)
-            terms = self._dense_class(1, codes.shape[-1])(1, use_bias=False, name=linear.name,
+            terms = self._dense_class(1, codes.shape[-1])(1, use_bias=False, name=self._unique(linear.name, linear),
                                                      dtype=linear.dtype_policy)
             self.codes[id(linear)] = terms(codes)
             terms.set_weights([kernel])
@@ -439,7 +466,7 @@ class _Fuser:
             return parts[0]
         key = tuple(id(part) for part in parts)
         if key not in self.joins:  # one concatenation for every consumer of the same pieces
-            self.joins[key] = keras.layers.Concatenate(name=name)(parts)
+            self.joins[key] = keras.layers.Concatenate(name=self._unique(name), dtype=self.policy)(parts)
         return self.joins[key]
 
     def _join_segments(self, segments: list[_Segment], name: str, gaps: bool = False):
@@ -495,9 +522,9 @@ class _Fuser:
             table = None
             if id(layer) not in self.codes:  # not read by a MergedEmbedding
                 table_class = InRangeEmbedding if layer.ids_in_range else keras.layers.Embedding
-                table = table_class(layer.input_dim, layer.rank, mask_zero=layer.mask_zero, name=layer.name,
-                                    dtype=layer.dtype_policy)
-            projection = keras.layers.Dense(layer.output_dim, name=f"{layer.name}_projection",
+                table = table_class(layer.input_dim, layer.rank, mask_zero=layer.mask_zero,
+                                    name=self._unique(layer.name, layer), dtype=layer.dtype_policy)
+            projection = keras.layers.Dense(layer.output_dim, name=self._unique(f"{layer.name}_projection"),
                                             dtype=layer.dtype_policy)
             self.tables[id(layer)] = (table, projection)
         table, projection = self.tables[id(layer)]
@@ -552,7 +579,7 @@ class _Fuser:
             kernel[row:row + rows_, column:column + width] = block
             bias.append(np.zeros(width) if segment.bias is None else segment.bias)
             column += width
-        joint = keras.layers.Dense(kernel.shape[1], name=f"{name}_projections")
+        joint = keras.layers.Dense(kernel.shape[1], name=self._unique(f"{name}_projections"), dtype=self.policy)
         outputs = joint(x)
         joint.set_weights([kernel.astype(np.float32), np.concatenate(bias).astype(np.float32)])
         return outputs
@@ -566,7 +593,7 @@ class _Fuser:
         projections = np.zeros((len(codes), width, dim))
         for f, segment in enumerate(codes):
             projections[f, :ranks[f]] = segment.projection
-        layer = CodeProjections(index, len(codes), dim, name=f"{name}_fields")
+        layer = CodeProjections(index, len(codes), dim, name=self._unique(f"{name}_fields"), dtype=self.policy)
         outputs = layer(joined)
         layer.set_weights([projections.astype(np.float32), np.stack([s.bias for s in codes]).astype(np.float32)])
         return outputs
@@ -603,7 +630,7 @@ class _Fuser:
         whole, order = self._whole_fields([segments[i] for i in raw], f"{name}_whole")
         order = [raw[j] for j in order] + factored
         parts = [whole, self._projected_fields([segments[i] for i in factored], name)]
-        fields = keras.layers.Concatenate(axis=1, name=f"{name}_stacked")(parts)
+        fields = keras.layers.Concatenate(axis=1, name=self._unique(f"{name}_stacked"), dtype=self.policy)(parts)
         if order != sorted(order):
             fields = keras.ops.take(fields, np.argsort(order).astype(np.int32), axis=1)
         return fields
@@ -673,7 +700,8 @@ class _Fuser:
                        for c in range(start, start + p.shape[0])]
         unread = codes.shape[-1] - sum(len(p) for p in projections)  # columns read beside the codes
         fm = CodeFactorizationMachine(projections[0].shape[1], raw_columns=raw_columns,
-                                      root_width=root.shape[1] if unread else None, name=layer.name)
+                                      root_width=root.shape[1] if unread else None,
+                                      name=self._unique(layer.name, layer), dtype=layer.dtype_policy)
         outputs = fm(codes)
         fm.set_weights([np.concatenate([on_codes, root], axis=1).astype(np.float32),
                         np.concatenate([sum(s.bias for s in fields), shift]).astype(np.float32),
@@ -697,7 +725,8 @@ class _Fuser:
         for (_, weights, term_bias, _), position in zip(terms, positions):
             kernel[position:position + len(weights)] = weights
             bias += 0.0 if term_bias is None else term_bias
-        total = self._dense_class(units, x.shape[-1])(units, name=layer.name, dtype=layer.dtype_policy)
+        total = self._dense_class(units, x.shape[-1])(units, name=self._unique(layer.name, layer),
+                                                      dtype=layer.dtype_policy)
         outputs = total(x)
         total.set_weights([kernel.astype(np.float32), bias.astype(np.float32)])
         self.linear_outputs[id(outputs)] = (x, kernel, bias, self.readers.get((layer.name, 0), []))
@@ -724,7 +753,7 @@ class _Fuser:
             (int(np.prod(x.shape[1:])),), (-1,))
         if segments and flattens and all(d == 1 for s in segments for d in s.tensor.shape[1:-1]):
             self.segments[id(outputs)] = [
-                dataclasses.replace(s, tensor=keras.layers.Reshape((s.tensor.shape[-1],))(s.tensor))
+                dataclasses.replace(s, tensor=keras.layers.Reshape((s.tensor.shape[-1],), dtype=self.policy)(s.tensor))
                 if len(s.tensor.shape) > 2 else s
                 for s in segments
             ]
@@ -740,18 +769,19 @@ class _Fuser:
         self.report.folded.append(layer.name)
         if low_rank and new_kernel.shape[0] < layer.rank:
             merged = self._dense_class(layer.units, x.shape[-1])(layer.units, activation=layer.activation,
-                                                            name=layer.name, dtype=layer.dtype_policy)
+                                                            name=self._unique(layer.name, layer),
+                                                            dtype=layer.dtype_policy)
             outputs = merged(x)
             merged.set_weights([(new_kernel @ weights["up_kernel"]).astype(np.float32),
-                                (new_bias @ weights["up_kernel"] + weights["up_bias"]).astype(np.float32)])
+                                (new_bias @ weights["up_kernel"] + weights.get("up_bias", 0.0)).astype(np.float32)])
             self.report.merged.append(layer.name)
             self.report.notes.append(f"{layer.name}: folded input is {new_kernel.shape[0]} wide, below rank "
                                      f"{layer.rank}; its two factors were merged into one Dense")
             return outputs
         cls = self._dense_class(layer.units, x.shape[-1]) if type(layer) is keras.layers.Dense else layer.__class__
-        fused = cls.from_config({**layer.get_config(), "use_bias": True})
+        fused = cls.from_config({**layer.get_config(), "use_bias": True, "name": self._unique(layer.name, layer)})
         outputs = fused(x)
-        values = {**weights, kernel_name: new_kernel, bias_name: new_bias}
+        values = {"up_bias": np.zeros(layer.units), **weights, kernel_name: new_kernel, bias_name: new_bias}
         for weight in fused.weights:
             weight.assign(values[weight.path.split("/")[-1]].astype(np.float32))
         return outputs

@@ -52,6 +52,8 @@ def _unrolled(layer) -> bool:
 class _RowsDense(keras.layers.Dense):
     """``Dense`` over inputs with fixed inner axes as one matrix product over rows (export only)."""
 
+    fuses_as = keras.layers.Dense  # tfafm.fuse rewrites it as the Dense it computes
+
     def call(self, inputs, training=None):
         inner = tuple(inputs.shape[1:-1])
         if not inner or None in inner:
@@ -62,6 +64,8 @@ class _RowsDense(keras.layers.Dense):
 
 class _StaticFlatten(keras.layers.Flatten):
     """``Flatten`` of inputs with fixed non-batch axes as one static reshape (export only)."""
+
+    fuses_as = keras.layers.Flatten  # tfafm.fuse rewrites it as the Flatten it computes
 
     def call(self, inputs):
         if None in tuple(inputs.shape[1:]):
