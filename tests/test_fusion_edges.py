@@ -201,3 +201,30 @@ def test_a_blockwise_layer_is_left_unfolded():
     model = keras.Model([ids, numbers], BlockwiseLowRankDense(10, rank=2, blocks=[16, 3], name="head")(joined))
     report = _fuses_exactly(model, [IDS, np.random.default_rng(0).normal(size=(4, 3)).astype("float32")])
     assert "head" not in report.folded
+
+
+def test_layers_of_nested_models_keep_their_names():
+    """Names are unique per model: two towers' layers named alike stay so (were table_1, hidden_1)."""
+    def tower(name: str) -> keras.Model:
+        ids = keras.Input((1,), dtype="int32")
+        code = keras.layers.Flatten(name="flat")(LowRankEmbedding(50, 16, rank=4, name="table")(ids))
+        return keras.Model(ids, keras.layers.Dense(4, name="hidden")(code), name=name)
+
+    users, items = keras.Input((1,), dtype="int32", name="user"), keras.Input((1,), dtype="int32", name="item")
+    model = keras.Model([users, items], keras.layers.Dot(axes=1)([tower("users")(users), tower("items")(items)]))
+    report = _fuses_exactly(model, [IDS, IDS[::-1]])
+    assert report.folded == ["hidden", "hidden"]
+    fused, _ = tfafm.fuse(model)
+    for name in ("users", "items"):
+        assert {"table", "hidden"} <= {layer.name for layer in fused.get_layer(name).layers}
+
+
+def test_a_shared_layer_rewritten_for_one_call_only_gets_a_name_of_its_own():
+    """One FactorizationMachine reads codes (rewritten) and plain vectors (runs as it is): "fm" twice."""
+    ids, numbers = _id_inputs(2, shape=()), [keras.Input((8,), name=f"numbers_{i}") for i in range(2)]
+    machine = FactorizationMachine(name="fm")
+    vectors = [LowRankEmbedding(50, 8, rank=3)(i) for i in ids]
+    total = keras.layers.Add()([machine(StackFields()(vectors)), machine(StackFields()(numbers))])
+    rng = np.random.default_rng(2)
+    _fuses_exactly(keras.Model([*ids, *numbers], total),
+                   [IDS[:, 0], IDS[::-1, 0], *rng.normal(size=(2, 4, 8)).astype("float32")])

@@ -255,11 +255,14 @@ class _Fuser:
         self.policy: Any = "float32"  # dtype policy of the layer being rewritten, for the layers made for it
 
     def _unique(self, name: str, replaces: Any = None) -> str:
-        """``name`` or, where the model or this fusion uses it already, ``name_1``, ``name_2``, ...; the name
-        of the layer a new one ``replaces`` is free for its first replacement."""
-        own = replaces is not None and name == replaces.name
+        """The name of the layer a new one ``replaces`` where each of its calls is rewritten (so no model
+        holds it any more; names are unique per model, and a nested model's keep theirs); else ``name`` or,
+        where any layer of the model or of this fusion has it, ``name_1``, ``name_2``, ..."""
+        if (replaces is not None and name == replaces.name
+                and (self.calls.get(id(replaces)) == 1 or type(replaces) is LowRankEmbedding)):
+            return name
         candidate, number = name, 0
-        while candidate in self.given or (candidate in self.names and not (own and number == 0)):
+        while candidate in self.given or candidate in self.names:
             number += 1
             candidate = f"{name}_{number}"
         self.given.add(candidate)
