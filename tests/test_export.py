@@ -475,3 +475,26 @@ def test_a_fused_form_that_computes_something_else_is_refused_before_conversion(
     assert not target.exists()
     monkeypatch.setattr(fusion, "fuse", exact)
     assert export.litert(model, str(target), quantization="dynamic", verification_data=features) == str(target)
+
+
+def test_named_outputs_are_checked_by_name(tmp_path, monkeypatch):
+    """A dict output whose keys are not sorted ({"ctr", "a_cvr"}): the check paired the interface's sorted names
+    with Keras' values in key order, so a correct file was refused and one with its outputs swapped written."""
+    from tfafm.export import litert_export
+
+    numbers = keras.Input((4,), name="numbers")
+    heads = {"ctr": keras.layers.Dense(1, activation="sigmoid", name="ctr_head")(numbers),
+             "a_cvr": keras.layers.Dense(1, activation="sigmoid", name="cvr_head",
+                                         bias_initializer=keras.initializers.Constant(-3.0))(numbers)}
+    model = keras.Model(numbers, heads)
+    rows = {"numbers": np.random.default_rng(0).normal(size=(64, 4)).astype("float32")}
+    path = export.litert(model, str(tmp_path / "good.tflite"), verification_data=rows)
+    got = export.LiteRTRunner(path).outputs(rows)
+    np.testing.assert_allclose(got["a_cvr"], model.predict(rows, verbose=0)["a_cvr"], atol=1e-6)
+
+    write = litert_export._write
+    swapped = keras.Model(numbers, {"ctr": heads["a_cvr"], "a_cvr": heads["ctr"]})
+    monkeypatch.setattr(litert_export, "_write", lambda m, *args: write(swapped, *args))
+    with pytest.raises(export.verify.Disagreement, match="on output 'a_cvr'|on output 'ctr'"):
+        export.litert(model, str(tmp_path / "bad.tflite"), verification_data=rows)
+    assert not (tmp_path / "bad.tflite").exists()

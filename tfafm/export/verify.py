@@ -283,14 +283,23 @@ def verify_rewrite(original, rewritten, rows: Mapping[str, np.ndarray], what: st
     from tfafm.compression.check import run_checked
 
     reference = run_checked(original, dict(rows), f"Model {original.name!r}")
-    got = run_checked(rewritten, dict(rows), f"The {what} of model {original.name!r}")
+    got = _by_name(list(reference), run_checked(rewritten, dict(rows), f"The {what} of model {original.name!r}"))
     tolerance = TOLERANCES["float16" if _half_precision(original) else None]
-    for (output, expected), value in zip(reference.items(), got.values()):
-        problem = tolerance.violation(expected, value)
+    for output, expected in reference.items():
+        problem = tolerance.violation(expected, got[output])
         if problem:
             raise UserError(f"The {what} of model {original.name!r} disagrees with it on output {output!r}: "
                             f"{problem}. This is a tfafm bug: export without it (fuse=False, tfafm export "
                             "--no-fuse). Nothing was written.")
+
+
+def _by_name(names: list[str], values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``values`` under ``names``: by name where they are the same names (a dict output, whose values Keras
+    returns in the model's own key order where an interface lists them sorted), else in order (unnamed
+    outputs, named by their layers in one model and by position in another)."""
+    if set(values) == set(names):
+        return {name: values[name] for name in names}
+    return dict(zip(names, values.values()))
 
 
 def verify_export(path: str, export_format: str, model, rows: Mapping[str, np.ndarray],
@@ -312,7 +321,7 @@ def verify_export(path: str, export_format: str, model, rows: Mapping[str, np.nd
     from tfafm.metrics import agreement
 
     expected_names = list(interface(model, vocabularies=False).outputs)
-    reference = dict(zip(expected_names, run_checked(model, dict(rows), f"Model {model.name!r}").values()))
+    reference = _by_name(expected_names, run_checked(model, dict(rows), f"Model {model.name!r}"))
     name = FORMAT_NAMES[export_format]
     tolerance = TOLERANCES[quantization]
     half = _half_precision(model)
