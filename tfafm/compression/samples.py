@@ -138,12 +138,22 @@ def generated_rows(model: keras.Model, rows: int = 256, seed: int = 0) -> dict[s
             batch[name] = np.array([f"value{i}" for i in rng.integers(0, 1000, int(np.prod(shape)))],
                                    dtype=object).reshape(shape)
         elif domain.dtype.startswith(("int", "uint")):
-            batch[name] = rng.integers(0, domain.high or 2, shape).astype(domain.dtype)
+            batch[name] = _ids(rng, shape, domain.high or 2).astype(domain.dtype)
         elif domain.dtype == "bool":
             batch[name] = rng.integers(0, 2, shape).astype(bool)
         else:
             batch[name] = _floats(rng, shape, domain)
     return batch
+
+
+def _ids(rng: np.random.Generator, shape: tuple, high: int) -> np.ndarray:
+    """Integers in ``[0, high)``: half uniform, half log-uniform, so that the small ids, which vocabularies
+    numbered by frequency give the most frequent values, are in many rows (uniform draws alone put ids 1-3
+    of a 1,000-id field in 0.4% of the rows, where real CTR rows had them in 31%: a file with those rows
+    damaged passed its check)."""
+    uniform = rng.integers(0, high, shape)
+    log_uniform = np.floor(np.exp(rng.uniform(0.0, np.log(high + 1.0), shape))).astype(np.int64) - 1
+    return np.where(rng.random(shape) < 0.5, uniform, np.clip(log_uniform, 0, high - 1))
 
 
 def _floats(rng: np.random.Generator, shape: tuple, domain: InputDomain) -> np.ndarray:
