@@ -92,9 +92,12 @@ class Candidate:
         return self.reachable and self.auc_drop <= max_auc_drop + 1e-12
 
     def row(self, max_auc_drop: float) -> dict[str, Any]:
-        first = next(iter(self.validation["outputs"].values()), {}) if self.validation else {}
-        compressed = first.get("compressed") or {}
-        return {"ratio": self.ratio, "params": self.params, "file_bytes": self.file_bytes,
+        """The frontier's row: AUC and LogLoss of the output whose AUC drop decides (the largest), named."""
+        outputs = self.validation["outputs"] if self.validation else {}
+        drops = {name: o["auc_drop"] for name, o in outputs.items() if o.get("auc_drop") is not None}
+        output = max(drops, key=drops.get) if drops else next(iter(outputs), None)
+        compressed = (outputs.get(output) or {}).get("compressed") or {}
+        return {"ratio": self.ratio, "params": self.params, "file_bytes": self.file_bytes, "output": output,
                 "auc": compressed.get("auc"), "logloss": compressed.get("logloss"), "auc_drop": self.auc_drop,
                 "within_budget": self.within(max_auc_drop), "reachable": self.reachable}
 
