@@ -5,6 +5,7 @@ search finds the smallest model within an AUC budget."""
 from __future__ import annotations
 
 import importlib
+import warnings
 
 import numpy as np
 import pytest
@@ -762,3 +763,22 @@ def test_recurrent_layer_over_a_sequence_of_unknown_length_is_refused_with_the_f
     with pytest.raises(UserError, match="'gru' \\(GRU\\) runs over a sequence of unknown length.*fixed length"):
         tfafm.export.litert(model, str(tmp_path / "m.tflite"), verification_data=rows)
     _assert_nothing_written(tmp_path)
+
+
+def test_labels_paired_with_another_output_are_warned_about():
+    """`?label=click,conv` on outputs {"ctr", "a_cvr"} pairs click with a_cvr (Keras' sorted keys): a 30% label rate
+    scored against a head predicting 3%, without a word. A warning now names the output and both rates."""
+    from tfafm.metrics import warn_if_labels_look_paired_wrongly
+
+    model = keras.Sequential(name="two_heads")
+    outputs = {"a_cvr": np.full(100, 0.03), "ctr": np.full(100, 0.3)}
+    rng = np.random.default_rng(0)
+    paired = {"a_cvr": (rng.random(100) < 0.03).astype("float32"), "ctr": (rng.random(100) < 0.3).astype("float32")}
+    paired["a_cvr"][:2] = [0.0, 1.0]  # both classes
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_if_labels_look_paired_wrongly(model, outputs, paired)  # right: silent
+    swapped = {"a_cvr": paired["ctr"], "ctr": paired["a_cvr"]}
+    with pytest.warns(UserWarning, match=r"Output 'a_cvr' of model 'two_heads' predicts a mean of 0.03 .* positive "
+                                         r"rate is 0.2"):
+        warn_if_labels_look_paired_wrongly(model, outputs, swapped)

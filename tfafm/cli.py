@@ -213,7 +213,7 @@ def cmd_eval(args, out: Output) -> int:
     spec = _require_data(run, args)
     fmt = out.report_format(args.report_format)
     if run.reads_keyed_data:
-        from tfafm.metrics import predict_outputs, scores
+        from tfafm.metrics import predict_outputs, scores, warn_if_labels_look_paired_wrongly
         from tfafm.model_data import keyed_for
 
         data = keyed_for(run.model, spec, run.config.batch_size, labels_required=True)
@@ -221,6 +221,7 @@ def cmd_eval(args, out: Output) -> int:
         try:
             with data.errors_raised():
                 outputs, labels = predict_outputs(run.model, data.dataset())
+            warn_if_labels_look_paired_wrongly(run.model, outputs, labels)
             rows = {name: scores(labels[name], outputs[name]) for name in outputs}
         except UserError as error:  # an empty file, one class only: name the data
             raise UserError(f"{spec}: {_one_line(error)}") from None

@@ -113,6 +113,27 @@ def predict_outputs(model, data, probabilities: bool = True) -> tuple[dict[str, 
     return joined, joined_labels
 
 
+# Mean prediction and label positive rate further apart than this factor suggest labels paired with another output.
+LABEL_RATE_FACTOR = 3.0
+
+
+def warn_if_labels_look_paired_wrongly(model, outputs: dict[str, np.ndarray], labels: dict[str, np.ndarray] | None,
+                                       ) -> None:
+    """Warns, per output with 0/1 labels, where the model's mean prediction and the labels' positive rate are
+    more than :data:`LABEL_RATE_FACTOR` apart: labels paired with another output (a list of label columns pairs
+    with the outputs in Keras' order, a dict output's keys sorted), or a model trained on resampled rows."""
+    for name, values in outputs.items():
+        truth = None if labels is None else labels.get(name)
+        if truth is None or not values.size or not is_binary(truth):
+            continue
+        mean, rate = float(np.mean(values)), float(np.mean(truth))
+        if mean <= 0.0 or not 1.0 / LABEL_RATE_FACTOR <= mean / rate <= LABEL_RATE_FACTOR:
+            warnings.warn(f"Output {name!r} of model {model.name!r} predicts a mean of {mean:.4g} on these rows where "
+                          f"its labels' positive rate is {rate:.4g}: check that each label column is paired with its "
+                          f"output (in the order {list(outputs)}), or that the model was not trained on resampled "
+                          "rows.", UserWarning, stacklevel=2)
+
+
 def predict_with_labels(model, dataset: tf.data.Dataset) -> tuple[np.ndarray, np.ndarray]:
     """Flat probabilities and labels of a single-output model over ``(features, labels)`` batches."""
     outputs, labels = predict_outputs(model, dataset)

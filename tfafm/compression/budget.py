@@ -22,7 +22,7 @@ import numpy as np
 from tfafm.compression.report import estimated_file_bytes
 from tfafm.errors import UserError
 from tfafm.metrics import (SIGNIFICANT_Z, agreement, is_binary, label_values, paired_auc_difference,
-                           predict_outputs, scores)
+                           predict_outputs, scores, warn_if_labels_look_paired_wrongly)
 
 MAX_EVALUATIONS = 10
 FIRST_RATIOS = (2.0, 4.0, 8.0, 16.0, 32.0, 64.0)  # doubled until the budget breaks
@@ -46,6 +46,7 @@ def compare_on(model, compressed, data) -> dict[str, Any]:
     has 0/1 labels.
     """
     reference, labels = predict_outputs(model, data)
+    warn_if_labels_look_paired_wrongly(model, reference, labels)
     return _comparison(reference, labels, predict_outputs(compressed, data)[0])
 
 
@@ -126,6 +127,7 @@ def labelled(original, validation_data) -> tuple[dict, dict] | None:
     """The original's predictions on ``validation_data`` and its labels, or None where no output
     has 0/1 labels with both classes present."""
     reference, labels = predict_outputs(original, validation_data)
+    warn_if_labels_look_paired_wrongly(original, reference, labels)
     return (reference, labels) if _scored(reference, labels) else None
 
 
