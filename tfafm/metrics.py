@@ -117,8 +117,8 @@ def predict_outputs(model, data, probabilities: bool = True) -> tuple[dict[str, 
 LABEL_RATE_FACTOR = 3.0
 
 
-def warn_if_labels_look_paired_wrongly(model, outputs: dict[str, np.ndarray], labels: dict[str, np.ndarray] | None,
-                                       ) -> None:
+def warn_if_labels_look_paired_wrongly(model, outputs: dict[str, np.ndarray],
+                                       labels: dict[str, np.ndarray] | None) -> None:
     """Warns, per output with 0/1 labels, where the model's mean prediction and the labels' positive rate are
     more than :data:`LABEL_RATE_FACTOR` apart: labels paired with another output (a list of label columns pairs
     with the outputs in Keras' order, a dict output's keys sorted), or a model trained on resampled rows."""
